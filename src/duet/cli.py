@@ -1,0 +1,314 @@
+"""The `duet` command: parse, call a stage function, print. Nothing else lives here.
+
+User mistakes (``DuetError``) print one line and exit non-zero; ``--debug``
+shows the traceback. Progress bars and logs go to stderr, results to stdout
+(JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+import duet
+from duet.errors import DuetError
+from duet.progress import console
+
+app = typer.Typer(
+    name="duet",
+    help="A folder of labelled images -> a trained, evaluated model. Start with `duet demo`.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state: dict[str, bool] = {"debug": False}
+out = console.__class__()  # stdout console for results
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"duet {duet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    """duet: prepare -> train -> evaluate -> predict, on a folder of class sub-folders.
+
+    \b
+    DATA_DIR/
+      cat/  001.jpg 002.png ...
+      dog/  003.jpg ...
+    (or DATA_DIR/train/<class>/..., DATA_DIR/val/<class>/... to fix the split yourself)
+    """
+    _state["debug"] = debug
+
+
+def _log(quiet: bool):
+    def log(msg: str) -> None:
+        if not quiet:
+            console.print(msg, highlight=False, markup=False, soft_wrap=True)
+
+    return log
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+@app.command()
+def train(
+    data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
+    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. [default: resnet18]"),
+    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH to a .safetensors/.pth state dict. [default: none]"),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training images. [default: 10]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step. [default: 64]"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). [default: 1e-3]"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels. [default: 224]"),
+    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of images held out for validation (ignored with train/ val/ folders). [default: 0.2]"),
+    seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. [default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. [default: auto]"),
+    workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). [default: -1]"),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. [default: on]"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. [default: runs]"),
+    name: Optional[str] = typer.Option(None, help="Run folder name. [default: <date>-<time>-<model>]"),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+) -> None:
+    """Train a classifier on DATA_DIR and write a run folder (runs/<name>/).
+
+    Example: duet train photos/ --model resnet18 --weights imagenet --epochs 5
+    """
+    from duet.config import build_config
+    from duet.train.loop import resume as resume_run
+    from duet.train.loop import train as train_run
+
+    log = _log(quiet or as_json)
+    if resume is not None:
+        result = resume_run(resume, progress=not quiet, log=log)
+    else:
+        if data_dir is None and config is None:
+            raise DuetError("missing DATA_DIR: pass a folder with one sub-folder per class (see `duet train --help`)")
+        augment = {"hflip": hflip} if hflip is not None else None
+        cfg = build_config(config, {
+            "data_dir": data_dir, "model": model, "weights": weights, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
+            "seed": seed, "device": device, "workers": workers, "out": out_dir, "name": name,
+            "augment": augment,
+        })
+        result = train_run(cfg, progress=not quiet, log=log)
+    summary = {
+        "run": str(result.run_dir),
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "train_images": result.num_train,
+        "val_images": result.num_val,
+        "train_images_per_s": round(result.train_images_per_s, 1),
+        "seconds": round(result.seconds, 1),
+        "load_failures": len(result.load_failures),
+        "last_epoch": result.last,
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    t = Table(title="duet train", show_header=False, box=None)
+    t.add_row("run", str(result.run_dir))
+    t.add_row("images", f"{result.num_train} train / {result.num_val} val")
+    t.add_row("best val accuracy", f"{_pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs})")
+    t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
+    if result.load_failures:
+        t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
+    t.add_row("next", f"duet evaluate {result.run_dir}")
+    out.print(t)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."),
+    split: Optional[str] = typer.Option(None, help="train | val | test. [default: test if the run has one, else val]"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and a confusion matrix, written to RUN/eval/."""
+    from duet.evaluate import evaluate as evaluate_run
+    from duet.report import format_summary
+
+    if split is not None and split not in ("train", "val", "test"):
+        raise DuetError(f"`--split` must be one of train, val, test. Received: --split={split}")
+    res = evaluate_run(run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet)
+    if as_json:
+        _print_json({"split": res.split, "data": str(res.data_dir), "unreadable": res.num_failed,
+                     "files": {k: str(v) for k, v in res.files.items()}, "metrics": res.metrics})
+        return
+    out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
+    out.print(format_summary(res.metrics), highlight=False)
+    if res.num_failed:
+        out.print(f"{res.num_failed} images could not be read (listed in report.json)")
+    out.print(f"report: {res.files['md']}  |  {res.files['json']}  |  {res.files['png']}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
+    files: list[Path] = typer.Argument(..., help="Image files to classify."),
+    top: int = typer.Option(3, "--top-k", "-k", min=1, help="How many labels to show per file."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+) -> None:
+    """Top-k labels with probabilities for each FILE. Exits 1 if any file cannot be read."""
+    from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
+    from duet.inference import load_model, predict_file, top_k
+    from duet.runs import load_run
+    from duet.train.loop import resolve_device
+
+    info = load_run(run)
+    dev = resolve_device(device)
+    model = load_model(info, dev)
+    results: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            probs = predict_file(model, info, f, dev, DEFAULT_MAX_PIXELS)
+            results.append({"file": str(f), "top": top_k(probs, info.labels, top)})
+        except DecodeError as e:
+            results.append({"file": str(f), "error": e.reason})
+        except OSError as e:
+            results.append({"file": str(f), "error": e.strerror or str(e)})
+    if as_json:
+        _print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                out.print(f"{r['file']}: [red]error[/]: {r['error']}", highlight=False)
+            else:
+                best = "  ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top"])
+                out.print(f"{r['file']}: {best}", highlight=False)
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def scan(
+    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    val_split: float = typer.Option(0.2, "--val-split"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print the data report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Check a data folder without training: classes, split, and every file skipped and why."""
+    from duet.data.scan import data_report, require_trainable
+    from duet.data.scan import scan as scan_dir
+    from duet.data.split import assign_splits
+
+    manifest = assign_splits(scan_dir(data_dir, progress=not quiet), val_fraction=val_split, seed=seed)
+    report = data_report(manifest)
+    if as_json:
+        _print_json(report)
+    else:
+        t = Table(title=f"{data_dir} ({report['layout']} layout)")
+        for col in ("class", "train", "val", "test", "total"):
+            t.add_column(col, justify="right" if col != "class" else "left")
+        for label, c in report["counts"].items():
+            t.add_row(label, *(str(c.get(k, 0)) for k in ("train", "val", "test", "total")))
+        out.print(t)
+        out.print(f"{report['num_usable']} usable of {report['num_files']} files; "
+                  f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
+                  f"{len(report['conflicts'])} conflicts")
+        for s in report["skipped"][:20]:
+            out.print(f"  skipped {s['path']}: {s['reason']}", highlight=False, markup=False)
+        if len(report["skipped"]) > 20:
+            out.print(f"  ... and {len(report['skipped']) - 20} more (use --json)")
+    require_trainable(manifest)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("demo"), "--dir", help="Working folder for the data and runs."),
+    epochs: Optional[int] = typer.Option(None, help="Override the demo's epoch count."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run the whole pipeline on bundled real data (1,797 handwritten digits): scan, split,
+    train, evaluate, predict. About 2-3 minutes on 2 CPU cores."""
+    from duet.demo import run_demo
+
+    res = run_demo(workdir, epochs=epochs, device=device, progress=not quiet, log=_log(quiet or as_json))
+    m = res.evaluation.metrics
+    summary = {
+        "data": str(res.data_dir),
+        "run": str(res.train.run_dir),
+        "val_accuracy": m["accuracy"],
+        "macro_f1": m["macro"]["f1"],
+        "train_images_per_s": round(res.train.train_images_per_s, 1),
+        "seconds": round(res.seconds, 1),
+        "report": str(res.evaluation.files["md"]),
+        "predictions": res.predictions,
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    t = Table(title="duet demo: handwritten digits", show_header=False, box=None)
+    t.add_row("data", f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val images, 10 classes)")
+    t.add_row("model", f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s")
+    t.add_row("validation accuracy", f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f})")
+    t.add_row("wall time", f"{res.seconds:.0f}s")
+    t.add_row("report", str(res.evaluation.files["md"]))
+    for p in res.predictions:
+        best = p["top"][0]
+        t.add_row(f"predict {Path(p['file']).parent.name}/{Path(p['file']).name}",
+                  f"{best['label']} ({100 * best['probability']:.1f}%)")
+    t.add_row("try", f"duet predict {res.train.run_dir} {res.predictions[0]['file']}")
+    out.print(t)
+
+
+def main() -> None:
+    try:
+        # standalone_mode=False lets us format DuetError ourselves; click then
+        # returns typer.Exit codes instead of exiting, so pass them on.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except DuetError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(1)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Typed training config: defaults < YAML file < command-line flags, validated once here.
+
+Inside duet, code receives the fields it needs, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from duet.errors import ConfigError
+from duet.preprocess import PreprocessSpec
+
+
+class AugmentConfig(BaseModel):
+    """Training-time augmentation, applied batched on the training device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hflip: bool = Field(True, description="random horizontal flip (turn off for text, digits, etc.)")
+    scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop: area fraction range")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random resized crop: aspect ratio range")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1] <= 1):
+            raise ValueError("must satisfy 0 < min <= max <= 1")
+        return v
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("must satisfy 0 < min <= max")
+        return v
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Saved resolved as RUN/config.yaml."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    data_dir: Path
+    model: str = "resnet18"
+    weights: str = Field("none", description="none | imagenet | PATH to a state dict (.pt/.pth) or .safetensors")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    image_size: int = Field(224, ge=8, le=2048)
+    crop_pct: float = Field(0.875, gt=0, le=1)
+    val_split: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")
+    data_backend: Literal["torch"] = "torch"
+    max_pixels: int = Field(89_478_485, ge=1)
+    max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
+    out: Path = Path("runs")
+    name: str | None = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or v.startswith(".")):
+            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
+        return v
+
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec(image_size=self.image_size, crop_pct=self.crop_pct)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        return d
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    received = first.get("input")
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(TrainConfig.model_fields))
+        return f"unknown setting `{loc}` in {source}; allowed: {allowed}"
+    return f"`{loc}` {first['msg'].lower()}. Received: {loc}={received!r} (from {source}){more}"
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    file: Path | None = None, overrides: dict[str, Any] | None = None, *, source: str = "command line"
+) -> TrainConfig:
+    """Defaults < YAML ``file`` < ``overrides`` (flags; ``None`` values mean "not given")."""
+    data: dict[str, Any] = load_yaml(file) if file else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "augment" and isinstance(value, dict):
+            data["augment"] = {**data.get("augment", {}), **value}
+        else:
+            data[key] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, f"{file}" if file else source)) from e
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from e

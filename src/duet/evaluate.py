@@ -1,0 +1,123 @@
+"""Evaluate a run on its held-out split or on a new labelled folder.
+
+``evaluate(run_dir)`` predicts the run's test split (or validation split when
+there is no test split) and writes RUN/eval/: report.json, report.md and
+confusion_matrix.png. ``evaluate(run_dir, data_dir=DIR)`` does the same for any
+folder of class sub-folders whose names are among the run's labels, writing
+RUN/eval/<folder name>/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from duet.data.imageio import DEFAULT_MAX_PIXELS
+from duet.data.loaders import Sample
+from duet.data.scan import read_manifest, scan
+from duet.errors import DataError, RunError
+from duet.inference import load_model, predict_samples
+from duet.report import compute_metrics, write_report
+from duet.runs import RunInfo, _slug, load_run
+from duet.train.loop import resolve_device
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    files: dict[str, Path]
+    split: str
+    data_dir: Path
+    num_failed: int
+
+
+def _run_split_samples(run: RunInfo, split: str | None) -> tuple[list[Sample], str, Path]:
+    manifest = read_manifest(run.paths.manifest, run.data_dir)
+    usable = manifest.usable()
+    if split is None:
+        split = "test" if any(r.split == "test" for r in usable) else "val"
+    index = {label: i for i, label in enumerate(run.labels)}
+    samples = [Sample(manifest.data_dir / r.path, index[r.label]) for r in usable if r.split == split]
+    if not samples:
+        raise RunError(
+            f"run '{run.paths.root}' has no '{split}' images to evaluate "
+            "(trained with --val-split 0?); pass --data DIR with labelled images"
+        )
+    return samples, split, manifest.data_dir
+
+
+def _folder_samples(run: RunInfo, data_dir: Path, split: str | None, progress: bool) -> tuple[list[Sample], str, Path]:
+    manifest = scan(data_dir, max_pixels=DEFAULT_MAX_PIXELS, progress=progress)
+    usable = manifest.usable()
+    unknown = sorted({r.label for r in usable} - set(run.labels))
+    if unknown:
+        raise DataError(
+            f"class folder(s) {unknown} in '{data_dir}' are not among the model's labels {run.labels}; "
+            "rename or remove them"
+        )
+    if split is not None:
+        usable = [r for r in usable if r.split == split]
+    index = {label: i for i, label in enumerate(run.labels)}
+    samples = [Sample(manifest.data_dir / r.path, index[r.label]) for r in usable]
+    if not samples:
+        raise DataError(f"no usable labelled images in '{data_dir}'" + (f" (split '{split}')" if split else ""))
+    return samples, split or "all", manifest.data_dir
+
+
+def evaluate(
+    run_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    split: str | None = None,
+    out_dir: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    run = load_run(run_dir)
+    if data_dir is None:
+        samples, split_name, source = _run_split_samples(run, split)
+        out = out_dir or run.paths.eval
+    else:
+        samples, split_name, source = _folder_samples(run, Path(data_dir), split, progress)
+        out = out_dir or run.paths.eval / _slug(Path(data_dir).resolve().name)
+    dev = resolve_device(device)
+    model = load_model(run, dev)
+    preds = predict_samples(
+        model, run, samples, dev, batch_size=batch_size, workers=workers, progress=progress,
+        description=f"evaluate {split_name}",
+    )
+    ok = np.array([not e for e in preds.errors], dtype=bool)
+    if not ok.any():
+        raise DataError(f"none of the {len(samples)} images in '{source}' could be read")
+    metrics = compute_metrics(preds.labels[ok], preds.probs[ok], run.labels)
+    predicted = preds.probs.argmax(1)
+    misclassified = [
+        {
+            "path": str(samples[i].path),
+            "true": run.labels[int(preds.labels[i])],
+            "predicted": run.labels[int(predicted[i])],
+            "confidence": float(preds.probs[i, predicted[i]]),
+        }
+        for i in np.flatnonzero(ok & (predicted != preds.labels))
+    ]
+    misclassified.sort(key=lambda m: -m["confidence"])
+    failed = [{"path": str(samples[i].path), "reason": preds.errors[i]} for i in np.flatnonzero(~ok)]
+    context = {
+        "run": str(run.paths.root),
+        "model": run.model,
+        "data": str(source),
+        "split": split_name,
+        "images": len(samples),
+        "unreadable": len(failed),
+        "image_size": run.preprocess.image_size,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    files = write_report(metrics, out, title=f"Evaluation of {run.paths.root.name} on {split_name}",
+                         context=context, misclassified=misclassified)
+    return EvalResult(metrics, files, split_name, source, len(failed))

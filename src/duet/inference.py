@@ -1,0 +1,92 @@
+"""Run a trained model over files: the offline twin of serving.
+
+It uses the same decode, the same load square and the same centre crop as
+validation during training, so an offline prediction here is what the model
+saw at validation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from duet.data import augment
+from duet.data.imageio import DecodeError, decode
+from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.models import build
+from duet.preprocess import to_load_square
+from duet.progress import make_progress
+from duet.runs import RunInfo
+from duet.train.checkpoint import load_weights
+
+
+def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
+    """The run's best weights in its architecture, in eval mode on ``device``."""
+    model = build(run.model, run.num_classes, "none")
+    model.load_state_dict(load_weights(run.paths.best))
+    return model.to(device).eval()
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray      # float32 (N, C); rows of failed files are NaN
+    labels: np.ndarray     # int64 (N,) true labels (-1 unknown)
+    errors: list[str]      # per sample: "" or the reason it failed to load
+
+
+@torch.no_grad()
+def predict_samples(
+    model: torch.nn.Module,
+    run: RunInfo,
+    samples: Sequence[Sample],
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+    description: str = "predict",
+) -> Predictions:
+    spec = run.preprocess
+    loader = TorchLoader(
+        samples, spec, batch_size=batch_size, shuffle=False, device=device,
+        workers=default_workers() if workers is None else workers,
+    )
+    probs = np.full((len(samples), run.num_classes), np.nan, dtype=np.float32)
+    errors = [""] * len(samples)
+    with make_progress(progress) as bar:
+        task = bar.add_task(description, total=len(samples), info="")
+        for batch in loader:
+            ok = batch.labels >= 0 if any(batch.errors) else torch.ones_like(batch.labels, dtype=torch.bool)
+            idx = batch.index.numpy()
+            for i, err in zip(idx, batch.errors):
+                if err:
+                    errors[i] = err
+            if bool(ok.any()):
+                x = augment.eval_batch(batch.images[ok], spec)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model(x)
+                probs[idx[ok.cpu().numpy()]] = torch.softmax(logits.float(), 1).cpu().numpy()
+            bar.advance(task, len(idx))
+    return Predictions(probs, np.array([s.label for s in samples], dtype=np.int64), errors)
+
+
+@torch.no_grad()
+def predict_file(model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int) -> np.ndarray:
+    """Class probabilities for one image file (raises DecodeError)."""
+    spec = run.preprocess
+    rgb = decode(path, max_pixels=max_pixels, min_size=spec.load_size)
+    square = torch.from_numpy(np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1)))[None]
+    logits = model(augment.eval_batch(square.to(device), spec))
+    return torch.softmax(logits.float(), 1)[0].cpu().numpy()
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, float | str]]:
+    order = np.argsort(-probs)[: min(k, len(labels))]
+    return [{"label": labels[i], "probability": float(probs[i])} for i in order]
+
+
+__all__ = ["DecodeError", "Predictions", "load_model", "predict_file", "predict_samples", "top_k"]

@@ -1,0 +1,80 @@
+"""The preprocessing spec: one object used by training, evaluation, export and serving.
+
+Pixels flow as: decode (``duet.data.imageio.decode``) -> RGB uint8 -> resize the
+shorter side to ``load_size`` and centre-crop a ``load_size`` square (on the CPU,
+uint8) -> on the device: a random resized crop (training) or the centre
+``image_size`` crop (evaluation and serving) -> float, normalised with
+``mean``/``std``.
+
+Evaluation is therefore the classic "resize to image_size / crop_pct, centre crop
+image_size" (timm's and torchvision's eval transform), and training crops are taken
+from the same ``load_size`` square, so the two never disagree about scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes a model input. Saved with every run and model."""
+
+    image_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
+    std: tuple[float, float, float] = field(default=IMAGENET_STD)
+    interpolation: str = "bilinear"
+
+    @property
+    def load_size(self) -> int:
+        """Side of the uint8 square kept on the CPU (and in caches)."""
+        return int(round(self.image_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["load_size"] = self.load_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        return cls(
+            image_size=int(d["image_size"]),
+            crop_pct=float(d["crop_pct"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            interpolation=str(d.get("interpolation", "bilinear")),
+        )
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """HxWx3 uint8 -> load_size x load_size x 3 uint8: shorter side resized to
+    ``load_size`` (antialiased when shrinking), then the centre square."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8, got {rgb.shape} {rgb.dtype}")
+    s = spec.load_size
+    h, w = rgb.shape[:2]
+    scale = s / min(h, w)
+    nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+    img = Image.fromarray(rgb)
+    if (nh, nw) != (h, w):
+        img = img.resize((nw, nh), _RESAMPLE[spec.interpolation])
+    top, left = (nh - s) // 2, (nw - s) // 2
+    return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+def centre_offset(spec: PreprocessSpec) -> int:
+    """Offset of the ``image_size`` centre crop inside the load square."""
+    return (spec.load_size - spec.image_size) // 2

@@ -1,0 +1,45 @@
+"""Shared helpers for end-to-end tests: real subprocesses of the CLI, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run `python -m duet ARGS` in a fresh process, the way a user does."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "duet", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file under root, to prove nothing was modified."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_class: int = 30, size: int = 24) -> Path:
+    """Real handwritten digits from scikit-learn, a few classes, as RGB PNG class folders."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in classes:
+        folder = root / str(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(digits.target == c)[:per_class]
+        for i in idx:
+            arr = (255 - digits.images[i] * 255 / 16).round().astype(np.uint8)
+            Image.fromarray(arr).resize((size, size), Image.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
+    return root

@@ -1,0 +1,137 @@
+"""Specifications for duet.report: metrics over arrays and the report files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from duet.report import compute_metrics, format_summary, render_markdown, write_report
+
+LABELS = ["cat", "dog", "fox"]
+# true:      cat  cat  cat  dog  dog  fox
+# predicted: cat  cat  dog  dog  dog  cat
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2], dtype=np.int64)
+PROBS = np.array(
+    [
+        [0.8, 0.1, 0.1],
+        [0.6, 0.3, 0.1],
+        [0.3, 0.6, 0.1],  # cat taken for dog; cat is second
+        [0.1, 0.7, 0.2],
+        [0.2, 0.5, 0.3],
+        [0.5, 0.1, 0.4],  # fox taken for cat; fox is second
+    ],
+    dtype=np.float32,
+)
+
+
+def by_label(metrics: dict, label: str) -> dict:
+    return next(row for row in metrics["per_class"] if row["label"] == label)
+
+
+def test_metrics_match_a_hand_computed_example() -> None:
+    m = compute_metrics(Y_TRUE, PROBS, LABELS, top_k=2)
+    assert m["num_images"] == 6
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["top_k_accuracy"] == {"k": 2, "value": 1.0}
+    assert m["confusion_matrix"]["labels"] == LABELS
+    assert m["confusion_matrix"]["matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    cat, dog, fox = (by_label(m, name) for name in LABELS)
+    assert cat["precision"] == pytest.approx(2 / 3) and cat["recall"] == pytest.approx(2 / 3)
+    assert dog["precision"] == pytest.approx(2 / 3) and dog["recall"] == 1.0
+    assert fox == {"label": "fox", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["macro"]["recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m["weighted"]["recall"] == pytest.approx(m["accuracy"])
+    expected_loss = -np.mean(np.log(PROBS[np.arange(6), Y_TRUE].astype(np.float64)))
+    assert m["log_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert m["most_confused"] == [
+        {"true": "cat", "predicted": "dog", "count": 1},
+        {"true": "fox", "predicted": "cat", "count": 1},
+    ]
+
+
+def test_top_k_is_capped_at_the_number_of_classes() -> None:
+    m = compute_metrics(Y_TRUE, PROBS, LABELS)
+    assert m["top_k_accuracy"] == {"k": 3, "value": 1.0}
+
+
+def test_binary_case_works() -> None:
+    y_true = np.array([0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+    m = compute_metrics(y_true, probs, ["no", "yes"], top_k=1)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["top_k_accuracy"] == {"k": 1, "value": pytest.approx(3 / 5)}
+    assert m["confusion_matrix"]["matrix"] == [[1, 1], [1, 2]]
+    assert compute_metrics(y_true, probs, ["no", "yes"])["top_k_accuracy"] == {"k": 2, "value": 1.0}
+
+
+def test_class_without_support_still_has_a_row() -> None:
+    y_true = np.array([0, 0, 1, 1])
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
+    m = compute_metrics(y_true, probs, LABELS)
+    assert by_label(m, "fox") == {"label": "fox", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["confusion_matrix"]["matrix"][2] == [0, 0, 0]
+    assert m["macro"]["f1"] == 1.0  # averaged over the classes that occur, not dragged down by fox
+    assert m["most_confused"] == []
+    assert math.isfinite(m["log_loss"])
+    assert "worst      cat" in format_summary(m)
+
+
+def test_logits_are_refused() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        compute_metrics(Y_TRUE, PROBS * 3.0, LABELS)
+    with pytest.raises(ValueError, match="y_true values"):
+        compute_metrics(np.array([0, 3]), PROBS[:2], LABELS)
+
+
+def test_summary_names_accuracy_macro_f1_and_worst_class() -> None:
+    summary = format_summary(compute_metrics(Y_TRUE, PROBS, LABELS))
+    assert "66.67%" in summary
+    assert "macro F1" in summary
+    assert "worst      fox (recall 0.00%, support 1)" in summary
+
+
+def test_write_report_creates_json_markdown_and_png(tmp_path: Path) -> None:
+    metrics = compute_metrics(Y_TRUE, PROBS, LABELS)
+    misclassified = [
+        {"path": "cat/3.png", "true": "cat", "predicted": "dog", "confidence": 0.6},
+        {"path": "fox/6.png", "true": "fox", "predicted": "cat", "confidence": 0.5},
+    ]
+    paths = write_report(
+        metrics,
+        tmp_path / "eval",
+        title="Evaluation: demo",
+        context={"run": "demo", "split": "val"},
+        misclassified=misclassified,
+    )
+    assert set(paths) == {"json", "md", "png"}
+    assert all(path.is_file() for path in paths.values())
+
+    document = json.loads(paths["json"].read_text())
+    assert document["title"] == "Evaluation: demo"
+    assert document["context"] == {"run": "demo", "split": "val"}
+    assert document["metrics"] == metrics
+    assert document["misclassified"] == misclassified
+
+    assert paths["png"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    md = paths["md"].read_text()
+    assert md.startswith("# Evaluation: demo")
+    for row in metrics["per_class"]:
+        line = f"| {row['label']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
+        assert line in md
+    assert "| cat | 2 | 1 | 0 |" in md  # confusion matrix row
+    assert "`fox/6.png`" in md
+    assert not list((tmp_path / "eval").glob(".*.tmp"))
+
+
+def test_markdown_points_to_png_when_there_are_many_classes() -> None:
+    labels = [f"class_{i}" for i in range(31)]
+    y_true = np.arange(31)
+    probs = np.eye(31) * 0.9 + 0.1 / 31
+    md = render_markdown(compute_metrics(y_true, probs, labels), title="t", context={}, misclassified=[])
+    assert "confusion_matrix.png" in md
+    assert "| class_30 |" in md  # still in the per-class table
