@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing duet and its dependencies into $(VENV) (first time: a few minutes)"
 	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | ($(QUIET_PIP))
-	@$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | ($(QUIET_PIP))
+	@$(BIN)/python -m pip install -q -e ".[dev,tf]" 2>&1 | ($(QUIET_PIP))
 	@$(BIN)/python -c "import duet, torch, timm; print('duet', duet.__version__, '| torch', torch.__version__, '| timm', timm.__version__)"
 	@touch $(STAMP)
 

@@ -22,7 +22,6 @@ from duet.progress import console
 
 app = typer.Typer(
     name="duet",
-    help="A folder of labelled images -> a trained, evaluated model. Start with `duet demo`.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -44,7 +43,7 @@ def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
-    """duet: prepare -> train -> evaluate -> predict, on a folder of class sub-folders.
+    """duet: a folder of labelled images -> a trained, evaluated, served model. Start with `duet demo`.
 
     \b
     DATA_DIR/
@@ -86,6 +85,8 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. [default: auto]"),
     workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). [default: -1]"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. [default: on]"),
+    data_backend: Optional[str] = typer.Option(None, "--data-backend", help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. [default: auto]"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where decoded images are cached. [default: $DUET_CACHE_DIR or ~/.cache/duet]"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. [default: runs]"),
     name: Optional[str] = typer.Option(None, help="Run folder name. [default: <date>-<time>-<model>]"),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
@@ -111,7 +112,7 @@ def train(
             "data_dir": data_dir, "model": model, "weights": weights, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
             "seed": seed, "device": device, "workers": workers, "out": out_dir, "name": name,
-            "augment": augment,
+            "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
         })
         result = train_run(cfg, progress=not quiet, log=log)
     summary = {
@@ -280,6 +281,24 @@ def demo(
                   f"{best['label']} ({100 * best['probability']:.1f}%)")
     t.add_row("try", f"duet predict {res.train.run_dir} {res.predictions[0]['file']}")
     out.print(t)
+
+
+def _register_stage_commands() -> None:
+    """Commands of later stages live in their own modules (each registers itself
+    on ``app`` with lazy imports, so `duet --help` stays fast)."""
+    import importlib
+
+    for module in ("duet.cli_bench", "duet.cli_serve"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_stage_commands()
 
 
 def main() -> None:

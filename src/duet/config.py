@@ -5,6 +5,8 @@ Inside duet, code receives the fields it needs, never raw dicts.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +61,13 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")
-    data_backend: Literal["torch"] = "torch"
+    data_backend: Literal["auto", "torch", "cache", "tf"] = Field(
+        "auto",
+        description="auto: cache when it fits cache_max_gb, else torch; torch: DataLoader workers decode "
+        "every epoch; cache: decode once into a memmap; tf: tf.data (extra duet[tf])",
+    )
+    cache_dir: Path | None = Field(None, description="where the 'cache' backend keeps decoded images [default: ~/.cache/duet]")
+    cache_max_gb: float = Field(50.0, ge=0, description="largest decode cache 'auto' will build, in GB")
     max_pixels: int = Field(89_478_485, ge=1)
     max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
     out: Path = Path("runs")
@@ -79,6 +87,13 @@ class TrainConfig(BaseModel):
     def to_yaml_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         return d
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """$DUET_CACHE_DIR, else $XDG_CACHE_HOME/duet, else ~/.cache/duet."""
+    if env.get("DUET_CACHE_DIR"):
+        return Path(env["DUET_CACHE_DIR"])
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duet"
 
 
 def _one_line(err: ValidationError, source: str) -> str:
@@ -121,9 +136,12 @@ def build_config(
         else:
             data[key] = value
     try:
-        return TrainConfig.model_validate(data)
+        config = TrainConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_one_line(e, f"{file}" if file else source)) from e
+    if config.cache_dir is None:
+        config = config.model_copy(update={"cache_dir": default_cache_dir(os.environ)})
+    return config
 
 
 def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:

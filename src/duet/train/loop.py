@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import duet
 from duet.config import TrainConfig, config_from_dict
 from duet.data import augment
-from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.data.cache import cache_bytes
+from duet.data.loaders import Loader, Sample, default_workers, make_loader
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, RunError
@@ -33,6 +34,7 @@ from duet.progress import make_progress
 from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
 from duet.train import checkpoint
 from duet.train.schedule import warmup_cosine
+from duet.train.step import train_step
 
 Log = Callable[[str], None]
 
@@ -59,6 +61,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def choose_backend(config: TrainConfig, num_images: int) -> str:
+    """"auto" means the decode cache whenever it fits the disk budget."""
+    if config.data_backend != "auto":
+        return config.data_backend
+    fits = cache_bytes(num_images, config.preprocess()) <= config.cache_max_gb * 1e9
+    return "cache" if fits else "torch"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -71,7 +81,7 @@ def seed_everything(seed: int) -> None:
 def split_samples(manifest: Manifest, split: str) -> list[Sample]:
     index = manifest.label_index()
     return [
-        Sample(manifest.data_dir / r.path, index[r.label])
+        Sample(manifest.data_dir / r.path, index[r.label], r.sha256)
         for r in manifest.usable()
         if r.split == split
     ]
@@ -151,7 +161,7 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: TorchLoader, spec: PreprocessSpec, device: torch.device) -> dict[str, float]:
+def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, device: torch.device) -> dict[str, float]:
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
     for batch in loader:
@@ -189,14 +199,16 @@ def _fit(
     if not train_samples:
         raise DataError("no training images after the split; add images or lower --val-split")
     batch_size = min(config.batch_size, len(train_samples))
-    train_loader = TorchLoader(
-        train_samples, spec, batch_size=batch_size, shuffle=True, device=device,
-        workers=workers, seed=config.seed, max_pixels=config.max_pixels,
-        drop_last=len(train_samples) > batch_size,
+    backend = choose_backend(config, len(train_samples) + len(val_samples))
+    log(f"data backend: {backend}")
+    common = dict(device=device, workers=workers, seed=config.seed, max_pixels=config.max_pixels,
+                  cache_dir=config.cache_dir, progress=progress)
+    train_loader = make_loader(
+        backend, train_samples, spec, batch_size=batch_size, shuffle=True,
+        drop_last=len(train_samples) > batch_size, **common,
     )
-    val_loader = TorchLoader(
-        val_samples, spec, batch_size=batch_size, shuffle=False, device=device,
-        workers=workers, seed=config.seed, max_pixels=config.max_pixels,
+    val_loader = make_loader(
+        backend, val_samples, spec, batch_size=batch_size, shuffle=False, **common,
     ) if val_samples else None
 
     model = build(config.model, len(manifest.labels), config.weights).to(device)
@@ -258,14 +270,7 @@ def _fit(
                     hflip=config.augment.hflip, generator=aug_gen,
                 )
                 y = batch.labels[ok]
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss = train_step(model, optimizer, x, y, label_smoothing=config.label_smoothing)
                 scheduler.step()
                 loss_sum += loss.item() * int(y.numel())
                 seen += int(y.numel())

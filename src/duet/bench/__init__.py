@@ -1,0 +1,1 @@
+"""Measurements behind docs/benchmarks.md: duet beside the peers, same files, same run."""

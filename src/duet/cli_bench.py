@@ -1,0 +1,97 @@
+"""`duet bench data|train|sample-data`: the measurements behind docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(help="Measure duet beside the peers, same files, same run (results for docs/benchmarks.md).",
+                        no_args_is_help=True)
+
+
+def _device(name: str):
+    from duet.train.loop import resolve_device
+
+    return resolve_device(name)
+
+
+def _emit(result: dict, as_json: bool, md: str, command: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    env = result["environment"]
+    print()
+    print(md)
+    print()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print(f"command: {command}")
+
+
+@bench_app.command("data")
+def bench_data_cmd(
+    data_dir: Path = typer.Argument(..., help="Folder of class sub-folders (e.g. from `duet bench sample-data`)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    image_size: int = typer.Option(224, "--image-size"),
+    workers: Optional[int] = typer.Option(None, help="Loader workers for every row. [default: one per core, max 8]"),
+    later_epochs: int = typer.Option(2, "--later-epochs", help="Cache epochs averaged for the steady-state row."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use only the first N usable images."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    no_tf: bool = typer.Option(False, "--no-tf", help="Skip the TensorFlow rows even when TensorFlow is installed."),
+    as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Input pipeline images/s: ImageFolder + DataLoader vs Keras vs duet torch / cache / tf."""
+    from duet.bench.data import bench_data, markdown
+
+    log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
+    result = bench_data(data_dir, batch_size=batch_size, image_size=image_size, workers=workers,
+                        later_epochs=later_epochs, max_images=max_images, device=_device(device),
+                        include_tf=not no_tf, progress=not quiet, log=log)
+    _emit(result, as_json, markdown(result), "duet bench data " + " ".join(sys.argv[3:]))
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    data_dir: Path = typer.Argument(..., help="Folder of class sub-folders."),
+    model: str = typer.Option("resnet18"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    image_size: int = typer.Option(224, "--image-size"),
+    steps: int = typer.Option(10, help="Timed steps per row (after --warmup untimed steps)."),
+    warmup: int = typer.Option(2),
+    workers: Optional[int] = typer.Option(None),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
+    no_imagefolder: bool = typer.Option(False, "--no-imagefolder", help="Skip the ImageFolder row."),
+    as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """End-to-end training images/s beside the synthetic-data limit of the same model."""
+    from duet.bench.train import bench_train, markdown
+
+    log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
+    result = bench_train(data_dir, model_name=model, batch_size=batch_size, image_size=image_size, steps=steps,
+                         warmup=warmup, workers=workers, device=_device(device), compile=compile,
+                         include_imagefolder=not no_imagefolder, progress=not quiet, log=log)
+    _emit(result, as_json, markdown(result), "duet bench train " + " ".join(sys.argv[3:]))
+
+
+@bench_app.command("sample-data")
+def sample_data_cmd(
+    out_dir: Path = typer.Argument(..., help="Where to write the JPEGs (class_00/ ... class_NN/)."),
+    count: int = typer.Option(4000, min=2),
+    classes: int = typer.Option(10, min=2),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a reproducible folder of ~500x375 JPEGs cut from real photos (no download)."""
+    from duet.bench.sample_data import write_sample_photos
+
+    info = write_sample_photos(out_dir, count=count, classes=classes, seed=seed)
+    print(f"{info['images']} images in {info['classes']} class folders at {info['dir']} ({info['written']} written)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
