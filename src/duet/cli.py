@@ -8,6 +8,7 @@ shows the traceback. Progress bars and logs go to stderr, results to stdout
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -85,6 +86,9 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. [default: auto]"),
     workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). [default: -1]"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. [default: on]"),
+    recipe: Optional[str] = typer.Option(None, help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. [default: auto]"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. [default: off]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without val improvement (0 = off). [default: 0]"),
     data_backend: Optional[str] = typer.Option(None, "--data-backend", help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. [default: auto]"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where decoded images are cached. [default: $DUET_CACHE_DIR or ~/.cache/duet]"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. [default: runs]"),
@@ -113,8 +117,11 @@ def train(
             "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
             "seed": seed, "device": device, "workers": workers, "out": out_dir, "name": name,
             "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
+            "recipe": recipe, "ema": ema, "patience": patience,
         })
         result = train_run(cfg, progress=not quiet, log=log)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     summary = {
         "run": str(result.run_dir),
         "best_val_accuracy": result.best_val_accuracy,
@@ -125,6 +132,8 @@ def train(
         "train_images_per_s": round(result.train_images_per_s, 1),
         "seconds": round(result.seconds, 1),
         "load_failures": len(result.load_failures),
+        "stopped_early": result.stopped_early,
+        "events": result.events,
         "last_epoch": result.last,
     }
     if as_json:
@@ -137,8 +146,45 @@ def train(
     t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
     if result.load_failures:
         t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
+    for event in result.events:
+        t.add_row("event", event)
+    if result.stopped_early:
+        t.add_row("early stop", f"no improvement for the patience window; best epoch {result.best_epoch}")
     t.add_row("next", f"duet evaluate {result.run_dir}")
     out.print(t)
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings (as for train)."),
+    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. [default: resnet18]"),
+    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH. [default: none]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    steps: int = typer.Option(100, help="Batches in the sweep (stops early once the loss diverges)."),
+    start: float = typer.Option(1e-7, help="First learning rate."),
+    end: float = typer.Option(10.0, help="Last learning rate."),
+    out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Plot to write (a .json of the curve beside it)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    workers: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Learning-rate range test: a plot of loss vs LR and a suggested --lr."""
+    from duet.config import build_config
+    from duet.train.lr_find import lr_find
+
+    if not (0 < start < end):
+        raise DuetError(f"`--start` must be positive and below `--end`. Received: --start={start} --end={end}")
+    cfg = build_config(config, {"data_dir": data_dir, "model": model, "weights": weights, "batch_size": batch_size,
+                                "image_size": image_size, "device": device, "workers": workers})
+    res = lr_find(cfg, start=start, end=end, steps=steps, out=out_file, progress=not quiet)
+    if as_json:
+        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs)})
+        return
+    out.print(f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot})")
+    out.print(f"next: duet train {data_dir} --lr {res.suggestion:.1e}")
 
 
 @app.command()
@@ -288,7 +334,7 @@ def _register_stage_commands() -> None:
     on ``app`` with lazy imports, so `duet --help` stays fast)."""
     import importlib
 
-    for module in ("duet.cli_bench", "duet.cli_serve"):
+    for module in ("duet.cli_serve", "duet.cli_bench", "duet.cli_monitor"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

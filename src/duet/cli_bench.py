@@ -94,4 +94,10 @@ def sample_data_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    """Add `duet bench data|train|sample-data`, joining a `bench` group another
+    stage module (serve) may have registered already."""
+    for info in app.registered_groups:
+        if info.name == "bench" and info.typer_instance is not None:
+            info.typer_instance.registered_commands.extend(bench_app.registered_commands)
+            return
     app.add_typer(bench_app, name="bench")

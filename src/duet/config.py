@@ -70,6 +70,26 @@ class TrainConfig(BaseModel):
     cache_max_gb: float = Field(50.0, ge=0, description="largest decode cache 'auto' will build, in GB")
     max_pixels: int = Field(89_478_485, ge=1)
     max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
+    recipe: Literal["auto", "finetune", "scratch"] = Field(
+        "auto", description="finetune: head first (backbone frozen), then all layers with layer-wise LRs; "
+        "scratch: all layers from the start; auto: finetune when weights != none")
+    freeze_epochs: int = Field(1, ge=0, description="finetune: epochs that train only the new head")
+    layer_decay: float = Field(0.75, gt=0, le=1, description="finetune: LR ratio between successive blocks")
+    grad_clip: float = Field(0.0, ge=0, description="clip the global gradient norm (0 = off)")
+    ema: bool = Field(False, description="keep an exponential moving average of the weights; validate and save it")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
+    class_weights: Literal["auto", "on", "off"] = Field(
+        "auto", description="weight the loss by inverse class frequency; auto: on when the imbalance ratio >= 3")
+    patience: int = Field(0, ge=0, description="early stopping: epochs without val improvement (0 = off)")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = epoch ends only)")
+    checkpoint_minutes: float = Field(10.0, ge=0, description="and at least every this many minutes (0 = off)")
+    max_bad_steps: int = Field(20, ge=0, description="stop after this many non-finite losses in a run")
+    rollback_after: int = Field(3, ge=1, description="non-finite losses in a row before rolling back to the last checkpoint")
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="LR multiplier applied at each rollback")
+    inject_faults: dict[str, list[int]] = Field(
+        default_factory=dict, description="testing only: {'nan': [global steps], 'oom': [global steps]}")
     out: Path = Path("runs")
     name: str | None = None
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -41,3 +41,15 @@ class RunError(DuetError):
     """A run directory that is missing, incomplete or inconsistent."""
 
     exit_code = 5
+
+
+class TrainingDiverged(DuetError):
+    """Too many non-finite losses: the run stopped rather than write garbage."""
+
+    exit_code = 6
+
+
+class Interrupted(DuetError):
+    """SIGINT/SIGTERM: a checkpoint was written; the message says how to resume."""
+
+    exit_code = 130

@@ -69,12 +69,19 @@ def train_batch(
     ratio: tuple[float, float],
     hflip: bool,
     generator: torch.Generator,
+    draws: int | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """uint8 NCHW load squares -> normalised float crops of image_size, a
     different random crop (and flip) per image. The random draws come from a
-    CPU generator so a seed gives the same crops on every device."""
+    CPU generator so a seed gives the same crops on every device.
+
+    ``draws``/``offset``: draw parameters for a whole global batch of ``draws``
+    images and use those from ``offset`` on, so that a rank of a distributed
+    run crops its images exactly as a single process would."""
     n = x.shape[0]
-    theta = random_resized_crop_params(n, scale, ratio, hflip, generator).to(x.device)
+    theta = random_resized_crop_params(draws or n, scale, ratio, hflip, generator)[offset : offset + n]
+    theta = theta.to(x.device)
     grid = F.affine_grid(theta, [n, 3, spec.image_size, spec.image_size], align_corners=False)
     crops = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return normalise(crops, spec)

@@ -47,7 +47,7 @@ import torch
 from duet.atomic import write_json_atomic
 from duet.config import default_cache_dir
 from duet.data.imageio import DecodeError, decode
-from duet.data.loaders import Batch, Sample, epoch_order
+from duet.data.loaders import Batch, Sample, batch_plan
 from duet.preprocess import PreprocessSpec, to_load_square
 from duet.progress import make_progress
 
@@ -185,7 +185,7 @@ def open_or_build(
 
 class CacheLoader:
     """Loader over one split, fed from a CacheStore. Same batches as TorchLoader
-    for the same seed: the same order (``epoch_order``) and the same pixels."""
+    for the same seed: the same plan (``batch_plan``) and the same pixels."""
 
     def __init__(
         self,
@@ -202,6 +202,8 @@ class CacheLoader:
         cache_dir: Path | None = None,
         device_share: float = DEFAULT_DEVICE_SHARE,
         progress: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.samples = list(samples)
         self.spec = spec
@@ -210,7 +212,8 @@ class CacheLoader:
         self.device = device
         self.seed = seed
         self.drop_last = drop_last
-        self.epoch = 0
+        self.rank, self.world = rank, world
+        self.epoch, self.start = 0, 0
         self.store = open_or_build(
             self.samples, spec, Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
             workers=max(2, workers * 2), max_pixels=max_pixels, progress=progress,
@@ -235,16 +238,17 @@ class CacheLoader:
             out[i : i + step].copy_(torch.from_numpy(np.asarray(self.store.images[i : i + step])), non_blocking=False)
         return out
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
 
     def __len__(self) -> int:
         n = len(self.samples)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _index_batches(self) -> list[torch.Tensor]:
-        order = epoch_order(len(self.samples), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
-        return [order[i : i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+        plan = batch_plan(len(self.samples), batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                          epoch=self.epoch, drop_last=self.drop_last, rank=self.rank, world=self.world)
+        return [torch.tensor(b, dtype=torch.int64) for b in plan[self.start :]]
 
     def _errors(self, idx: torch.Tensor) -> list[str]:
         return [self.store.failed.get(int(i), "") for i in idx]

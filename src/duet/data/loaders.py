@@ -19,6 +19,7 @@ counts it, reports it and stops past a limit.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,6 +73,10 @@ def _collate(batch: list[tuple[torch.Tensor, int, int, str]]) -> tuple[torch.Ten
     return images, labels, index, [b[3] for b in batch]
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
@@ -85,8 +90,7 @@ class Batch:
 
 
 def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch, shared by every backend so that the same
-    seed gives the same batches whichever backend feeds them."""
+    """The sample order of one epoch: a permutation seeded by seed and epoch."""
     if not shuffle:
         return torch.arange(n)
     g = torch.Generator()
@@ -94,26 +98,63 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor
     return torch.randperm(n, generator=g)
 
 
-class EpochSampler(Sampler[int]):
-    """Yields ``epoch_order`` for the epoch set last (DataLoader re-iterates it
-    each epoch, also with persistent workers)."""
+def batch_plan(
+    n: int,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    rank: int = 0,
+    world: int = 1,
+) -> list[list[int]]:
+    """The batches of one epoch, shared by every backend, so that the same seed
+    gives the same batches whichever backend feeds them.
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int) -> None:
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+    ``batch_size`` is the global batch; with ``world`` > 1 each rank gets its
+    contiguous slice of every global batch, so N processes see exactly the
+    images one process would, and a rank's position in the plan is the same
+    everywhere (which makes resuming mid-epoch a matter of skipping batches).
+    """
+    order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch).tolist()
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    per_rank = batch_size // world
+    plan = []
+    for b in range(count):
+        batch = order[b * batch_size : (b + 1) * batch_size]
+        plan.append(batch if world == 1 else batch[rank * per_rank : (rank + 1) * per_rank])
+    return plan
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch).tolist())
+
+class PlanSampler(Sampler[list[int]]):
+    """A DataLoader batch_sampler over ``batch_plan`` for the epoch set last,
+    starting at ``start`` (DataLoader re-iterates it each epoch, also with
+    persistent workers)."""
+
+    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 rank: int = 0, world: int = 1) -> None:
+        self.kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world)
+        self.n, self.epoch, self.start = n, 0, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(batch_plan(self.n, epoch=self.epoch, **self.kw)[self.start :])  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return self.n
+        bs, drop = int(self.kw["batch_size"]), bool(self.kw["drop_last"])
+        return self.n // bs if drop else -(-self.n // bs)
 
 
 class Loader(Protocol):
-    """What the training loop and evaluation need from a backend over one split."""
+    """What the training loop and evaluation need from a backend over one split.
 
-    def set_epoch(self, epoch: int) -> None: ...
+    ``batch_size`` is the global batch (see ``batch_plan``); ``set_epoch(e,
+    start_batch=k)`` makes the next iteration yield epoch ``e``'s batches from
+    the k-th on (resuming mid-epoch)."""
 
-    def __len__(self) -> int: ...  # batches per epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+    def __len__(self) -> int: ...  # batches in a whole epoch
 
     def __iter__(self) -> Iterator[Batch]: ...
 
@@ -121,8 +162,10 @@ class Loader(Protocol):
 class TorchLoader:
     """The "torch" backend over one split. Iterating yields one epoch of Batches.
 
-    The order comes from ``epoch_order`` (seed and ``set_epoch``), so a run's
-    batch order depends only on the seed, not on worker timing or backend.
+    Batches come from ``batch_plan`` (seed and ``set_epoch``), so a run's
+    batches depend only on the seed, not on worker timing or backend. Worker
+    processes ignore SIGINT: Ctrl-C reaches the training loop, which saves a
+    checkpoint, instead of killing the workers under it.
     """
 
     def __init__(
@@ -137,29 +180,31 @@ class TorchLoader:
         seed: int = 0,
         max_pixels: int = 89_478_485,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.dataset = ImageFileDataset(samples, spec, max_pixels)
         self.device = device
-        self.sampler = EpochSampler(len(self.dataset), shuffle=shuffle, seed=seed)
+        self.sampler = PlanSampler(len(self.dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                   drop_last=drop_last, rank=rank, world=world)
         self.generator = torch.Generator().manual_seed(seed)  # worker seeds only; decoding draws nothing
         self.loader = DataLoader(
             self.dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.sampler,
             num_workers=workers,
             collate_fn=_collate,
             pin_memory=device.type == "cuda",
-            drop_last=drop_last,
             persistent_workers=workers > 0,
+            worker_init_fn=_ignore_sigint if workers > 0 else None,
             generator=self.generator,
             prefetch_factor=4 if workers > 0 else None,
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.epoch, self.sampler.start = epoch, start_batch
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
@@ -189,21 +234,25 @@ def make_loader(
     drop_last: bool = False,
     cache_dir: Path | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> Loader:
     """The one place a backend is chosen. Heavy backends import lazily, so that
     importing duet never imports TensorFlow."""
     if backend == "torch":
         return TorchLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
-                           workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last)
+                           workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
+                           rank=rank, world=world)
     if backend == "cache":
         from duet.data.cache import CacheLoader
 
         return CacheLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
                            workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
-                           cache_dir=cache_dir, progress=progress)
+                           cache_dir=cache_dir, progress=progress, rank=rank, world=world)
     if backend == "tf":
         from duet.data.tfdata import TfLoader
 
         return TfLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
-                        workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last)
+                        workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
+                        rank=rank, world=world)
     raise ValueError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,17 +1,36 @@
 """The training run, top to bottom: data, model, optimiser, epochs, checkpoints.
 
-Read it as the story of a run. Each step is a small function; the loop itself
-is in ``_fit``.
+Read it as the story of a run. ``train`` and ``resume`` prepare a run folder and
+call ``_fit``; ``_fit`` builds the pieces (loaders, model, optimiser, schedule,
+EMA, mixup) and runs the epochs; each step goes through ``train_step``, which
+owns the numerical safety nets. Everything a resume needs is in ``LoopState``
+plus the state dicts saved beside it in checkpoints/last.pt.
+
+Resilience, in one place:
+- checkpoints at every epoch end and every ``checkpoint_every`` steps /
+  ``checkpoint_minutes``, written atomically, never with non-finite weights;
+  ``--resume`` continues from the exact batch (same seed => same result);
+- SIGINT/SIGTERM finish the current step, write a checkpoint and exit with the
+  command that resumes;
+- a non-finite loss skips the step; ``rollback_after`` in a row reload the last
+  checkpoint with a lower LR; ``max_bad_steps`` in all stop the run (exit 6);
+- CUDA out-of-memory halves the micro-batch (gradients accumulate, the
+  effective batch stays the same);
+- a sample that fails to load is counted and reported, and stops the run past
+  ``max_load_failures``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
+import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +39,21 @@ import torch
 import torch.nn.functional as F
 
 import duet
+from duet.atomic import write_json_atomic, write_text_atomic
 from duet.config import TrainConfig, config_from_dict
 from duet.data import augment
 from duet.data.cache import cache_bytes
 from duet.data.loaders import Loader, Sample, default_workers, make_loader
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
-from duet.errors import ConfigError, DataError, RunError
-from duet.atomic import write_json_atomic, write_text_atomic
+from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from duet.models import build
 from duet.preprocess import PreprocessSpec
 from duet.progress import make_progress
 from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
-from duet.train import checkpoint
+from duet.train import checkpoint, distributed, recipe
 from duet.train.schedule import warmup_cosine
-from duet.train.step import train_step
+from duet.train.step import cross_entropy, train_step
 
 Log = Callable[[str], None]
 
@@ -50,6 +69,30 @@ class TrainResult:
     train_images_per_s: float
     num_train: int
     num_val: int
+    load_failures: list[dict[str, str]] = field(default_factory=list)
+    stopped_early: bool = False
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoopState:
+    """The loop's own counters; saved in last.pt as a plain dict."""
+
+    epoch: int = 1                 # the epoch in progress (or about to start)
+    step_in_epoch: int = 0         # batches of ``epoch`` already done
+    global_step: int = 0           # optimizer steps attempted, for the schedule and fault injection
+    loss_sum: float = 0.0          # of the epoch in progress
+    seen: int = 0                  # images of the epoch in progress
+    epoch_failures: int = 0
+    epoch_bad_steps: int = 0
+    best_val_accuracy: float | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0          # epochs without val improvement (early stopping)
+    bad_steps: int = 0             # non-finite losses, whole run
+    bad_in_row: int = 0
+    lr_scale: float = 1.0          # lowered by each rollback
+    micro_batches: int = 1         # raised by each out-of-memory
+    events: list[str] = field(default_factory=list)
     load_failures: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -98,12 +141,8 @@ def prepare_data(config: TrainConfig, *, progress: bool) -> Manifest:
 def _versions() -> dict[str, str]:
     import timm
 
-    return {
-        "duet": duet.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
+    return {"duet": duet.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
 
 
 def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any]) -> dict[str, Any]:
@@ -119,19 +158,32 @@ def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any]) -> 
 
 
 def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> TrainResult:
-    """Train a new run from ``config``; returns when all epochs are done."""
-    manifest = prepare_data(config, progress=progress)
-    paths = create_run_dir(config.out, config.name, config.model)
-    write_config(paths, config.to_yaml_dict())
-    write_manifest(manifest, paths.manifest)
-    write_json_atomic(paths.data_report, data_report(manifest))
-    write_info(paths, _run_info(config, manifest, {}))
-    log(f"run folder: {paths.root}")
-    return _fit(config, manifest, paths, resume=None, progress=progress, log=log)
+    """Train a new run from ``config``; returns when all epochs are done.
+
+    Under torchrun, rank 0 scans, creates the run folder and writes every file;
+    the other ranks wait for it and read the same manifest."""
+    d = distributed.from_env(os.environ, config.device)
+    try:
+        if d.main:
+            manifest = prepare_data(config, progress=progress)
+            paths = create_run_dir(config.out, config.name, config.model)
+            write_config(paths, config.to_yaml_dict())
+            write_manifest(manifest, paths.manifest)
+            write_json_atomic(paths.data_report, data_report(manifest))
+            write_info(paths, _run_info(config, manifest, {}))
+            log(f"run folder: {paths.root}")
+            _announce(d, str(paths.root))
+        else:
+            paths = RunPaths(Path(_announce(d, "")))
+            manifest = read_manifest(paths.manifest, Path(config.data_dir).resolve())
+        return _fit(config, manifest, paths, resume=None, dist=d, progress=progress and d.main,
+                    log=log if d.main else _silent)
+    finally:
+        distributed.shutdown(d)
 
 
 def resume(run_dir: Path, *, progress: bool = True, log: Log = print) -> TrainResult:
-    """Continue an interrupted run from its last completed epoch."""
+    """Continue an interrupted run from its last checkpoint (mid-epoch included)."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise RunError(f"run folder '{paths.root}' does not exist")
@@ -140,10 +192,32 @@ def resume(run_dir: Path, *, progress: bool = True, log: Log = print) -> TrainRe
         raise RunError(f"'{paths.root}' has no manifest.csv; it cannot be resumed, start a new run")
     manifest = read_manifest(paths.manifest, Path(config.data_dir))
     state = checkpoint.load_last(paths.last)
-    if state["epoch"] >= config.epochs:
+    loop = LoopState(**state["loop"])
+    if loop.epoch > config.epochs or state.get("finished"):
         raise RunError(f"run '{paths.root}' already finished all {config.epochs} epochs; nothing to resume")
-    log(f"resuming {paths.root} after epoch {state['epoch']} of {config.epochs}")
-    return _fit(config, manifest, paths, resume=state, progress=progress, log=log)
+    d = distributed.from_env(os.environ, config.device)
+    try:
+        if d.main:
+            log(f"resuming {paths.root} at epoch {loop.epoch}, batch {loop.step_in_epoch}")
+        return _fit(config, manifest, paths, resume=state, dist=d, progress=progress and d.main,
+                    log=log if d.main else _silent)
+    finally:
+        distributed.shutdown(d)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _announce(d: distributed.Dist, text: str) -> str:
+    """Rank 0 tells the others a short string (the run folder)."""
+    if not d.enabled:
+        return text
+    import torch.distributed as tdist
+
+    box = [text]
+    tdist.broadcast_object_list(box, src=0)
+    return str(box[0])
 
 
 def _keep_metrics_until(path: Path, epoch: int) -> None:
@@ -158,12 +232,17 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
+        os.fsync(f.fileno())
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, device: torch.device) -> dict[str, float]:
+def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, device: torch.device,
+             d: distributed.Dist = distributed.Dist()) -> dict[str, float]:
+    """Loss and accuracy over the rank's share of the validation split, summed over ranks."""
+    was_training = model.training
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
+    loader.set_epoch(0)
+    total_loss, correct, n = 0.0, 0.0, 0.0
     for batch in loader:
         ok = batch.labels >= 0
         if not bool(ok.any()):
@@ -177,7 +256,37 @@ def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, devic
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         n += int(y.numel())
-    return {"val_loss": total_loss / max(n, 1), "val_accuracy": correct / max(n, 1), "val_images": n}
+    total_loss, correct, n = distributed.all_reduce_sum(d, [total_loss, correct, n], device)
+    model.train(was_training)
+    return {"val_loss": total_loss / max(n, 1), "val_accuracy": correct / max(n, 1), "val_images": int(n)}
+
+
+@contextmanager
+def _stop_signals() -> Iterator[dict[str, str]]:
+    """SIGINT/SIGTERM set a flag the loop checks after every step."""
+    flag: dict[str, str] = {}
+    handlers = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        flag["signal"] = signal.Signals(signum).name
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (e.g. called from a server): no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+
+
+def _class_counts(samples: list[Sample], num_classes: int) -> list[int]:
+    counts = [0] * num_classes
+    for s in samples:
+        counts[s.label] += 1
+    return counts
 
 
 def _fit(
@@ -186,148 +295,319 @@ def _fit(
     paths: RunPaths,
     *,
     resume: dict[str, Any] | None,
+    dist: distributed.Dist,
     progress: bool,
     log: Log,
 ) -> TrainResult:
     spec = config.preprocess()
-    device = resolve_device(config.device)
+    device = distributed.device_for(dist, resolve_device(config.device))
     seed_everything(config.seed)
     workers = default_workers() if config.workers < 0 else config.workers
+    num_classes = len(manifest.labels)
 
+    # -- data ---------------------------------------------------------------
     train_samples = split_samples(manifest, "train")
     val_samples = split_samples(manifest, "val")
     if not train_samples:
         raise DataError("no training images after the split; add images or lower --val-split")
     batch_size = min(config.batch_size, len(train_samples))
+    if batch_size % dist.world:
+        raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes ({dist.world})")
     backend = choose_backend(config, len(train_samples) + len(val_samples))
-    log(f"data backend: {backend}")
+    log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val images")
     common = dict(device=device, workers=workers, seed=config.seed, max_pixels=config.max_pixels,
                   cache_dir=config.cache_dir, progress=progress)
     train_loader = make_loader(
         backend, train_samples, spec, batch_size=batch_size, shuffle=True,
-        drop_last=len(train_samples) > batch_size, **common,
+        drop_last=len(train_samples) > batch_size or dist.enabled, rank=dist.rank, world=dist.world, **common,
     )
-    val_loader = make_loader(
-        backend, val_samples, spec, batch_size=batch_size, shuffle=False, **common,
-    ) if val_samples else None
+    val_share = val_samples[dist.rank :: dist.world]
+    val_loader = make_loader(backend, val_share, spec, batch_size=max(1, batch_size // dist.world),
+                             shuffle=False, **common) if val_share else None
 
-    model = build(config.model, len(manifest.labels), config.weights).to(device)
+    # -- model, optimiser, schedule -------------------------------------------
+    which = recipe.resolve(config.recipe, config.weights)
+    model = build(config.model, num_classes, config.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
+    groups = recipe.param_groups(model, lr=config.lr, weight_decay=config.weight_decay, recipe=which,
+                                 layer_decay=config.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    state = LoopState()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total=total_steps, warmup=warmup_steps)
-    )
+        optimizer, lambda s: state.lr_scale * warmup_cosine(s, total=total_steps, warmup=warmup_steps))
+    ema = None
+    if config.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=config.ema_decay)
+    mixup = None
+    if config.mixup > 0 or config.cutmix > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
+                      label_smoothing=config.label_smoothing, num_classes=num_classes)
+    counts = _class_counts(train_samples, num_classes)
+    ratio = max(counts) / max(1, min(counts))
+    use_weights = config.class_weights == "on" or (config.class_weights == "auto" and ratio >= 3)
+    weight = recipe.class_weights(counts).to(device) if use_weights else None
+    loss_fn = cross_entropy(config.label_smoothing, weight)
+    if use_weights:
+        log(f"class imbalance {ratio:.1f}:1 -> class-weighted loss")
     aug_gen = torch.Generator().manual_seed(config.seed)
+    net: torch.nn.Module = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=which == "finetune")  # the frozen backbone gets no gradients
 
-    start_epoch, best_acc, best_epoch = 0, None, 0
-    failures: list[dict[str, str]] = []
+    def snapshot(finished: bool = False) -> dict[str, Any]:
+        return {
+            "model": checkpoint.weights_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": checkpoint.weights_state(ema.module) if ema is not None else None,
+            "aug_rng": aug_gen.get_state(),
+            "rng": checkpoint.rng_state(),
+            "loop": asdict(state),
+            "finished": finished,
+            "config": config.to_yaml_dict(),
+            "labels": manifest.labels,
+        }
+
+    def restore(saved: dict[str, Any]) -> None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None and saved.get("ema") is not None:
+            ema.module.load_state_dict(saved["ema"])
+        aug_gen.set_state(saved["aug_rng"])
+        checkpoint.set_rng_state(saved["rng"])
+        for k, v in saved["loop"].items():
+            setattr(state, k, v)
+
+    def save_last(finished: bool = False) -> None:
+        if dist.main:
+            checkpoint.save_last(paths.last, snapshot(finished))
+        distributed.barrier(dist)
+
+    def reapply_lr() -> None:
+        """Set every group's LR from the schedule now (after a rollback lowered lr_scale)."""
+        for g, lr in zip(optimizer.param_groups, scheduler.get_lr()):
+            g["lr"] = lr
+
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        aug_gen.set_state(resume["aug_rng"])
-        checkpoint.set_rng_state(resume["rng"])
-        start_epoch, best_acc, best_epoch = resume["epoch"], resume["best_val_accuracy"], resume["best_epoch"]
-        failures = list(resume.get("load_failures", []))
-        _keep_metrics_until(paths.metrics, start_epoch)
+        restore(resume)
+        if dist.main:
+            _keep_metrics_until(paths.metrics, state.epoch - 1)
+    if which == "finetune":
+        log(f"recipe finetune: head only for {config.freeze_epochs} epoch(s), then all layers "
+            f"(layer decay {config.layer_decay})")
 
+    # -- epochs ----------------------------------------------------------------
     t_run = time.perf_counter()
     trained_images, train_seconds = 0, 0.0
-    last: dict[str, Any] = {}
-    with make_progress(progress) as bar:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            model.train()
-            train_loader.set_epoch(epoch)
-            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch, info="")
+    last_row: dict[str, Any] = {}
+    stopped_early = False
+    last_save = time.monotonic()
+    fired: set[tuple[str, int]] = set()  # injected faults fire once, also after a rollback
+    with make_progress(progress) as bar, _stop_signals() as stop:
+        while state.epoch <= config.epochs:
+            epoch = state.epoch
+            recipe.set_backbone_frozen(model, which == "finetune" and epoch <= config.freeze_epochs)
+            net.train()
+            train_loader.set_epoch(epoch, start_batch=state.step_in_epoch)
+            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch,
+                                completed=state.step_in_epoch, info="")
             t0 = time.perf_counter()
-            loss_sum, seen, epoch_failures = 0.0, 0, 0
+            seen_before = state.seen
+            rolled_back = False
             for batch in train_loader:
                 ok = batch.labels >= 0
                 if not bool(ok.all()):
-                    for i, err in zip(batch.index.tolist(), batch.errors):
-                        if err:
-                            failures.append({"path": str(train_samples[i].path), "reason": err, "epoch": str(epoch)})
-                            epoch_failures += 1
-                    if epoch_failures > max(1, config.max_load_failures * len(train_samples)):
-                        raise DataError(
-                            f"{epoch_failures} training images failed to load in epoch {epoch} "
-                            f"(e.g. {failures[-1]['path']}: {failures[-1]['reason']}); "
-                            "the data folder changed after the scan; fix it and resume"
-                        )
-                if int(ok.sum()) < 2:
-                    continue  # BatchNorm cannot train on a single image
+                    _count_load_failures(state, batch, train_samples, epoch, config, len(train_samples))
                 x = augment.train_batch(
-                    batch.images[ok], spec, scale=config.augment.scale, ratio=config.augment.ratio,
+                    batch.images, spec, scale=config.augment.scale, ratio=config.augment.ratio,
                     hflip=config.augment.hflip, generator=aug_gen,
-                )
+                    draws=batch_size, offset=dist.rank * (batch_size // dist.world),
+                )[ok]
                 y = batch.labels[ok]
-                loss = train_step(model, optimizer, x, y, label_smoothing=config.label_smoothing)
+                if mixup is not None and x.shape[0] % 2 == 0 and x.shape[0] > 1:
+                    x, y = mixup(x, y)
+                if x.shape[0] >= 2:  # BatchNorm cannot train on a single image
+                    result = _step_with_oom_retry(net, optimizer, x, y, loss_fn, config, state, fired, log)
+                    if result.stepped:
+                        state.bad_in_row = 0
+                        state.loss_sum += result.loss * x.shape[0]
+                        state.seen += x.shape[0]
+                        if ema is not None:
+                            ema.update(model, step=state.global_step)
+                    else:
+                        state.bad_steps += 1
+                        state.bad_in_row += 1
+                        state.epoch_bad_steps += 1
+                        if state.bad_steps > config.max_bad_steps:
+                            raise TrainingDiverged(
+                                f"{state.bad_steps} steps had a non-finite loss (limit {config.max_bad_steps}); "
+                                f"stopped at epoch {epoch}. Lower --lr, enable grad_clip, or check the data; "
+                                f"the last good checkpoint is {paths.last}")
+                        if state.bad_in_row >= config.rollback_after and paths.last.is_file():
+                            _rollback(paths, restore, state, config, log)
+                            reapply_lr()
+                            rolled_back = True
+                            break
                 scheduler.step()
-                loss_sum += loss.item() * int(y.numel())
-                seen += int(y.numel())
-                bar.update(task, advance=1, info=f"loss {loss_sum / max(seen, 1):.4f}")
-            epoch_seconds = time.perf_counter() - t0
-            trained_images += seen
-            train_seconds += epoch_seconds
+                state.global_step += 1
+                state.step_in_epoch += 1
+                bar.update(task, advance=1, info=f"loss {state.loss_sum / max(state.seen, 1):.4f}")
+                now = time.monotonic()
+                want_save = (config.checkpoint_every and state.step_in_epoch % config.checkpoint_every == 0) or (
+                    config.checkpoint_minutes and now - last_save > 60 * config.checkpoint_minutes)
+                stopping = distributed.any_rank(dist, bool(stop), device)
+                if stopping or (want_save and state.step_in_epoch < steps_per_epoch):
+                    save_last()
+                    last_save = now
+                if stopping:
+                    bar.remove_task(task)
+                    raise Interrupted(
+                        f"stopped by {stop.get('signal', 'a signal')} at epoch {epoch}, batch {state.step_in_epoch}; "
+                        f"checkpoint saved. Resume with: duet train --resume {paths.root}")
             bar.remove_task(task)
+            if rolled_back:
+                continue
+            epoch_seconds = time.perf_counter() - t0
+            new_images = state.seen - seen_before
+            trained_images += new_images
+            train_seconds += epoch_seconds
+            seen_all = distributed.all_reduce_sum(dist, [state.loss_sum, float(state.seen)], device)
 
             row: dict[str, Any] = {
                 "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_images": seen,
-                "images_per_s": seen / max(epoch_seconds, 1e-9),
+                "train_loss": seen_all[0] / max(seen_all[1], 1),
+                "lr": max(g["lr"] for g in optimizer.param_groups),
+                "train_images": int(seen_all[1]),
+                "images_per_s": new_images * dist.world / max(epoch_seconds, 1e-9),
                 "epoch_seconds": epoch_seconds,
-                "load_failures": epoch_failures,
+                "load_failures": state.epoch_failures,
+                "bad_steps": state.epoch_bad_steps,
+                "micro_batches": state.micro_batches,
             }
-            if val_loader is not None:
-                row.update(validate(model, val_loader, spec, device))
+            if val_loader is not None or dist.enabled:
+                eval_model = ema.module if ema is not None else model
+                row.update(validate(eval_model, val_loader, spec, device, dist) if val_loader is not None
+                           else validate_empty(dist, device))
             acc = row.get("val_accuracy")
-            is_best = best_acc is None or (acc is not None and acc > best_acc) or acc is None
-            if is_best:
-                best_acc, best_epoch = acc, epoch
-                checkpoint.save_weights(paths.best, checkpoint.weights_state(model))
-            _append_metrics(paths.metrics, row)
-            checkpoint.save_last(paths.last, {
-                "model": checkpoint.weights_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "aug_rng": aug_gen.get_state(),
-                "rng": checkpoint.rng_state(),
-                "epoch": epoch,
-                "best_val_accuracy": best_acc,
-                "best_epoch": best_epoch,
-                "load_failures": failures,
-                "config": config.to_yaml_dict(),
-                "labels": manifest.labels,
-            })
-            write_info(paths, _run_info(config, manifest, {
-                "epoch": best_epoch, "val_accuracy": best_acc, "epochs_done": epoch,
-            }))
-            last = row
-            log(_epoch_line(row, config.epochs, is_best))
+            improved = state.best_val_accuracy is None or acc is None or acc > state.best_val_accuracy
+            if improved:
+                state.best_val_accuracy, state.best_epoch, state.stale_epochs = acc, epoch, 0
+                if dist.main:
+                    best_model = ema.module if ema is not None else model
+                    checkpoint.save_weights(paths.best, checkpoint.weights_state(best_model))
+            else:
+                state.stale_epochs += 1
+            if dist.main:
+                _append_metrics(paths.metrics, row)
+            state.epoch += 1
+            state.step_in_epoch, state.loss_sum, state.seen = 0, 0.0, 0
+            state.epoch_failures = state.epoch_bad_steps = 0
+            stopped_early = bool(config.patience) and state.stale_epochs >= config.patience
+            finished = state.epoch > config.epochs or stopped_early
+            save_last(finished)
+            last_save = time.monotonic()
+            if dist.main:
+                write_info(paths, _run_info(config, manifest, {
+                    "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": epoch,
+                    "stopped_early": stopped_early, "events": state.events,
+                    "load_failures": state.load_failures[:100],
+                }))
+            last_row = row
+            log(_epoch_line(row, config.epochs, improved))
+            if stopped_early:
+                log(f"early stop: no val improvement for {config.patience} epochs (best epoch {state.best_epoch})")
+                break
 
     return TrainResult(
         run_dir=paths.root,
         epochs=config.epochs,
-        best_epoch=best_epoch,
-        best_val_accuracy=best_acc,
-        last=last,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_val_accuracy,
+        last=last_row,
         seconds=time.perf_counter() - t_run,
-        train_images_per_s=trained_images / max(train_seconds, 1e-9),
+        train_images_per_s=trained_images * dist.world / max(train_seconds, 1e-9),
         num_train=len(train_samples),
         num_val=len(val_samples),
-        load_failures=failures,
+        load_failures=state.load_failures,
+        stopped_early=stopped_early,
+        events=state.events,
     )
+
+
+def validate_empty(d: distributed.Dist, device: torch.device) -> dict[str, float]:
+    """A rank with no validation images still joins the reduction."""
+    total_loss, correct, n = distributed.all_reduce_sum(d, [0.0, 0.0, 0.0], device)
+    return {"val_loss": total_loss / max(n, 1), "val_accuracy": correct / max(n, 1), "val_images": int(n)}
+
+
+def _count_load_failures(state: LoopState, batch: Any, samples: list[Sample], epoch: int,
+                         config: TrainConfig, n: int) -> None:
+    for i, err in zip(batch.index.tolist(), batch.errors):
+        if err:
+            state.load_failures.append({"path": str(samples[i].path), "reason": err, "epoch": str(epoch)})
+            state.epoch_failures += 1
+    if state.epoch_failures > max(1, config.max_load_failures * n):
+        last = state.load_failures[-1]
+        raise DataError(
+            f"{state.epoch_failures} training images failed to load in epoch {epoch} "
+            f"(e.g. {last['path']}: {last['reason']}); the data folder changed after the scan; "
+            "fix it and resume")
+
+
+def _step_with_oom_retry(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                         y: torch.Tensor, loss_fn: Any, config: TrainConfig, state: LoopState,
+                         fired: set[tuple[str, int]], log: Log) -> Any:
+    """One step; on out-of-memory halve the micro-batch and try again.
+
+    ``config.inject_faults`` (tests only) makes chosen global steps raise an
+    out-of-memory error or see NaN inputs, once each."""
+    faults = config.inject_faults
+    while True:
+        try:
+            for kind in ("oom", "nan"):
+                key = (kind, state.global_step)
+                if state.global_step in faults.get(kind, []) and key not in fired:
+                    fired.add(key)
+                    if kind == "oom":
+                        raise torch.OutOfMemoryError("injected out-of-memory (inject_faults)")
+                    x = x * float("nan")
+            return train_step(net, optimizer, x, y, loss_fn=loss_fn, micro_batches=state.micro_batches,
+                              grad_clip=config.grad_clip)
+        except torch.OutOfMemoryError:
+            if state.micro_batches >= x.shape[0]:
+                raise
+            state.micro_batches *= 2
+            msg = (f"out of memory at step {state.global_step}: now {state.micro_batches} micro-batches of "
+                   f"~{-(-x.shape[0] // state.micro_batches)} images (gradients accumulate; same effective batch)")
+            state.events.append(msg)
+            log(msg)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _rollback(paths: RunPaths, restore: Callable[[dict[str, Any]], None], state: LoopState,
+              config: TrainConfig, log: Log) -> None:
+    """Reload the last checkpoint and lower the learning rate, keeping the fault counters."""
+    bad, scale, events, micro = state.bad_steps, state.lr_scale, list(state.events), state.micro_batches
+    restore(checkpoint.load_last(paths.last))
+    state.bad_steps, state.bad_in_row = bad, 0
+    state.lr_scale = scale * config.rollback_lr_factor
+    state.micro_batches = max(micro, state.micro_batches)
+    msg = (f"{config.rollback_after} non-finite losses in a row: rolled back to epoch {state.epoch}, "
+           f"batch {state.step_in_epoch}, learning rate x{state.lr_scale:g}")
+    state.events = events + [msg]
+    log(msg)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, is_best: bool) -> str:
@@ -337,4 +617,6 @@ def _epoch_line(row: dict[str, Any], epochs: int, is_best: bool) -> str:
     parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s", f"{row['epoch_seconds']:.1f}s"]
     if row["load_failures"]:
         parts.append(f"{row['load_failures']} load failures")
+    if row["bad_steps"]:
+        parts.append(f"{row['bad_steps']} non-finite steps skipped")
     return "  ".join(parts) + ("  *best" if is_best else "")

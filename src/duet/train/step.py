@@ -1,9 +1,35 @@
-"""One optimisation step, shared by the training loop and `duet bench train`."""
+"""One optimisation step, shared by the training loop, `duet lr-find` and `duet bench train`.
+
+It owns the three per-step safety nets: a non-finite loss or gradient skips the
+step (the caller counts it); an out-of-memory error is reported to the caller,
+which halves the micro-batch (gradients accumulate, so the effective batch is
+unchanged); gradient clipping when asked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    loss: float          # mean loss over the batch (NaN/inf when skipped for that reason)
+    stepped: bool        # False when the update was skipped (non-finite loss or gradient)
+
+
+def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> LossFn:
+    def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.dtype.is_floating_point:  # soft targets (mixup/cutmix)
+            return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing, weight=weight)
+
+    return fn
 
 
 def train_step(
@@ -12,17 +38,46 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
+    loss_fn: LossFn | None = None,
+    micro_batches: int = 1,
+    grad_clip: float = 0.0,
+) -> StepResult:
     """Forward (bf16 autocast on CUDA, channels_last), loss, backward, step.
-    Returns the detached loss; does not synchronise the device."""
+
+    Raises ``torch.OutOfMemoryError`` untouched (gradients zeroed) so the caller
+    can retry with more micro-batches."""
+    loss_fn = loss_fn or cross_entropy()
     device = x.device
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = torch.zeros((), device=device)
+    n = x.shape[0]
+    # A forward pass over bad values also poisons BatchNorm's running statistics;
+    # keep a copy of the (small) float buffers to put back when the step is skipped.
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(xs)
+            loss = loss_fn(logits.float(), ys) * (xs.shape[0] / n)
+            if not bool(torch.isfinite(loss)):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, s in zip(buffers, saved):
+                        b.copy_(s)
+                return StepResult(float(loss.detach()), False)
+            loss.backward()
+            total += loss.detach()
+    except torch.OutOfMemoryError:
+        optimizer.zero_grad(set_to_none=True)
+        raise
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.grad is not None], grad_clip)
+        if not bool(torch.isfinite(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(float("nan"), False)
     optimizer.step()
-    return loss.detach()
+    return StepResult(float(total), True)
