@@ -68,6 +68,8 @@ class TrainConfig(BaseModel):
     )
     cache_dir: Path | None = Field(None, description="where the 'cache' backend keeps decoded images [default: ~/.cache/duet]")
     cache_max_gb: float = Field(50.0, ge=0, description="largest decode cache 'auto' will build, in GB")
+    cache_device_share: float = Field(
+        0.5, ge=0, le=0.95, description="hold the cache on the GPU when it fits this share of free GPU memory")
     max_pixels: int = Field(89_478_485, ge=1)
     max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
     recipe: Literal["auto", "finetune", "scratch"] = Field(

@@ -236,6 +236,7 @@ def make_loader(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    device_share: float = 0.5,
 ) -> Loader:
     """The one place a backend is chosen. Heavy backends import lazily, so that
     importing duet never imports TensorFlow."""
@@ -248,7 +249,8 @@ def make_loader(
 
         return CacheLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
                            workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
-                           cache_dir=cache_dir, progress=progress, rank=rank, world=world)
+                           cache_dir=cache_dir, progress=progress, rank=rank, world=world,
+                           device_share=device_share)
     if backend == "tf":
         from duet.data.tfdata import TfLoader
 

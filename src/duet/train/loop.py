@@ -317,6 +317,8 @@ def _fit(
     log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val images")
     common = dict(device=device, workers=workers, seed=config.seed, max_pixels=config.max_pixels,
                   cache_dir=config.cache_dir, progress=progress)
+    if backend == "cache":
+        common["device_share"] = config.cache_device_share
     train_loader = make_loader(
         backend, train_samples, spec, batch_size=batch_size, shuffle=True,
         drop_last=len(train_samples) > batch_size or dist.enabled, rank=dist.rank, world=dist.world, **common,
