@@ -6,8 +6,10 @@ flipped and normalised (the training input). Rows:
 
 - torchvision ImageFolder + DataLoader: the standard recipe (PIL decode,
   RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize in workers);
-- Keras ImageDataGenerator.flow_from_directory (the tutorial's original) and
-  duet "tf", when TensorFlow is installed (``duet[tf]``);
+- when TensorFlow is installed (``duet[tf]``): Keras
+  ImageDataGenerator.flow_from_directory (the tutorial's original, wrapped so
+  it runs), Keras image_dataset_from_directory handed over by DLPack, and
+  duet "tf" (``duet.bench.tf_peers``);
 - duet "torch": workers decode to uint8, crops/flips/normalise on the device;
 - duet "cache", first epoch: the decode-once build plus one pass;
 - duet "cache", later epochs: the steady state every later epoch runs at.
