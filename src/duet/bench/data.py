@@ -99,6 +99,18 @@ def duet_epoch(loader, spec: PreprocessSpec, seed: int, epoch: int) -> Iterable[
         yield augment.train_batch(b.images, spec, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True, generator=g)
 
 
+def bench_samples(data_dir: Path, *, max_images: int | None = None,
+                  progress: bool = True) -> tuple[Path, list[str], list[Sample]]:
+    """The benchmark's images: the usable files of DIR (of DIR/train/ in the
+    splits layout), as (ImageFolder root, labels, samples)."""
+    manifest = scan(data_dir, progress=progress)
+    index = manifest.label_index()
+    rows = [r for r in manifest.usable() if manifest.layout == "classes" or r.split == "train"]
+    samples = [Sample(manifest.data_dir / r.path, index[r.label], r.sha256) for r in rows]
+    root = manifest.data_dir if manifest.layout == "classes" else manifest.data_dir / "train"
+    return root, manifest.labels, samples[:max_images] if max_images else samples
+
+
 def bench_data(
     data_dir: Path,
     *,
@@ -115,14 +127,7 @@ def bench_data(
 ) -> dict[str, object]:
     spec = PreprocessSpec(image_size=image_size)
     workers = default_workers() if workers is None else workers
-    manifest = scan(data_dir, progress=progress)
-    index = manifest.label_index()
-    samples = [Sample(manifest.data_dir / r.path, index[r.label], r.sha256) for r in manifest.usable()]
-    root = manifest.data_dir
-    if manifest.layout != "classes":
-        samples = [s for s, r in zip(samples, manifest.usable()) if r.split == "train"]
-        root = root / "train"
-    samples = samples[:max_images] if max_images else samples
+    root, labels, samples = bench_samples(data_dir, max_images=max_images, progress=progress)
     rows: list[Row] = []
 
     def add(row: Row) -> None:
@@ -164,7 +169,7 @@ def bench_data(
     base = rows[0].images_per_s
     return {
         "kind": "data",
-        "data_dir": str(manifest.data_dir),
+        "data_dir": str(Path(data_dir).resolve()),
         "images": len(samples),
         "batch": [batch_size, 3, image_size, image_size],
         "workers": workers,

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from duet.bench.data import Row, duet_epoch, environment, imagefolder_epoch
-from duet.data.loaders import Sample, TorchLoader, default_workers
-from duet.data.scan import scan
+from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefolder_epoch
+from duet.data.loaders import TorchLoader, default_workers
 from duet.models import build
 from duet.preprocess import PreprocessSpec
 from duet.train.step import train_step
@@ -76,10 +75,8 @@ def bench_train(
 ) -> dict[str, object]:
     spec = PreprocessSpec(image_size=image_size)
     workers = default_workers() if workers is None else workers
-    manifest = scan(data_dir, progress=progress)
-    index = manifest.label_index()
-    samples = [Sample(manifest.data_dir / r.path, index[r.label], r.sha256) for r in manifest.usable()]
-    num_classes = max(2, len(manifest.labels))
+    root, labels, samples = bench_samples(data_dir, progress=progress)
+    num_classes = max(2, len(labels))
     model = build(model_name, num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -116,14 +113,13 @@ def bench_train(
     add('duet "torch" end to end', _cycle(lambda e: duet_epoch(loader, spec, seed, e)))
     del loader
     if include_imagefolder:
-        root = manifest.data_dir if manifest.layout == "classes" else manifest.data_dir / "train"
         add("torchvision ImageFolder + DataLoader end to end",
             _cycle(lambda e: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed + e)))
 
     limit = rows[0].images_per_s
     return {
         "kind": "train",
-        "data_dir": str(manifest.data_dir),
+        "data_dir": str(Path(data_dir).resolve()),
         "model": model_name,
         "batch": [batch_size, 3, image_size, image_size],
         "steps": steps,
