@@ -75,24 +75,24 @@ def _pct(x: float | None) -> str:
 def train(
     data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
-    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. [default: resnet18]"),
-    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH to a .safetensors/.pth state dict. [default: none]"),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training images. [default: 10]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step. [default: 64]"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). [default: 1e-3]"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels. [default: 224]"),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of images held out for validation (ignored with train/ val/ folders). [default: 0.2]"),
-    seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. [default: 0]"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. [default: auto]"),
-    workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). [default: -1]"),
-    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. [default: on]"),
-    recipe: Optional[str] = typer.Option(None, help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. [default: auto]"),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. [default: off]"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without val improvement (0 = off). [default: 0]"),
-    data_backend: Optional[str] = typer.Option(None, "--data-backend", help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. [default: auto]"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where decoded images are cached. [default: $DUET_CACHE_DIR or ~/.cache/duet]"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. [default: runs]"),
-    name: Optional[str] = typer.Option(None, help="Run folder name. [default: <date>-<time>-<model>]"),
+    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
+    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH to a .safetensors/.pth state dict. \\[default: none]"),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training images. \\[default: 10]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step. \\[default: 64]"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). \\[default: 1e-3]"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels. \\[default: 224]"),
+    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of images held out for validation (ignored with train/ val/ folders). \\[default: 0.2]"),
+    seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. \\[default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. \\[default: auto]"),
+    workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). \\[default: -1]"),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. \\[default: on]"),
+    recipe: Optional[str] = typer.Option(None, help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. \\[default: auto]"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. \\[default: off]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without val improvement (0 = off). \\[default: 0]"),
+    data_backend: Optional[str] = typer.Option(None, "--data-backend", help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. \\[default: auto]"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. \\[default: runs]"),
+    name: Optional[str] = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
@@ -158,8 +158,8 @@ def train(
 def lr_find_cmd(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings (as for train)."),
-    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. [default: resnet18]"),
-    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH. [default: none]"),
+    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
+    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH. \\[default: none]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     steps: int = typer.Option(100, help="Batches in the sweep (stops early once the loss diverges)."),
@@ -191,7 +191,7 @@ def lr_find_cmd(
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."),
-    split: Optional[str] = typer.Option(None, help="train | val | test. [default: test if the run has one, else val]"),
+    split: Optional[str] = typer.Option(None, help="train | val | test. \\[default: test if the run has one, else val]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(64, "--batch-size"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
@@ -366,11 +366,12 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:
+        # Usage errors (bad flag values...): typer vendors its own click, so
+        # recognise them by shape rather than by class.
+        show = getattr(e, "show", None)
+        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
+            show()
             sys.exit(e.exit_code)
         raise
 

@@ -531,6 +531,12 @@ def _fit(
                 log(f"early stop: no val improvement for {config.patience} epochs (best epoch {state.best_epoch})")
                 break
 
+    if dist.main and val_samples:
+        # The reference profile for drift monitoring (duet.monitor): embeddings,
+        # confidences and image statistics of held-out images.
+        from duet.monitor.profile import write_profile
+
+        write_profile(paths.root, device=config.device, workers=workers, progress=progress, log=log)
     return TrainResult(
         run_dir=paths.root,
         epochs=config.epochs,

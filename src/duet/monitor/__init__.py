@@ -1,0 +1,42 @@
+"""Monitoring: is production data still like the data the model was validated on?
+
+- :mod:`duet.monitor.profile`: the reference profile written into ``RUN/profile/``
+  (``write_profile``, ``ReferenceProfile.load``).
+- :mod:`duet.monitor.drift`: the detectors, the verdict (``compare``) and the
+  rolling window a server keeps (``DriftMonitor``).
+- :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
+- :mod:`duet.monitor.check`: a folder of images against a run (``duet drift``).
+- :mod:`duet.monitor.report`: the HTML report.
+
+What a server needs imports without torch::
+
+    from duet.monitor import DriftMonitor, ReferenceProfile, image_stats
+"""
+
+from duet.monitor.drift import (
+    DETECTORS,
+    DetectorResult,
+    DriftMonitor,
+    DriftResult,
+    DriftSettings,
+    Observations,
+    compare,
+)
+from duet.monitor.imagestats import STAT_NAMES, image_stats
+from duet.monitor.profile import ProfileError, ReferenceProfile, load_profile, write_profile
+
+__all__ = [
+    "DETECTORS",
+    "STAT_NAMES",
+    "DetectorResult",
+    "DriftMonitor",
+    "DriftResult",
+    "DriftSettings",
+    "Observations",
+    "ProfileError",
+    "ReferenceProfile",
+    "compare",
+    "image_stats",
+    "load_profile",
+    "write_profile",
+]

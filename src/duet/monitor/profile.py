@@ -1,0 +1,307 @@
+"""The reference profile: what "like the training data" means, saved with the run.
+
+```
+RUN/profile/
+  profile.json     schema "duet.profile/1": labels, where the sample came from,
+                   the PCA and kernel settings, summaries, sha256 of reference.npz
+  reference.npz    plain arrays (loaded with allow_pickle=False):
+                     embeddings   float32 (n, k)  reference features projected by the PCA
+                     classes      int64   (n,)    predicted class
+                     confidences  float32 (n,)    top-1 probability
+                     image_stats  float32 (n, 6)  STAT_NAMES
+                     true_labels  int64   (n,)    the manifest label
+                     pca_mean     float32 (D,)    feature mean of the fit sample
+                     pca_components float32 (k, D) rows = principal axes
+                     explained_variance_ratio float32 (k,)
+```
+
+The reference sample is the run's held-out split (``val``; ``test`` or, as a
+last resort, ``train`` when there is none), at most ``max_reference`` images:
+the model never trained on them, so their confidences are what production
+images from the same distribution get. The PCA (``components`` axes, 32 by
+default) and the kernel bandwidth are fitted on a sample of the *training*
+split instead, so that the projection is independent of the reference sample
+and the permutation test stays exact.
+
+``write_profile(run_dir)`` makes it (``duet profile RUN``);
+``ReferenceProfile.load(run_dir / "profile")`` reads it without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from duet.atomic import write_bytes_atomic, write_json_atomic
+from duet.errors import DataError, RunError
+from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
+from duet.monitor.imagestats import STAT_NAMES
+
+SCHEMA = "duet.profile/1"
+PROFILE_DIR = "profile"
+JSON_FILE = "profile.json"
+ARRAYS_FILE = "reference.npz"
+DEFAULT_COMPONENTS = 32
+DEFAULT_MAX_REFERENCE = 1000
+DEFAULT_MAX_FIT = 1000
+
+_ARRAYS = ("embeddings", "classes", "confidences", "image_stats", "true_labels", "pca_mean", "pca_components",
+           "explained_variance_ratio")
+
+
+class ProfileError(RunError):
+    """A profile that is missing, damaged or does not match its run."""
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """The reference sample and the projection, as arrays (see the module docstring)."""
+
+    labels: list[str]
+    stat_names: tuple[str, ...]
+    sigma2: float
+    embeddings: np.ndarray
+    classes: np.ndarray
+    confidences: np.ndarray
+    image_stats: np.ndarray
+    true_labels: np.ndarray
+    pca_mean: np.ndarray
+    pca_components: np.ndarray
+    explained_variance_ratio: np.ndarray
+    files: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+
+    @property
+    def n_reference(self) -> int:
+        return int(len(self.classes))
+
+    @property
+    def n_components(self) -> int:
+        return int(self.pca_components.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.pca_components.shape[1])
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Raw penultimate features (N, D) -> the profile's PCA coordinates (N, k)."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"features must have shape (N, {self.feature_dim}) (the model's penultimate layer); "
+                f"got {features.shape}"
+            )
+        return (features - self.pca_mean) @ self.pca_components.T
+
+    def observations(self) -> Observations:
+        return Observations(self.embeddings, self.classes, self.confidences, self.image_stats)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, directory: Path) -> Path:
+        """Write reference.npz, then profile.json (which names the npz's sha256),
+        each atomically: a reader sees the old profile or the new one."""
+        directory = Path(directory)
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS})
+        data = buffer.getvalue()
+        write_bytes_atomic(directory / ARRAYS_FILE, data)
+        document = {
+            "schema": SCHEMA,
+            **self.meta,
+            "labels": list(self.labels),
+            "stat_names": list(self.stat_names),
+            "kernel": {"name": "gaussian", "sigma2": self.sigma2, "heuristic": "median of squared distances / 2"},
+            "pca": {
+                "components": self.n_components,
+                "feature_dim": self.feature_dim,
+                "explained_variance": float(self.explained_variance_ratio.sum()),
+            },
+            "reference_files": list(self.files),
+            "arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        }
+        write_json_atomic(directory / JSON_FILE, document)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ReferenceProfile":
+        """Read a profile folder (``RUN/profile``); raises ProfileError with what to do."""
+        directory = Path(directory)
+        hint = f"create it with `duet profile {directory.parent}`"
+        meta_path, arrays_path = directory / JSON_FILE, directory / ARRAYS_FILE
+        if not meta_path.is_file():
+            raise ProfileError(f"no drift profile at '{directory}' ({JSON_FILE} is missing); {hint}")
+        try:
+            doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ProfileError(f"'{meta_path}' is damaged ({type(e).__name__}); {hint}") from e
+        if doc.get("schema") != SCHEMA:
+            raise ProfileError(f"'{meta_path}' has schema {doc.get('schema')!r}, expected {SCHEMA!r}; {hint}")
+        try:
+            data = arrays_path.read_bytes()
+        except OSError as e:
+            raise ProfileError(f"cannot read '{arrays_path}' ({e.strerror or e}); {hint}") from e
+        if hashlib.sha256(data).hexdigest() != doc.get("arrays", {}).get("sha256"):
+            raise ProfileError(f"'{arrays_path}' does not match {JSON_FILE} (changed or half-written); {hint}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in _ARRAYS}
+        except (KeyError, ValueError, OSError) as e:
+            raise ProfileError(f"'{arrays_path}' is damaged ({type(e).__name__}: {e}); {hint}") from e
+        meta = {k: v for k, v in doc.items()
+                if k not in ("schema", "labels", "stat_names", "kernel", "pca", "reference_files", "arrays")}
+        return cls(
+            labels=list(doc["labels"]),
+            stat_names=tuple(doc["stat_names"]),
+            sigma2=float(doc["kernel"]["sigma2"]),
+            files=list(doc.get("reference_files", [])),
+            meta=meta,
+            root=directory,
+            **arrays,
+        )
+
+
+def profile_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / PROFILE_DIR
+
+
+def load_profile(run_dir: str | Path) -> ReferenceProfile:
+    """The profile of a run folder (``RUN/profile``)."""
+    return ReferenceProfile.load(profile_dir(run_dir))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean (D,), axes (k, D), explained variance ratio (k,))`` by SVD of the
+    centred features; k is at most ``components``, n - 1 and D."""
+    x = np.asarray(features, dtype=np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = max(1, min(components, len(x) - 1, x.shape[1]))
+    var = s**2
+    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
+    return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)
+
+
+def write_profile(
+    run_dir: str | Path,
+    *,
+    components: int = DEFAULT_COMPONENTS,
+    max_reference: int = DEFAULT_MAX_REFERENCE,
+    max_fit: int = DEFAULT_MAX_FIT,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ReferenceProfile:
+    """Compute and write ``RUN/profile/`` for a finished run (see the module docstring).
+
+    Args:
+        run_dir: a run folder made by ``duet train``.
+        components: PCA axes kept (at most the fit sample size - 1).
+        max_reference: held-out images in the reference sample (seeded subsample beyond).
+        max_fit: training images the PCA and kernel bandwidth are fitted on.
+        device, batch_size, workers: how to run the model (workers: loader
+            processes; default one per core, at most 8).
+        seed: chooses the subsamples.
+
+    Raises:
+        RunError: not a finished run. DataError: no usable image to profile.
+    """
+    # torch only here, so that loading a profile (the server) never imports it.
+    from duet.data.loaders import default_workers
+    from duet.data.scan import read_manifest
+    from duet.inference import load_model
+    from duet.monitor.embed import embed_files
+    from duet.runs import load_run
+    from duet.train.loop import resolve_device
+
+    say = log or (lambda _msg: None)
+    run = load_run(run_dir)
+    manifest = read_manifest(run.paths.manifest, run.data_dir)
+    usable = manifest.usable()
+    by_split: dict[str, list[Any]] = {}
+    for row in usable:
+        by_split.setdefault(row.split, []).append(row)
+    ref_split = next((s for s in ("val", "test", "train") if by_split.get(s)), None)
+    if ref_split is None:
+        raise DataError(f"run '{run.paths.root}' has no usable image in its manifest to build a drift profile from")
+    if ref_split == "train":
+        say("warning: the run has no held-out images; the drift reference uses training images, whose "
+            "confidences are higher than new images will get (expect more confidence alarms)")
+    fit_split = "train" if by_split.get("train") and ref_split != "train" else ref_split
+    rng = np.random.default_rng(seed)
+
+    def sample(rows: list[Any], limit: int) -> list[Any]:
+        rows = sorted(rows, key=lambda r: r.path)
+        if len(rows) > limit:
+            rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
+        return rows
+
+    ref_rows, fit_rows = sample(by_split[ref_split], max_reference), sample(by_split[fit_split], max_fit)
+    dev = resolve_device(device)
+    model = load_model(run, dev)
+    workers = default_workers() if workers is None else workers
+    index = {label: i for i, label in enumerate(run.labels)}
+
+    def embed(rows: list[Any], what: str) -> tuple[Any, list[Any]]:
+        got = embed_files(model, run, [manifest.data_dir / r.path for r in rows], dev, batch_size=batch_size,
+                          workers=workers, progress=progress, description=what)
+        ok = got.ok
+        if not ok.any():
+            raise DataError(f"none of the {len(rows)} {what} images of '{run.paths.root}' could be read "
+                            f"(e.g. {rows[0].path}: {got.errors[0]}); did the data folder move?")
+        return got, [r for r, good in zip(rows, ok) if good]
+
+    fit, _ = embed(fit_rows, f"profile: fit ({fit_split})")
+    ref, ref_kept = embed(ref_rows, f"profile: reference ({ref_split})")
+    if fit_split == ref_split:
+        say(f"note: the PCA is fitted on the reference sample itself (no separate {fit_split} images)")
+    mean, axes, ratio = fit_pca(fit.features[fit.ok], components)
+    fit_projected = (fit.features[fit.ok] - mean) @ axes.T
+    ref_ok = ref.ok
+    probs = ref.probabilities[ref_ok]
+    classes = probs.argmax(1).astype(np.int64)
+    true = np.array([index.get(r.label, -1) for r in ref_kept], dtype=np.int64)
+    profile = ReferenceProfile(
+        labels=list(run.labels),
+        stat_names=STAT_NAMES,
+        sigma2=median_heuristic_sigma2(fit_projected, seed=seed),
+        embeddings=((ref.features[ref_ok] - mean) @ axes.T).astype(np.float32),
+        classes=classes,
+        confidences=probs[np.arange(len(classes)), classes].astype(np.float32),
+        image_stats=ref.image_stats[ref_ok].astype(np.float32),
+        true_labels=true,
+        pca_mean=mean,
+        pca_components=axes,
+        explained_variance_ratio=ratio,
+        files=[r.path for r in ref_kept],
+        meta={
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run": str(run.paths.root),
+            "model": run.model,
+            "data_dir": str(manifest.data_dir),
+            "preprocess": run.preprocess.to_dict(),
+            "reference": {"split": ref_split, "images": int(ref_ok.sum()), "unreadable": int((~ref_ok).sum()),
+                          "accuracy": float(np.mean(classes == true)) if len(true) else None},
+            "fit": {"split": fit_split, "images": int(fit.ok.sum())},
+            "defaults": asdict(DriftSettings()),
+        },
+    )
+    profile.save(profile_dir(run.paths.root))
+    say(f"drift profile: {profile.n_reference} {ref_split} images, {profile.n_components} PCA components "
+        f"({100 * float(ratio.sum()):.0f}% of feature variance) -> {profile_dir(run.paths.root)}")
+    return ReferenceProfile.load(profile_dir(run.paths.root))

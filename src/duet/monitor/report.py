@@ -1,0 +1,298 @@
+"""The drift report: one self-contained HTML page (plots and thumbnails inline) and its JSON.
+
+Sections: the verdict and each detector's sentence; the embeddings of both
+samples on the first two PCA axes; the predicted-class mix side by side and
+its per-class change; the top-1 confidence distributions; the image
+statistics; and the most atypical new images (farthest from the reference in
+embedding space), with their predicted class.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from duet.atomic import write_json_atomic, write_text_atomic
+from duet.monitor.drift import DriftResult, Observations
+from duet.monitor.imagestats import STAT_DESCRIPTIONS
+from duet.monitor.profile import ReferenceProfile
+
+ATYPICAL_SHOWN = 12
+NEIGHBOURS = 5
+MAX_CLASS_BARS = 40
+THUMB_SIDE = 96
+REF_COLOUR, CUR_COLOUR = "#4C72B0", "#DD8452"
+
+
+# --------------------------------------------------------------------------- atypical images
+
+
+def atypicality(reference: np.ndarray, current: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """Mean distance of each current row to its ``k`` nearest reference rows,
+    and the share of reference rows (leave-one-out) that are less atypical."""
+    ref = reference.astype(np.float64)
+    cur = current.astype(np.float64)
+    k = max(1, min(k, len(ref) - 1))
+
+    def knn(a: np.ndarray, b: np.ndarray, skip_self: bool) -> np.ndarray:
+        d2 = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+        if skip_self:
+            np.fill_diagonal(d2, np.inf)
+        part = np.partition(d2, k - 1, axis=1)[:, :k]
+        return np.sqrt(part).mean(1)
+
+    ref_scores = np.sort(knn(ref, ref, True))
+    scores = knn(cur, ref, False)
+    percentile = np.searchsorted(ref_scores, scores, side="right") / len(ref_scores)
+    return scores, percentile
+
+
+def most_atypical(
+    profile: ReferenceProfile, current: Observations, paths: Sequence[Path], limit: int = ATYPICAL_SHOWN
+) -> list[dict[str, Any]]:
+    if current.embeddings is None or len(current) == 0 or profile.n_reference < 2:
+        return []
+    scores, pct = atypicality(profile.embeddings, current.embeddings)
+    order = np.argsort(-scores)[:limit]
+    out = []
+    for i in order:
+        row: dict[str, Any] = {"path": str(paths[i]), "score": float(scores[i]), "reference_percentile": float(pct[i])}
+        if current.classes is not None:
+            row["predicted"] = profile.labels[int(current.classes[i])]
+            row["confidence"] = float(current.confidences[i])  # type: ignore[index]
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_embeddings(reference: np.ndarray, current: np.ndarray) -> str:
+    fig = _figure(10, 4)
+    left, right = fig.subplots(1, 2)
+    dims = min(2, reference.shape[1])
+    if dims == 2:
+        left.scatter(reference[:, 0], reference[:, 1], s=8, alpha=0.5, c=REF_COLOUR, label="reference")
+        left.scatter(current[:, 0], current[:, 1], s=8, alpha=0.5, c=CUR_COLOUR, label="current")
+        left.set_xlabel("PCA 1")
+        left.set_ylabel("PCA 2")
+        left.legend(loc="best")
+        left.set_title("Embeddings, first two PCA axes")
+    bins = np.histogram_bin_edges(np.concatenate([reference[:, 0], current[:, 0]]), bins=30)
+    right.hist(reference[:, 0], bins=bins, density=True, alpha=0.55, color=REF_COLOUR, label="reference")
+    right.hist(current[:, 0], bins=bins, density=True, alpha=0.55, color=CUR_COLOUR, label="current")
+    right.set_title("PCA 1 distribution")
+    right.legend(loc="best")
+    return _png(fig)
+
+
+def plot_classes(labels: Sequence[str], reference: np.ndarray, current: np.ndarray) -> str:
+    c = len(labels)
+    ref = np.bincount(reference, minlength=c)[:c] / max(len(reference), 1)
+    cur = np.bincount(current, minlength=c)[:c] / max(len(current), 1)
+    shown = np.arange(c)
+    if c > MAX_CLASS_BARS:
+        shown = np.sort(np.argsort(-np.abs(cur - ref))[:MAX_CLASS_BARS])
+    fig = _figure(max(8, 0.35 * len(shown) + 3), 6)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = np.arange(len(shown))
+    top.bar(x - 0.2, ref[shown], 0.4, color=REF_COLOUR, label="reference")
+    top.bar(x + 0.2, cur[shown], 0.4, color=CUR_COLOUR, label="current")
+    top.set_ylabel("share of predictions")
+    top.set_title("Predicted class" + (f" ({len(shown)} classes that moved most)" if c > MAX_CLASS_BARS else ""))
+    top.legend(loc="best")
+    delta = cur[shown] - ref[shown]
+    bottom.bar(x, delta, color=[CUR_COLOUR if d > 0 else REF_COLOUR for d in delta])
+    bottom.axhline(0, color="black", linewidth=0.8)
+    bottom.set_ylabel("current - reference")
+    bottom.set_title("Per-class shift")
+    names = [labels[i] if len(labels[i]) <= 16 else labels[i][:15] + "…" for i in shown]
+    bottom.set_xticks(x, names, rotation=45 if len(shown) > 8 else 0, ha="right" if len(shown) > 8 else "center")
+    return _png(fig)
+
+
+def plot_confidence(reference: np.ndarray, current: np.ndarray) -> str:
+    fig = _figure(10, 3.6)
+    left, right = fig.subplots(1, 2)
+    bins = np.linspace(0, 1, 26)
+    left.hist(reference, bins=bins, density=True, alpha=0.55, color=REF_COLOUR, label="reference")
+    left.hist(current, bins=bins, density=True, alpha=0.55, color=CUR_COLOUR, label="current")
+    left.set_xlabel("top-1 probability")
+    left.set_title("Confidence")
+    left.legend(loc="upper left")
+    for values, colour, name in ((reference, REF_COLOUR, "reference"), (current, CUR_COLOUR, "current")):
+        v = np.sort(values)
+        right.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=colour, label=name)
+    right.set_xlabel("top-1 probability")
+    right.set_ylabel("share of images at or below")
+    right.set_title("Cumulative (the KS test's view)")
+    right.legend(loc="upper left")
+    return _png(fig)
+
+
+def plot_image_stats(names: Sequence[str], reference: np.ndarray, current: np.ndarray) -> str:
+    cols = 3
+    rows = -(-len(names) // cols)
+    fig = _figure(11, 3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for j, name in enumerate(names):
+        ax = axes[j]
+        both = np.concatenate([reference[:, j], current[:, j]])
+        lo, hi = float(both.min()), float(both.max())
+        bins = np.linspace(lo - 0.5, hi + 0.5, 3) if hi - lo < 1e-9 else np.linspace(lo, hi, 26)
+        ax.hist(reference[:, j], bins=bins, density=True, alpha=0.55, color=REF_COLOUR, label="reference")
+        ax.hist(current[:, j], bins=bins, density=True, alpha=0.55, color=CUR_COLOUR, label="current")
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(labelsize=8)
+    axes[0].legend(loc="best", fontsize=8)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def _thumbnail(path: Path) -> str:
+    from PIL import Image
+
+    from duet.data.imageio import decode
+
+    try:
+        img = Image.fromarray(decode(path, min_size=THUMB_SIDE))
+    except Exception:  # a thumbnail is decoration: a file that vanished gets none
+        return ""
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    if max(img.size) < THUMB_SIDE:  # tiny images (digits) are enlarged to be visible
+        scale = THUMB_SIDE / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.verdict{padding:1em;border-radius:6px;font-size:1.1em}
+.drift{background:#fde8e8;border:1px solid #e0a0a0} .ok{background:#e8f6ea;border:1px solid #9ccfa5}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.yes{color:#b00020;font-weight:600} .no{color:#1b7f3b} .grid{display:flex;flex-wrap:wrap;gap:12px}
+.card{width:150px;font-size:.8em;word-break:break-all} .card img{image-rendering:pixelated;border:1px solid #ccc}
+img.plot{max-width:100%}
+"""
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.1e}"
+    return f"{x:.{digits}f}"
+
+
+def render_html(
+    result: DriftResult,
+    profile: ReferenceProfile,
+    current: Observations,
+    *,
+    title: str,
+    context: dict[str, Any],
+    atypical: list[dict[str, Any]],
+    failed: list[dict[str, str]],
+) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
+    parts.append(f"<div class='verdict {'drift' if result.drift else 'ok'}'><b>{'DRIFT' if result.drift else 'NO DRIFT'}"
+                 f"</b> — {e(result.sentence)}</div>")
+    parts.append("<table>" + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+                 + "</table>")
+    parts.append("<h2>Detectors</h2><table><tr><th>detector</th><th>method</th><th>statistic</th><th>p-value</th>"
+                 "<th>threshold</th><th>drift</th><th>what it means</th></tr>")
+    for d in result.detectors:
+        stat = "–" if d.statistic is None else f"{e(d.statistic_name)} {_fmt(d.statistic)}"
+        flag = "skipped" if d.skipped else ("<span class='yes'>yes</span>" if d.drift else "<span class='no'>no</span>")
+        parts.append(f"<tr><td>{e(d.detector)}</td><td>{e(d.method)}</td><td class='num'>{stat}</td>"
+                     f"<td class='num'>{_fmt(d.p_value)}</td><td class='num'>{_fmt(d.threshold)}</td>"
+                     f"<td>{flag}</td><td>{e(d.sentence)}</td></tr>")
+    parts.append("</table><p>Drift is flagged when a detector's p-value is below its threshold: the significance "
+                 f"level {result.alpha:g} divided by the number of detectors that ran (Bonferroni), so the whole "
+                 f"verdict raises a false alarm at most {result.alpha:.0%} of the time on unchanged data.</p>")
+    ref = profile.observations()
+    if current.embeddings is not None and len(current):
+        parts.append("<h2>Embeddings</h2><img class='plot' src='data:image/png;base64,"
+                     f"{plot_embeddings(ref.embeddings, current.embeddings)}'>")
+    if current.classes is not None and len(current):
+        parts.append("<h2>Predicted classes</h2><p>Share of predictions per class, reference beside current "
+                     "(top), and the per-class shift (bottom).</p><img class='plot' src='data:image/png;base64,"
+                     f"{plot_classes(profile.labels, ref.classes, current.classes)}'>")
+        parts.append("<h2>Confidence</h2><img class='plot' src='data:image/png;base64,"
+                     f"{plot_confidence(ref.confidences, current.confidences)}'>")
+    if current.image_stats is not None and len(current):
+        parts.append("<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
+                     f"{plot_image_stats(profile.stat_names, ref.image_stats, current.image_stats)}'>")
+        parts.append("<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names)
+                     + ".</p>")
+    if atypical:
+        parts.append("<h2>Most atypical images</h2><p>Farthest from the reference in embedding space (mean "
+                     f"distance to the {NEIGHBOURS} nearest reference images); the percentage is the share of "
+                     "reference images that are closer to their own neighbours.</p><div class='grid'>")
+        for a in atypical:
+            thumb = _thumbnail(Path(a["path"]))
+            img = f"<img src='data:image/png;base64,{thumb}'>" if thumb else ""
+            pred = f"<br>predicted <b>{e(a['predicted'])}</b> ({a['confidence']:.0%})" if "predicted" in a else ""
+            parts.append(f"<div class='card'>{img}<br>{e(Path(a['path']).name)}<br>score {a['score']:.2f}, "
+                         f"beyond {a['reference_percentile']:.0%} of reference{pred}</div>")
+        parts.append("</div>")
+    if failed:
+        parts.append(f"<h2>Unreadable files ({len(failed)})</h2><table><tr><th>file</th><th>reason</th></tr>")
+        parts += [f"<tr><td>{e(f['path'])}</td><td>{e(f['reason'])}</td></tr>" for f in failed[:100]]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_drift_report(
+    result: DriftResult,
+    profile: ReferenceProfile,
+    current: Observations,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    title: str,
+    context: dict[str, Any],
+    failed: list[dict[str, str]] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.html`` and ``report.json`` into ``out_dir``; returns their paths."""
+    failed = list(failed or [])
+    atypical = most_atypical(profile, current, paths)
+    document = {"title": title, "context": context, **result.to_dict(), "most_atypical": atypical,
+                "unreadable": failed}
+    out_dir = Path(out_dir)
+    return {
+        "json": write_json_atomic(out_dir / "report.json", document),
+        "html": write_text_atomic(out_dir / "report.html", render_html(
+            result, profile, current, title=title, context=context, atypical=atypical, failed=failed)),
+    }
