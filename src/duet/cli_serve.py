@@ -1,0 +1,201 @@
+"""CLI commands of the export and serve stages: ``duet export``, ``duet serve``, ``duet bench serve``.
+
+``duet.cli`` calls :func:`register`; every import of torch, onnx, fastapi or
+uvicorn happens inside a command, so ``duet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from duet.progress import console
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _log(quiet: bool):
+    def log(msg: str) -> None:
+        if not quiet:
+            console.print(msg, highlight=False, markup=False, soft_wrap=True)
+
+    return log
+
+
+def export(
+    run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder. \\[default: RUN/export]"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Where the run's images are now, if they moved since training (the parity gate reads the validation split)."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Parity gate: max |Δprobability| between ONNX Runtime and PyTorch (fp32)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per parity batch."),
+    opset: int = typer.Option(20, "--opset", min=13, help="ONNX opset."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder (only once the new one has passed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
+) -> None:
+    """Export RUN to ONNX + safetensors + model.json + model card, behind a parity gate.
+
+    The ONNX graph takes uint8 NCHW pixels (the centre crop) and normalises inside, with a dynamic batch. The parity gate runs the whole validation split through ONNX Runtime and PyTorch (fp32): unless top-1 agrees on 100% of images and max |Δprobability| <= --tolerance, the export fails and nothing is written.
+
+    Example: duet export runs/pets-r50 && duet serve runs/pets-r50
+    """
+    from duet.export.exporter import export_run
+
+    res = export_run(run, out_dir=out, data_dir=data, tolerance=tolerance, batch_size=batch_size, opset=opset,
+                     force=force, progress=not (quiet or as_json), log=_log(quiet or as_json))
+    p = res.parity
+    summary = {
+        "export": str(res.export_dir),
+        "files": {k: v for k, v in res.manifest["files"].items()},
+        "parity": p.to_dict(),
+        "onnx": res.manifest["onnx"],
+        "data_fingerprint": res.manifest["data"]["fingerprint"],
+        "seconds": round(res.seconds, 1),
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    out_console = console.__class__()
+    t = Table(title="duet export", show_header=False, box=None)
+    t.add_row("folder", str(res.export_dir))
+    for name, entry in res.manifest["files"].items():
+        t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
+    t.add_row("parity", f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
+                        f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]")
+    t.add_row("graph", f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
+                       f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities")
+    t.add_row("next", f"duet serve {res.export_dir}")
+    out_console.print(t)
+
+
+def serve(
+    model: Path = typer.Argument(..., help="A run folder (its export/ is served) or an export folder with model.json."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs an API key or --insecure."),
+    port: int = typer.Option(8000, help="TCP port."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"),
+    model_version: str = typer.Option("1", "--model-version", help="Version reported and accepted in URLs."),
+    runtime: str = typer.Option("auto", help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."),
+    device: str = typer.Option("auto", help="For --runtime torch: auto | cpu | cuda."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Dynamic batcher: images per runtime call."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."),
+    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = one per core)."),
+    ort_spinning: bool = typer.Option(True, "--ort-spinning/--no-ort-spinning", help="Let ONNX Runtime threads busy-wait between operators (faster alone; turn off to leave CPU to decoding on small machines)."),
+    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"),
+    top_k: int = typer.Option(5, "--top-k", help="Default labels per image on /v1/predict."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image (width x height), checked before decoding."),
+    max_images: int = typer.Option(64, "--max-images", help="Most images in one request."),
+    max_queue_images: int = typer.Option(1024, "--max-queue-images", help="Most images waiting for inference; beyond, 503."),
+    drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long in-flight requests may take to finish."),
+    drift: bool = typer.Option(True, "--drift/--no-drift", help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile."),
+    drift_window: int = typer.Option(500, "--drift-window", help="Recent images compared with the reference profile."),
+    drift_interval: float = typer.Option(60.0, "--drift-interval", help="Seconds between drift verdicts."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn access log)."),
+    check: bool = typer.Option(False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."),
+) -> None:
+    """Serve a model over HTTP (FastAPI + uvicorn, one dynamic batcher for all routes).
+
+    Routes: POST /v1/predict (multipart or raw image), KServe V2 / Open Inference Protocol (/v2/...), TF Serving REST (/v1/models/NAME:predict), GET /metrics, docs at /docs. Runtime: ONNX Runtime on CPU, PyTorch on CUDA when available. Artifacts are checked against their sha256 in model.json before loading.
+
+    API key: set DUET_API_KEY (or DUET_API_KEY_FILE=path); clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'. Health routes (/v2/health/*, /healthz, /readyz) stay open. SIGTERM drains in-flight requests.
+
+    Example: duet serve runs/pets-r50 --port 8080
+    """
+    from duet.serve.app import load, serve as run_server
+    from duet.serve.config import Limits, ServeConfig, api_key_from_env
+
+    kwargs: dict[str, Any] = {}
+    if decode_workers is not None:
+        kwargs["decode_workers"] = decode_workers
+    config = ServeConfig(
+        model_dir=model, host=host, port=port, model_name=model_name, model_version=model_version,
+        runtime=runtime, device=device, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, threads=threads,
+        ort_spinning=ort_spinning,
+        top_k=top_k, limits=Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
+                                   max_queue_images=max_queue_images),
+        api_key=api_key_from_env(os.environ), insecure=insecure, drain_seconds=drain_seconds,
+        drift=drift, drift_window=drift_window, drift_interval=drift_interval,
+        access_log=access_log, **kwargs,
+    )
+    config.check()
+    if check:
+        package, rt = load(config)
+        from duet.serve.drift import profile_dir
+
+        _print_json({"model": config.model_name or package.name, "folder": str(package.root), "verified": True,
+                     "runtime": rt.name, "device": rt.device, "labels": package.labels,
+                     "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
+        return
+    auth = "API key required" if config.api_key else "no API key (loopback only)" if not insecure else "NO API KEY (--insecure)"
+
+    def ready(what: str, bound_port: int) -> None:
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        console.print(f"serving {what} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
+                      highlight=False, markup=False, soft_wrap=True)
+
+    run_server(config, on_ready=ready)
+
+
+def bench_serve(
+    model: Path = typer.Argument(..., help="A run folder or export folder to serve."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]"),
+    concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+    requests: int = typer.Option(200, "--requests", min=1, help="Requests per measurement (after warm-up)."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size"),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms"),
+    naive: bool = typer.Option(True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
+
+    Measures duet serve (dynamic batcher) at each --concurrency, beside a naive server (one ONNX Runtime call per request) and decode + bare session.run (no HTTP), in one run on this machine.
+
+    Example: duet bench serve runs/pets-r50 --concurrency 1,8,32
+    """
+    from duet.serve.bench import run_bench
+
+    levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    if not levels or min(levels) < 1:
+        from duet.errors import ConfigError
+
+        raise ConfigError(f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}")
+    result = run_bench(model, images_dir=images, levels=levels, requests=requests, max_batch_size=max_batch_size,
+                       max_delay_ms=max_delay_ms, naive=naive, log=_log(as_json), repeat=repeat)
+    if as_json:
+        _print_json(result)
+        return
+    out_console = console.__class__()
+    t = Table(title=f"duet bench serve: {result['model']} ({result['image_size']}px, {result['machine']['cpus']} CPUs)")
+    for col in ("server", "clients", "p50 ms", "p99 ms", "images/s", "mean batch"):
+        t.add_column(col, justify="left" if col == "server" else "right")
+    for row in result["rows"]:
+        t.add_row(row["server"], str(row["concurrency"]), f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
+                  f"{row['throughput']:.1f}", f"{row['mean_batch']:.2f}" if row.get("mean_batch") else "")
+    out_console.print(t)
+    m = result["machine"]
+    out_console.print(f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
+                      f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export`, `serve` and `bench serve` to the duet CLI (`bench` is shared with duet.cli_bench)."""
+    app.command("export")(export)
+    app.command("serve")(serve)
+    for info in app.registered_groups:  # join a `bench` group another stage registered already
+        if info.name == "bench" and info.typer_instance is not None:
+            info.typer_instance.command("serve")(bench_serve)
+            return
+    bench = typer.Typer(help="Measure duet beside its peers on this machine: data, train, serve "
+                             "(results for docs/benchmarks.md and docs/serving.md).", no_args_is_help=True)
+    bench.command("serve")(bench_serve)
+    app.add_typer(bench, name="bench")

@@ -1,0 +1,94 @@
+"""MODEL_CARD.md: the model's facts for a human reader, generated from model.json.
+
+Sections follow the usual model-card outline (details, intended use, data,
+metrics, preprocessing, limitations); the facts come from the manifest, the
+intended-use and limitation lines are prompts for the owner to complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * float(x):.2f}%" if isinstance(x, (int, float)) else "n/a"
+
+
+def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """Markdown for manifest ``m`` (as written to model.json) and the files it ships with."""
+    spec = m["preprocess"]
+    metrics = m.get("metrics", {})
+    parity = metrics.get("parity", {})
+    data = m.get("data", {})
+    evaluation = metrics.get("evaluation") or {}
+    lines = [
+        f"# Model card: {m['name']}",
+        "",
+        f"Image classifier, **{m['architecture']}**, {m['num_classes']} classes, exported by duet "
+        f"{m['versions'].get('duet', '?')} on {m['created']}.",
+        "",
+        "## Intended use",
+        "",
+        "Classify images into the labels below, with the same kind of images as the training data. "
+        "*Owner: describe the intended users and uses, and uses that are out of scope.*",
+        "",
+        "## Labels",
+        "",
+        "| index | label |",
+        "|---|---|",
+        *(f"| {i} | {label} |" for i, label in enumerate(m["labels"])),
+        "",
+        "## Training data",
+        "",
+        f"- folder: `{m.get('source', {}).get('data_dir', '?')}`",
+        f"- usable images: {data.get('images', '?')} "
+        + "(" + ", ".join(f"{k} {v}" for k, v in data.get("per_split", {}).items()) + ")",
+        f"- fingerprint (sha256 of the usable manifest rows): `{data.get('fingerprint', '?')}`",
+        "",
+        "## Metrics",
+        "",
+        f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}): {_pct(metrics.get('val_accuracy'))}",
+    ]
+    if evaluation:
+        lines.append(
+            f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "
+            f"accuracy {_pct(evaluation.get('accuracy'))}, macro F1 {_pct(evaluation.get('macro_f1'))}"
+        )
+    else:
+        lines.append("- no `duet evaluate` report was found when exporting")
+    lines += [
+        f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
+        f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
+        f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})",
+        "",
+        "## Preprocessing (inside and outside the graph)",
+        "",
+        "1. decode with `duet.data.imageio.decode` (EXIF orientation applied; alpha composited on white; RGB uint8)",
+        f"2. resize the shorter side to {spec['load_size']} px ({spec['interpolation']}, antialiased) and take the "
+        f"centre {spec['load_size']}x{spec['load_size']} square",
+        f"3. take the centre {spec['image_size']}x{spec['image_size']} crop, uint8, NCHW -> input `pixels`",
+        f"4. inside the graph: `(x - 255*mean) / (255*std)` with mean {spec['mean']}, std {spec['std']}",
+        "",
+        "## Signature",
+        "",
+        "| | name | datatype | shape |",
+        "|---|---|---|---|",
+        *(f"| input | `{t['name']}` | {t['datatype']} | {t['shape']} |" for t in m["inputs"]),
+        *(f"| output | `{t['name']}` | {t['datatype']} | {t['shape']} |" for t in m["outputs"]),
+        "",
+        "## Limitations",
+        "",
+        "- Predicts only these labels: every input gets one of them, however unlike the training images it is.",
+        "- Metrics hold for images like the training data; watch drift in production.",
+        "- *Owner: add known failure modes and fairness considerations.*",
+        "",
+        "## Files",
+        "",
+        "| file | bytes | sha256 |",
+        "|---|---|---|",
+        *(f"| {n} | {e['bytes']} | `{e['sha256']}` |" for n, e in files.items()),
+        "",
+        "Serve it: `duet serve " + str(m.get("source", {}).get("run", "EXPORT_DIR")) + "`",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""``export_run(run_dir)``: a trained run -> a checked, self-describing model folder.
+
+Steps, in order (the story of an export):
+
+1. open the run and its best weights (``duet.inference.load_model``, fp32, CPU);
+2. write ``model.onnx`` (uint8 pixels in, normalisation inside, dynamic batch)
+   and ``model.safetensors`` into a temporary folder beside the destination;
+3. the parity gate (``duet.export.parity``) over the whole validation split:
+   fail, and leave nothing behind, unless top-1 agrees on 100% and
+   max |Δprobability| <= 1e-4 in fp32;
+4. the run's drift reference profile (``RUN/profile``, when training wrote one)
+   is copied to ``profile/``, so a server gets it verified with the model;
+5. ``MODEL_CARD.md`` and ``model.json`` (with the sha256 of every file);
+6. rename the folder into place (RUN/export/ by default). An existing export is
+   replaced only with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import duet
+from duet.atomic import write_json_atomic, write_text_atomic
+from duet.data.loaders import Sample
+from duet.data.scan import read_manifest
+from duet.errors import DataError, RunError
+from duet.export import onnx_graph
+from duet.export.card import render_card
+from duet.export.package import (
+    CARD_FILE, MANIFEST, ONNX_FILE, PROFILE_DIR, SCHEMA, WEIGHTS_FILE, data_fingerprint, file_entries, sha256_file,
+    signature,
+)
+from duet.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity
+from duet.inference import load_model
+from duet.runs import RunInfo, load_run
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    export_dir: Path
+    manifest: dict[str, Any]
+    parity: ParityReport
+    seconds: float
+
+
+def _parity_samples(run: RunInfo, data_dir: Path | None) -> tuple[list[Sample], str]:
+    """The validation split of the run's manifest (the test split, then the
+    training split, when a run has none), with paths under ``data_dir``."""
+    root = Path(data_dir) if data_dir is not None else run.data_dir
+    manifest = read_manifest(run.paths.manifest, root)
+    index = {label: i for i, label in enumerate(run.labels)}
+    usable = [r for r in manifest.usable() if r.label in index]
+    for split in ("val", "test", "train"):
+        rows = [r for r in usable if r.split == split]
+        if rows:
+            break
+    else:
+        raise RunError(f"run '{run.paths.root}' lists no usable image in manifest.csv; the parity gate needs images")
+    samples = [Sample(manifest.data_dir / r.path, index[r.label]) for r in rows]
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if len(missing) == len(samples):
+        raise DataError(
+            f"the {split} images of run '{run.paths.root}' are not under '{manifest.data_dir}' any more "
+            f"(e.g. {missing[0]}); the parity gate needs them: pass --data DIR with the training folder"
+        )
+    return samples, split
+
+
+def _data_section(run: RunInfo) -> dict[str, Any]:
+    manifest = read_manifest(run.paths.manifest, run.data_dir)
+    usable = manifest.usable()
+    per_split: dict[str, int] = {}
+    for r in usable:
+        per_split[r.split or "unassigned"] = per_split.get(r.split or "unassigned", 0) + 1
+    return {
+        "fingerprint": data_fingerprint((r.path, r.label, r.sha256, r.split) for r in usable),
+        "fingerprint_of": "sha256 over 'path\\tlabel\\tsha256\\tsplit\\n' of the usable manifest rows, sorted by path",
+        "images": len(usable),
+        "per_split": per_split,
+    }
+
+
+def _metrics(run: RunInfo) -> dict[str, Any]:
+    best = run.best or {}
+    metrics: dict[str, Any] = {"val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
+                               "epochs_done": best.get("epochs_done"), "evaluation": None}
+    report = run.paths.eval / "report.json"
+    if report.is_file():
+        try:
+            doc = json.loads(report.read_text(encoding="utf-8"))
+            m = doc["metrics"]
+            metrics["evaluation"] = {
+                "split": doc.get("context", {}).get("split"), "date": doc.get("context", {}).get("date"),
+                "num_images": m.get("num_images"), "accuracy": m.get("accuracy"),
+                "macro_f1": (m.get("macro") or {}).get("f1"),
+            }
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            metrics["evaluation"] = None  # a damaged report is not worth failing an export for
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import timm
+
+    return {"duet": duet.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def export_run(
+    run_dir: str | Path,
+    *,
+    out_dir: Path | None = None,
+    data_dir: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_size: int = 32,
+    opset: int = onnx_graph.DEFAULT_OPSET,
+    force: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> ExportResult:
+    """Export the run's best weights to ``out_dir`` (default RUN/export/); see the module doc.
+
+    Args:
+        run_dir: a run folder made by ``duet train``.
+        out_dir: destination folder; must not exist unless ``force``.
+        data_dir: where the run's images are now, when they moved since training.
+        tolerance: the parity gate's max |Δprobability|.
+        batch_size: images per parity batch.
+        opset: ONNX opset for the exporter.
+        force: replace an existing export folder (only after the new one passed).
+
+    Raises:
+        ParityError: the graph disagrees with PyTorch; nothing is written.
+        RunError, DataError, ModelError: the run, its data or the model is unusable.
+    """
+    t0 = time.perf_counter()
+    run = load_run(run_dir)
+    dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
+    if dest.exists() and not force:
+        raise RunError(f"'{dest}' already exists; pass --force to replace it, or --out DIR for another folder")
+    samples, split = _parity_samples(run, data_dir)
+    spec = run.preprocess
+    cpu = torch.device("cpu")
+    model = load_model(run, cpu).float()
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        log(f"exporting {run.model} ({run.num_classes} classes, {spec.image_size}px) to ONNX")
+        graph = onnx_graph.export_onnx(model, spec, tmp / ONNX_FILE, opset=opset)
+        shutil.copyfile(run.paths.best, tmp / WEIGHTS_FILE)
+        profile = run.paths.root / PROFILE_DIR
+        if (profile / "profile.json").is_file():  # the drift reference travels with the model
+            shutil.copytree(profile, tmp / PROFILE_DIR)
+        log(f"parity gate: {len(samples)} {split} images through PyTorch and ONNX Runtime")
+        parity = check_parity(model, tmp / ONNX_FILE, spec, samples, split=split, tolerance=tolerance,
+                              batch_size=batch_size, progress=progress)
+        if not parity.passed:
+            raise ParityError(
+                f"export of '{run.paths.root}' failed the parity gate: {parity.failure()} "
+                f"({parity.images} {split} images, fp32); nothing was written. "
+                "Re-run with --debug, try another --opset, or report the model name as an exporter bug"
+            )
+        manifest = _manifest(run, spec, graph, parity, tmp)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        _make_readable(tmp)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(dest, manifest, parity, time.perf_counter() - t0)
+
+
+def _manifest(run: RunInfo, spec: Any, graph: dict[str, Any], parity: ParityReport, tmp: Path) -> dict[str, Any]:
+    inputs, outputs = signature(spec, run.num_classes)
+    metrics = _metrics(run)
+    metrics["parity"] = parity.to_dict()
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": run.paths.root.resolve().name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "architecture": run.model,
+        "labels": run.labels,
+        "num_classes": run.num_classes,
+        "preprocess": spec.to_dict(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "metrics": metrics,
+        "data": _data_section(run),
+        "onnx": graph,
+        "versions": _versions(),
+        "source": {
+            "run": str(run.paths.root.resolve()),
+            "data_dir": str(run.data_dir),
+            "weights": str(run.paths.best.relative_to(run.paths.root)),
+            "weights_sha256": sha256_file(run.paths.best),
+        },
+    }
+    profile = sorted(p.relative_to(tmp).as_posix() for p in (tmp / PROFILE_DIR).rglob("*") if p.is_file())
+    files = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, *profile))
+    write_text_atomic(tmp / CARD_FILE, render_card(manifest, files))
+    manifest["files"] = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, CARD_FILE, *profile))
+    return manifest
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp and the atomic writes create owner-only modes; a model folder is
+    meant to be read by a server running as another user."""
+    folder.chmod(0o755)
+    for p in folder.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an old ``dest`` (force) is moved aside first and
+    deleted only once the new folder is in place."""
+    old: Path | None = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{int(time.time() * 1000)}")
+        dest.rename(old)
+    try:
+        tmp.rename(dest)
+    except BaseException:
+        if old is not None:
+            old.rename(dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["ExportResult", "ParityError", "export_run"]

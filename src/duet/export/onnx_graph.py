@@ -1,0 +1,91 @@
+"""The exported graph: uint8 pixels in, normalisation inside, logits and probabilities out.
+
+Clients (and the server) send the uint8 ``image_size`` centre crop that
+evaluation feeds the model; the graph does the float conversion and the
+spec's normalisation with :func:`duet.data.augment.normalise`, the very
+function training and evaluation use. A client therefore cannot get the
+normalisation wrong, and the ONNX file cannot drift from the run.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export based, the
+default since torch 2.9; the TorchScript exporter is deprecated). The batch
+dimension is declared dynamic with ``torch.export.Dim``; export writes one
+self-contained file (no external data, fine below 2 GB of weights). When
+torch.export cannot trace a model, the TorchScript exporter is tried and
+model.json records which one produced the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from duet.data.augment import normalise
+from duet.errors import ModelError
+from duet.export.package import INPUT_NAME, OUTPUT_NAMES
+from duet.preprocess import PreprocessSpec
+
+DEFAULT_OPSET = 20
+MAX_BATCH = 4096  # upper bound of the dynamic batch dimension (torch.export needs one)
+
+
+class PixelsToProbabilities(torch.nn.Module):
+    """``uint8 (N, 3, S, S)`` -> ``(logits, softmax(logits))``, both float32 ``(N, C)``."""
+
+    def __init__(self, model: torch.nn.Module, spec: PreprocessSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(normalise(pixels, self.spec)).float()
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: Path, *, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Write ``model`` (fp32, eval mode, on the CPU) wrapped in
+    :class:`PixelsToProbabilities` to ``path``. Returns what model.json records
+    about the graph (opset, exporter)."""
+    wrapper = PixelsToProbabilities(model.float().cpu().eval(), spec).eval()
+    example = torch.randint(0, 256, (2, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    errors: list[str] = []
+    try:
+        _export_dynamo(wrapper, example, path, opset)
+        return {"opset": opset, "exporter": f"torch.onnx.export dynamo=True (torch {torch.__version__})"}
+    except Exception as e:  # torch.export fails in many ways on untraceable models
+        errors.append(f"dynamo: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    try:
+        _export_torchscript(wrapper, example, path, min(opset, 17))
+        return {"opset": min(opset, 17), "exporter": f"torch.onnx.export dynamo=False (torch {torch.__version__})",
+                "dynamo_error": errors[0]}
+    except Exception as e:
+        errors.append(f"torchscript: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise ModelError("cannot export this model to ONNX: " + "; ".join(errors))
+
+
+def _export_dynamo(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    # The exporter reports its steps on stdout; keep stdout clean for --json.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), str(path),
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"pixels": {0: batch}},
+            opset_version=opset, dynamo=True, external_data=False, verbose=False,
+        )
+
+
+def _export_torchscript(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), str(path),
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes, opset_version=opset, dynamo=False,
+        )

@@ -1,0 +1,204 @@
+"""The exported model folder and its manifest, ``model.json``: written by export, read by serve.
+
+```
+EXPORT_DIR/                 (by default RUN/export/)
+  model.onnx                uint8 NCHW pixels in, logits + probabilities out
+  model.safetensors         the same weights for PyTorch (the CUDA runtime)
+  MODEL_CARD.md             what the model is for, its data, metrics and limits
+  profile/                  the run's drift reference profile (duet.monitor), when it has one
+  model.json                this schema (below)
+```
+
+``model.json`` (``"schema": "duet.model/1"``) is plain JSON with these keys:
+
+- ``name``, ``created`` (UTC ISO 8601), ``architecture`` (duet.models name),
+  ``labels`` (index -> label), ``num_classes``;
+- ``preprocess``: the run's :class:`~duet.preprocess.PreprocessSpec` as a dict
+  (``image_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``,
+  ``load_size``). The graph normalises with ``mean``/``std`` itself: a client
+  sends the uint8 centre crop, never floats;
+- ``inputs`` / ``outputs``: the signature, KServe V2 style
+  (``name``, ``datatype``, ``shape`` with -1 for the dynamic batch);
+- ``metrics``: training/evaluation metrics of the run and the ``parity`` result;
+- ``files``: ``{relative path: {"sha256", "bytes"}}`` for every other file of
+  the folder; a server refuses to load a folder where one differs;
+- ``data``: ``fingerprint`` (sha256 over the usable rows of the run's
+  manifest, see :func:`data_fingerprint`), image counts per split;
+- ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
+  onnxruntime, python), ``source`` (the run folder and its weights' sha256).
+
+This module imports neither torch nor onnxruntime: a server reads and checks a
+model folder before it chooses a runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from duet.errors import ModelError
+from duet.preprocess import PreprocessSpec
+
+SCHEMA = "duet.model/1"
+MANIFEST = "model.json"
+ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+PROFILE_DIR = "profile"  # the run's drift reference (duet.monitor), when it has one
+
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class ArtifactError(ModelError):
+    """A model folder that is missing, incomplete or was modified after export."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entries(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {"sha256", "bytes"}}`` for files under ``root``."""
+    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n in names}
+
+
+def data_fingerprint(rows: Iterable[tuple[str, str, str, str]]) -> str:
+    """sha256 over ``path\\tlabel\\tsha256\\tsplit\\n`` of each usable manifest
+    row, sorted by path: the same files with the same labels and split give the
+    same fingerprint, whatever folder they were read from."""
+    h = hashlib.sha256()
+    for path, label, digest, split in sorted(rows):
+        h.update(f"{path}\t{label}\t{digest}\t{split}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def signature(spec: PreprocessSpec, num_classes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The graph's inputs and outputs, as model.json and KServe V2 metadata list them."""
+    s = spec.image_size
+    inputs = [{
+        "name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 3, s, s], "layout": "NCHW",
+        "description": f"RGB centre crops, 0..255, {s}x{s}; normalised inside the graph",
+    }]
+    outputs = [
+        {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes],
+         "description": "softmax of logits, in label order"},
+    ]
+    return inputs, outputs
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """An export folder whose files were checked against model.json."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["labels"])
+
+    @property
+    def architecture(self) -> str:
+        return str(self.manifest["architecture"])
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / ONNX_FILE
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / WEIGHTS_FILE
+
+    @property
+    def onnx_sha256(self) -> str:
+        return str(self.manifest["files"][ONNX_FILE]["sha256"])
+
+
+def resolve_export_dir(path: str | Path) -> Path:
+    """A model folder (with model.json), or a run folder whose export/ holds one."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return p
+    if (p / "export" / MANIFEST).is_file():
+        return p / "export"
+    if (p / "run.json").is_file():
+        raise ArtifactError(f"run '{p}' has not been exported yet; run `duet export {p}` first")
+    if not p.exists():
+        raise ArtifactError(f"'{p}' does not exist; pass a run folder (runs/<name>) or an export folder with model.json")
+    raise ArtifactError(f"'{p}' holds no model.json; pass a run folder exported with `duet export` or its export/ folder")
+
+
+def read_package(path: str | Path, *, verify: bool = True) -> ModelPackage:
+    """Open a model folder. With ``verify`` (the default) every file listed in
+    model.json must exist and match its sha256, else :class:`ArtifactError`:
+    a server never loads a file that changed after export."""
+    root = resolve_export_dir(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"'{root / MANIFEST}' is unreadable ({type(e).__name__}); re-export the run") from None
+    problem = _schema_problem(manifest)
+    if problem:
+        raise ArtifactError(f"'{root / MANIFEST}' is not a duet model manifest ({problem}); re-export the run")
+    if verify:
+        verify_files(root, manifest["files"])
+    return ModelPackage(root, manifest)
+
+
+def _schema_problem(m: Any) -> str:
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    if m.get("schema") != SCHEMA:
+        return f"schema is {m.get('schema')!r}, expected {SCHEMA!r}"
+    for key, kind in (("name", str), ("architecture", str), ("labels", list), ("preprocess", dict),
+                      ("files", dict), ("inputs", list), ("outputs", list)):
+        if not isinstance(m.get(key), kind):
+            return f"missing or malformed '{key}'"
+    if len(m["labels"]) < 2:
+        return "fewer than two labels"
+    if ONNX_FILE not in m["files"]:
+        return f"'{ONNX_FILE}' is not listed in files"
+    try:
+        PreprocessSpec.from_dict(m["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"bad preprocess spec: {e}"
+    return ""
+
+
+def verify_files(root: Path, files: dict[str, Any]) -> None:
+    for name, entry in files.items():
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts or not isinstance(entry, dict):
+            raise ArtifactError(f"model.json in '{root}' lists an invalid file entry {name!r}; re-export the run")
+        path = root / rel
+        if not path.is_file():
+            raise ArtifactError(f"'{path}' is listed in model.json but missing; re-export the run")
+        found = sha256_file(path)
+        if found != entry.get("sha256"):
+            raise ArtifactError(
+                f"refusing to load '{path}': its sha256 is {found[:12]}..., model.json says "
+                f"{str(entry.get('sha256'))[:12]}...; the file changed after export "
+                "(re-export with `duet export RUN --force` if the change is yours)"
+            )

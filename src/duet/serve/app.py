@@ -1,0 +1,180 @@
+"""The FastAPI app and the uvicorn server around one ModelService.
+
+``serve(config)`` is the stage function behind ``duet serve``:
+
+1. read the model folder and check the sha256 of every artifact (refuse a
+   tampered one) -- before a port is opened;
+2. load the runtime (ONNX Runtime on CPU, or PyTorch on CUDA);
+3. build the app: protocols (simple, KServe V2, TF Serving), /metrics, OpenAPI
+   docs at /docs; middleware, outermost first: metrics -> API key -> body limit;
+4. run uvicorn. SIGTERM/SIGINT: stop accepting connections, let in-flight
+   requests finish (up to ``drain_seconds``), then the batcher drains its queue.
+
+Every error a client can cause is a 4xx JSON ``{"error", "code"}``; a bug is a
+500 with the same shape (and a traceback in the log), never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+import duet
+from duet.errors import ConfigError
+from duet.export.package import ModelPackage, read_package
+from duet.serve.auth import ApiKeyMiddleware
+from duet.serve.config import ServeConfig
+from duet.serve.errors import ApiError, error_response
+from duet.serve.limits import BodyLimitMiddleware
+from duet.serve.metrics import MetricsMiddleware, ServeMetrics
+from duet.serve.protocols import kserve_v2, simple, tfserving
+from duet.serve.runtimes import Runtime, load_runtime
+from duet.serve.service import ModelService
+
+log = logging.getLogger("duet.serve")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
+
+
+def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime) -> FastAPI:
+    metrics = ServeMetrics(package.labels)
+    service = ModelService(package, runtime, config, metrics)
+    metrics.model_info.labels(service.name, service.version, package.architecture, runtime.name, runtime.device,
+                              package.onnx_sha256).set(1)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        log.info("serving model '%s' v%s (%s on %s)", service.name, service.version, runtime.name, runtime.device)
+        try:
+            yield
+        finally:
+            log.info("draining: finishing queued requests")
+            await service.close()
+
+    app = FastAPI(
+        title=f"duet: {service.name}",
+        version=duet.__version__,
+        description=(
+            f"Image classifier **{package.architecture}** ({package.num_classes} labels: "
+            f"{', '.join(package.labels[:20])}{', ...' if package.num_classes > 20 else ''}). "
+            "Protocols: `POST /v1/predict` (multipart or raw image), the Open Inference Protocol "
+            "(KServe V2, `/v2/...`, binary tensor data and classification extensions) and TensorFlow "
+            "Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{\"error\", \"code\"}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    app.include_router(simple.router(service))
+    app.include_router(kserve_v2.router(service))
+    app.include_router(tfserving.router(service))
+
+    @app.get("/metrics", summary="Prometheus metrics", tags=["monitoring"])
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    _install_error_handlers(app)
+    # add_middleware prepends: the last added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    if config.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs for the routes"
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, message, code, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error_response(400, f"invalid {where}: {first.get('msg', 'bad value')}", "invalid_parameter")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (logged on the server)", "internal")
+
+
+def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
+    """Read and verify the model folder, then load the runtime (raises DuetError)."""
+    package = read_package(config.model_dir, verify=True)
+    runtime = load_runtime(package, config.runtime, device=config.device, threads=config.threads,
+                           spinning=config.ort_spinning)
+    return package, runtime
+
+
+def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT (see the module doc)."""
+    import uvicorn
+
+    config.check()
+    if not log.handlers:  # our lines in uvicorn's format, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    package, runtime = load(config)
+    app = create_app(config, package, runtime)
+    uv = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level="info", access_log=config.access_log,
+        timeout_graceful_shutdown=config.drain_seconds, server_header=False,
+        proxy_headers=False, lifespan="on",
+    )
+    service: ModelService = app.state.service
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Readiness goes to 503 at once; uvicorn then stops accepting and drains.
+            service.ready = False
+            super().handle_exit(sig, frame)
+
+    server = _Server(uv)
+    sock = _listen(config.host, config.port)
+    if on_ready is not None:
+        on_ready(f"{package.name}: {runtime.name} on {runtime.device}", sock.getsockname()[1])
+    server.run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is a one-line error (and --port 0 works)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets whose proto
+    # is IPPROTO_TCP, and without it Nagle + delayed ACKs add ~40 ms per request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host, "
+                          "or stop the process that uses it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def summary(config: ServeConfig, package: ModelPackage, runtime: Runtime) -> dict[str, Any]:
+    return {"model": config.model_name or package.name, "version": config.model_version, "runtime": runtime.name,
+            "device": runtime.device, "url": f"http://{config.host}:{config.port}"}

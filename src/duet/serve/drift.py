@@ -1,0 +1,97 @@
+"""Input drift in the server: a window of recent requests compared with the run's reference profile.
+
+When the model folder holds a reference profile (``profile/``, copied from
+``RUN/profile`` by ``duet export`` and checked against model.json like every
+other file), every inference batch is recorded in a
+:class:`duet.monitor.DriftMonitor` (predicted classes, top-1 confidences, and
+the image statistics computed in the decode pool; embeddings are not
+recorded, as the ONNX graph has no such output, so the embedding detector
+reports itself skipped). A background task computes the verdict every
+``interval`` seconds, off the request path, and publishes it:
+
+- ``GET /v1/monitor``: the latest verdict (``DriftResult.to_dict()``);
+- gauges ``duet_drift_detected``, ``duet_drift_score{detector}``,
+  ``duet_drift_p_value{detector}``, ``duet_drift_window_images`` and the counter
+  ``duet_drift_evaluations_total`` (alert rules: deploy/prometheus/drift_rules.yml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from duet.export.package import PROFILE_DIR, ModelPackage
+
+log = logging.getLogger("duet.serve")
+
+
+def profile_dir(package: ModelPackage) -> Path | None:
+    """The model folder's verified reference profile, or None."""
+    folder = package.root / PROFILE_DIR
+    listed = any(name.startswith(PROFILE_DIR + "/") for name in package.manifest["files"])
+    return folder if listed and folder.is_dir() else None
+
+
+class DriftWatch:
+    def __init__(self, profile_path: Path, registry: CollectorRegistry, *, window: int, interval: float) -> None:
+        from duet.monitor import DriftMonitor, ReferenceProfile
+
+        self.monitor = DriftMonitor(ReferenceProfile.load(profile_path), window=window)
+        self.interval = interval
+        self._latest: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.detected = Gauge("duet_drift_detected", "1 when the latest drift verdict says drift, else 0.",
+                              registry=registry)
+        self.score = Gauge("duet_drift_score", "Statistic of each drift detector on the recent window.",
+                           ["detector"], registry=registry)
+        self.p_value = Gauge("duet_drift_p_value", "p-value of each drift detector on the recent window.",
+                             ["detector"], registry=registry)
+        self.window_images = Gauge("duet_drift_window_images", "Images in the window of the latest verdict.",
+                                   registry=registry)
+        self.evaluations = Counter("duet_drift_evaluations", "Drift verdicts computed.", registry=registry)
+
+    def observe(self, probabilities: np.ndarray, image_stats: np.ndarray | None) -> None:
+        """Record one request's rows (microseconds, thread-safe)."""
+        self.monitor.add(probabilities=probabilities, image_stats=image_stats)
+
+    async def evaluate(self) -> dict[str, Any]:
+        """Compute a verdict now (in a worker thread) and publish it."""
+        async with self._lock:
+            result = await asyncio.to_thread(self.monitor.compute)
+            self.detected.set(1 if result.drift else 0)
+            for name, value in result.scores().items():
+                self.score.labels(name).set(value)
+            for name, value in result.p_values().items():
+                self.p_value.labels(name).set(value)
+            self.window_images.set(result.n_current)
+            self.evaluations.inc()
+            self._latest = result.to_dict()
+            return self._latest
+
+    async def latest(self) -> dict[str, Any]:
+        return self._latest if self._latest is not None else await self.evaluate()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="duet-drift")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.evaluate()
+            except Exception:  # a failed verdict must not stop serving; it is logged and retried
+                log.exception("drift evaluation failed")

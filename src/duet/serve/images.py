@@ -1,0 +1,35 @@
+"""Encoded image bytes -> the model's uint8 input: exactly the evaluation path.
+
+decode (``duet.data.imageio.decode``, ``min_size=spec.load_size``) ->
+``duet.preprocess.to_load_square`` -> centre ``image_size`` crop
+(``duet.preprocess.centre_offset``, as ``duet.data.augment.centre_crop``) ->
+uint8 CHW. Normalisation happens inside the model graph. No other resize,
+colour conversion or crop exists in the server.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from duet.data.imageio import decode
+from duet.preprocess import PreprocessSpec, centre_offset, to_load_square
+
+
+def pixels_from_bytes(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+    """uint8 ``(3, image_size, image_size)``; raises ``DecodeError`` for a bad image."""
+    return prepare(data, spec, max_pixels, with_stats=False)[0]
+
+
+def prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, *, with_stats: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model input of one image, and (for drift monitoring) the
+    ``duet.monitor.image_stats`` of the decoded image, as the reference profile
+    computed them."""
+    rgb = decode(data, max_pixels=max_pixels, min_size=spec.load_size)
+    stats = None
+    if with_stats:
+        from duet.monitor.imagestats import image_stats
+
+        stats = image_stats(rgb)
+    square = to_load_square(rgb, spec)
+    o, s = centre_offset(spec), spec.image_size
+    return np.ascontiguousarray(square[o : o + s, o : o + s].transpose(2, 0, 1)), stats

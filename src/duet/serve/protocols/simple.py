@@ -1,0 +1,98 @@
+"""``POST /v1/predict``: the shortest way to a prediction, plus plain health routes.
+
+```
+curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict            # one or more files (multipart)
+curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/v1/predict
+```
+
+Answer: ``{"model", "version", "predictions": [{"file", "label", "probability",
+"top": [{"label", "index", "probability"}, ...]}]}``, one prediction per image
+in request order. A request with any bad image is refused as a whole (4xx),
+naming the image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
+
+from duet.serve.errors import ApiError
+from duet.serve.service import ModelService
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def router(service: ModelService) -> APIRouter:
+    r = APIRouter(tags=["simple"])
+    limits = service.limits
+
+    @r.post("/v1/predict", summary="Classify uploaded images (multipart files or a raw image body)",
+            openapi_extra=PREDICT_BODY)
+    async def predict(request: Request, top_k: int = Query(service.config.top_k, ge=1, le=10_000,
+                                                            description="Labels per image, best first.")) -> Any:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        names: list[str]
+        if content_type == "multipart/form-data":
+            form = await request.form(max_files=limits.max_images, max_fields=limits.max_images,
+                                      max_part_size=limits.max_body_bytes)
+            try:
+                uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+                names = [u.filename or "" for u in uploads]
+                images = [await u.read() for u in uploads]
+            finally:
+                await form.close()
+            if not images:
+                raise ApiError(400, "the multipart body holds no file part; send the image as e.g. -F file=@cat.jpg",
+                               "no_images")
+        elif content_type in ("", "application/octet-stream") or content_type.startswith("image/"):
+            images, names = [await request.body()], [""]
+            if not images[0]:
+                raise ApiError(400, "the request body is empty; send an image file", "no_images")
+        else:
+            raise ApiError(415, f"Content-Type '{content_type}' is not accepted here: send multipart/form-data, "
+                                "image/* or application/octet-stream (JSON goes to /v2/models/{m}/infer or "
+                                "/v1/models/{m}:predict)", "unsupported_media_type")
+        pixels, stats = await service.decode(images, names)
+        out = await service.infer(pixels, "/v1/predict", stats)
+        predictions = []
+        for name, probs in zip(names, out.probabilities):
+            top = service.top_k(probs, top_k)
+            predictions.append({"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"],
+                                "top": top})
+        return JSONResponse({"model": service.name, "version": service.version, "predictions": predictions})
+
+    @r.get("/v1/monitor", summary="Input drift: the latest verdict on recent requests vs the reference profile",
+           tags=["monitoring"])
+    async def monitor() -> Any:
+        if service.drift is None:
+            raise ApiError(404, "drift monitoring is off: the model folder has no reference profile "
+                                "(train with a validation split, then re-export) or --no-drift was given",
+                           "drift_off")
+        return JSONResponse(await service.drift.latest())
+
+    @r.get("/healthz", summary="Liveness (always open)", tags=["health"])
+    async def healthz() -> Any:
+        return {"status": "live"}
+
+    @r.get("/readyz", summary="Readiness (always open): 503 until the model is loaded and while draining",
+           tags=["health"])
+    async def readyz() -> Any:
+        if not service.ready:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready"}
+
+    return r

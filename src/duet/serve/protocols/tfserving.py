@@ -1,0 +1,193 @@
+"""TensorFlow Serving's REST API: model status, metadata and ``:predict``.
+
+Routes: ``GET /v1/models/{name}[/versions/{v}]``, ``GET .../metadata``,
+``POST /v1/models/{name}[/versions/{v}]:predict``.
+
+The ``serving_default`` signature has two alternative inputs:
+
+- ``image_bytes`` (DT_STRING): encoded image files as ``{"b64": "..."}``;
+- ``pixels`` (DT_UINT8 ``[3, S, S]`` per instance): nested lists of 0..255.
+
+Request (row format): ``{"instances": [{"b64": "..."}, ...]}``; an instance may
+also be ``{"image_bytes": {"b64": "..."}}`` or ``{"pixels": [[[...]]]}`` or a bare
+``[3][S][S]`` list. Columnar: ``{"inputs": [...]}`` with the same elements or
+``{"inputs": {"image_bytes": [...]}}``. Answers follow TF Serving: rows give
+``{"predictions": [{"probabilities": [...], "label": "...", "label_index": i}, ...]}``,
+columnar gives ``{"outputs": {"probabilities": [[...]], "label": [...], "label_index": [...]}}``.
+Errors are ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from duet.serve.errors import ApiError
+from duet.serve.service import ModelService
+
+IMAGE_KEYS = ("image_bytes", "image", "images", "bytes")
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "example": {
+            "instances": [{"b64": "<base64 of a JPEG>"}]}}}},
+    }
+}
+
+
+def _bad(message: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, message, code)
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise _bad(f"{where}: images must be {{\"b64\": \"<base64>\"}}", "bad_data")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{where}: 'b64' is not valid base64", "bad_data") from None
+
+
+def _pixels(value: Any, where: str, size: int) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _bad(f"{where}: pixels must be a [3][{size}][{size}] nested list of integers 0..255", "bad_shape") from None
+    if arr.shape != (3, size, size):
+        raise _bad(f"{where}: pixels must have shape [3, {size}, {size}], got {list(arr.shape)}", "bad_shape")
+    if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+        raise _bad(f"{where}: pixels must be integers 0..255", "bad_data")
+    return arr.astype(np.uint8)
+
+
+def _element(value: Any, i: int, size: int) -> bytes | np.ndarray:
+    """One instance: encoded image bytes or a (3, S, S) uint8 array."""
+    where = f"instance {i}"
+    if isinstance(value, list):
+        return _pixels(value, where, size)
+    if isinstance(value, dict):
+        if "b64" in value:
+            return _b64(value, where)
+        if len(value) == 1:
+            key, inner = next(iter(value.items()))
+            if key in IMAGE_KEYS:
+                return _b64(inner, f"{where}.{key}")
+            if key == "pixels":
+                return _pixels(inner, f"{where}.pixels", size)
+        raise _bad(f"{where}: expected {{\"b64\": ...}}, {{\"image_bytes\": {{\"b64\": ...}}}} or "
+                   f"{{\"pixels\": [[[...]]]}}, got keys {sorted(value)[:5]}", "bad_instance")
+    raise _bad(f"{where}: expected {{\"b64\": ...}} or a [3][S][S] pixel list, got {type(value).__name__}",
+               "bad_instance")
+
+
+def _columnar(inputs: Any) -> list[Any]:
+    if isinstance(inputs, list):
+        return inputs
+    if isinstance(inputs, dict) and len(inputs) == 1:
+        key, value = next(iter(inputs.items()))
+        if not isinstance(value, list):
+            value = [value]
+        if key in IMAGE_KEYS:
+            return [{"b64": v["b64"]} if isinstance(v, dict) and "b64" in v else v for v in value]
+        if key == "pixels":
+            return value
+    if isinstance(inputs, dict) and "b64" in inputs:
+        return [inputs]
+    raise _bad("'inputs' must be a list of instances or {\"image_bytes\": [...]} / {\"pixels\": [...]}",
+               "bad_instance")
+
+
+def status(service: ModelService) -> dict[str, Any]:
+    state = "AVAILABLE" if service.ready else "UNLOADING"
+    return {"model_version_status": [{"version": service.version, "state": state,
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def _tensor_info(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
+                                             "unknown_rank": False}, "name": name}
+
+
+def metadata(service: ModelService) -> dict[str, Any]:
+    s, c = service.spec.image_size, len(service.labels)
+    signature = {
+        "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1]),
+                   "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s])},
+        "outputs": {"probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, c]),
+                    "label": _tensor_info("label", "DT_STRING", [-1]),
+                    "label_index": _tensor_info("label_index", "DT_INT64", [-1])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return {"model_spec": {"name": service.name, "signature_name": "", "version": service.version},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}}}
+
+
+def router(service: ModelService) -> APIRouter:
+    r = APIRouter(tags=["tensorflow-serving"])
+
+    def check(name: str, version: str | None) -> None:
+        try:
+            service.check_model(name, version)
+        except ApiError as e:
+            # TF Serving's wording, so clients that match on it keep working.
+            raise ApiError(404, f"Servable not found for request: {'Specific' if version else 'Latest'}"
+                                f"({name}{', ' + version if version else ''}); {e.message}", e.code) from None
+
+    @r.get("/v1/models/{name}", summary="Model status")
+    @r.get("/v1/models/{name}/versions/{version}", summary="Model status (one version)")
+    async def model_status(name: str, version: str | None = None) -> Any:
+        check(name, version)
+        return status(service)
+
+    @r.get("/v1/models/{name}/metadata", summary="Model metadata (signature_def)")
+    @r.get("/v1/models/{name}/versions/{version}/metadata", summary="Model metadata (one version)")
+    async def model_metadata(name: str, version: str | None = None) -> Any:
+        check(name, version)
+        return metadata(service)
+
+    @r.post("/v1/models/{name}:predict", summary="Predict", openapi_extra=PREDICT_BODY)
+    @r.post("/v1/models/{name}/versions/{version}:predict", summary="Predict (one version)",
+            openapi_extra=PREDICT_BODY)
+    async def predict(name: str, request: Request, version: str | None = None) -> Any:
+        check(name, version)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise _bad("the request body is not valid JSON", "bad_json") from None
+        if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
+            raise _bad("the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json")
+        sig = body.get("signature_name", "serving_default")
+        if sig not in ("serving_default", ""):
+            raise _bad(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
+        rows = "instances" in body
+        elements = body["instances"] if rows else _columnar(body["inputs"])
+        if not isinstance(elements, list):
+            raise _bad("'instances' must be a list", "bad_instance")
+        service.check_count(len(elements))
+        size = service.spec.image_size
+        parsed = [_element(v, i, size) for i, v in enumerate(elements)]
+        kinds = {isinstance(p, bytes) for p in parsed}
+        if len(kinds) > 1:
+            raise _bad("mix of encoded images and pixel lists in one request; send one kind", "bad_instance")
+        stats = None
+        if isinstance(parsed[0], bytes):
+            pixels, stats = await service.decode(parsed)  # type: ignore[arg-type]
+        else:
+            pixels = service.check_pixels(np.stack(parsed))  # type: ignore[arg-type]
+        out = await service.infer(pixels, "/v1/models/{name}:predict", stats)
+        index = out.probabilities.argmax(1)
+        labels = [service.labels[i] for i in index]
+        if rows:
+            predictions = [{"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
+                           for p, lab, i in zip(out.probabilities, labels, index)]
+            return JSONResponse({"predictions": predictions})
+        return JSONResponse({"outputs": {"probabilities": out.probabilities.tolist(), "label": labels,
+                                         "label_index": [int(i) for i in index]}})
+
+    return r

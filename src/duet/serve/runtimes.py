@@ -1,0 +1,139 @@
+"""Runtimes: uint8 ``(N, 3, S, S)`` pixels -> float32 logits and probabilities ``(N, C)``.
+
+- ``onnxruntime``: the exported ``model.onnx`` on the CPU (the default without
+  a GPU). Normalisation is inside the graph.
+- ``torch``: ``model.safetensors`` in its architecture (``duet.models.build``)
+  on CUDA when available: the same weights the ONNX file was checked against,
+  normalised with the same ``augment.normalise``. fp32, like the parity gate.
+
+``load_runtime(package, name="auto")`` picks PyTorch when CUDA is present and
+ONNX Runtime otherwise, without importing torch on machines with no NVIDIA
+driver (it would add seconds and hundreds of MB to a CPU server).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from duet.errors import ConfigError, ModelError
+from duet.export.package import INPUT_NAME, ModelPackage
+
+
+@dataclass
+class Outputs:
+    logits: np.ndarray          # float32 (N, C)
+    probabilities: np.ndarray   # float32 (N, C)
+    version: str | None = None  # the model version that computed these rows (set by ModelService)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def rows(self, start: int, stop: int) -> "Outputs":
+        return Outputs(self.logits[start:stop], self.probabilities[start:stop], self.version)
+
+    @staticmethod
+    def concat(parts: list["Outputs"]) -> "Outputs":
+        if len(parts) == 1:
+            return parts[0]
+        return Outputs(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
+                       parts[-1].version)
+
+
+class Runtime(Protocol):
+    name: str       # "onnxruntime" | "torch"
+    device: str     # "cpu" | "cuda:0"
+    platform: str   # KServe V2 platform string
+
+    def __call__(self, pixels: np.ndarray) -> Outputs: ...
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+    device = "cpu"
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = True) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per core
+        options.inter_op_num_threads = 1
+        # Spinning keeps intra-op threads busy-waiting between operators: faster
+        # alone, but it takes CPU from the decode threads on a small machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(package.onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"ONNX Runtime cannot load '{package.onnx_path}': {str(e).splitlines()[0]}") from e
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [INPUT_NAME]:
+            raise ModelError(f"'{package.onnx_path}' takes inputs {names}, model.json says ['{INPUT_NAME}']; re-export the run")
+
+    def __call__(self, pixels: np.ndarray) -> Outputs:
+        logits, probs = self.session.run(["logits", "probabilities"], {INPUT_NAME: pixels})
+        return Outputs(logits, probs)
+
+
+class TorchRuntime:
+    name = "torch"
+    platform = "pytorch_safetensors"
+
+    def __init__(self, package: ModelPackage, device: str) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from duet.data.augment import normalise
+        from duet.models import build
+
+        self._torch = torch
+        self._normalise = normalise
+        self._spec = package.spec
+        self._device = torch.device(device)
+        self.device = str(self._device)
+        model = build(package.architecture, package.num_classes, "none")
+        try:
+            model.load_state_dict(load_file(str(package.weights_path)))
+        except Exception as e:
+            raise ModelError(f"cannot load '{package.weights_path}' into {package.architecture}: {type(e).__name__}") from e
+        self.model = model.to(self._device).eval()
+
+    def __call__(self, pixels: np.ndarray) -> Outputs:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).to(self._device, non_blocking=True)
+            logits = self.model(self._normalise(x, self._spec)).float()
+            probs = torch.softmax(logits, 1)
+            return Outputs(logits.cpu().numpy(), probs.cpu().numpy())
+
+
+def _cuda_present() -> bool:
+    """Cheap check before importing torch: an NVIDIA driver device node exists."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def load_runtime(package: ModelPackage, name: str = "auto", *, device: str = "auto", threads: int = 0,
+                 spinning: bool = True) -> Runtime:
+    if name == "auto":
+        if device != "cpu" and _cuda_present():
+            import torch
+
+            if torch.cuda.is_available():
+                return TorchRuntime(package, "cuda")
+        return OnnxRuntime(package, threads, spinning)
+    if name == "onnxruntime":
+        return OnnxRuntime(package, threads, spinning)
+    if name == "torch":
+        if device in ("auto", "cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                return TorchRuntime(package, "cuda")
+            if device == "cuda":
+                raise ConfigError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+        return TorchRuntime(package, "cpu")
+    raise ConfigError(f"`--runtime` must be one of auto, onnxruntime, torch. Received: {name}")

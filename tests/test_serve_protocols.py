@@ -1,0 +1,302 @@
+"""`duet serve` speaks three protocols, and every one of them returns what offline
+prediction (duet.inference) returns, image for image. A real server on 127.0.0.1,
+real clients: httpx, tritonclient[http] with its defaults, plain TF Serving JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_support import Server, metric_value, running_server, shared_export, shared_run, val_files
+
+import httpx
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    export = shared_export(tmp_path_factory)
+    run = export.parent
+    with running_server(run, tmp_path_factory.mktemp("logs"), "--max-batch-size", "8") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def offline(run: Path) -> dict[str, np.ndarray]:
+    """Probabilities of every validation image from duet.inference (PyTorch, CPU)."""
+    import torch
+
+    from duet.data.loaders import Sample
+    from duet.inference import load_model, predict_samples
+    from duet.runs import load_run
+
+    info = load_run(run)
+    files = val_files(run)
+    samples = [Sample(p, info.labels.index(label)) for p, label in files]
+    model = load_model(info, torch.device("cpu"))
+    preds = predict_samples(model, info, samples, torch.device("cpu"), batch_size=7, workers=0, progress=False)
+    assert not any(preds.errors)
+    return {str(p): row for (p, _), row in zip(files, preds.probs)}
+
+
+def _assert_same(served: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert served.shape == expected.shape, what
+    assert int(served.argmax()) == int(expected.argmax()), f"{what}: top-1 differs"
+    assert float(np.abs(served - expected).max()) <= TOL, f"{what}: {served} vs {expected}"
+
+
+def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) -> None:
+    """The uint8 tensor the server builds from a file's bytes is exactly the centre crop that
+    evaluation feeds the model (same decode, same load square, same crop)."""
+    import torch
+
+    from duet.data import augment
+    from duet.data.loaders import Sample, TorchLoader
+    from duet.runs import load_run
+    from duet.serve.images import pixels_from_bytes
+
+    info = load_run(run)
+    files = val_files(run)
+    loader = TorchLoader([Sample(p, 0) for p, _ in files], info.preprocess, batch_size=64, shuffle=False,
+                         device=torch.device("cpu"), workers=0)
+    (batch,) = list(loader)
+    expected = augment.centre_crop(batch.images, info.preprocess).numpy()
+    served = np.stack([pixels_from_bytes(p.read_bytes(), info.preprocess, 10**7) for p, _ in files])
+    assert served.dtype == np.uint8 and np.array_equal(served, expected)
+
+
+def test_v1_predict_multipart_equals_offline_for_every_validation_image(
+        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    files = val_files(run)
+    labels = json.loads((run / "run.json").read_text())["labels"]
+    for start in range(0, len(files), 6):
+        chunk = files[start : start + 6]
+        multipart = [("file", (p.name, p.read_bytes(), "image/png")) for p, _ in chunk]
+        r = httpx.post(f"{server.url}/v1/predict", files=multipart, params={"top_k": 3}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "digits" and len(body["predictions"]) == len(chunk)
+        for (path, _), pred in zip(chunk, body["predictions"]):
+            assert pred["file"] == path.name
+            probs = np.zeros(len(labels), dtype=np.float32)
+            for t in pred["top"]:
+                probs[labels.index(t["label"])] = t["probability"]
+            _assert_same(probs, offline[str(path)], str(path))
+            assert pred["label"] == pred["top"][0]["label"]
+
+
+def test_v1_predict_raw_body(server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    path, _ = val_files(run)[0]
+    r = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"},
+                   params={"top_k": 1})
+    assert r.status_code == 200, r.text
+    (pred,) = r.json()["predictions"]
+    assert len(pred["top"]) == 1 and pred["file"] is None
+    assert abs(pred["probability"] - float(offline[str(path)].max())) <= TOL
+
+
+def test_tritonclient_with_its_defaults_equals_offline(server: Server, run: Path,
+                                                       offline: dict[str, np.ndarray]) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    meta = client.get_model_metadata("digits")
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {"image": "BYTES", "pixels": "UINT8"}
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+
+    files = val_files(run)
+    images = np.array([p.read_bytes() for p, _ in files], dtype=np.object_)
+    inp = triton.InferInput("image", [len(files)], "BYTES")
+    inp.set_data_from_numpy(images)  # binary tensor data: tritonclient's default
+    result = client.infer("digits", [inp])  # no outputs named: all of them, binary
+    probs = result.as_numpy("probabilities")
+    assert result.as_numpy("logits").shape == probs.shape == (len(files), 3)
+    for (path, _), row in zip(files, probs):
+        _assert_same(row, offline[str(path)], str(path))
+
+    # classification extension: "score:index:label", best first
+    result = client.infer("digits", [inp], outputs=[triton.InferRequestedOutput("probabilities", class_count=2)])
+    top = result.as_numpy("probabilities")
+    assert top.shape == (len(files), 2)
+    score, index, label = top[0][0].decode().split(":")
+    assert int(index) == int(probs[0].argmax()) and label == ["0", "1", "7"][int(index)]
+    assert abs(float(score) - float(probs[0].max())) < 1e-5
+
+    # UINT8 pixel tensors, binary and JSON, go straight to the graph
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (3, 3, 24, 24), dtype=np.uint8)
+    for binary in (True, False):
+        inp = triton.InferInput("pixels", list(pixels.shape), "UINT8")
+        inp.set_data_from_numpy(pixels, binary_data=binary)
+        out = client.infer("digits", [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)])
+        p = out.as_numpy("probabilities")
+        assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_tritonclient_gets_errors_as_exceptions(server: Server) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = triton.InferInput("pixels", [1, 3, 24, 24], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 3, 24, 24), np.float32))
+    with pytest.raises(InferenceServerException, match="UINT8"):
+        client.infer("digits", [inp])
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.infer("other", [inp])
+
+
+def test_kserve_v2_json_with_base64_images(server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    path, _ = val_files(run)[1]
+    body = {"id": "r-1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                      "data": [base64.b64encode(path.read_bytes()).decode()]}]}
+    r = httpx.post(f"{server.url}/v2/models/digits/versions/1/infer", json=body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert r.json()["id"] == "r-1" and out["probabilities"]["shape"] == [1, 3]
+    _assert_same(np.array(out["probabilities"]["data"], dtype=np.float32), offline[str(path)], str(path))
+
+
+def test_tf_serving_rest(server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    status = httpx.get(f"{server.url}/v1/models/digits").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    meta = httpx.get(f"{server.url}/v1/models/digits/metadata").json()
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+
+    files = val_files(run)[:4]
+    b64 = [base64.b64encode(p.read_bytes()).decode() for p, _ in files]
+    rows = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": [{"b64": b} for b in b64]})
+    assert rows.status_code == 200, rows.text
+    for (path, _), pred in zip(files, rows.json()["predictions"]):
+        _assert_same(np.array(pred["probabilities"], dtype=np.float32), offline[str(path)], str(path))
+        assert pred["label"] == ["0", "1", "7"][pred["label_index"]]
+
+    named = httpx.post(f"{server.url}/v1/models/digits/versions/1:predict",
+                       json={"signature_name": "serving_default",
+                             "instances": [{"image_bytes": {"b64": b}} for b in b64]})
+    columnar = httpx.post(f"{server.url}/v1/models/digits:predict",
+                          json={"inputs": {"image_bytes": [{"b64": b} for b in b64]}})
+    assert named.status_code == columnar.status_code == 200, (named.text, columnar.text)
+    assert [p["probabilities"] for p in named.json()["predictions"]] == columnar.json()["outputs"]["probabilities"]
+
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 24, 24)).tolist()
+    r = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": pixels})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2, r.text
+
+    missing = httpx.post(f"{server.url}/v1/models/nope:predict", json={"instances": [{"b64": b64[0]}]})
+    assert missing.status_code == 404 and "Servable not found" in missing.json()["error"]
+
+
+def test_metrics_follow_prometheus_naming(server: Server) -> None:
+    httpx.get(f"{server.url}/v2/models/nope")  # a 404 to count
+    text = httpx.get(f"{server.url}/metrics").text
+    names = set(re.findall(r"^(duet_\w+?)(?:_bucket|_count|_sum|_created)?[{ ]", text, flags=re.M))
+    for name in ("duet_requests_total", "duet_request_duration_seconds", "duet_batch_size_images",
+                 "duet_inference_duration_seconds", "duet_predictions_total", "duet_prediction_confidence_ratio",
+                 "duet_model_info", "duet_model_loaded", "duet_queue_images", "duet_requests_in_flight"):
+        assert name in names, name
+    assert metric_value(text, "duet_requests_total", route="/v2/models/{name}/infer", code="200") >= 1
+    assert metric_value(text, "duet_requests_total", route="/v2/models/{name}", code="404") >= 1
+    assert 'duet_request_duration_seconds_bucket{le="0.25"' in text  # an SLO edge is a bucket edge
+    assert metric_value(text, "duet_predictions_total") >= 10
+    assert metric_value(text, "duet_model_info", name="digits", runtime="onnxruntime") == 1
+    assert metric_value(text, "duet_model_loaded") == 1
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counters = [f for f in text_string_to_metric_families(text) if f.type == "counter" and f.name.startswith("duet_")]
+    assert len(counters) >= 4
+    for family in counters:  # every counter sample is named *_total
+        assert {s.name for s in family.samples} <= {f"{family.name}_total", f"{family.name}_created"}, family.name
+    assert "_milliseconds" not in text and "_ms" not in text  # base units only
+
+
+def test_metrics_pass_promtool_lint(server: Server) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    text = httpx.get(f"{server.url}/metrics").text
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("duet_")]
+    assert not problems, problems
+
+
+def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
+    """The model folder carries the run's reference profile; the server keeps a window of
+    recent requests and answers GET /v1/monitor with the verdict (and metrics)."""
+    files = val_files(run)[:12]
+    r = httpx.post(f"{server.url}/v1/predict", files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files])
+    assert r.status_code == 200, r.text
+    verdict = httpx.get(f"{server.url}/v1/monitor").json()
+    assert isinstance(verdict["drift"], bool) and verdict["n_current"] >= 10, verdict
+    detectors = {d["detector"]: d for d in verdict["detectors"]}
+    assert {"predicted_class", "confidence", "image_stats"} <= set(detectors)
+    assert detectors["embedding"]["skipped"]  # the ONNX graph has no embedding output
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric_value(text, "duet_drift_window_images") == verdict["n_current"]
+    assert metric_value(text, "duet_drift_evaluations_total") >= 1
+
+
+def test_alert_rules_use_metrics_the_server_exports(server: Server) -> None:
+    import yaml
+
+    httpx.get(f"{server.url}/v1/monitor")  # the drift gauges exist once a verdict was computed
+    exprs = ""
+    for name in ("alerts.yml", "drift_rules.yml"):
+        path = Path(__file__).parents[1] / "deploy" / "prometheus" / name
+        if path.is_file():
+            doc = yaml.safe_load(path.read_text())
+            exprs += " ".join(rule["expr"] for group in doc["groups"] for rule in group["rules"])
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in set(re.findall(r"\bduet_\w+", exprs)):
+        assert re.search(rf"^{name}[{{ ]", text, flags=re.M), f"alert rules use {name}, the server has no such series"
+
+
+def test_openapi_docs(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    for path in ("/v1/predict", "/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready",
+                 "/metrics"):
+        assert path in spec["paths"], path
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_torch_runtime_matches_onnx_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The PyTorch runtime (used on CUDA) computes what the ONNX graph computes; here on the CPU."""
+    from duet.export.package import read_package
+    from duet.serve.runtimes import OnnxRuntime, load_runtime
+
+    package = read_package(shared_export(tmp_path_factory))
+    torch_rt = load_runtime(package, "torch", device="cpu")
+    assert torch_rt.name == "torch" and torch_rt.device == "cpu"
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
+    a, b = torch_rt(pixels), OnnxRuntime(package)(pixels)
+    assert np.abs(a.probabilities - b.probabilities).max() <= TOL
+    assert (a.probabilities.argmax(1) == b.probabilities.argmax(1)).all()
+
+
+def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from helpers import run_cli
+
+    export = shared_export(tmp_path_factory)
+    proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    rows = {(r["server"].split()[0], r["concurrency"]): r for r in result["rows"]}
+    assert set(rows) == {("bare", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3)}
+    assert all(r["requests"] == 12 and r["p50_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
+    assert rows[("duet", 3)]["mean_batch"] >= 1
