@@ -7,7 +7,6 @@ shows the traceback. Progress bars and logs go to stderr, results to stdout
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -19,6 +18,7 @@ from rich.table import Table
 
 import duet
 from duet.errors import DuetError
+from duet.cli_common import pct, print_json, stderr_log
 from duet.progress import console
 
 app = typer.Typer(
@@ -55,20 +55,9 @@ def _main(
     _state["debug"] = debug
 
 
-def _log(quiet: bool):
-    def log(msg: str) -> None:
-        if not quiet:
-            console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
-    return log
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+_log = stderr_log
+_print_json = print_json
+_pct = pct
 
 
 @app.command()
@@ -332,16 +321,10 @@ def demo(
 def _register_stage_commands() -> None:
     """Commands of later stages live in their own modules (each registers itself
     on ``app`` with lazy imports, so `duet --help` stays fast)."""
-    import importlib
+    from duet import cli_bench, cli_monitor, cli_serve
 
-    for module in ("duet.cli_serve", "duet.cli_bench", "duet.cli_monitor"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (cli_serve, cli_bench, cli_monitor):
+        module.register(app)
 
 
 _register_stage_commands()

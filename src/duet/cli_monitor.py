@@ -6,8 +6,6 @@ commands, so `duet --help` stays fast.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,26 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from duet.errors import ConfigError
-from duet.progress import console
+from duet.cli_common import pct, print_json, stderr_log
 
 out = Console()  # results on stdout; progress and logs on stderr
 REGISTRY_HELP = "Registry folder (versions + champion pointer)."
 
 
-def _log(quiet: bool):
-    def log(msg: str) -> None:
-        if not quiet:
-            console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
-    return log
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+_log = stderr_log
+_print_json = print_json
+_pct = pct
 
 
 def _p(p: float | None) -> str:

@@ -77,7 +77,9 @@ def export(
 
 
 def serve(
-    model: Path = typer.Argument(..., help="A run folder (its export/ is served) or an export folder with model.json."),
+    model: Optional[Path] = typer.Argument(None, help="A run folder (its export/ is served) or an export folder with model.json (or give --registry)."),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2)."),
+    poll_interval: float = typer.Option(2.0, "--poll-interval", help="With --registry: seconds between checks of the champion pointer."),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs an API key or --insecure."),
     port: int = typer.Option(8000, help="TCP port."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"),
@@ -108,30 +110,39 @@ def serve(
 
     API key: set DUET_API_KEY (or DUET_API_KEY_FILE=path); clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'. Health routes (/v2/health/*, /healthz, /readyz) stay open. SIGTERM drains in-flight requests.
 
+    Hot swap: with --registry DIR the server serves the registry's champion, checks the pointer every --poll-interval seconds and, after `duet registry promote` or `rollback`, loads the new champion (sha256-verified) in the background and switches between batches without failing a request. Responses name the version that answered (header X-Duet-Model-Version).
+
     Example: duet serve runs/pets-r50 --port 8080
     """
-    from duet.serve.app import load, serve as run_server
+    from duet.errors import ConfigError
+    from duet.serve.app import follow_registry, load, serve as run_server
     from duet.serve.config import Limits, ServeConfig, api_key_from_env
+
+    if (model is None) == (registry is None):
+        raise ConfigError("give a model folder (RUN or EXPORT_DIR) or --registry DIR, not both" if model is not None
+                          else "missing MODEL: give a run or export folder, or --registry DIR to serve its champion")
 
     kwargs: dict[str, Any] = {}
     if decode_workers is not None:
         kwargs["decode_workers"] = decode_workers
     config = ServeConfig(
-        model_dir=model, host=host, port=port, model_name=model_name, model_version=model_version,
+        model_dir=model if model is not None else registry, host=host, port=port, model_name=model_name, model_version=model_version,
         runtime=runtime, device=device, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, threads=threads,
         ort_spinning=ort_spinning,
         top_k=top_k, limits=Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
                                    max_queue_images=max_queue_images),
         api_key=api_key_from_env(os.environ), insecure=insecure, drain_seconds=drain_seconds,
         drift=drift, drift_window=drift_window, drift_interval=drift_interval,
-        access_log=access_log, **kwargs,
+        access_log=access_log, registry=registry, poll_interval=poll_interval, **kwargs,
     )
     config.check()
     if check:
+        config, _ = follow_registry(config)
         package, rt = load(config)
         from duet.serve.drift import profile_dir
 
-        _print_json({"model": config.model_name or package.name, "folder": str(package.root), "verified": True,
+        _print_json({"model": config.model_name or package.name, "version": config.model_version,
+                     "folder": str(package.root), "verified": True,
                      "runtime": rt.name, "device": rt.device, "labels": package.labels,
                      "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
         return

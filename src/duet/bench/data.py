@@ -144,7 +144,6 @@ def bench_data(
     torch_loader = TorchLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device,
                                workers=workers, seed=seed, drop_last=True)
     add(_timed('duet "torch"', device, lambda: duet_epoch(torch_loader, spec, seed, 1)))
-    del torch_loader
 
     from duet.data.cache import CacheLoader
 

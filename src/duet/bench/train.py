@@ -105,13 +105,11 @@ def bench_train(
         build_s = time.perf_counter() - t0
         add('duet "cache" end to end', _cycle(lambda e: duet_epoch(cache, spec, seed, e)),
             f"cache built once in {build_s:.1f}s ({len(samples)} images)")
-        del cache
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     loader = TorchLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers,
                          seed=seed, drop_last=True)
     add('duet "torch" end to end', _cycle(lambda e: duet_epoch(loader, spec, seed, e)))
-    del loader
     if include_imagefolder:
         add("torchvision ImageFolder + DataLoader end to end",
             _cycle(lambda e: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed + e)))

@@ -20,6 +20,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,16 +45,16 @@ log = logging.getLogger("duet.serve")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
 
 
-def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime) -> FastAPI:
+def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, watcher: Any = None) -> FastAPI:
     metrics = ServeMetrics(package.labels)
-    service = ModelService(package, runtime, config, metrics)
-    metrics.model_info.labels(service.name, service.version, package.architecture, runtime.name, runtime.device,
-                              package.onnx_sha256).set(1)
+    service = ModelService(package, runtime, config, metrics, watcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         log.info("serving model '%s' v%s (%s on %s)", service.name, service.version, runtime.name, runtime.device)
+        if watcher is not None:
+            log.info("following the champion of registry '%s' (every %gs)", config.registry, config.poll_interval)
         try:
             yield
         finally:
@@ -117,6 +118,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal server error (logged on the server)", "internal")
 
 
+def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
+    """With ``config.registry``: the config for its current champion (folder and version),
+    and the ChampionWatcher that will notice the next switch. Else ``(config, None)``."""
+    if config.registry is None:
+        return config, None
+    from duet.registry import ChampionWatcher, Registry
+
+    registry = Registry(config.registry)
+    if not registry.root.is_dir():
+        raise ConfigError(f"registry '{registry.root}' does not exist; create it with "
+                          f"`duet registry promote RUN --registry {registry.root}`")
+    watcher = ChampionWatcher(registry)
+    champion = watcher.poll()
+    if champion is None:
+        raise ConfigError(f"registry '{registry.root}' has no champion yet; promote one with "
+                          f"`duet registry promote RUN --registry {registry.root}`")
+    folder = champion.export_dir or champion.run
+    return replace(config, model_dir=folder, model_version=champion.version), watcher
+
+
 def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
     """Read and verify the model folder, then load the runtime (raises DuetError)."""
     package = read_package(config.model_dir, verify=True)
@@ -136,8 +157,9 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = 
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    config, watcher = follow_registry(config)
     package, runtime = load(config)
-    app = create_app(config, package, runtime)
+    app = create_app(config, package, runtime, watcher)
     uv = uvicorn.Config(
         app, host=config.host, port=config.port, log_level="info", access_log=config.access_log,
         timeout_graceful_shutdown=config.drain_seconds, server_header=False,

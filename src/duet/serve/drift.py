@@ -88,6 +88,14 @@ class DriftWatch:
             except asyncio.CancelledError:
                 pass
 
+    def unregister(self, registry: CollectorRegistry) -> None:
+        """Remove this watch's gauges from ``registry`` (before a new model's watch registers its own)."""
+        for collector in (self.detected, self.score, self.p_value, self.window_images, self.evaluations):
+            try:
+                registry.unregister(collector)
+            except KeyError:
+                pass
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)

@@ -4,29 +4,57 @@ Routes parse their own wire format, then call :meth:`ModelService.decode`
 (encoded images) or :meth:`ModelService.check_pixels` (uint8 tensors) and
 :meth:`ModelService.infer`. Every refusal is an :class:`ApiError` (4xx), except
 overload and shutdown (503, retry elsewhere or later).
+
+Hot swap (``duet serve --registry``): a background task polls the registry's
+champion pointer; on a switch it reads and verifies the new export and loads
+its runtime in a worker thread (off the request path), then, on the event loop,
+replaces the batcher's runtime reference in one assignment. A batch already
+dispatched finishes on the old model; every later batch runs on the new one.
+Each answer carries the version that computed it (``Outputs.version``). A load
+that fails leaves the old model serving (``duet_model_load_failures_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from duet.data.imageio import DecodeError
-from duet.export.package import ModelPackage, signature
+from duet.errors import ModelError
+from duet.export.package import ModelPackage, read_package, signature
 from duet.serve.batcher import Draining, DynamicBatcher, Overloaded
 from duet.serve.config import ServeConfig
 from duet.serve.drift import DriftWatch, profile_dir
 from duet.serve.errors import ApiError
 from duet.serve.images import prepare
 from duet.serve.metrics import ServeMetrics
-from duet.serve.runtimes import Outputs, Runtime
+from duet.serve.runtimes import Outputs, Runtime, load_runtime
+
+log = logging.getLogger("duet.serve")
+
+VERSION_HEADER = "X-Duet-Model-Version"  # on every predict response: the version that answered
+
+
+class _Tagged:
+    """A runtime whose outputs say which model version computed them."""
+
+    def __init__(self, runtime: Runtime, version: str) -> None:
+        self.runtime = runtime
+        self.version = version
+
+    def __call__(self, pixels: np.ndarray) -> Outputs:
+        out = self.runtime(pixels)
+        out.version = self.version
+        return out
 
 
 class ModelService:
-    def __init__(self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics) -> None:
+    def __init__(self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics,
+                 watcher: Any = None) -> None:
         self.package = package
         self.runtime = runtime
         self.config = config
@@ -38,7 +66,7 @@ class ModelService:
         self.version = config.model_version
         self.inputs, self.outputs = signature(self.spec, package.num_classes)
         self.batcher = DynamicBatcher(
-            runtime, max_batch_size=config.max_batch_size, max_delay_s=config.max_delay_ms / 1000,
+            _Tagged(runtime, self.version), max_batch_size=config.max_batch_size, max_delay_s=config.max_delay_ms / 1000,
             max_queue_images=config.limits.max_queue_images, observe=metrics.observe_batch,
         )
         self._decode_pool: ThreadPoolExecutor | None = None
@@ -46,6 +74,14 @@ class ModelService:
         profile = profile_dir(package) if config.drift else None
         self.drift = (DriftWatch(profile, metrics.registry, window=config.drift_window,
                                  interval=config.drift_interval) if profile is not None else None)
+        self.watcher = watcher  # duet.registry.ChampionWatcher when following a registry
+        self._follow_task: asyncio.Task[None] | None = None
+        self.set_model_info()
+
+    def set_model_info(self) -> None:
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(self.name, self.version, self.package.architecture, self.runtime.name,
+                                       self.runtime.device, self.package.onnx_sha256).set(1)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -59,16 +95,85 @@ class ModelService:
             await self.drift.start()
         self.ready = True
         self.metrics.model_loaded.set(1)
+        if self.watcher is not None:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="duet-follow")
 
     async def close(self) -> None:
         """Drain: refuse new work, finish queued work."""
         self.ready = False
         self.metrics.model_loaded.set(0)
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            try:
+                await self._follow_task
+            except asyncio.CancelledError:
+                pass
         await self.batcher.close()
         if self.drift is not None:
             await self.drift.close()
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ hot swap
+
+    async def _follow(self) -> None:
+        """Poll the champion pointer; load and swap to each new champion."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                new = await asyncio.to_thread(self.watcher.poll)
+            except Exception as e:  # an unreadable pointer: keep serving, try again next time
+                log.error("cannot read the registry's champion (%s: %s); still serving %s", type(e).__name__, e,
+                          self.version)
+                continue
+            if new is None or new.version == self.version:
+                continue
+            log.info("champion is now %s: loading %s", new.version, new.export_dir or new.run)
+            try:
+                package, runtime = await asyncio.to_thread(self._load, new.export_dir or new.run)
+            except Exception as e:
+                self.metrics.load_failures.inc()
+                log.error("cannot load champion %s (%s: %s); still serving %s", new.version, type(e).__name__, e,
+                          self.version)
+                continue
+            await self.swap(new.version, package, runtime)
+
+    def _load(self, folder: Any) -> tuple[ModelPackage, Runtime]:
+        """Read, verify (sha256) and load a model folder, and run it once (in a worker thread)."""
+        package = read_package(folder, verify=True)
+        if package.labels != self.labels:
+            raise ModelError(f"its labels {package.labels} differ from the served model's {self.labels}; "
+                             "restart the server to serve a model with other labels")
+        if package.spec.image_size != self.spec.image_size:
+            raise ModelError(f"its image size {package.spec.image_size} differs from the served model's "
+                             f"{self.spec.image_size}; restart the server to serve it")
+        c = self.config
+        runtime = load_runtime(package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning)
+        s = package.spec.image_size
+        runtime(np.zeros((1, 3, s, s), np.uint8))  # the first call allocates: not on a request
+        return package, runtime
+
+    async def swap(self, version: str, package: ModelPackage, runtime: Runtime) -> None:
+        """Serve ``runtime`` from the next batch on (runs on the event loop: one assignment, no lock)."""
+        old = self.version
+        self.package, self.runtime, self.spec, self.version = package, runtime, package.spec, version
+        self.batcher.runtime = _Tagged(runtime, version)  # batches already running keep the old one
+        self.set_model_info()
+        old_drift = self.drift
+        self.drift = None
+        if old_drift is not None:
+            await old_drift.close()
+            old_drift.unregister(self.metrics.registry)
+        profile = profile_dir(package) if self.config.drift else None
+        if profile is not None:
+            try:
+                drift = DriftWatch(profile, self.metrics.registry, window=self.config.drift_window,
+                                   interval=self.config.drift_interval)
+                await drift.start()
+                self.drift = drift
+            except Exception as e:  # drift monitoring is optional; serving goes on
+                log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
+        log.info("now serving %s (was %s; %s on %s)", version, old, runtime.name, runtime.device)
 
     # ------------------------------------------------------------ checks
 
@@ -141,6 +246,13 @@ class ModelService:
         if self.drift is not None:
             self.drift.observe(out.probabilities, image_stats)
         return out
+
+    def version_of(self, out: Outputs) -> str:
+        """The version that computed ``out`` (the served one, unless a swap happened meanwhile)."""
+        return out.version or self.version
+
+    def version_header(self, out: Outputs) -> dict[str, str]:
+        return {VERSION_HEADER: self.version_of(out)}
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         k = min(k, len(self.labels))

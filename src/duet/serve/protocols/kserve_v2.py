@@ -270,14 +270,14 @@ def infer_response(service: ModelService, request: dict[str, Any], out: Outputs)
             else:
                 entry["data"] = values.ravel().tolist()
         outputs.append(entry)
-    body: dict[str, Any] = {"model_name": service.name, "model_version": service.version, "outputs": outputs}
+    body: dict[str, Any] = {"model_name": service.name, "model_version": service.version_of(out), "outputs": outputs}
     if isinstance(request.get("id"), str):
         body["id"] = request["id"]
     if not chunks:
-        return JSONResponse(body)
+        return JSONResponse(body, headers=service.version_header(out))
     header = json.dumps(body, separators=(",", ":")).encode("utf-8")
     return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+                    headers={"Inference-Header-Content-Length": str(len(header)), **service.version_header(out)})
 
 
 def model_metadata(service: ModelService) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def router(service: ModelService) -> APIRouter:
             top = service.top_k(probs, top_k)
             predictions.append({"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"],
                                 "top": top})
-        return JSONResponse({"model": service.name, "version": service.version, "predictions": predictions})
+        version = service.version_of(out)
+        return JSONResponse({"model": service.name, "version": version, "model_version": version,
+                             "predictions": predictions}, headers=service.version_header(out))
 
     @r.get("/v1/monitor", summary="Input drift: the latest verdict on recent requests vs the reference profile",
            tags=["monitoring"])

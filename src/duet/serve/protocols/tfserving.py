@@ -186,8 +186,9 @@ def router(service: ModelService) -> APIRouter:
         if rows:
             predictions = [{"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
                            for p, lab, i in zip(out.probabilities, labels, index)]
-            return JSONResponse({"predictions": predictions})
+            return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
         return JSONResponse({"outputs": {"probabilities": out.probabilities.tolist(), "label": labels,
-                                         "label_index": [int(i) for i in index]}})
+                                         "label_index": [int(i) for i in index]}},
+                            headers=service.version_header(out))
 
     return r
