@@ -75,15 +75,17 @@ class Server:
 
 
 @contextmanager
-def running_server(model: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
+def running_server(model: Path | None, log_dir: Path, *args: str, env: dict[str, str] | None = None,
                    timeout: float = 90) -> Iterator[Server]:
-    """`python -m duet serve MODEL --port P ARGS` until the block ends (then SIGTERM)."""
+    """`python -m duet serve MODEL --port P ARGS` until the block ends (then SIGTERM).
+    With ``model=None`` the ARGS say what to serve (e.g. ``--registry DIR``)."""
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_API_KEY")}
     full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "duet", "serve", str(model), "--port", str(port), *args],
+        target = [] if model is None else [str(model)]
+        proc = subprocess.Popen([sys.executable, "-m", "duet", "serve", *target, "--port", str(port), *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=full_env)
     server = Server(f"http://127.0.0.1:{port}", port, proc, log)
     try:

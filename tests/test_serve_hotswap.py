@@ -6,22 +6,16 @@ their sha256 is refused while the old model keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from helpers import run_cli
-from serve_support import FAST, Server, free_port, metric_value, shared_export, val_files
+from serve_support import FAST, Server, metric_value, running_server, shared_export, val_files
 
 POLL = "0.25"
 
@@ -41,39 +35,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return first, second
 
 
-@contextmanager
-def registry_server(registry: Path, log_dir: Path, *args: str, timeout: float = 90) -> Iterator[Server]:
+def registry_server(registry: Path, log_dir: Path, *args: str, timeout: float = 90):
     """`python -m duet serve --registry REGISTRY --port P ARGS` until the block ends (then SIGTERM)."""
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_API_KEY")}
-    env["HF_HUB_OFFLINE"] = "1"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "duet", "serve", "--registry", str(registry), "--port", str(port),
-                                 "--poll-interval", POLL, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", port, proc, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"duet serve exited with {proc.returncode}:\n{server.log_text()}")
-            try:
-                if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"duet serve was not ready after {timeout}s:\n{server.log_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return running_server(None, log_dir, "--registry", str(registry), "--poll-interval", POLL, *args,
+                          timeout=timeout)
 
 
 class Stream:
