@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.errors import ConfigError
 from duet.preprocess import PreprocessSpec
 
@@ -70,7 +71,7 @@ class TrainConfig(BaseModel):
     cache_max_gb: float = Field(50.0, ge=0, description="largest decode cache 'auto' will build, in GB")
     cache_device_share: float = Field(
         0.5, ge=0, le=0.95, description="hold the cache on the GPU when it fits this share of free GPU memory")
-    max_pixels: int = Field(89_478_485, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
     recipe: Literal["auto", "finetune", "scratch"] = Field(
         "auto", description="finetune: head first (backbone frozen), then all layers with layer-wise LRs; "

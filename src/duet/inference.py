@@ -60,7 +60,9 @@ def predict_samples(
     with make_progress(progress) as bar:
         task = bar.add_task(description, total=len(samples), info="")
         for batch in loader:
-            ok = batch.labels >= 0 if any(batch.errors) else torch.ones_like(batch.labels, dtype=torch.bool)
+            # Failures are known by their error string: samples may carry label -1
+            # simply because their true label is unknown (retrain predicts such).
+            ok = torch.tensor([not e for e in batch.errors], device=batch.images.device)
             idx = batch.index.numpy()
             for i, err in zip(idx, batch.errors):
                 if err:

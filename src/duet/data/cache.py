@@ -46,8 +46,8 @@ import torch
 
 from duet.atomic import write_json_atomic
 from duet.config import default_cache_dir
-from duet.data.imageio import DecodeError, decode
-from duet.data.loaders import Batch, Sample, batch_plan
+from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
+from duet.data.loaders import Batch, PlanSampler, Sample
 from duet.preprocess import PreprocessSpec, to_load_square
 from duet.progress import make_progress
 
@@ -185,7 +185,7 @@ def open_or_build(
 
 class CacheLoader:
     """Loader over one split, fed from a CacheStore. Same batches as TorchLoader
-    for the same seed: the same plan (``batch_plan``) and the same pixels."""
+    for the same seed: the same plan (``PlanSampler``) and the same pixels."""
 
     def __init__(
         self,
@@ -197,7 +197,7 @@ class CacheLoader:
         device: torch.device,
         workers: int,
         seed: int = 0,
-        max_pixels: int = 89_478_485,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         drop_last: bool = False,
         cache_dir: Path | None = None,
         device_share: float = DEFAULT_DEVICE_SHARE,
@@ -207,13 +207,9 @@ class CacheLoader:
     ) -> None:
         self.samples = list(samples)
         self.spec = spec
-        self.batch_size = batch_size
-        self.shuffle = shuffle
         self.device = device
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank, self.world = rank, world
-        self.epoch, self.start = 0, 0
+        self.plan = PlanSampler(len(self.samples), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last, rank=rank, world=world)
         self.store = open_or_build(
             self.samples, spec, Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
             workers=max(2, workers * 2), max_pixels=max_pixels, progress=progress,
@@ -239,16 +235,13 @@ class CacheLoader:
         return out
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start = epoch, start_batch
+        self.plan.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
-        n = len(self.samples)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.plan)
 
     def _index_batches(self) -> list[torch.Tensor]:
-        plan = batch_plan(len(self.samples), batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                          epoch=self.epoch, drop_last=self.drop_last, rank=self.rank, world=self.world)
-        return [torch.tensor(b, dtype=torch.int64) for b in plan[self.start :]]
+        return [torch.tensor(b, dtype=torch.int64) for b in self.plan]
 
     def _errors(self, idx: torch.Tensor) -> list[str]:
         return [self.store.failed.get(int(i), "") for i in idx]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from duet.data.imageio import DecodeError, decode
+from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.preprocess import PreprocessSpec, to_load_square
 
 
@@ -128,14 +128,18 @@ def batch_plan(
 
 
 class PlanSampler(Sampler[list[int]]):
-    """A DataLoader batch_sampler over ``batch_plan`` for the epoch set last,
-    starting at ``start`` (DataLoader re-iterates it each epoch, also with
-    persistent workers)."""
+    """Every backend's position in the plan: ``batch_plan`` for the epoch set
+    last, from batch ``start`` on. The "torch" backend hands it to DataLoader
+    as its batch_sampler (re-iterated each epoch, also with persistent
+    workers); "cache" and "tf" iterate it themselves."""
 
     def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
                  rank: int = 0, world: int = 1) -> None:
         self.kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world)
         self.n, self.epoch, self.start = n, 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(batch_plan(self.n, epoch=self.epoch, **self.kw)[self.start :])  # type: ignore[arg-type]
@@ -178,7 +182,7 @@ class TorchLoader:
         device: torch.device,
         workers: int,
         seed: int = 0,
-        max_pixels: int = 89_478_485,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
@@ -201,7 +205,7 @@ class TorchLoader:
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.sampler.epoch, self.sampler.start = epoch, start_batch
+        self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -230,7 +234,7 @@ def make_loader(
     device: torch.device,
     workers: int,
     seed: int = 0,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     drop_last: bool = False,
     cache_dir: Path | None = None,
     progress: bool = True,

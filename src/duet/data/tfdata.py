@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
 import os
 import struct
 import sys
@@ -58,8 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from duet.data.imageio import DecodeError, decode
-from duet.data.loaders import Batch, Sample, batch_plan
+from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
+from duet.data.loaders import Batch, PlanSampler, Sample
 from duet.errors import ConfigError
 from duet.preprocess import PreprocessSpec, to_load_square
 
@@ -334,7 +333,7 @@ class TfLoader:
         device: torch.device,
         workers: int,
         seed: int = 0,
-        max_pixels: int = 89_478_485,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
@@ -343,31 +342,24 @@ class TfLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.samples = list(samples)
         self.spec = spec
-        self.batch_size = batch_size
-        self.shuffle = shuffle
         self.device = torch.device(device)
         self.workers = workers
-        self.seed = seed
         self.max_pixels = max_pixels
-        self.drop_last = drop_last
-        self.rank, self.world = rank, world
-        self.epoch, self.start = 0, 0
+        self.plan = PlanSampler(len(self.samples), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last, rank=rank, world=world)
         self._paths = np.array([str(s.path) for s in self.samples], dtype=object)
         self._labels = np.array([s.label for s in self.samples], dtype=np.int64)
         self._decoder = make_decoder(spec, max_pixels)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start = epoch, start_batch
+        self.plan.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
-        n = len(self.samples)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self.plan)
 
     def _plan(self) -> tuple[np.ndarray, int]:
         """This epoch's sample indices in batch order (from ``start``), and the batch size."""
-        plan = batch_plan(len(self.samples), batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                          epoch=self.epoch, drop_last=self.drop_last, rank=self.rank, world=self.world)
-        plan = [b for b in plan[self.start :] if b]
+        plan = [b for b in self.plan if b]
         # Every batch but the last is full, so tf.data's batch() regroups them exactly.
         size = len(plan[0]) if plan else 1
         return np.asarray([i for b in plan for i in b], dtype=np.int64), size
