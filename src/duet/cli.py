@@ -8,6 +8,13 @@ shows the traceback. Progress bars and logs go to stderr, results to stdout
 from __future__ import annotations
 
 import os
+
+# Before anything imports torch (libgomp reads it once, at load): OpenMP
+# threads that spin after each parallel region burn the cores that duet's
+# augmentation threads and data workers need. Sleeping instead made CPU
+# augmentation ~1.5x faster and CPU training no slower (docs/benchmarks.md).
+# An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 import traceback
 from pathlib import Path

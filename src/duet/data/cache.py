@@ -3,12 +3,13 @@
 Fine-tuning repeats the same JPEG decode epoch after epoch; this backend does it
 once. The store is the spec's uint8 load square of each sample (exactly what
 the "torch" backend's workers produce, so both backends give identical pixels),
-laid out N x 3 x L x L so a batch is one gather, and it stays uint8 until the
-device.
+laid out N x L x L x 3 (each image as decoded, HWC) so a batch is one gather
+and arrives channels_last, the layout the CPU crop kernel and the
+channels_last model both want; it stays uint8 until the device.
 
 On disk, under ``cache_dir/<fingerprint>/``:
 
-- ``images.u8``  raw uint8, N x 3 x L x L (np.memmap)
+- ``images.u8``  raw uint8, N x L x L x 3 (np.memmap)
 - ``meta.json``  fingerprint, shape, per-image CRC32, and the samples that
   failed to decode with their reasons
 
@@ -37,7 +38,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,9 @@ from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.loaders import Batch, PlanSampler, Sample
 from duet.preprocess import PreprocessSpec, to_load_square
 from duet.progress import make_progress
+from duet.threads import torch_worker_pool
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: HWC images (1 was CHW)
 DEFAULT_DEVICE_SHARE = 0.5
 
 
@@ -76,7 +77,7 @@ class CacheStore:
     """An opened, verified store."""
 
     root: Path
-    images: np.ndarray            # memmap uint8 (N, 3, L, L), read-only
+    images: np.ndarray            # memmap uint8 (N, L, L, 3), read-only
     failed: dict[int, str]        # sample index -> reason it could not be decoded
     built: bool                   # True when this call decoded the files
     build_seconds: float
@@ -87,7 +88,7 @@ def _decode_one(sample: Sample, spec: PreprocessSpec, max_pixels: int) -> tuple[
         rgb = decode(sample.path, max_pixels=max_pixels, min_size=spec.load_size)
     except DecodeError as e:
         return None, e.reason
-    return np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1)), ""
+    return to_load_square(rgb, spec), ""
 
 
 def _crc(a: np.ndarray) -> int:
@@ -103,12 +104,12 @@ def build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        arr = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(len(samples), 1), 3, L, L))
+        arr = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(len(samples), 1), L, L, 3))
         crcs = [0] * len(samples)
         failed: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, make_progress(progress) as bar:
+        with torch_worker_pool(workers, "duet-cache-build") as pool, make_progress(progress) as bar:
             task = bar.add_task("decode cache", total=len(samples), info="")
-            # PIL decode and resize release the GIL, so threads decode in parallel.
+            # PIL's decode and torch's resize release the GIL, so threads decode in parallel.
             for i, (img, reason) in enumerate(pool.map(lambda s: _decode_one(s, spec, max_pixels), samples, chunksize=16)):
                 if img is None:
                     failed[str(i)] = reason
@@ -121,7 +122,7 @@ def build(
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": root.name,
-            "shape": [len(samples), 3, L, L],
+            "shape": [len(samples), L, L, 3],
             "bytes": cache_bytes(max(len(samples), 1), spec),
             "crc32": crcs,
             "failed": failed,
@@ -144,11 +145,11 @@ def _verify(root: Path, n: int, spec: PreprocessSpec) -> CacheStore | None:
     try:
         meta = json.loads(meta_path.read_text())
         L = spec.load_size
-        if meta.get("format") != FORMAT_VERSION or meta.get("shape") != [n, 3, L, L]:
+        if meta.get("format") != FORMAT_VERSION or meta.get("shape") != [n, L, L, 3]:
             return None
         if data_path.stat().st_size != cache_bytes(max(n, 1), spec) or len(meta["crc32"]) != n:
             return None
-        images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(max(n, 1), 3, L, L))
+        images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(max(n, 1), L, L, 3))
         crcs = meta["crc32"]
         if any(_crc(images[i]) != crcs[i] for i in range(n)):
             return None
@@ -212,7 +213,7 @@ class CacheLoader:
                                 drop_last=drop_last, rank=rank, world=world)
         self.store = open_or_build(
             self.samples, spec, Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
-            workers=max(2, workers * 2), max_pixels=max_pixels, progress=progress,
+            workers=max(2, min(os.cpu_count() or 1, workers * 2)), max_pixels=max_pixels, progress=progress,
         )
         self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.int64)
         failed = torch.zeros(len(self.samples), dtype=torch.bool)
@@ -251,19 +252,17 @@ class CacheLoader:
         if self.on_device is not None:
             for idx in batches:
                 dev_idx = idx.to(self.device)
-                yield Batch(self.on_device.index_select(0, dev_idx), self.labels[idx].to(self.device), idx,
+                yield Batch(self.on_device.index_select(0, dev_idx).permute(0, 3, 1, 2), self.labels[idx].to(self.device), idx,
                             self._errors(idx))
             return
         yield from self._streamed(batches)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        # Sorted reads are sequential on disk; then put them back in batch order.
-        order = np.argsort(idx.numpy(), kind="stable")
-        rows = np.asarray(self.store.images[idx.numpy()[order]])
-        out = np.empty_like(rows)
-        out[order] = rows
-        t = torch.from_numpy(out)
-        return t.pin_memory() if self.device.type == "cuda" else t
+        """One copy, memmap -> batch (pinned when it goes on to an accelerator)."""
+        out = torch.empty((len(idx), *self.store.images.shape[1:]), dtype=torch.uint8,
+                          pin_memory=self.device.type == "cuda")
+        np.take(self.store.images, idx.numpy(), axis=0, out=out.numpy(), mode="clip")  # "raise" would buffer: a second copy
+        return out
 
     def _streamed(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
         """Gather on a background thread, a few batches ahead of the consumer."""
@@ -291,7 +290,7 @@ class CacheLoader:
                 if isinstance(item, BaseException):
                     raise item
                 idx, images = item
-                yield Batch(images.to(self.device, non_blocking=non_blocking),
+                yield Batch(images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2),
                             self.labels[idx].to(self.device, non_blocking=non_blocking), idx, self._errors(idx))
         finally:
             stop.set()

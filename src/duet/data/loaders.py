@@ -44,7 +44,7 @@ class Sample:
 
 
 class ImageFileDataset(Dataset):
-    """Decodes one file per item into a CHW uint8 load square."""
+    """Decodes one file per item into an HWC uint8 load square."""
 
     def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, max_pixels: int) -> None:
         self.samples = list(samples)
@@ -60,14 +60,14 @@ class ImageFileDataset(Dataset):
             rgb = decode(s.path, max_pixels=self.max_pixels, min_size=self.spec.load_size)
         except (DecodeError, OSError) as e:
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            blank = torch.zeros(3, self.spec.load_size, self.spec.load_size, dtype=torch.uint8)
+            blank = torch.zeros(self.spec.load_size, self.spec.load_size, 3, dtype=torch.uint8)
             return blank, -1, i, reason
         square = to_load_square(rgb, self.spec)
-        return torch.from_numpy(np.ascontiguousarray(square.transpose(2, 0, 1))), s.label, i, ""
+        return torch.from_numpy(square), s.label, i, ""
 
 
 def _collate(batch: list[tuple[torch.Tensor, int, int, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    images = torch.stack([b[0] for b in batch])
+    images = torch.stack([b[0] for b in batch]).permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
     index = torch.tensor([b[2] for b in batch], dtype=torch.int64)
     return images, labels, index, [b[3] for b in batch]
@@ -83,7 +83,7 @@ def default_workers() -> int:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 N,3,L,L on the device
+    images: torch.Tensor  # uint8 N,3,L,L on the device, channels_last strides (NHWC in memory)
     labels: torch.Tensor  # int64 N on the device; -1 where the file failed to load
     index: torch.Tensor   # int64 N, positions in the split's sample list (CPU)
     errors: list[str]     # per sample: "" or the load failure reason

@@ -28,12 +28,12 @@ asserts at most 1 level, mean 0.01; it measures 0):
   BMP, WebP, TIFF, MPO, lossless/arithmetic/12-bit JPEG, and headers over the
   pixel limit (refused with duet's reason). Which way a file goes is decided
   from its header bytes (``_route``), per file, in microseconds.
-- The resize and crop are ``preprocess.to_load_square`` itself (Pillow, which
-  releases the GIL while it resamples), called through ``tf.numpy_function``.
-  TensorFlow's own antialiased resize was measured slower here (3.9 ms vs
-  2.0 ms for 500x375 -> 341x256) and different (up to 1 level, mean 0.13); an
-  exact re-implementation of Pillow's fixed-point resampler in TensorFlow ops
-  was exact but 3.5x slower. docs/tf_backend.md has the numbers.
+- The resize and crop are ``preprocess.to_load_square`` itself (torch's uint8
+  antialiased kernel, which releases the GIL), called through
+  ``tf.numpy_function``, so every backend resizes with the same code.
+  TensorFlow's own antialiased resize was measured slower (3.9 ms vs 2.0 ms
+  for Pillow, which duet used before, and 0.4 ms for torch's kernel) and
+  different. docs/tf_backend.md has the numbers.
 
 Failures: a file that cannot be read or decoded mid-training (deleted or
 truncated after the scan) never stops the pipeline. TensorFlow drops it
@@ -236,10 +236,9 @@ def make_decoder(spec: PreprocessSpec, max_pixels: int) -> Any:
 
     TensorFlow decodes what it decodes exactly like Pillow (route 0-4); the rest
     goes through ``imageio.decode`` (route 5). The resize and crop are
-    ``preprocess.to_load_square`` itself - Pillow, which releases the GIL while
-    it resamples - because TensorFlow's antialiased resize is both slower here
-    (3.9 ms vs 2.0 ms for 500x375 -> 341x256) and different (up to 1 level,
-    mean 0.13); docs/tf_backend.md has the measurements.
+    ``preprocess.to_load_square`` itself (the resize every backend uses),
+    because TensorFlow's antialiased resize is both slower here and different;
+    docs/tf_backend.md has the measurements.
 
     Raises a TensorFlow error for a file that cannot be decoded (callers drop
     it with ``ignore_errors`` and explain it, or let it raise).
