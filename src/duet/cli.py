@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports torch (libgomp reads it once, at load): OpenMP
-# threads that spin after each parallel region burn the cores that duet's
-# augmentation threads and data workers need. Sleeping instead made CPU
-# augmentation ~1.5x faster and CPU training no slower (docs/benchmarks.md).
-# An explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from duet.runtime import tune_process
+
+tune_process()  # before anything imports torch: see duet/runtime.py
 import sys
 import traceback
 from pathlib import Path

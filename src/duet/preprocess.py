@@ -14,6 +14,7 @@ from the same ``load_size`` square, so the two never disagree about scale.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+import warnings
 from typing import Any
 
 import numpy as np
@@ -57,12 +58,17 @@ class PreprocessSpec:
         )
 
 
+# torch.from_numpy warns (once) about read-only arrays such as decoded images;
+# to_load_square only reads its input, so that warning says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
 _TORCH_MODE = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
 
 
 def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 -> load_size x load_size x 3 uint8: shorter side resized to
-    ``load_size`` (antialiased when shrinking), then the centre square.
+    ``load_size`` (antialiased when shrinking), then the centre square. The
+    result may be a (read-only, strided) view; copy it if you need to write.
 
     The resize is torch's uint8 antialiased kernel (the one behind
     torchvision.transforms.v2 on tensors): within one level of Pillow's
@@ -77,16 +83,16 @@ def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
     top, left = (nh - s) // 2, (nw - s) // 2
     if (nh, nw) == (h, w):
-        return np.ascontiguousarray(rgb[top : top + s, left : left + s])
-    if not (rgb.flags.c_contiguous and rgb.flags.writeable):  # torch wants its own writable array
-        rgb = np.array(rgb, order="C")
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # a channels_last view: the kernel's fast path
+        return rgb[top : top + s, left : left + s]
+    # A channels_last view of the pixels, the kernel's fast path. Decoded
+    # arrays are read-only views of Pillow's bytes; torch only reads them here.
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     mode = _TORCH_MODE[spec.interpolation]
     if mode == "nearest":
         y = F.interpolate(x, size=(nh, nw), mode="nearest")
     else:
         y = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-    return np.ascontiguousarray(y[0, :, top : top + s, left : left + s].permute(1, 2, 0).numpy())
+    return y[0, :, top : top + s, left : left + s].permute(1, 2, 0).numpy()  # a view; callers copy it once
 
 
 def centre_offset(spec: PreprocessSpec) -> int:

@@ -182,6 +182,7 @@ def environment(device: torch.device) -> dict[str, str]:
     import timm
 
     import duet
+    from duet import runtime
 
     env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -190,6 +191,9 @@ def environment(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "duet": duet.__version__,
+        # What the `duet` command tuned in this process (duet/runtime.py); every row runs under it.
+        "process tuning": ", ".join(runtime.applied) or "none",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

@@ -140,7 +140,7 @@ def duet_tf(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
 
     n, seconds = _drain(epochs(), batches, device)
     return _result('duet "tf"', n, seconds,
-                   f"tf.data ({workers} threads) + Pillow resize; crops, flips, normalise on the device")
+                   f"tf.data ({workers} threads) + duet resize; crops, flips, normalise on the device")
 
 
 def _folder_samples(root: Path) -> list[Sample]:

@@ -16,9 +16,9 @@ On disk, under ``cache_dir/<fingerprint>/``:
 The fingerprint covers the format version, the load size and interpolation,
 and every sample's content hash (sha256 from the scan, else path + size +
 mtime), so any change to the files or to the spec gives a new cache. A store is
-built in a temporary folder and renamed into place; on open its size and every
-image's CRC32 are checked, so a truncated or corrupted cache is rebuilt, never
-trusted.
+built in a temporary folder and renamed into place; whenever an existing store
+is opened its size and every image's CRC32 are checked, so a truncated or
+corrupted cache is rebuilt, never trusted.
 
 Feeding: when the whole store fits in ``device_share`` of the accelerator's
 free memory it is uploaded once and batches are gathered on the device;
@@ -104,21 +104,32 @@ def build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        arr = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(len(samples), 1), L, L, 3))
+        image_bytes = L * L * 3
+        blank = np.zeros((L, L, 3), dtype=np.uint8)
         crcs = [0] * len(samples)
         failed: dict[str, str] = {}
-        with torch_worker_pool(workers, "duet-cache-build") as pool, make_progress(progress) as bar:
-            task = bar.add_task("decode cache", total=len(samples), info="")
-            # PIL's decode and torch's resize release the GIL, so threads decode in parallel.
-            for i, (img, reason) in enumerate(pool.map(lambda s: _decode_one(s, spec, max_pixels), samples, chunksize=16)):
-                if img is None:
-                    failed[str(i)] = reason
-                else:
-                    arr[i] = img
-                crcs[i] = _crc(arr[i])
-                bar.advance(task)
-        arr.flush()
-        del arr
+
+        with open(tmp / "images.u8", "wb") as data:
+            data.truncate(cache_bytes(max(len(samples), 1), spec))
+
+            def store(i: int) -> str:
+                # pwrite from the worker: no page faults on a fresh mapping, GIL released.
+                img, reason = _decode_one(samples[i], spec, max_pixels)
+                row = np.ascontiguousarray(blank if img is None else img)
+                crcs[i] = _crc(row)
+                os.pwrite(data.fileno(), memoryview(row).cast("B"), i * image_bytes)
+                return reason
+
+            with torch_worker_pool(workers, "duet-cache-build") as pool, make_progress(progress) as bar:
+                task = bar.add_task("decode cache", total=len(samples), info="")
+                # Pillow's decode and torch's resize release the GIL, so threads
+                # decode in parallel; each writes its own rows of the store.
+                for i, reason in enumerate(pool.map(store, range(len(samples)))):
+                    if reason:
+                        failed[str(i)] = reason
+                    bar.advance(task)
+        # No fsync: a crash before writeback leaves a store whose CRCs fail on
+        # the next open, and that store is rebuilt (never trusted).
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": root.name,
@@ -139,8 +150,12 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _verify(root: Path, n: int, spec: PreprocessSpec) -> CacheStore | None:
-    """Open ``root`` if it is complete and intact; None if it must be rebuilt."""
+def _verify(root: Path, n: int, spec: PreprocessSpec, *, check_images: bool = True) -> CacheStore | None:
+    """Open ``root`` if it is complete and intact; None if it must be rebuilt.
+
+    ``check_images=False`` skips the CRC pass over every image: only for a store
+    this process has just written (and checksummed while writing), where a read
+    back would only read the page cache it just filled."""
     meta_path, data_path = root / "meta.json", root / "images.u8"
     try:
         meta = json.loads(meta_path.read_text())
@@ -151,7 +166,7 @@ def _verify(root: Path, n: int, spec: PreprocessSpec) -> CacheStore | None:
             return None
         images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(max(n, 1), L, L, 3))
         crcs = meta["crc32"]
-        if any(_crc(images[i]) != crcs[i] for i in range(n)):
+        if check_images and any(_crc(images[i]) != crcs[i] for i in range(n)):
             return None
         return CacheStore(root, images, {int(k): v for k, v in meta["failed"].items()}, False, 0.0)
     except (OSError, ValueError, KeyError, TypeError):
@@ -177,7 +192,7 @@ def open_or_build(
         shutil.rmtree(root)
     t0 = time.perf_counter()
     build(samples, spec, root, workers=workers, max_pixels=max_pixels, progress=progress)
-    store = _verify(root, len(samples), spec)
+    store = _verify(root, len(samples), spec, check_images=False)
     if store is None:
         raise OSError(f"the decode cache at {root} failed verification right after it was built (disk full?)")
     store.built, store.build_seconds = True, time.perf_counter() - t0
