@@ -88,15 +88,17 @@ def random_resized_crop_boxes(
 
 
 PER_IMAGE_MIN_SIZE = 96  # measured crossover on 2 cores: 64 px is 1.2x faster batched, 128 px 2.5x slower
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None
 
 
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the per-image CPU kernels (torch releases the GIL in them);
-    the images are the parallelism, so each thread runs torch single-threaded."""
+def _pool() -> tuple[ThreadPoolExecutor, int]:
+    """Threads for the per-image CPU kernels (torch releases the GIL in them)
+    and their number; the images are the parallelism, so each thread runs torch
+    single-threaded."""
     global _POOL
     if _POOL is None:
-        _POOL = torch_worker_pool(torch.get_num_threads(), "duet-augment")
+        n = torch.get_num_threads()
+        _POOL = torch_worker_pool(n, "duet-augment"), n
     return _POOL
 
 
@@ -105,7 +107,8 @@ def _forget_pool() -> None:
     _POOL = None  # a forked child has none of the parent's threads
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _train_batch_cpu(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
@@ -134,11 +137,12 @@ def _train_batch_cpu(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, s
                 y = y.flip(1)
             torch.addcmul(shift, y.reshape(size, size * 3), inv_std, out=out[i].view(size, size * 3))
 
-    workers = min(n, _pool()._max_workers)
+    pool, size_of_pool = _pool()
+    workers = min(n, size_of_pool)
     if workers <= 1:
         crop(range(n))
     else:
-        list(_pool().map(crop, [range(k, n, workers) for k in range(workers)]))
+        list(pool.map(crop, [range(k, n, workers) for k in range(workers)]))
     return out.permute(0, 3, 1, 2)
 
 

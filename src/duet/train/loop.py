@@ -248,8 +248,7 @@ def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, devic
         if not bool(ok.any()):
             continue
         x = augment.eval_batch(batch.images[ok], spec)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
         y = batch.labels[ok]
@@ -330,8 +329,7 @@ def _fit(
     # -- model, optimiser, schedule -------------------------------------------
     which = recipe.resolve(config.recipe, config.weights)
     model = build(config.model, num_classes, config.weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # every device: see train/step.py
     groups = recipe.param_groups(model, lr=config.lr, weight_decay=config.weight_decay, recipe=which,
                                  layer_decay=config.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
