@@ -287,6 +287,10 @@ def naive_app(model: Path):
 if __name__ == "__main__":  # python -m duet.serve.bench naive MODEL --port P
     import uvicorn
 
+    from duet.runtime import tune_process
+
+    tune_process()  # the same process tuning `duet serve` gets from the CLI, so both servers run alike
+
     if len(sys.argv) != 5 or sys.argv[1] != "naive" or sys.argv[3] != "--port":
         sys.exit("usage: python -m duet.serve.bench naive MODEL --port PORT")
     uvicorn.run(naive_app(Path(sys.argv[2])), host="127.0.0.1", port=int(sys.argv[4]), log_level="warning")
