@@ -67,8 +67,8 @@ _TORCH_MODE = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest
 
 def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 -> load_size x load_size x 3 uint8: shorter side resized to
-    ``load_size`` (antialiased when shrinking), then the centre square. The
-    result may be a (read-only, strided) view; copy it if you need to write.
+    ``load_size`` (antialiased when shrinking), then the centre square, as a
+    C-contiguous array (the one copy every caller needs).
 
     The resize is torch's uint8 antialiased kernel (the one behind
     torchvision.transforms.v2 on tensors): within one level of Pillow's
@@ -83,7 +83,7 @@ def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
     top, left = (nh - s) // 2, (nw - s) // 2
     if (nh, nw) == (h, w):
-        return rgb[top : top + s, left : left + s]
+        return np.ascontiguousarray(rgb[top : top + s, left : left + s])
     # A channels_last view of the pixels, the kernel's fast path. Decoded
     # arrays are read-only views of Pillow's bytes; torch only reads them here.
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
@@ -92,7 +92,7 @@ def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         y = F.interpolate(x, size=(nh, nw), mode="nearest")
     else:
         y = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-    return y[0, :, top : top + s, left : left + s].permute(1, 2, 0).numpy()  # a view; callers copy it once
+    return np.ascontiguousarray(y[0, :, top : top + s, left : left + s].permute(1, 2, 0).numpy())
 
 
 def centre_offset(spec: PreprocessSpec) -> int:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import MutableMapping
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 applied: list[str] = []  # what tune_process did in this process (benchmarks report it)
 
 
-def tune_process(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> None:
+def tune_process(environ: MutableMapping[str, str] = os.environ) -> None:
     if "OMP_WAIT_POLICY" not in environ:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
         applied.append("OMP_WAIT_POLICY=PASSIVE")

@@ -34,21 +34,27 @@ from duet.preprocess import PreprocessSpec, centre_offset
 from duet.threads import torch_worker_pool
 
 
+def _mean_std_255(spec: PreprocessSpec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """spec.mean and spec.std on the 0..255 scale, shape (3,)."""
+    mean = torch.tensor(spec.mean, device=device, dtype=torch.float32) * 255.0
+    std = torch.tensor(spec.std, device=device, dtype=torch.float32) * 255.0
+    return mean, std
+
+
 def normalise(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 (or float 0..255) NCHW -> float32 normalised with spec.mean/std.
 
     The export graph and the serving runtimes call this same function."""
-    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return (x.float() - mean) / std
+    mean, std = _mean_std_255(spec, x.device)
+    return (x.float() - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
 def _normalise_fast(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """``normalise`` with one float allocation and in-place arithmetic (same
-    values, bit for bit); keeps x's memory format."""
-    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return x.to(torch.float32).sub_(mean).div_(std)
+    values, bit for bit); keeps x's memory format. Only for a uint8 ``x`` or a
+    float one this module just made: the arithmetic is in place."""
+    mean, std = _mean_std_255(spec, x.device)
+    return x.to(torch.float32).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
 
 
 def centre_crop(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
@@ -119,8 +125,7 @@ def _train_batch_cpu(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, s
     n, size = x.shape[0], spec.image_size
     if not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
-    mean = torch.tensor(spec.mean, dtype=torch.float32) * 255.0
-    std = torch.tensor(spec.std, dtype=torch.float32) * 255.0
+    mean, std = _mean_std_255(spec)
     # An image in HWC memory is rows of (r, g, b, r, g, b, ...): normalising with
     # a row pattern keeps the innermost dimension long, so the kernel vectorises
     # (a per-channel broadcast over channels_last does not: its inner size is 3).

@@ -115,7 +115,7 @@ def build(
             def store(i: int) -> str:
                 # pwrite from the worker: no page faults on a fresh mapping, GIL released.
                 img, reason = _decode_one(samples[i], spec, max_pixels)
-                row = np.ascontiguousarray(blank if img is None else img)
+                row = blank if img is None else img
                 crcs[i] = _crc(row)
                 os.pwrite(data.fileno(), memoryview(row).cast("B"), i * image_bytes)
                 return reason

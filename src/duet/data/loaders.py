@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Protocol
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -63,7 +62,7 @@ class ImageFileDataset(Dataset):
             blank = torch.zeros(self.spec.load_size, self.spec.load_size, 3, dtype=torch.uint8)
             return blank, -1, i, reason
         square = to_load_square(rgb, self.spec)
-        return torch.from_numpy(np.ascontiguousarray(square)), s.label, i, ""
+        return torch.from_numpy(square), s.label, i, ""
 
 
 def _collate(batch: list[tuple[torch.Tensor, int, int, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:

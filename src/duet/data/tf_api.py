@@ -174,7 +174,7 @@ class TfDatasetLoader:
         s = spec.load_size
 
         def square(rgb: np.ndarray) -> np.ndarray:
-            return rgb if rgb.shape[:2] == (s, s) else np.ascontiguousarray(to_load_square(rgb, spec))
+            return rgb if rgb.shape[:2] == (s, s) else to_load_square(rgb, spec)
 
         def squares(images: np.ndarray) -> np.ndarray:
             if images.ndim == 3:

@@ -250,10 +250,10 @@ def make_decoder(spec: PreprocessSpec, max_pixels: int) -> Any:
         return tf.ensure_shape(out, [s, s, 3])
 
     def resize(rgb: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(to_load_square(rgb, spec))
+        return to_load_square(rgb, spec)
 
     def duet_decode(data: bytes) -> np.ndarray:  # numpy_function hands a scalar string over as bytes
-        return np.ascontiguousarray(to_load_square(decode(data, max_pixels=max_pixels, min_size=s), spec))
+        return to_load_square(decode(data, max_pixels=max_pixels, min_size=s), spec)
 
     def route(data: bytes) -> np.ndarray:
         return np.int32(_route(data, s, max_pixels))
@@ -399,7 +399,7 @@ class TfLoader:
         extra_x, extra_y, errors = [], [], [""] * len(idx)
         for i in missing:
             square, reason = _reference_load(self.samples[i], self.spec, self.max_pixels)
-            extra_x.append(torch.from_numpy(np.ascontiguousarray(square.transpose(2, 0, 1))))
+            extra_x.append(torch.from_numpy(square).permute(2, 0, 1))  # HWC, like the rest of the batch
             extra_y.append(-1 if reason else self.samples[i].label)
             errors.append(reason)
         x = torch.cat([x, torch.stack(extra_x)])
@@ -424,7 +424,7 @@ def _reference_load(sample: Sample, spec: PreprocessSpec, max_pixels: int) -> tu
     """What the "torch" backend gives for this sample: (square, "") or (blank, reason)."""
     try:
         rgb = decode(sample.path, max_pixels=max_pixels, min_size=spec.load_size)
-        return np.ascontiguousarray(to_load_square(rgb, spec)), ""
+        return to_load_square(rgb, spec), ""
     except (DecodeError, OSError) as e:
         reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
         return np.zeros((spec.load_size, spec.load_size, 3), dtype=np.uint8), reason
