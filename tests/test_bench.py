@@ -32,6 +32,22 @@ def test_bench_data_reports_every_pipeline_on_the_same_files(tmp_path: Path) -> 
     assert {"date", "machine", "torch"} <= set(result["environment"])
 
 
+def test_bench_data_on_too_few_images_says_its_ratios_are_noise(tmp_path: Path) -> None:
+    """24 images finish every row in well under a second: the numbers are printed
+    but flagged, in the JSON, the table and on stderr, never passed off as a speed-up."""
+    assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "24", "--classes", "2").returncode == 0
+    args = ["bench", "data", str(tmp_path / "d"), "--batch-size", "8", "--image-size", "32", "--workers", "1",
+            "--later-epochs", "1", "--no-tf", "--quiet"]
+    as_json = run_cli(*args, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    warnings = json.loads(as_json.stdout)["warnings"]
+    assert len(warnings) == 1 and 'duet "cache", later epochs' in warnings[0] and "sample-data" in warnings[0]
+    table = run_cli(*args)
+    assert table.returncode == 0, table.stderr
+    assert "noise, not a measurement" in table.stdout
+    assert "warning:" in table.stderr and "under 1 s on 24 images" in table.stderr
+
+
 def test_bench_train_reports_the_model_limit_beside_end_to_end(tmp_path: Path) -> None:
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "16", "--classes", "2").returncode == 0
     proc = run_cli("bench", "train", str(tmp_path / "d"), "--batch-size", "4", "--image-size", "32", "--steps", "2",

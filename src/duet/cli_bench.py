@@ -52,6 +52,8 @@ def bench_data_cmd(
                         later_epochs=later_epochs, max_images=max_images, device=_device(device),
                         include_tf=not no_tf, progress=not quiet, log=log)
     _emit(result, as_json, markdown(result), "duet bench data " + " ".join(sys.argv[3:]))
+    for warning in result["warnings"]:  # after the table, on stderr, even with --quiet/--json
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 @bench_app.command("train")

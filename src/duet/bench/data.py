@@ -167,6 +167,7 @@ def bench_data(
 
     base = rows[0].images_per_s
     return {
+        "warnings": timing_warnings(rows, len(samples), batch_size),
         "kind": "data",
         "data_dir": str(Path(data_dir).resolve()),
         "images": len(samples),
@@ -209,9 +210,29 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
+# A row timed in less than this is dominated by start-up and clock noise: its
+# ratio to ImageFolder means nothing (192 images once gave "105.83x" from 0.0 s).
+MIN_ROW_SECONDS = 1.0
+
+
+def timing_warnings(rows: list[Row], images: int, batch_size: int) -> list[str]:
+    """One sentence per row too short to be a measurement, saying how to get one."""
+    short = [r for r in rows if r.seconds < MIN_ROW_SECONDS]
+    if not short:
+        return []
+    names = ", ".join(f"{r.name} ({r.seconds:.2f} s)" for r in short)
+    return [f"{len(short)} of {len(rows)} rows took under {MIN_ROW_SECONDS:g} s on {images} images "
+            f"(batch {batch_size}): {names}. Their images/s and ratios are noise, not measurements; "
+            "use more images (`duet bench sample-data DIR` makes 4,000) or more --later-epochs."]
+
+
 def markdown(result: dict[str, object]) -> str:
     rows = result["rows"]  # type: ignore[index]
     lines = ["| pipeline | images/s | × ImageFolder | note |", "|---|---:|---:|---|"]
     for r in rows:  # type: ignore[union-attr]
-        lines.append(f"| {r['name']} | {r['images_per_s']:,.0f} | {r['vs_imagefolder']:.2f}× | {r['note']} |")
+        note = r["note"]
+        if r["seconds"] < MIN_ROW_SECONDS:
+            note = f"{note}; " if note else ""
+            note += f"timed {r['seconds']:.2f} s: noise, not a measurement"
+        lines.append(f"| {r['name']} | {r['images_per_s']:,.0f} | {r['vs_imagefolder']:.2f}× | {note} |")
     return "\n".join(lines)
