@@ -297,6 +297,14 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     rows = {(r["server"].split()[0], r["concurrency"]): r for r in result["rows"]}
-    assert set(rows) == {("bare", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3)}
+    assert set(rows) == {("bare", 1), ("ceiling", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3)}
+    ceiling = rows.pop(("ceiling", 1))
     assert all(r["requests"] == 12 and r["p50_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
     assert rows[("duet", 3)]["mean_batch"] >= 1
+    # The ceiling is the best of decode + session.run at batch 1, 2, 4, ... 32 (the default maximum).
+    assert set(ceiling["by_batch"]) == {"1", "2", "4", "8", "16", "32"}
+    assert ceiling["throughput"] == max(ceiling["by_batch"].values()) == ceiling["by_batch"][str(ceiling["batch"])]
+    verdict = result["verdict"]
+    assert verdict["concurrency"] == 3 and verdict["ceiling_batch"] == ceiling["batch"]
+    assert verdict["share_of_ceiling"] == rows[("duet", 3)]["throughput"] / ceiling["throughput"]
+    assert verdict["p99_vs_naive"] == rows[("duet", 3)]["p99_ms"] / rows[("naive", 3)]["p99_ms"]

@@ -191,11 +191,20 @@ def bench_serve(
         t.add_column(col, justify="left" if col == "server" else "right")
     for row in result["rows"]:
         t.add_row(row["server"], str(row["concurrency"]), f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
-                  f"{row['throughput']:.1f}", f"{row['mean_batch']:.2f}" if row.get("mean_batch") else "")
+                  f"{row['throughput']:.1f}", f"{row.get('mean_batch', row.get('batch', 0)):.2f}"
+                  if row.get("mean_batch") or row.get("batch") else "")
     out_console.print(t)
     m = result["machine"]
     out_console.print(f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
                       f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}", highlight=False)
+    v = result["verdict"]
+    if v:
+        line = (f"at {v['concurrency']} clients duet serve reaches {v['share_of_ceiling']:.0%} of the runtime's ceiling "
+                f"(decode + session.run at batch {v['ceiling_batch']}; goal >= 90 %: {'met' if v['share_met'] else 'NOT met'})")
+        if "p99_vs_naive" in v:
+            line += (f"; p99 {v['p99_vs_naive']:.2f}x the naive server's "
+                     f"(goal <= 1: {'met' if v['p99_met'] else 'NOT met'})")
+        out_console.print(line, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,24 +1,31 @@
 """``duet bench serve``: latency and throughput of serving, measured, beside two references.
 
-Three things are measured in one run, on the same machine, model and images:
+Four things are measured in one run, on the same machine, model and images:
 
 1. **bare**: decode + ``session.run`` in this process, one image at a time, no
    HTTP: the floor for batch-1 latency;
-2. **duet**: ``duet serve`` (dynamic batcher) in a subprocess, driven over HTTP
+2. **ceiling**: decode + ``session.run`` in this process at each batch size up
+   to the batcher's maximum, no HTTP; the best batch size's throughput is the
+   most any server can get out of this runtime on this machine, so ``duet
+   serve`` at high concurrency is judged as a share of it;
+3. **duet**: ``duet serve`` (dynamic batcher) in a subprocess, driven over HTTP
    on 127.0.0.1 by ``c`` concurrent keep-alive clients posting raw image bodies
    to ``/v1/predict``;
-3. **naive**: a minimal FastAPI server (this module's ``naive_app``) with the
+4. **naive**: a minimal FastAPI server (this module's ``naive_app``) with the
    same decode and one ONNX Runtime call per request, no batching: what a first
    serving attempt usually looks like.
 
 The load generator runs on the same CPUs as the servers (2 cores on the
-reference machine), so absolute numbers include its cost, equally for both
-servers. Images: ``--images DIR``, else synthetic 500x375 JPEGs (a typical
+reference machine), so it is kept as cheap as a client can be: one asyncio
+loop, one socket per client, the request bytes built once, responses parsed
+only as far as the status line and Content-Length. Its cost is the same for
+both servers. Images: ``--images DIR``, else synthetic 500x375 JPEGs (a typical
 photo size, so decoding costs what it costs in production).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import platform
@@ -42,6 +49,7 @@ from duet.errors import ConfigError, DuetError
 from duet.export.package import read_package
 
 Log = Callable[[str], None]
+CEILING = "ceiling (decode + session.run, best batch)"
 
 
 class BenchError(DuetError):
@@ -105,40 +113,87 @@ def bare(model_dir: Path, images: list[bytes], requests: int) -> dict[str, float
     return _stats(latencies, time.perf_counter() - t0)
 
 
-def load(url: str, images: list[bytes], concurrency: int, requests: int, warmup: int) -> dict[str, float]:
-    """``concurrency`` keep-alive clients post ``requests`` images in total to ``url``."""
-    import httpx
+def ceiling(model_dir: Path, images: list[bytes], max_batch_size: int, rounds: int = 3) -> dict[str, Any]:
+    """Decode ``b`` images then one ``session.run`` on all ``b``, for ``b`` = 1, 2,
+    4, ... up to ``max_batch_size``; the best batch size's throughput (best of
+    ``rounds``) is returned: the runtime's ceiling on this machine, no HTTP."""
+    import onnxruntime as ort
 
+    from duet.serve.images import pixels_from_bytes
+
+    package = read_package(model_dir)
+    session = ort.InferenceSession(str(package.onnx_path), providers=["CPUExecutionProvider"])
+    spec = package.spec
+    sizes = sorted({min(2**k, max_batch_size) for k in range(max_batch_size.bit_length() + 1)})
+
+    def one(b: int, offset: int) -> float:
+        t = time.perf_counter()
+        batch = np.stack([pixels_from_bytes(images[(offset + i) % len(images)], spec, 10**8) for i in range(b)])
+        session.run(None, {"pixels": batch})
+        return time.perf_counter() - t
+
+    one(max(sizes), 0)  # warm-up: the first run allocates the largest buffers
+    per_size: dict[int, float] = {}
+    for b in sizes:
+        per_size[b] = max(b / one(b, r * b) for r in range(rounds))
+    best = max(per_size, key=per_size.__getitem__)
+    seconds = best / per_size[best]
+    return {"requests": best, "p50_ms": seconds * 1000, "p99_ms": seconds * 1000, "mean_ms": seconds * 1000,
+            "throughput": per_size[best], "batch": best,
+            "by_batch": {str(b): v for b, v in per_size.items()}}
+
+
+async def _client(host: str, port: int, request: list[bytes], next_index: Callable[[], int | None],
+                  record: Callable[[int, float, float, int], None]) -> None:
+    """One keep-alive connection: send, read the whole response, repeat."""
+    reader, writer = await asyncio.open_connection(host, port)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while (i := next_index()) is not None:
+            t = time.perf_counter()
+            writer.write(request[i % len(request)])
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            status = int(status_line.split()[1]) if status_line else 0
+            record(i, t, time.perf_counter(), status)
+    finally:
+        writer.close()
+
+
+def load(url: str, images: list[bytes], concurrency: int, requests: int, warmup: int) -> dict[str, float]:
+    """``concurrency`` keep-alive clients post ``requests`` images in total to ``url``
+    (after ``warmup`` requests at the same concurrency that are not measured)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = [(f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in images]
     latencies: list[float] = []
     spans: list[tuple[float, float]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
+    errors: list[int] = []
     counter = iter(range(warmup + requests))
 
-    def client() -> None:
-        with httpx.Client(timeout=120) as c:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t = time.perf_counter()
-                r = c.post(url, content=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
-                end = time.perf_counter()
-                with lock:
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code} {r.text[:100]}")
-                    elif i >= warmup:  # the first `warmup` requests (same concurrency) are not measured
-                        latencies.append(end - t)
-                        spans.append((t, end))
+    def record(i: int, start: float, end: float, status: int) -> None:
+        if status != 200:
+            errors.append(status)
+        elif i >= warmup:
+            latencies.append(end - start)
+            spans.append((start, end))
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    async def run() -> None:
+        await asyncio.gather(*(_client(host, port, request, lambda: next(counter, None), record)
+                               for _ in range(concurrency)))
+
+    asyncio.run(asyncio.wait_for(run(), timeout=600))
     if errors:
-        raise BenchError(f"{len(errors)} requests failed during the benchmark, e.g. {errors[0]}")
+        raise BenchError(f"{len(errors)} requests failed during the benchmark, e.g. HTTP {errors[0]}")
     wall = max(e for _, e in spans) - min(s for s, _ in spans)
     return _stats(latencies, wall)
 
@@ -149,9 +204,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    import httpx
+def _get(url: str, timeout: float = 10) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
 
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -159,9 +223,9 @@ def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
         if proc.poll() is not None:
             raise BenchError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+            if _get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2)[0] == 200:
                 return proc
-        except httpx.TransportError:
+        except OSError:  # not listening yet
             pass
         time.sleep(0.1)
     proc.kill()
@@ -178,10 +242,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _batch_stats(port: int) -> tuple[float, float]:
-    import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    text = _get(f"http://127.0.0.1:{port}/metrics")[1]
     total = count = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "duet_batch_size_images":
@@ -237,6 +300,8 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
         for r in range(repeat):
             log(f"round {r + 1}/{repeat}: bare decode + session.run, batch 1")
             keep("bare (decode + session.run)", 1, bare(model, images, requests))
+            log(f"round {r + 1}/{repeat}: ceiling: decode + session.run at batch 1..{max_batch_size}")
+            keep(CEILING, 1, ceiling(model, images, max_batch_size))
             for c in levels:
                 for name, (proc, port) in servers.items():
                     log(f"round {r + 1}/{repeat}: {name}, {c} concurrent clients")
@@ -249,10 +314,30 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    order = ["bare (decode + session.run)", "duet serve (batcher)", "naive (1 session.run per request)"]
+    order = ["bare (decode + session.run)", CEILING, "duet serve (batcher)", "naive (1 session.run per request)"]
     result["rows"] = sorted(best.values(), key=lambda row: (order.index(row["server"]), row["concurrency"]))
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result["verdict"] = verdict(result["rows"])
     return result
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The serving target of issue #11, from the rows of one run: at the highest
+    concurrency, duet's throughput as a share of the runtime's ceiling (goal >= 90 %)
+    and its p99 beside the naive server's (goal: no worse)."""
+    by = {(row["server"], row["concurrency"]): row for row in rows}
+    top = max((c for name, c in by if name.startswith("duet")), default=None)
+    if top is None or (CEILING, 1) not in by:
+        return {}
+    duet_row, ceil = by[("duet serve (batcher)", top)], by[(CEILING, 1)]
+    out: dict[str, Any] = {"concurrency": top, "ceiling_batch": ceil["batch"],
+                           "share_of_ceiling": duet_row["throughput"] / ceil["throughput"]}
+    out["share_met"] = out["share_of_ceiling"] >= 0.9
+    naive = by.get(("naive (1 session.run per request)", top))
+    if naive is not None:
+        out["p99_vs_naive"] = duet_row["p99_ms"] / naive["p99_ms"]
+        out["p99_met"] = duet_row["p99_ms"] <= naive["p99_ms"]
+    return out
 
 
 def naive_app(model: Path):
