@@ -1,4 +1,5 @@
-"""Process-wide tuning for the `duet` command (never applied on import of the library).
+"""Process-wide settings: tuning for the `duet` command (never applied on import of the
+library), and one crash guard that the library applies.
 
 Two settings that made CPU input pipelines measurably faster on 2 cores
 (docs/benchmarks.md has the before/after), both harmless for training:
@@ -12,14 +13,28 @@ Two settings that made CPU input pipelines measurably faster on 2 cores
   previous one is still alive; unmapped memory comes back as fresh pages that
   the kernel must fault in and zero on every batch (up to a third of the CPU
   time of the cache backend's epoch). ``DUET_NO_MALLOPT=1`` turns it off.
+
+One guard, applied by the library too (``import duet`` and before training),
+because without it a notebook crashes: TensorFlow >= 2.20 wheels load with
+RTLD_GLOBAL, and triton's bundled LLVM, loaded after them, binds to
+TensorFlow's copy and segfaults (tensorflow issue 124205) the first time torch
+imports triton (AdamW's first step does). ``guard_triton`` sees that order
+(TensorFlow resident, triton not yet imported) and makes ``import triton``
+fail instead, which torch, torchvision and timm handle: they train normally.
+The cost, said once on stderr: torch.compile has no triton kernels in that
+process. Importing duet (or torch and triton) before TensorFlow avoids it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import platform
+import sys
+import warnings
 from collections.abc import MutableMapping
+from typing import Any
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
@@ -38,3 +53,25 @@ def tune_process(environ: MutableMapping[str, str] = os.environ) -> None:
             applied.append("mallopt(mmap/trim threshold 64/256 MiB)")
     except (OSError, AttributeError):
         pass  # not glibc after all: keep the defaults
+
+
+def guard_triton(modules: MutableMapping[str, Any] = sys.modules) -> bool:
+    """Block ``import triton`` when TensorFlow is already loaded and triton is not.
+
+    Returns whether the guard is in place. Says once per process what it costs."""
+    if modules.get("triton", "absent") is None:
+        return True  # already blocked (by us or by the user)
+    if modules.get("tensorflow") is None or "triton" in modules:
+        return False
+    if importlib.util.find_spec("triton") is None:
+        return False  # not installed: nothing can crash
+    modules["triton"] = None  # type: ignore[assignment]  (makes `import triton` raise ImportError)
+    applied.append("triton blocked (TensorFlow loaded first)")
+    warnings.warn(
+        "duet: TensorFlow was imported before triton; triton is blocked in this process so that PyTorch "
+        "does not crash (tensorflow issue 124205). Cost: torch.compile gets no triton kernels here. "
+        "Import duet (or torch and triton) before tensorflow to keep them.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
