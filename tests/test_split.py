@@ -1,4 +1,4 @@
-"""Specification of duet.data.split.assign_splits: seeded, stratified, stable."""
+"""Specification of duet.data.split.assign_splits: seeded, exactly stratified, stable."""
 
 from __future__ import annotations
 
@@ -48,30 +48,78 @@ def _splits(manifest: Manifest) -> dict[str, str]:
     return {r.path: r.split for r in manifest.rows}
 
 
+def _moves(before: dict[str, str], after: dict[str, str]) -> dict[tuple[str, str], int]:
+    moved: dict[tuple[str, str], int] = {}
+    for path, side in before.items():
+        if after[path] != side:
+            key = tuple(sorted((side, after[path])))
+            moved[key] = moved.get(key, 0) + 1  # type: ignore[index]
+    return moved
+
+
 def test_split_is_stable_when_files_are_added() -> None:
-    before = assign_splits(_manifest(_classes({"a": 50, "b": 50, "c": 50})))
-    grown = _manifest(_classes({"a": 50, "b": 50, "c": 50}) + _classes({"a": 10, "b": 10, "c": 10}, start=50))
-    after = _splits(assign_splits(grown))
-    assert len(after) == 180
-    assert all(after[path] == split for path, split in _splits(before).items())
+    """Adding m images to a class moves at most m of its existing images across
+    each boundary (train|val, train|test), and none of any other class."""
+    for seed in range(5):
+        for n, m in ((50, 10), (100, 1), (100, 5), (37, 3), (200, 20)):
+            sizes = {"a": n, "b": 60, "c": 45}
+            before = _splits(assign_splits(_manifest(_classes(sizes)), test_fraction=0.1, seed=seed))
+            grown = _manifest(_classes(sizes) + _classes({"a": m}, start=n))
+            after = _splits(assign_splits(grown, test_fraction=0.1, seed=seed))
+            moved = _moves(before, after)
+            assert moved.get(("test", "val"), 0) == 0
+            assert moved.get(("train", "val"), 0) <= m and moved.get(("test", "train"), 0) <= m, moved
+            assert all(after[p] == s for p, s in before.items() if not p.startswith("a/"))
+
+
+def test_per_class_counts_are_exact() -> None:
+    """Two classes of 100 at 0.2 once gave 8 and 21 validation images; now exactly 20 each."""
+    for seed in range(10):
+        result = assign_splits(_manifest(_classes({"faces": 100, "other": 100})), val_fraction=0.2, seed=seed)
+        for label in ("faces", "other"):
+            splits = [r.split for r in result.rows if r.label == label]
+            assert splits.count("val") == 20 and splits.count("train") == 80, (seed, label)
+
+
+def test_counts_round_half_up_per_class() -> None:
+    result = assign_splits(_manifest(_classes({"a": 25, "b": 33, "c": 7})), val_fraction=0.2,
+                           test_fraction=0.1, test_min_per_class=0)
+    expected = {"a": (5, 3), "b": (7, 3), "c": (1, 1)}  # 5.0/2.5, 6.6/3.3, 1.4/0.7
+    for label, (val, test) in expected.items():
+        splits = [r.split for r in result.rows if r.label == label]
+        assert (splits.count("val"), splits.count("test")) == (val, test), label
+
+
+def test_test_split_is_held_out_when_every_class_has_20_images() -> None:
+    result = assign_splits(_manifest(_classes({"a": 100, "b": 40})), val_fraction=0.2, test_fraction=0.1)
+    for label, (val, test) in {"a": (20, 10), "b": (8, 4)}.items():
+        splits = [r.split for r in result.rows if r.label == label]
+        assert (splits.count("val"), splits.count("test")) == (val, test), label
+
+
+def test_no_test_split_when_a_class_has_fewer_than_20_images() -> None:
+    result = assign_splits(_manifest(_classes({"a": 100, "b": 19})), val_fraction=0.2, test_fraction=0.1)
+    assert {r.split for r in result.rows} == {"train", "val"}
+
+
+def test_turning_the_test_split_on_moves_only_training_images() -> None:
+    small = _manifest(_classes({"a": 40, "b": 19}))
+    before = _splits(assign_splits(small, test_fraction=0.1))
+    after = _splits(assign_splits(_manifest(_classes({"a": 40, "b": 20})), test_fraction=0.1))
+    moved = _moves(before, after)
+    assert set(moved) <= {("test", "train"), ("train", "val")} and moved[("test", "train")] >= 4
+    assert moved.get(("train", "val"), 0) <= 1  # b grew by one image
 
 
 def test_duplicates_never_straddle_the_split() -> None:
     rows = _classes({"a": 100, "b": 100})
     copies = [replace(r, path=r.path + ".copy.jpg") for r in rows[::3]]
-    result = assign_splits(_manifest(rows + copies))
+    result = assign_splits(_manifest(rows + copies), test_fraction=0.1)
+    assert {r.split for r in result.rows} == {"train", "val", "test"}
     by_sha: dict[str, set[str]] = {}
     for row in result.rows:
         by_sha.setdefault(row.sha256, set()).add(row.split)
     assert all(len(sides) == 1 for sides in by_sha.values())
-
-
-def test_each_class_gets_about_val_fraction_in_validation() -> None:
-    result = assign_splits(_manifest(_classes({"a": 200, "b": 200, "c": 200})), val_fraction=0.2)
-    for label in ("a", "b", "c"):
-        splits = [r.split for r in result.rows if r.label == label]
-        assert set(splits) == {"train", "val"}
-        assert 0.14 <= splits.count("val") / len(splits) <= 0.26
 
 
 def test_same_seed_gives_the_same_split_and_another_seed_a_different_one() -> None:
@@ -102,9 +150,10 @@ def test_tiny_class_gets_one_val_and_one_train() -> None:
         assert sorted(r.split for r in result.rows if r.label == "tiny") == ["train", "val"]
 
 
-def test_single_image_class_stays_in_train_or_val_as_hashed() -> None:
-    result = assign_splits(_manifest(_classes({"one": 1, "big": 100})))
-    assert [r.split for r in result.rows if r.label == "one"][0] in ("train", "val")
+def test_single_image_class_stays_in_train() -> None:
+    for seed in range(20):
+        result = assign_splits(_manifest(_classes({"one": 1, "big": 100})), seed=seed)
+        assert [r.split for r in result.rows if r.label == "one"] == ["train"]
 
 
 def test_unusable_rows_get_no_split() -> None:
@@ -121,7 +170,13 @@ def test_zero_val_fraction_puts_everything_in_train() -> None:
     assert {r.split for r in result.rows} == {"train"}
 
 
+@pytest.mark.parametrize("name", ["val_fraction", "test_fraction"])
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, float("nan")])
-def test_val_fraction_outside_zero_one_is_a_config_error(bad: float) -> None:
-    with pytest.raises(ConfigError, match=r"`val_fraction` must be in \[0, 1\)"):
-        assign_splits(_manifest(_classes({"a": 3, "b": 3})), val_fraction=bad)
+def test_fraction_outside_zero_one_is_a_config_error(name: str, bad: float) -> None:
+    with pytest.raises(ConfigError, match=rf"`{name}` must be in \[0, 1\)"):
+        assign_splits(_manifest(_classes({"a": 3, "b": 3})), **{name: bad})
+
+
+def test_fractions_leaving_nothing_to_train_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="must be below 1"):
+        assign_splits(_manifest(_classes({"a": 30, "b": 30})), val_fraction=0.5, test_fraction=0.5)
