@@ -8,14 +8,17 @@
 
 ``load_runtime(package, name="auto")`` picks PyTorch when CUDA is present and
 ONNX Runtime otherwise, without importing torch on machines with no NVIDIA
-driver (it would add seconds and hundreds of MB to a CPU server).
+driver or no PyTorch installed (it would add seconds and ~800 MB of resident
+memory to a CPU server; measured in docs/serving.md, "Idle memory"). Nothing
+on the ONNX path imports torch: ``duet.preprocess`` resizes with NumPy there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -95,7 +98,7 @@ class TorchRuntime:
         self._spec = package.spec
         self._device = torch.device(device)
         self.device = str(self._device)
-        model = build(package.architecture, package.num_classes, "none")
+        model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size)
         try:
             model.load_state_dict(load_file(str(package.weights_path)))
         except Exception as e:
@@ -112,25 +115,34 @@ class TorchRuntime:
 
 
 def _cuda_present() -> bool:
-    """Cheap check before importing torch: an NVIDIA driver device node exists."""
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+    """Cheap check before importing torch: an NVIDIA driver device node exists
+    and PyTorch is installed (``duet[serve]`` leaves it out)."""
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")):
+        return False
+    return importlib.util.find_spec("torch") is not None
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ConfigError("--runtime torch needs PyTorch, which this install of duet left out: "
+                          "pip install 'duet[train]', or serve the ONNX model with --runtime onnxruntime") from None
+    return torch
 
 
 def load_runtime(package: ModelPackage, name: str = "auto", *, device: str = "auto", threads: int = 0,
                  spinning: bool = True) -> Runtime:
     if name == "auto":
         if device != "cpu" and _cuda_present():
-            import torch
-
-            if torch.cuda.is_available():
+            if _import_torch().cuda.is_available():
                 return TorchRuntime(package, "cuda")
         return OnnxRuntime(package, threads, spinning)
     if name == "onnxruntime":
         return OnnxRuntime(package, threads, spinning)
     if name == "torch":
+        torch = _import_torch()
         if device in ("auto", "cuda"):
-            import torch
-
             if torch.cuda.is_available():
                 return TorchRuntime(package, "cuda")
             if device == "cuda":
