@@ -150,3 +150,23 @@ def test_serving_an_unexported_run_says_how_to_export(tmp_path: Path, run: Path)
     copy = tmp_path / "r"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
     _one_line_error(run_cli("serve", str(copy), "--check"), 4, "has not been exported", "duet export")
+
+
+def test_the_onnx_file_alone_carries_labels_and_preprocessing(export_dir: Path) -> None:
+    """Copied away from model.json, model.onnx still says what its outputs mean and
+    what its input wants: labels and the preprocessing spec in metadata_props."""
+    import onnx
+    import onnxruntime as ort
+
+    from duet.preprocess import PreprocessSpec
+
+    manifest = json.loads((export_dir / "model.json").read_text())
+    props = {p.key: p.value for p in onnx.load(str(export_dir / "model.onnx")).metadata_props}
+    assert json.loads(props["labels"]) == manifest["labels"] == ["0", "1", "7"]
+    assert json.loads(props["preprocess"]) == manifest["preprocess"]
+    assert PreprocessSpec.from_dict(json.loads(props["preprocess"])).load_size == 27
+    assert props["architecture"] == "resnet18" and "uint8 [N, 3, 24, 24]" in props["input"]
+    custom = ort.InferenceSession(str(export_dir / "model.onnx"),
+                                  providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert json.loads(custom["labels"]) == manifest["labels"]
+    assert json.loads(custom["preprocess"]) == manifest["preprocess"]

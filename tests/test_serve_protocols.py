@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +309,146 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     assert verdict["concurrency"] == 3 and verdict["ceiling_batch"] == ceiling["batch"]
     assert verdict["share_of_ceiling"] == rows[("duet", 3)]["throughput"] / ceiling["throughput"]
     assert verdict["p99_vs_naive"] == rows[("duet", 3)]["p99_ms"] / rows[("naive", 3)]["p99_ms"]
+
+
+# --- protocol fidelity: each checked with the real client or the real protobuf ---
+
+
+def test_tf_serving_status_and_metadata_parse_into_the_real_protobufs(server: Server, tmp_path: Path) -> None:
+    """TF Serving clients read these answers with json_format into its own messages; the
+    signature map is a google.protobuf.Any, so it needs its "@type". (In a subprocess:
+    the protobuf modules import TensorFlow, which must not load into the test process.)"""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow_serving", reason="tensorflow-serving-api (make test installs it with --no-deps)")
+    (tmp_path / "metadata.json").write_text(httpx.get(f"{server.url}/v1/models/digits/metadata").text)
+    (tmp_path / "status.json").write_text(httpx.get(f"{server.url}/v1/models/digits").text)
+    script = """
+import json, pathlib, sys
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+d = pathlib.Path(sys.argv[1])
+meta = json_format.Parse((d / "metadata.json").read_text(), get_model_metadata_pb2.GetModelMetadataResponse())
+sigs = get_model_metadata_pb2.SignatureDefMap()
+assert meta.metadata["signature_def"].Unpack(sigs)
+status = json_format.Parse((d / "status.json").read_text(), get_model_status_pb2.GetModelStatusResponse())
+default = sigs.signature_def["serving_default"]
+print(json.dumps({"name": meta.model_spec.name, "version": meta.model_spec.version.value,
+                  "signatures": {k: v.method_name for k, v in sigs.signature_def.items()},
+                  "image_dtype": default.inputs["image_bytes"].dtype,
+                  "prob_dims": [d.size for d in default.outputs["probabilities"].tensor_shape.dim],
+                  "status": [[v.version, v.state] for v in status.model_version_status]}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert parsed["name"] == "digits" and parsed["version"] == 1
+    assert parsed["signatures"] == {"serving_default": "tensorflow/serving/predict",
+                                    "classify": "tensorflow/serving/classify"}
+    assert parsed["image_dtype"] == 7 and parsed["prob_dims"] == [-1, 3]  # DT_STRING; [batch, classes]
+    assert parsed["status"] == [[1, 30]]  # ModelVersionStatus.AVAILABLE
+
+
+def test_tf_serving_classify_answers_results_and_regress_is_a_clear_400(
+        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    files = val_files(run)[:3]
+    labels = ["0", "1", "7"]
+    examples = [{"image_bytes": {"b64": base64.b64encode(p.read_bytes()).decode()}, "caption": "ignored"}
+                for p, _ in files]
+    for url in (f"{server.url}/v1/models/digits:classify", f"{server.url}/v1/models/digits/versions/1:classify"):
+        r = httpx.post(url, json={"signature_name": "serving_default", "examples": examples})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == len(files)
+        for (path, _), pairs in zip(files, results):
+            assert sorted(label for label, _ in pairs) == labels
+            scores = [score for _, score in pairs]
+            assert scores == sorted(scores, reverse=True)  # best first
+            probs = np.array([dict(pairs)[label] for label in labels], dtype=np.float32)
+            _assert_same(probs, offline[str(path)], str(path))
+
+    # a feature shared by every example may come in "context", as TF Serving allows
+    one = examples[0]["image_bytes"]
+    shared = httpx.post(f"{server.url}/v1/models/digits:classify",
+                        json={"context": {"image_bytes": [one]}, "examples": [{"caption": "a"}]})
+    assert shared.status_code == 200 and shared.json()["results"][0] == results[0], shared.text
+
+    regress = httpx.post(f"{server.url}/v1/models/digits:regress", json={"examples": examples})
+    assert regress.status_code == 400 and "no regression signature" in regress.json()["error"], regress.text
+    unknown = httpx.post(f"{server.url}/v1/models/digits:explain", json={})
+    assert unknown.status_code == 400 and ":predict, :classify" in unknown.json()["error"], unknown.text
+
+
+def test_unpadded_base64_is_accepted_as_tf_serving_accepts_it(
+        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    path = next(p for p, _ in val_files(run) if len(base64.b64encode(p.read_bytes()).rstrip(b"=")) % 4)
+    unpadded = base64.b64encode(path.read_bytes()).decode().rstrip("=")
+    tf = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": [{"b64": unpadded}]})
+    assert tf.status_code == 200, tf.text
+    _assert_same(np.array(tf.json()["predictions"][0]["probabilities"], dtype=np.float32), offline[str(path)], "tf")
+    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [unpadded]}]}
+    v2 = httpx.post(f"{server.url}/v2/models/digits/infer", json=body)
+    assert v2.status_code == 200, v2.text
+    bad = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": [{"b64": unpadded + "!"}]})
+    assert bad.status_code == 400 and "base64" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_request_compression(server: Server, run: Path, offline: dict[str, np.ndarray],
+                                          algorithm: str) -> None:
+    import tritonclient.http as triton
+
+    files = val_files(run)[:4]
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    for binary in (True, False):  # JSON BYTES elements are base64 text
+        data = [p.read_bytes() if binary else base64.b64encode(p.read_bytes()) for p, _ in files]
+        inp = triton.InferInput("image", [len(files)], "BYTES")
+        inp.set_data_from_numpy(np.array(data, dtype=np.object_), binary_data=binary)
+        result = client.infer("digits", [inp], request_compression_algorithm=algorithm,
+                              response_compression_algorithm=algorithm)
+        for (path, _), row in zip(files, result.as_numpy("probabilities")):
+            _assert_same(row, offline[str(path)], f"{algorithm} {path}")
+
+
+def test_unsupported_or_corrupt_content_encoding_is_named(server: Server, run: Path) -> None:
+    import gzip
+
+    path, _ = val_files(run)[0]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(path.read_bytes()).decode()}]}).encode()
+    url = f"{server.url}/v1/models/digits:predict"
+    br = httpx.post(url, content=body, headers={"Content-Encoding": "br", "Content-Type": "application/json"})
+    assert br.status_code == 415 and br.json()["code"] == "unsupported_encoding", br.text
+    assert "gzip, deflate" in br.json()["error"]
+    corrupt = httpx.post(url, content=b"\x1f\x8b not gzip", headers={"Content-Encoding": "gzip"})
+    assert corrupt.status_code == 400 and corrupt.json()["code"] == "bad_encoding", corrupt.text
+    truncated = httpx.post(url, content=gzip.compress(body)[:-12], headers={"Content-Encoding": "gzip"})
+    assert truncated.status_code == 400 and truncated.json()["code"] == "bad_encoding", truncated.text
+
+
+def test_a_gzip_bomb_is_refused_by_the_body_limit_after_decompression(server: Server) -> None:
+    import gzip
+
+    limit = 16 * 1024 * 1024  # the default --max-body-bytes
+    bomb = gzip.compress(b"[" + b" " * (limit + 1024) + b"]", compresslevel=9)
+    assert len(bomb) < 100_000  # tiny on the wire: only the decompressed size can catch it
+    r = httpx.post(f"{server.url}/v1/models/digits:predict", content=bomb,
+                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["code"] == "body_too_large", r.text
+    assert "decompresses" in r.json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_one_multipart_file_over_the_limit_gets_the_documented_413(server: Server, run: Path) -> None:
+    path, _ = val_files(run)[0]
+    data = path.read_bytes()
+    over = httpx.post(f"{server.url}/v1/predict", files=[("file", (f"{i}.png", data, "image/png")) for i in range(65)])
+    assert over.status_code == 413 and over.json()["code"] == "too_many_images", over.text
+    assert "64" in over.json()["error"]
+    far_over = httpx.post(f"{server.url}/v1/predict",
+                          files=[("file", (f"{i}.png", data, "image/png")) for i in range(70)])
+    assert far_over.status_code == 413 and far_over.json()["code"] == "too_many_images", far_over.text
+    at_limit = httpx.post(f"{server.url}/v1/predict",
+                          files=[("file", (f"{i}.png", data, "image/png")) for i in range(64)], timeout=60)
+    assert at_limit.status_code == 200 and len(at_limit.json()["predictions"]) == 64, at_limit.text

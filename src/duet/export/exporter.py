@@ -95,7 +95,8 @@ def _data_section(run: RunInfo) -> dict[str, Any]:
 
 def _metrics(run: RunInfo) -> dict[str, Any]:
     best = run.best or {}
-    metrics: dict[str, Any] = {"val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
+    metrics: dict[str, Any] = {"val_accuracy": best.get("val_accuracy"), "test_accuracy": best.get("test_accuracy"),
+                               "best_epoch": best.get("epoch"),
                                "epochs_done": best.get("epochs_done"), "evaluation": None}
     report = run.paths.eval / "report.json"
     if report.is_file():
@@ -163,6 +164,7 @@ def export_run(
     try:
         log(f"exporting {run.model} ({run.num_classes} classes, {spec.image_size}px) to ONNX")
         graph = onnx_graph.export_onnx(model, spec, tmp / ONNX_FILE, opset=opset)
+        onnx_graph.write_metadata(tmp / ONNX_FILE, onnx_graph.metadata_props(run.labels, spec, run.model))
         shutil.copyfile(run.paths.best, tmp / WEIGHTS_FILE)
         profile = run.paths.root / PROFILE_DIR
         if (profile / "profile.json").is_file():  # the drift reference travels with the model

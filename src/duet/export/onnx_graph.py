@@ -12,18 +12,30 @@ dimension is declared dynamic with ``torch.export.Dim``; export writes one
 self-contained file (no external data, fine below 2 GB of weights). When
 torch.export cannot trace a model, the TorchScript exporter is tried and
 model.json records which one produced the file.
+
+The file alone is usable: :func:`write_metadata` stores the labels and the
+preprocessing in the model's ``metadata_props`` (``onnx.load(f).metadata_props``,
+or ``InferenceSession(f).get_modelmeta().custom_metadata_map``):
+
+- ``labels``: JSON list, index -> label;
+- ``preprocess``: JSON of the :class:`~duet.preprocess.PreprocessSpec`
+  (``image_size``, ``crop_pct``, ``load_size``, ``interpolation``, ``mean``, ``std``);
+- ``input``: in words, what the ``pixels`` input expects;
+- ``architecture``, ``duet_version``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import duet
 from duet.data.augment import normalise
 from duet.errors import ModelError
 from duet.export.package import INPUT_NAME, OUTPUT_NAMES
@@ -89,3 +101,31 @@ def _export_torchscript(wrapper: torch.nn.Module, example: torch.Tensor, path: P
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )
+
+
+def metadata_props(labels: list[str], spec: PreprocessSpec, architecture: str) -> dict[str, str]:
+    """What :func:`write_metadata` stores (see the module doc)."""
+    s = spec.image_size
+    return {
+        "labels": json.dumps(labels),
+        "preprocess": json.dumps(spec.to_dict()),
+        "input": (f"{INPUT_NAME}: uint8 [N, 3, {s}, {s}] RGB. Decode, resize the shorter side to "
+                  f"{spec.load_size} px ({spec.interpolation}, antialiased), centre-crop {s} x {s}; "
+                  "the graph converts to float and normalises with mean/std itself"),
+        "architecture": architecture,
+        "duet_version": duet.__version__,
+    }
+
+
+def write_metadata(path: Path, props: dict[str, str]) -> None:
+    """Set ``props`` as the ONNX model's ``metadata_props`` (rewrites ``path``;
+    the graph and weights are untouched)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))

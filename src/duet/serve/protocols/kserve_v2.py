@@ -24,8 +24,6 @@ Outputs: ``logits`` and ``probabilities`` (FP32 ``[N, C]``). Extensions:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import struct
@@ -37,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 
 import duet
 from duet.serve.errors import ApiError
+from duet.serve.protocols.b64 import decode_b64
 from duet.serve.runtimes import Outputs
 from duet.serve.service import ModelService
 
@@ -182,8 +181,8 @@ def _b64_element(x: Any, i: int) -> bytes:
         raise _bad(f"element {i} of input '{IMAGE_INPUT}' must be base64 text of an image file (or use binary data)",
                    "bad_data")
     try:
-        return base64.b64decode(x, validate=True)
-    except (binascii.Error, ValueError):
+        return decode_b64(x)
+    except ValueError:
         raise _bad(f"element {i} of input '{IMAGE_INPUT}' is not valid base64", "bad_data") from None
 
 

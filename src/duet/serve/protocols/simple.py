@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
@@ -36,6 +37,20 @@ PREDICT_BODY = {
 }
 
 
+async def _form(request: Request, max_images: int, max_part_bytes: int) -> FormData:
+    """The multipart form, parsed with one part more than ``max_images`` allowed,
+    so that a request one file over the limit reaches ``check_count`` and gets the
+    documented 413 ``too_many_images``. Starlette's own part limits answer 400;
+    the few requests that pass even that allowance get the 413 here."""
+    try:
+        return await request.form(max_files=max_images + 1, max_fields=max_images + 1, max_part_size=max_part_bytes)
+    except StarletteHTTPException as e:
+        if e.status_code == 400 and str(e.detail).startswith("Too many"):
+            raise ApiError(413, f"more than {max_images} parts in one multipart request; the limit is {max_images} "
+                                "images (--max-images)", "too_many_images") from None
+        raise ApiError(400, f"the multipart body cannot be parsed: {e.detail}", "bad_multipart") from None
+
+
 def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["simple"])
     limits = service.limits
@@ -47,8 +62,7 @@ def router(service: ModelService) -> APIRouter:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         names: list[str]
         if content_type == "multipart/form-data":
-            form = await request.form(max_files=limits.max_images, max_fields=limits.max_images,
-                                      max_part_size=limits.max_body_bytes)
+            form = await _form(request, limits.max_images, limits.max_body_bytes)
             try:
                 uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
                 names = [u.filename or "" for u in uploads]

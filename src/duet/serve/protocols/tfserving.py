@@ -1,11 +1,18 @@
-"""TensorFlow Serving's REST API: model status, metadata and ``:predict``.
+"""TensorFlow Serving's REST API: model status, metadata, ``:predict`` and ``:classify``.
 
 Routes: ``GET /v1/models/{name}[/versions/{v}]``, ``GET .../metadata``,
-``POST /v1/models/{name}[/versions/{v}]:predict``.
+``POST /v1/models/{name}[/versions/{v}]:predict``, ``POST ...:classify``;
+``POST ...:regress`` is a 400 (a classifier has no regression signature).
+Status and metadata are the JSON forms of TF Serving's protobufs
+(``GetModelStatusResponse``, ``GetModelMetadataResponse`` with the
+``SignatureDefMap`` packed in an ``Any``, ``@type`` included), so
+``google.protobuf.json_format.Parse`` reads them into the real messages.
+Versions are int64 there: a registry version ``v3`` is reported as ``3``.
 
 The ``serving_default`` signature has two alternative inputs:
 
-- ``image_bytes`` (DT_STRING): encoded image files as ``{"b64": "..."}``;
+- ``image_bytes`` (DT_STRING): encoded image files as ``{"b64": "..."}``
+  (padding optional, as TF Serving accepts it);
 - ``pixels`` (DT_UINT8 ``[3, S, S]`` per instance): nested lists of 0..255.
 
 Request (row format): ``{"instances": [{"b64": "..."}, ...]}``; an instance may
@@ -14,13 +21,19 @@ also be ``{"image_bytes": {"b64": "..."}}`` or ``{"pixels": [[[...]]]}`` or a ba
 ``{"inputs": {"image_bytes": [...]}}``. Answers follow TF Serving: rows give
 ``{"predictions": [{"probabilities": [...], "label": "...", "label_index": i}, ...]}``,
 columnar gives ``{"outputs": {"probabilities": [[...]], "label": [...], "label_index": [...]}}``.
+
+``:classify`` takes TF Serving's ClassificationRequest JSON,
+``{"signature_name"?, "context"?: {...}, "examples": [{"image_bytes": {"b64": "..."}}, ...]}``
+(the image feature may be named as in ``IMAGE_KEYS``, other features are
+ignored, as a model's feature spec ignores them), and answers
+``{"results": [[[label, score], ...], ...]}``: per example every label with
+its probability, best first (TF Serving's server writes ``results``; its REST
+page shows ``result`` in one place and ``results`` in its example).
 Errors are ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
@@ -29,6 +42,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
+from duet.serve.protocols.b64 import decode_b64
 from duet.serve.service import ModelService
 
 IMAGE_KEYS = ("image_bytes", "image", "images", "bytes")
@@ -41,6 +55,15 @@ PREDICT_BODY = {
 }
 
 
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "example": {
+            "examples": [{"image_bytes": {"b64": "<base64 of a JPEG>"}}]}}}},
+    }
+}
+
+
 def _bad(message: str, code: str = "bad_request") -> ApiError:
     return ApiError(400, message, code)
 
@@ -49,8 +72,8 @@ def _b64(value: Any, where: str) -> bytes:
     if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
         raise _bad(f"{where}: images must be {{\"b64\": \"<base64>\"}}", "bad_data")
     try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
+        return decode_b64(value["b64"])
+    except ValueError:
         raise _bad(f"{where}: 'b64' is not valid base64", "bad_data") from None
 
 
@@ -103,10 +126,21 @@ def _columnar(inputs: Any) -> list[Any]:
                "bad_instance")
 
 
+def tf_version(version: str) -> str | None:
+    """The int64 TF Serving reports for a duet version (``"3"``, ``"v3"`` -> ``"3"``),
+    or ``None`` when the version is not a number (the field is then left out)."""
+    digits = version[1:] if version[:1] in ("v", "V") else version
+    return str(int(digits)) if digits.isdigit() else None
+
+
 def status(service: ModelService) -> dict[str, Any]:
+    """``GetModelStatusResponse`` as JSON."""
     state = "AVAILABLE" if service.ready else "UNLOADING"
-    return {"model_version_status": [{"version": service.version, "state": state,
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+    entry: dict[str, Any] = {"state": state, "status": {"error_code": "OK", "error_message": ""}}
+    version = tf_version(service.version)
+    if version is not None:
+        entry = {"version": version, **entry}
+    return {"model_version_status": [entry]}
 
 
 def _tensor_info(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
@@ -114,9 +148,15 @@ def _tensor_info(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
                                              "unknown_rank": False}, "name": name}
 
 
+SIGNATURE_DEF_MAP = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+CLASSIFY_SIGNATURES = ("serving_default", "", "classify", "tensorflow/serving/classify")
+
+
 def metadata(service: ModelService) -> dict[str, Any]:
+    """``GetModelMetadataResponse`` as JSON: the ``signature_def`` entry is a
+    ``google.protobuf.Any`` holding a ``SignatureDefMap``, hence its ``@type``."""
     s, c = service.spec.image_size, len(service.labels)
-    signature = {
+    predict = {
         "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1]),
                    "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s])},
         "outputs": {"probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, c]),
@@ -124,8 +164,58 @@ def metadata(service: ModelService) -> dict[str, Any]:
                     "label_index": _tensor_info("label_index", "DT_INT64", [-1])},
         "method_name": "tensorflow/serving/predict",
     }
-    return {"model_spec": {"name": service.name, "signature_name": "", "version": service.version},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}}}
+    classify = {
+        "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1])},
+        "outputs": {"classes": _tensor_info("classes", "DT_STRING", [-1, c]),
+                    "scores": _tensor_info("scores", "DT_FLOAT", [-1, c])},
+        "method_name": "tensorflow/serving/classify",
+    }
+    spec: dict[str, Any] = {"name": service.name, "signature_name": ""}
+    version = tf_version(service.version)
+    if version is not None:
+        spec["version"] = version
+    return {"model_spec": spec,
+            "metadata": {"signature_def": {"@type": SIGNATURE_DEF_MAP,
+                                           "signature_def": {"serving_default": predict, "classify": classify}}}}
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise _bad("the request body is not valid JSON", "bad_json") from None
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object", "bad_json")
+    return body
+
+
+def _examples(body: dict[str, Any]) -> list[bytes]:
+    """The encoded image of every example of a ClassificationRequest."""
+    sig = body.get("signature_name", "serving_default")
+    if sig not in CLASSIFY_SIGNATURES:
+        raise _bad(f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'",
+                   "unknown_signature")
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples:
+        raise _bad("a classify request needs a non-empty list 'examples' of objects", "bad_instance")
+    if not isinstance(context, dict):
+        raise _bad("'context' must be an object of features shared by all examples", "bad_instance")
+    images = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise _bad(f"example {i} must be an object of features", "bad_instance")
+        if set(example) & set(context):
+            raise _bad(f"example {i} repeats context features {sorted(set(example) & set(context))}", "bad_instance")
+        features = {**context, **example}
+        key = next((k for k in IMAGE_KEYS if k in features), None)
+        if key is None:
+            raise _bad(f"example {i} has no image feature; name it one of {list(IMAGE_KEYS)}, "
+                       "e.g. {\"image_bytes\": {\"b64\": \"...\"}}", "bad_instance")
+        value = features[key]
+        if isinstance(value, list) and len(value) == 1:  # a feature given as a one-value list
+            value = value[0]
+        images.append(_b64(value, f"example {i}.{key}"))
+    return images
 
 
 def router(service: ModelService) -> APIRouter:
@@ -156,11 +246,8 @@ def router(service: ModelService) -> APIRouter:
             openapi_extra=PREDICT_BODY)
     async def predict(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            raise _bad("the request body is not valid JSON", "bad_json") from None
-        if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
+        body = await _json_object(request)
+        if ("instances" in body) == ("inputs" in body):
             raise _bad("the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json")
         sig = body.get("signature_name", "serving_default")
         if sig not in ("serving_default", ""):
@@ -190,5 +277,38 @@ def router(service: ModelService) -> APIRouter:
         return JSONResponse({"outputs": {"probabilities": out.probabilities.tolist(), "label": labels,
                                          "label_index": [int(i) for i in index]}},
                             headers=service.version_header(out))
+
+    @r.post("/v1/models/{name}:classify", summary="Classify (TF Serving ClassificationRequest)",
+            openapi_extra=CLASSIFY_BODY)
+    @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)",
+            openapi_extra=CLASSIFY_BODY)
+    async def classify(name: str, request: Request, version: str | None = None) -> Any:
+        check(name, version)
+        images = _examples(await _json_object(request))
+        service.check_count(len(images))
+        pixels, stats = await service.decode(images)
+        out = await service.infer(pixels, "/v1/models/{name}:classify", stats)
+        results = []
+        for probs in out.probabilities:
+            order = np.argsort(-probs, kind="stable")
+            results.append([[service.labels[i], float(probs[i])] for i in order])
+        return JSONResponse({"results": results}, headers=service.version_header(out))
+
+    @r.post("/v1/models/{name}:regress", summary="Regress: not offered (this model is a classifier)")
+    @r.post("/v1/models/{name}/versions/{version}:regress", summary="Regress (one version): not offered")
+    async def regress(name: str, version: str | None = None) -> Any:
+        check(name, version)
+        raise _bad(f"model '{name}' is an image classifier and has no regression signature; "
+                   "use :classify or :predict", "no_regression")
+
+    # Without these, "POST /v1/models/m:verb" would match the GET status route
+    # (name = "m:verb") and get 405; an unknown verb is a 400 that names the verbs.
+    @r.post("/v1/models/{name}", include_in_schema=False)
+    @r.post("/v1/models/{name}/versions/{version}", include_in_schema=False)
+    async def unknown_verb(name: str, version: str | None = None) -> Any:
+        target = version if version is not None else name
+        verb = target.partition(":")[2]
+        raise _bad(f"unknown method {':' + verb if verb else '(none)'}; POST /v1/models/{{name}} takes "
+                   ":predict, :classify or :regress", "unknown_method")
 
     return r
