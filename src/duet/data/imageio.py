@@ -111,6 +111,20 @@ def decode(
         raise DecodeError(_pil_reason(e)) from None
 
 
+def decoded_size(data: bytes, *, min_size: int | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` at which :func:`decode` would decode ``data`` (a JPEG at
+    its reduced scale for ``min_size``), read from the header alone; None when
+    the header cannot be read (:func:`decode` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
+            if min_size is not None and img.format in ("JPEG", "MPO"):
+                _draft(img, min_size)
+            return img.size
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            MemoryError, *_PIL_ERRORS):
+        return None
+
+
 def _read(source: bytes | str | os.PathLike[str]) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)

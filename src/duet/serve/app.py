@@ -6,12 +6,18 @@
    tampered one) -- before a port is opened;
 2. load the runtime (ONNX Runtime on CPU, or PyTorch on CUDA);
 3. build the app: protocols (simple, KServe V2, TF Serving), /metrics, OpenAPI
-   docs at /docs; middleware, outermost first: metrics -> API key -> body limit;
-4. run uvicorn. SIGTERM/SIGINT: stop accepting connections, let in-flight
-   requests finish (up to ``drain_seconds``), then the batcher drains its queue.
+   docs at /docs (Swagger UI served from the installed ``swagger-ui-bundle``
+   package, no CDN); middleware, outermost first: metrics -> shutdown guard ->
+   API key -> body limit -> content encoding (gzip/deflate bodies);
+4. run uvicorn with read deadlines (``duet.serve.deadlines``: request head and
+   body progress). SIGTERM/SIGINT: stop accepting connections, let in-flight
+   requests finish (up to ``drain_seconds``; those still running then get 503
+   with Retry-After), then the batcher drains its queue.
 
 Every error a client can cause is a 4xx JSON ``{"error", "code"}``; a bug is a
 500 with the same shape (and a traceback in the log), never a dropped connection.
+A client that hangs up before its answer is counted with code 499 (nginx's
+"client closed request") and logged in one line.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 import duet
@@ -33,6 +40,8 @@ from duet.errors import ConfigError
 from duet.export.package import ModelPackage, read_package
 from duet.serve.auth import ApiKeyMiddleware
 from duet.serve.config import ServeConfig
+from duet.serve.deadlines import TIMED_OUT, ShutdownGuard, guarded_h11
+from duet.serve.encoding import ContentEncodingMiddleware
 from duet.serve.errors import ApiError, error_response
 from duet.serve.limits import BodyLimitMiddleware
 from duet.serve.metrics import MetricsMiddleware, ServeMetrics
@@ -72,6 +81,8 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
             "Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{\"error\", \"code\"}`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets (the default page loads Swagger UI from a CDN)
+        redoc_url=None,
     )
     app.state.service = service
     app.state.metrics = metrics
@@ -84,11 +95,14 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    _install_docs(app)
     _install_error_handlers(app)
     # add_middleware prepends: the last added is the outermost.
+    app.add_middleware(ContentEncodingMiddleware, max_body_bytes=config.limits.max_body_bytes)  # gzip/deflate bodies
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes)
     if config.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(ShutdownGuard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app
 
@@ -106,6 +120,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, message, code, dict(exc.headers or {}))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody reads this answer; its status is what /metrics counts.
+        if request.scope.get(TIMED_OUT):
+            return Response(status_code=408)
+        client = request.client
+        log.info("client %s hung up during %s %s (counted as 499)", f"{client.host}:{client.port}" if client else "?",
+                 request.method, request.url.path)
+        return Response(status_code=499)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
@@ -116,6 +140,36 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error (logged on the server)", "internal")
+
+
+def _install_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI from the ``swagger-ui-bundle`` package's files, under
+    /docs/assets (works offline). Without that package, /docs says so in a 404."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+
+    if swagger_ui_path is None:
+        @app.get("/docs", include_in_schema=False)
+        async def docs_off() -> Response:
+            return error_response(404, "the docs page is off: it needs the swagger-ui-bundle package "
+                                  "(pip install swagger-ui-bundle); the OpenAPI schema is at /openapi.json",
+                                  "docs_unavailable")
+        return
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png")
 
 
 def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
@@ -164,6 +218,8 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = 
         app, host=config.host, port=config.port, log_level="info", access_log=config.access_log,
         timeout_graceful_shutdown=config.drain_seconds, server_header=False,
         proxy_headers=False, lifespan="on",
+        http=guarded_h11(config.limits.header_timeout, config.limits.body_timeout,
+                         on_timeout=lambda phase: app.state.metrics.read_timeouts.labels(phase).inc()),
     )
     service: ModelService = app.state.service
 

@@ -30,13 +30,20 @@ class Limits:
 
     max_body_bytes: int = 16 * 1024 * 1024      # whole request body
     max_pixels: int = 40_000_000                # per decoded image (header checked before decoding)
+    max_request_pixels: int = 200_000_000       # all images of one request, as they will be decoded
     max_images: int = 64                        # images (or pixel tensors) per request
     max_queue_images: int = 1024                # images waiting for the batcher; beyond -> 503
+    header_timeout: float = 30.0                # seconds to receive a request's head (TF Serving's REST default)
+    body_timeout: float = 30.0                  # longest pause between two pieces of a request body
 
     def check(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "max_images", "max_queue_images"):
+        for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "max_images", "max_queue_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1. Received: {getattr(self, name)}")
+        for name in ("header_timeout", "body_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be in (0, 3600] seconds. "
+                                  f"Received: {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

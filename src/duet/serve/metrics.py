@@ -5,7 +5,8 @@ registry per app (no process-global state), served at ``GET /metrics``:
 
 | metric | type | labels |
 |---|---|---|
-| duet_requests_total | counter | route (the route template), code |
+| duet_requests_total | counter | route (the route template), code (``499``: the client hung up before the answer; ``408``: it stopped sending its body) |
+| duet_read_timeouts_total | counter | phase (``headers``, ``body``): connections cut by a read deadline |
 | duet_request_duration_seconds | histogram | route; buckets include the SLO edges 0.1, 0.25, 0.5, 1 s |
 | duet_request_images_total | counter | route |
 | duet_batch_size_images | histogram | |
@@ -50,6 +51,10 @@ class ServeMetrics:
                                 ["route", "code"], registry=r)
         self.latency = Histogram("duet_request_duration_seconds", "HTTP request latency, first byte in to last byte out.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.read_timeouts = Counter("duet_read_timeouts", "Connections closed because the request head or body "
+                                     "did not arrive in time (--header-timeout, --body-timeout).", ["phase"], registry=r)
+        for phase in ("headers", "body"):
+            self.read_timeouts.labels(phase)
         self.request_images = Counter("duet_request_images", "Images received for inference, by route.",
                                       ["route"], registry=r)
         self.batch_size = Histogram("duet_batch_size_images", "Images per runtime call (dynamic batches).",

@@ -5,6 +5,13 @@ Routes parse their own wire format, then call :meth:`ModelService.decode`
 :meth:`ModelService.infer`. Every refusal is an :class:`ApiError` (4xx), except
 overload and shutdown (503, retry elsewhere or later).
 
+Decoding: the headers of all of a request's images are read first, and a
+request whose images would decode to more than ``--max-request-pixels`` in all
+is refused (413) before any is decoded. The images are then decoded in a
+:class:`duet.serve.fairpool.FairPool`, which takes the requests' images in turn,
+so a small request never waits behind a large one's remaining images; each
+image is shrunk to the model's size right after it is decoded.
+
 Hot swap (``duet serve --registry``): a background task polls the registry's
 champion pointer; on a switch it reads and verifies the new export and loads
 its runtime in a worker thread (off the request path), then, on the event loop,
@@ -18,18 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from duet.data.imageio import DecodeError
+from duet.data.imageio import DecodeError, decoded_size
 from duet.errors import ModelError
 from duet.export.package import ModelPackage, read_package, signature
 from duet.serve.batcher import Draining, DynamicBatcher, Overloaded
 from duet.serve.config import ServeConfig
 from duet.serve.drift import DriftWatch, profile_dir
 from duet.serve.errors import ApiError
+from duet.serve.fairpool import FairPool
 from duet.serve.images import prepare
 from duet.serve.metrics import ServeMetrics
 from duet.serve.runtimes import Outputs, Runtime, load_runtime
@@ -69,7 +76,7 @@ class ModelService:
             _Tagged(runtime, self.version), max_batch_size=config.max_batch_size, max_delay_s=config.max_delay_ms / 1000,
             max_queue_images=config.limits.max_queue_images, observe=metrics.observe_batch,
         )
-        self._decode_pool: ThreadPoolExecutor | None = None
+        self._decode_pool: FairPool | None = None
         self.ready = False
         profile = profile_dir(package) if config.drift else None
         self.drift = (DriftWatch(profile, metrics.registry, window=config.drift_window,
@@ -86,10 +93,10 @@ class ModelService:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._decode_pool = ThreadPoolExecutor(self.config.decode_workers, thread_name_prefix="duet-decode")
+        self._decode_pool = FairPool(self.config.decode_workers, thread_name_prefix="duet-decode")
         # One call before "ready": the first run of a session allocates and is slow.
         blank = np.zeros((1, 3, self.spec.image_size, self.spec.image_size), np.uint8)
-        await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.runtime, blank)
+        await self._decode_pool.run(self.runtime, blank)
         await self.batcher.start()
         if self.drift is not None:
             await self.drift.start()
@@ -112,7 +119,7 @@ class ModelService:
         if self.drift is not None:
             await self.drift.close()
         if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=True)
+            self._decode_pool.shutdown()
 
     # ------------------------------------------------------------ hot swap
 
@@ -191,6 +198,19 @@ class ModelService:
             raise ApiError(413, f"{n} images in one request; the limit is {self.limits.max_images} (--max-images)",
                            "too_many_images")
 
+    def check_request_pixels(self, images: list[bytes]) -> None:
+        """Refuse (413) a request whose images would decode to more pixels in all than
+        ``--max-request-pixels``, from their headers, before decoding any."""
+        total = 0
+        for data in images:
+            size = decoded_size(data, min_size=self.spec.load_size)
+            if size is not None:  # an unreadable header is decode's to report
+                total += size[0] * size[1]
+        if total > self.limits.max_request_pixels:
+            raise ApiError(413, f"the {len(images)} images of this request would decode to {total:,} pixels in all; "
+                           f"the limit is {self.limits.max_request_pixels:,} per request (--max-request-pixels): "
+                           "send fewer or smaller images per request", "too_many_request_pixels")
+
     def check_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """A uint8 ``(N, 3, S, S)`` tensor as the model takes it."""
         s = self.spec.image_size
@@ -208,16 +228,16 @@ class ModelService:
         """Encoded images -> uint8 ``(N, 3, S, S)`` (the evaluation path, in the decode
         pool), and their image statistics ``(N, 6)`` when drift is monitored."""
         self.check_count(len(images))
+        self.check_request_pixels(images)
         assert self._decode_pool is not None, "ModelService.start() was not awaited"
-        loop = asyncio.get_running_loop()
         stats = self.drift is not None
+        spec, max_pixels = self.spec, self.limits.max_pixels
 
         def job(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-            return prepare(data, self.spec, self.limits.max_pixels, with_stats=stats)
+            return prepare(data, spec, max_pixels, with_stats=stats)
 
         with self.batcher.incoming(len(images)):  # the batcher may wait for these
-            results = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, job, data) for data in images),
-                                           return_exceptions=True)
+            results = await self._decode_pool.map(job, images)
         for i, r in enumerate(results):
             if isinstance(r, DecodeError):
                 which = f"image {i}" + (f" ('{names[i]}')" if names and names[i] else "")
