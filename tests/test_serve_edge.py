@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from helpers import run_cli
 from serve_support import Server, metric_value, running_server, shared_export, val_files
 
 DEADLINE = 1.0  # --header-timeout and --body-timeout of the guarded server
@@ -131,6 +132,12 @@ def test_a_slow_but_steady_upload_is_not_cut(server: Server, image: bytes) -> No
             sock.sendall(piece)
         status, _, body = _status_and_body(_read_until_closed(sock))
     assert status == 200, body[:300]
+
+
+def test_deadlines_and_budget_are_checked_at_start(export: Path) -> None:
+    for flag, value in (("--header-timeout", "0"), ("--body-timeout", "-1"), ("--max-request-pixels", "0")):
+        proc = run_cli("serve", str(export), "--check", flag, value)
+        assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_malformed_http_gets_the_json_error(server: Server) -> None:

@@ -111,7 +111,9 @@ def serve(
 
     Routes: POST /v1/predict (multipart or raw image), KServe V2 / Open Inference Protocol (/v2/...), TF Serving REST (/v1/models/NAME:predict), GET /metrics, docs at /docs. Runtime: ONNX Runtime on CPU, PyTorch on CUDA when available. Artifacts are checked against their sha256 in model.json before loading.
 
-    API key: set DUET_API_KEY (or DUET_API_KEY_FILE=path); clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'. Health routes (/v2/health/*, /healthz, /readyz) stay open. SIGTERM drains in-flight requests.
+    API key: set DUET_API_KEY (or DUET_API_KEY_FILE=path); clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'. Health routes (/v2/health/*, /healthz, /readyz) stay open. SIGTERM drains in-flight requests; those still running after --drain-seconds get 503 with Retry-After.
+
+    Limits: a client slower than --header-timeout to send its headers, or pausing longer than --body-timeout in its body, gets 408 and is disconnected; a request over --max-body-bytes, --max-images, --max-pixels (one image) or --max-request-pixels (all its images) gets 413. Images of concurrent requests are decoded in turn, so a small request does not wait behind a large one.
 
     Hot swap: with --registry DIR the server serves the registry's champion, checks the pointer every --poll-interval seconds and, after `duet registry promote` or `rollback`, loads the new champion (sha256-verified) in the background and switches between batches without failing a request. Responses name the version that answered (header X-Duet-Model-Version).
 
