@@ -73,6 +73,10 @@ def _post_head(path: str, length: int, content_type: str = "image/png") -> bytes
             f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
 
 
+def _open_fds(server: Server) -> int:
+    return len(list(Path(f"/proc/{server.process.pid}/fd").iterdir()))
+
+
 def _five_xx(metrics: str) -> float:
     return sum(metric_value(metrics, "duet_requests_total", code=str(c)) for c in range(500, 600))
 
@@ -82,6 +86,7 @@ def _five_xx(metrics: str) -> float:
 
 def test_slow_clients_are_cut_at_the_read_deadlines_while_a_normal_client_is_served(server: Server,
                                                                                     image: bytes) -> None:
+    fds_before = _open_fds(server)
     idle = [_connect(server) for _ in range(5)]                  # connect, send nothing
     half_headers = [_connect(server) for _ in range(20)]         # slowloris
     for sock in half_headers:
@@ -114,6 +119,10 @@ def test_slow_clients_are_cut_at_the_read_deadlines_while_a_normal_client_is_ser
         assert b"request_timeout" in body
     assert b"--header-timeout" in replies[0] and b"--body-timeout" in replies[20]
     assert all(raw == b"" for raw in replies[21:])  # nothing was asked: closed without a word
+    deadline = time.monotonic() + 5
+    while _open_fds(server) > fds_before + 2 and time.monotonic() < deadline:  # the server's sockets are gone
+        time.sleep(0.05)
+    assert _open_fds(server) <= fds_before + 2, (fds_before, _open_fds(server))
     metrics = httpx.get(f"{server.url}/metrics").text
     assert metric_value(metrics, "duet_read_timeouts_total", phase="headers") >= 20
     assert metric_value(metrics, "duet_read_timeouts_total", phase="body") >= 1
