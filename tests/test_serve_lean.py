@@ -58,7 +58,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(export, tmp_path_factory.mktemp("logs")) as s:
+    with running_server(export, tmp_path_factory.mktemp("logs"), "--runtime", "onnxruntime") as s:
         yield s
 
 

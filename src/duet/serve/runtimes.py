@@ -119,7 +119,10 @@ def _cuda_present() -> bool:
     and PyTorch is installed (``duet[serve]`` leaves it out)."""
     if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")):
         return False
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:  # an import hook that refuses torch counts as "not installed"
+        return False
 
 
 def _import_torch() -> Any:
