@@ -188,6 +188,35 @@ def test_lr_find_writes_a_plot_and_suggests_a_rate(data: Path, tmp_path: Path) -
     assert 1e-7 <= result["suggestion"] <= 10
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(out.with_suffix(".json").read_text())["suggestion"] == result["suggestion"]
+    # The suggested command trains under the settings the curve was measured with.
+    assert result["next"] == (f"duet train {data} --batch-size 8 --image-size 20 --lr {result['suggestion']:.1e}")
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(data: Path, tmp_path: Path) -> None:
+    """--epochs with --resume is honoured, never ignored: more than done extends the
+    run (finished or not), not more than done is refused, other flags are refused."""
+    runs = tmp_path / "runs"
+    assert run_cli("train", str(data), "--epochs", "2", "--out", str(runs), "--name", "r", *BASE).returncode == 0
+    run = runs / "r"
+    before = _metrics(run)
+    plain = run_cli("train", "--resume", str(run))
+    assert plain.returncode == 5 and f"duet train --resume {run} --epochs N (N > 2)" in plain.stderr, plain.stderr
+    fewer = run_cli("train", "--resume", str(run), "--epochs", "2")
+    assert fewer.returncode == 2 and "not more than the 2 epochs" in fewer.stderr, fewer.stderr
+    other = run_cli("train", "--resume", str(run), "--epochs", "3", "--lr", "0.1", "--image-size", "32")
+    assert other.returncode == 2 and "only --epochs can change. Remove: --lr --image-size" in other.stderr
+    assert _metrics(run) == before  # refusals touched nothing
+
+    more = run_cli("train", "--resume", str(run), "--epochs", "3", "--json")
+    assert more.returncode == 0, more.stderr
+    summary = json.loads(more.stdout)
+    assert summary["epochs"] == 3 and any("epochs 2 -> 3 after epoch 2" in e for e in summary["events"])
+    after = _metrics(run)
+    assert after[:2] == before and [m[0] for m in after] == [1, 2, 3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 3
+    info = json.loads((run / "run.json").read_text())
+    assert info["best"]["epochs_done"] == 3
+    assert any("re-planned for 3 epochs" in e for e in info["best"]["events"])
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:

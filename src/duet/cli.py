@@ -8,6 +8,7 @@ shows the traceback. Progress bars and logs go to stderr, results to stdout
 from __future__ import annotations
 
 import os
+import shlex
 
 from duet.runtime import tune_process
 
@@ -21,7 +22,7 @@ import typer
 from rich.table import Table
 
 import duet
-from duet.errors import DuetError
+from duet.errors import ConfigError, DataError, DuetError
 from duet.cli_common import pct, print_json, stderr_log
 from duet.progress import console
 
@@ -93,14 +94,21 @@ def train(
     """Train a classifier on DATA_DIR and write a run folder (runs/<name>/).
 
     Example: duet train photos/ --model resnet18 --weights imagenet --epochs 5
+
+    With --resume RUN only --epochs may be given: a new total that extends the run
+    (a finished one too); the LR schedule is re-planned for it from that point.
     """
+    ignored = _flags_resume_cannot_change(dict(locals()))
     from duet.config import build_config
     from duet.train.loop import resume as resume_run
     from duet.train.loop import train as train_run
 
     log = _log(quiet or as_json)
     if resume is not None:
-        result = resume_run(resume, progress=not quiet, log=log)
+        if ignored:
+            raise ConfigError(f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
+                              f"only --epochs can change. Remove: {' '.join(ignored)}")
+        result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
     else:
         if data_dir is None and config is None:
             raise DuetError("missing DATA_DIR: pass a folder with one sub-folder per class (see `duet train --help`)")
@@ -147,6 +155,25 @@ def train(
     out.print(t)
 
 
+_RESUME_KEEPS = {"resume", "epochs", "as_json", "quiet"}
+_FLAG_NAMES = {"data_dir": "DATA_DIR", "out_dir": "--out", "hflip": "--hflip/--no-hflip", "ema": "--ema/--no-ema"}
+
+
+def _flags_resume_cannot_change(params: dict[str, Any]) -> list[str]:
+    """The options of `duet train` given besides --resume/--epochs (which --resume would otherwise ignore)."""
+    return [_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k, v in params.items()
+            if k not in _RESUME_KEEPS and v is not None]
+
+
+def _train_command(data_dir: Path, lr: float, flags: dict[str, Any]) -> str:
+    """The `duet train` line that trains with ``lr`` under the settings lr-find measured with."""
+    parts = ["duet", "train", str(data_dir)]
+    for flag, value in flags.items():
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--lr", f"{lr:.1e}"])
+
+
 @app.command("lr-find")
 def lr_find_cmd(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
@@ -173,11 +200,14 @@ def lr_find_cmd(
     cfg = build_config(config, {"data_dir": data_dir, "model": model, "weights": weights, "batch_size": batch_size,
                                 "image_size": image_size, "device": device, "workers": workers})
     res = lr_find(cfg, start=start, end=end, steps=steps, out=out_file, progress=not quiet)
+    # What the loss curve depends on travels with the suggestion (not --device/--workers).
+    nxt = _train_command(data_dir, res.suggestion, {"--config": config, "--model": model, "--weights": weights,
+                                                    "--batch-size": batch_size, "--image-size": image_size})
     if as_json:
-        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs)})
+        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs), "next": nxt})
         return
     out.print(f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot})")
-    out.print(f"next: duet train {data_dir} --lr {res.suggestion:.1e}")
+    out.print(f"next: {nxt}", highlight=False, markup=False)
 
 
 @app.command()
@@ -211,17 +241,18 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
-    files: list[Path] = typer.Argument(..., help="Image files to classify."),
+    files: list[Path] = typer.Argument(..., help="Image files, or folders (searched recursively for images), to classify."),
     top: int = typer.Option(3, "--top-k", "-k", min=1, help="How many labels to show per file."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
 ) -> None:
-    """Top-k labels with probabilities for each FILE. Exits 1 if any file cannot be read."""
+    """Top-k labels with probabilities for each FILE (a folder: every image under it, sorted). Exits 1 if any file cannot be read."""
     from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
     from duet.inference import load_model, predict_file, top_k
     from duet.runs import load_run
     from duet.train.loop import resolve_device
 
+    files = _expand_folders(files)
     info = load_run(run)
     dev = resolve_device(device)
     model = load_model(info, dev)
@@ -245,6 +276,25 @@ def predict(
                 out.print(f"{r['file']}: {best}", highlight=False)
     if any("error" in r for r in results):
         raise typer.Exit(1)
+
+
+def _expand_folders(paths: list[Path]) -> list[Path]:
+    """Files stay as given; a folder becomes the images under it (recursively,
+    by extension, hidden entries skipped, sorted). A folder without any is an error."""
+    from duet.data.imageio import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not found:
+            raise DataError(f"folder '{p}' holds no images (searched it recursively for "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}); pass image files or a folder of images")
+        files += found
+    return files
 
 
 @app.command()

@@ -26,7 +26,7 @@ from duet.train.checkpoint import load_weights
 
 def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
     """The run's best weights in its architecture, in eval mode on ``device``."""
-    model = build(run.model, run.num_classes, "none")
+    model = build(run.model, run.num_classes, "none", image_size=run.preprocess.image_size)
     model.load_state_dict(load_weights(run.paths.best))
     return model.to(device).eval()
 

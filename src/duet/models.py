@@ -1,13 +1,34 @@
 """Model factory: one front door for timm and torchvision classifiers.
 
-``build(name, num_classes, weights)`` returns a model whose classifier head has
-``num_classes`` outputs. Names resolve in timm first (1,000+ architectures, the
-same ``resnet18`` torchvision has); ``torchvision:<name>`` forces torchvision.
+``build(name, num_classes, weights, image_size)`` returns a model whose
+classifier head has ``num_classes`` outputs. Names resolve in timm first
+(1,000+ architectures, the same ``resnet18`` torchvision has);
+``torchvision:<name>`` forces torchvision.
+
+Input size: timm models with a fixed input size (ViT, Swin, ...) are built for
+``image_size`` (timm's ``img_size``; pretrained position embeddings are
+resampled); one that cannot be is refused with the size it takes.
+``check_input_size`` runs one image through a model before training starts, so
+any other size a model cannot take is a one-line error, not a traceback.
+
+ImageNet weights offline: with ``HF_HUB_OFFLINE`` set only the local cache is
+used; otherwise one HEAD request to the weights' host, bounded at
+``PROBE_SECONDS`` including the name lookup, decides: no answer means cache
+only, so an offline machine fails in seconds instead of spending ~50 s in the
+hub client's retries.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +36,7 @@ from torch import nn
 from duet.errors import ModelError
 
 TORCHVISION_PREFIX = "torchvision:"
+PROBE_SECONDS = 2.0
 
 
 def _torchvision_build(name: str, num_classes: int, pretrained: bool) -> nn.Module:
@@ -44,14 +66,45 @@ def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
     raise ModelError(f"cannot find the classifier head of {type(model).__name__} to replace")
 
 
-def _timm_build(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+def check_name(name: str) -> None:
+    """Raise ModelError for a name that neither timm nor torchvision (with its prefix) knows."""
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        arch = name.removeprefix(TORCHVISION_PREFIX)
+        if arch not in torchvision.models.list_models():
+            raise ModelError(f"unknown torchvision model '{arch}'; see torchvision.models.list_models()")
+        return
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(f"unknown model '{name}' (not a timm model; use 'torchvision:NAME' for torchvision).{hint}")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+
+
+def _timm_cfg(name: str) -> Any:
+    import timm.models
+
+    return timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+
+
+def _timm_build(name: str, num_classes: int, pretrained: bool, image_size: int | None = None) -> nn.Module:
+    import timm
+
+    check_name(name)
+    cfg = _timm_cfg(name)
+    kwargs: dict[str, Any] = {}
+    if image_size is not None and cfg is not None and cfg.fixed_input_size and cfg.input_size[-1] != image_size:
+        kwargs["img_size"] = image_size
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if "img_size" not in kwargs or "img_size" not in str(e):
+            raise
+        side = cfg.input_size[-1]
+        raise ModelError(f"model '{name}' takes only {side}x{side} images and cannot be built for "
+                         f"{image_size}x{image_size}; use --image-size {side} or another model") from None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -90,34 +143,140 @@ def load_weights_file(model: nn.Module, path: Path) -> list[str]:
     return sorted(set(own) - set(fitting))
 
 
-def build(name: str, num_classes: int, weights: str = "none") -> nn.Module:
+def build(name: str, num_classes: int, weights: str = "none", image_size: int | None = None) -> nn.Module:
     """Build classifier ``name`` with ``num_classes`` outputs.
 
     weights: ``none`` (random init), ``imagenet`` (the library's pretrained
-    weights, downloaded through its normal cache when online), or a path to a
-    ``.safetensors`` / ``.pt`` / ``.pth`` state dict (head tensors of another
-    shape are skipped, so an ImageNet checkpoint fine-tunes to N classes).
+    weights, downloaded through its normal cache when online, fast failure
+    offline: see the module docstring), or a path to a ``.safetensors`` /
+    ``.pt`` / ``.pth`` state dict (head tensors of another shape are skipped,
+    so an ImageNet checkpoint fine-tunes to N classes).
+    image_size: the input side the model will see; fixed-size timm models are
+    built for it (``None``: the model's default).
     """
     if num_classes < 2:
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
     tv = name.startswith(TORCHVISION_PREFIX)
     arch = name.removeprefix(TORCHVISION_PREFIX)
-    builder = _torchvision_build if tv else _timm_build
+
+    def make(pretrained: bool) -> nn.Module:
+        if tv:
+            return _torchvision_build(arch, num_classes, pretrained)
+        return _timm_build(arch, num_classes, pretrained, image_size)
+
     if weights == "none":
-        return builder(arch, num_classes, False)
+        return make(False)
     if weights == "imagenet":
-        try:
-            return builder(arch, num_classes, True)
-        except ModelError:
-            raise
-        except Exception as e:  # network/hub failures come in many types
-            raise ModelError(
-                f"could not get ImageNet weights for '{name}' ({type(e).__name__}); are you offline? "
-                "Download the weights elsewhere and pass --weights PATH (a .safetensors or .pth state dict)"
-            ) from e
-    model = builder(arch, num_classes, False)
+        why = _network_unusable(name, tv, arch)
+        with _hub_cache_only() if why else nullcontext():
+            try:
+                return make(True)
+            except ModelError:
+                raise
+            except Exception as e:  # network/hub failures come in many types
+                reason = (f"{why} and the weights are not in the local cache" if why
+                          else f"{type(e).__name__}; are you offline?")
+                raise ModelError(_offline_message(name, reason)) from e
+    if not Path(weights).is_file():
+        raise ModelError(f"weights file '{weights}' does not exist; --weights takes none, imagenet or a file path")
+    model = make(False)
     load_weights_file(model, Path(weights))
     return model
+
+
+def _offline_message(name: str, why: str) -> str:
+    return (f"could not get ImageNet weights for '{name}' ({why}). "
+            "Download the weights elsewhere and pass --weights PATH (a .safetensors or .pth state dict)")
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether one HEAD request to ``url`` gets any HTTP answer within
+    ``timeout`` seconds, name lookup included (through the proxies the
+    environment names, as the downloads would go)."""
+    answered: list[bool] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # a status code is an answer: the host is there
+        except (OSError, ValueError):
+            pass  # URLError, timeouts, TLS failures, a malformed URL
+
+    probe = threading.Thread(target=ask, name="duet-weights-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)  # a DNS lookup that hangs is left behind, not waited for
+    return bool(answered)
+
+
+@contextmanager
+def _hub_cache_only() -> Iterator[None]:
+    """Make huggingface_hub use its local cache only (what HF_HUB_OFFLINE=1 does)."""
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _weights_url(tv: bool, arch: str) -> tuple[str, bool]:
+    """Where ImageNet weights come from: (url, is the Hugging Face Hub)."""
+    if tv:
+        import torchvision
+
+        return torchvision.models.get_model_weights(arch).DEFAULT.url, False
+    cfg = _timm_cfg(arch)
+    if cfg is not None and cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT, True
+    return (cfg.url if cfg is not None and cfg.url else ""), False
+
+
+def _network_unusable(name: str, tv: bool, arch: str) -> str | None:
+    """Why the weights must come from the local cache (None: download as usual).
+
+    Hub weights then load from the cache only; weights behind a plain URL that
+    are not cached are refused at once."""
+    if not tv:
+        check_name(arch)  # an unknown name is its own error, not "offline"
+    url, hub = _weights_url(tv, arch)
+    if hub:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        return None if reachable(url) else f"{urllib.parse.urlsplit(url).hostname} is not reachable"
+    if not url:
+        return None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url).path)
+    if cached.is_file() or reachable(url):
+        return None
+    raise ModelError(_offline_message(name, f"{urllib.parse.urlsplit(url).hostname} is not reachable "
+                                             "and the weights are not in the local cache"))
+
+
+def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    """Run one blank image of ``image_size`` through ``model`` (eval mode, no
+    gradients, on the CPU, before training): a size the model cannot take is a
+    ModelError naming the size it expects, instead of a traceback mid-run."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except Exception as e:  # shape assertions and errors come in many types
+        cfg = None if name.startswith(TORCHVISION_PREFIX) else _timm_cfg(name)
+        side = cfg.input_size[-1] if cfg is not None else 224
+        detail = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise ModelError(f"model '{name}' cannot take {image_size}x{image_size} images ({detail}); "
+                         f"use --image-size {side} or another model") from None
+    finally:
+        model.train(was_training)
 
 
 def classifier_name(model: nn.Module) -> str:

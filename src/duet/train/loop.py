@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -47,10 +48,11 @@ from duet.data.loaders import Loader, Sample, default_workers, make_loader
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
-from duet.models import build
+from duet.models import build, check_input_size
 from duet.preprocess import PreprocessSpec
 from duet.progress import make_progress
 from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
+from duet.runtime import guard_triton
 from duet.train import checkpoint, distributed, recipe
 from duet.train.schedule import warmup_cosine
 from duet.train.step import cross_entropy, train_step
@@ -138,6 +140,37 @@ def prepare_data(config: TrainConfig, *, progress: bool) -> Manifest:
     return manifest
 
 
+def prepare_model(config: TrainConfig, num_classes: int, weights: str | None = None) -> torch.nn.Module:
+    """Everything about the model that can fail, done before a run folder exists:
+    the device, the name, the weights (downloaded or read; ``weights``
+    overrides ``config.weights``) and one image at the input size. Returns the
+    seeded model on the CPU."""
+    resolve_device(config.device)
+    guard_triton()
+    seed_everything(config.seed)
+    model = build(config.model, num_classes, config.weights if weights is None else weights,
+                  image_size=config.image_size)
+    check_input_size(model, config.model, config.image_size)
+    return model
+
+
+@contextmanager
+def _discard_unless_checkpointed(paths: RunPaths, d: distributed.Dist, log: Log) -> Iterator[None]:
+    """A new run that fails before its first checkpoint leaves no folder behind.
+
+    The folder was made by this run (``create_run_dir`` never reuses one) and
+    holds only what its start wrote; kept, it would block its ``--name`` while
+    ``--resume`` had nothing to resume. Once a checkpoint or weights exist the
+    folder stays, whatever happens."""
+    try:
+        yield
+    except BaseException:
+        if d.main and not paths.last.is_file() and not paths.best.is_file():
+            shutil.rmtree(paths.root, ignore_errors=True)
+            log(f"removed {paths.root}: the run stopped before its first checkpoint")
+        raise
+
+
 def _versions() -> dict[str, str]:
     import timm
 
@@ -164,26 +197,38 @@ def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> Tr
     the other ranks wait for it and read the same manifest."""
     d = distributed.from_env(os.environ, config.device)
     try:
+        model = None
         if d.main:
             manifest = prepare_data(config, progress=progress)
+            model = prepare_model(config, len(manifest.labels))  # before the folder: see prepare_model
             paths = create_run_dir(config.out, config.name, config.model)
-            write_config(paths, config.to_yaml_dict())
-            write_manifest(manifest, paths.manifest)
-            write_json_atomic(paths.data_report, data_report(manifest))
-            write_info(paths, _run_info(config, manifest, {}))
-            log(f"run folder: {paths.root}")
-            _announce(d, str(paths.root))
         else:
             paths = RunPaths(Path(_announce(d, "")))
             manifest = read_manifest(paths.manifest, Path(config.data_dir).resolve())
-        return _fit(config, manifest, paths, resume=None, dist=d, progress=progress and d.main,
-                    log=log if d.main else _silent)
+        with _discard_unless_checkpointed(paths, d, log):
+            if d.main:
+                write_config(paths, config.to_yaml_dict())
+                write_manifest(manifest, paths.manifest)
+                write_json_atomic(paths.data_report, data_report(manifest))
+                write_info(paths, _run_info(config, manifest, {}))
+                log(f"run folder: {paths.root}")
+                _announce(d, str(paths.root))
+            return _fit(config, manifest, paths, resume=None, dist=d, model=model, progress=progress and d.main,
+                        log=log if d.main else _silent)
     finally:
         distributed.shutdown(d)
 
 
-def resume(run_dir: Path, *, progress: bool = True, log: Log = print) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint (mid-epoch included)."""
+def resume(run_dir: Path, *, epochs: int | None = None, progress: bool = True, log: Log = print) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint (mid-epoch included).
+
+    ``epochs``: a new total, more than the epochs already completed; it extends
+    a run (a finished one too) or shortens an unfinished one. The warm-up +
+    cosine schedule is then re-planned for the new total from the resume point
+    (the LR continues as a run planned for that many epochs would have it at
+    this step), so a resumed run equals an uninterrupted one only when the
+    total is unchanged. The change is written to config.yaml and, as an event,
+    to run.json."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise RunError(f"run folder '{paths.root}' does not exist")
@@ -193,9 +238,14 @@ def resume(run_dir: Path, *, progress: bool = True, log: Log = print) -> TrainRe
     manifest = read_manifest(paths.manifest, Path(config.data_dir))
     state = checkpoint.load_last(paths.last)
     loop = LoopState(**state["loop"])
-    if loop.epoch > config.epochs or state.get("finished"):
-        raise RunError(f"run '{paths.root}' already finished all {config.epochs} epochs; nothing to resume")
+    done = loop.epoch - 1
+    finished = loop.epoch > config.epochs or bool(state.get("finished"))
     d = distributed.from_env(os.environ, config.device)
+    if epochs is not None and (epochs != config.epochs or finished):
+        config = _replan(paths, config, state, epochs, main=d.main, log=log)
+    elif finished:
+        raise RunError(f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
+                       f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})")
     try:
         if d.main:
             log(f"resuming {paths.root} at epoch {loop.epoch}, batch {loop.step_in_epoch}")
@@ -203,6 +253,30 @@ def resume(run_dir: Path, *, progress: bool = True, log: Log = print) -> TrainRe
                     log=log if d.main else _silent)
     finally:
         distributed.shutdown(d)
+
+
+def _replan(paths: RunPaths, config: TrainConfig, state: dict[str, Any], epochs: int, *, main: bool,
+            log: Log) -> TrainConfig:
+    """Give a resumed run a new total of epochs (see ``resume``); records it in
+    the checkpoint's events, config.yaml and run.json."""
+    done = LoopState(**state["loop"]).epoch - 1
+    if epochs <= done:
+        raise ConfigError(f"--epochs {epochs} is not more than the {done} epochs run '{paths.root}' has already "
+                          f"completed; give --epochs N with N > {done}, or --resume without --epochs")
+    event = (f"epochs {config.epochs} -> {epochs} after epoch {done} (--resume --epochs {epochs}): "
+             f"the LR schedule was re-planned for {epochs} epochs from here")
+    state["loop"]["events"] = [*state["loop"].get("events", []), event]
+    config = config.model_copy(update={"epochs": epochs})
+    if main:
+        write_config(paths, config.to_yaml_dict())
+        if paths.info.is_file():
+            info = json.loads(paths.info.read_text(encoding="utf-8"))
+            best = info.get("best") or {}
+            best["events"] = [*best.get("events", []), event]
+            info["best"] = best
+            write_info(paths, info)
+        log(event)
+    return config
 
 
 def _silent(_: str) -> None:
@@ -295,11 +369,14 @@ def _fit(
     *,
     resume: dict[str, Any] | None,
     dist: distributed.Dist,
+    model: torch.nn.Module | None = None,
     progress: bool,
     log: Log,
 ) -> TrainResult:
     spec = config.preprocess()
     device = distributed.device_for(dist, resolve_device(config.device))
+    if model is None:  # resume (weights from the checkpoint) or a rank > 0 (DDP broadcasts rank 0's)
+        model = prepare_model(config, len(manifest.labels), weights="none")
     seed_everything(config.seed)
     workers = default_workers() if config.workers < 0 else config.workers
     num_classes = len(manifest.labels)
@@ -328,7 +405,7 @@ def _fit(
 
     # -- model, optimiser, schedule -------------------------------------------
     which = recipe.resolve(config.recipe, config.weights)
-    model = build(config.model, num_classes, config.weights).to(device)
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last)  # every device: see train/step.py
     groups = recipe.param_groups(model, lr=config.lr, weight_decay=config.weight_decay, recipe=which,
                                  layer_decay=config.layer_decay)
@@ -401,6 +478,8 @@ def _fit(
 
     if resume is not None:
         restore(resume)
+        if resume.get("config", {}).get("epochs") != config.epochs:
+            reapply_lr()  # --resume --epochs: the schedule's new plan applies from this step
         if dist.main:
             _keep_metrics_until(paths.metrics, state.epoch - 1)
     if which == "finetune":
@@ -452,8 +531,9 @@ def _fit(
                         if state.bad_steps > config.max_bad_steps:
                             raise TrainingDiverged(
                                 f"{state.bad_steps} steps had a non-finite loss (limit {config.max_bad_steps}); "
-                                f"stopped at epoch {epoch}. Lower --lr, enable grad_clip, or check the data; "
-                                f"the last good checkpoint is {paths.last}")
+                                f"stopped at epoch {epoch}. Lower --lr, enable grad_clip, or check the data"
+                                + (f"; the last good checkpoint is {paths.last}" if paths.last.is_file() else
+                                   " (no checkpoint had been written yet)"))
                         if state.bad_in_row >= config.rollback_after and paths.last.is_file():
                             _rollback(paths, restore, state, config, log)
                             reapply_lr()

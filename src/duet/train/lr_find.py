@@ -24,10 +24,10 @@ from duet.config import TrainConfig
 from duet.data import augment
 from duet.data.loaders import default_workers, make_loader
 from duet.errors import DataError
-from duet.models import build
 from duet.progress import make_progress
 from duet.train import recipe
-from duet.train.loop import choose_backend, prepare_data, resolve_device, seed_everything, split_samples
+from duet.train.loop import (choose_backend, prepare_data, prepare_model, resolve_device, seed_everything,
+                             split_samples)
 from duet.train.step import cross_entropy, train_step
 
 
@@ -75,7 +75,7 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
     loader = make_loader(backend, samples, spec, batch_size=batch_size, shuffle=True, device=device,
                          workers=default_workers() if config.workers < 0 else config.workers, seed=config.seed,
                          max_pixels=config.max_pixels, drop_last=True, cache_dir=config.cache_dir, progress=progress)
-    model = build(config.model, len(manifest.labels), config.weights).to(device)
+    model = prepare_model(config, len(manifest.labels)).to(device)
     which = recipe.resolve(config.recipe, config.weights)
     # Probe the phase that the chosen recipe trains longest: all layers.
     groups = recipe.param_groups(model, lr=1.0, weight_decay=config.weight_decay, recipe=which,
