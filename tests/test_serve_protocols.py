@@ -452,3 +452,14 @@ def test_one_multipart_file_over_the_limit_gets_the_documented_413(server: Serve
     at_limit = httpx.post(f"{server.url}/v1/predict",
                           files=[("file", (f"{i}.png", data, "image/png")) for i in range(64)], timeout=60)
     assert at_limit.status_code == 200 and len(at_limit.json()["predictions"]) == 64, at_limit.text
+
+
+def test_tf_serving_reports_a_registry_version_as_its_int64(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """TF Serving versions are int64: duet's registry version "v3" is 3 there, in answers and in URLs."""
+    export = shared_export(tmp_path_factory)
+    with running_server(export, tmp_path_factory.mktemp("logs"), "--model-version", "v3") as s:
+        status = httpx.get(f"{s.url}/v1/models/digits/versions/3")
+        assert status.status_code == 200, status.text
+        assert status.json()["model_version_status"][0]["version"] == "3"
+        assert httpx.get(f"{s.url}/v1/models/digits/versions/3/metadata").json()["model_spec"]["version"] == "3"
+        assert httpx.get(f"{s.url}/v1/models/digits/versions/4").status_code == 404

@@ -89,9 +89,13 @@ class ContentEncodingMiddleware:
             await self.app(scope, receive, send)
             return
         if len(codings) > 1 or codings[0] not in _WBITS:
-            await discard_body(receive, self.limit)
-            await error_response(415, f"Content-Encoding '{', '.join(codings)}' is not supported; send the body "
-                                      f"with {ACCEPTED}", "unsupported_encoding")(scope, receive, send)
+            error = ApiError(415, f"Content-Encoding '{', '.join(codings)}' is not supported; send the body with "
+                                  f"{ACCEPTED}", "unsupported_encoding")
+            try:
+                await discard_body(receive, self.limit)
+            except ApiError as e:  # the body limit outside us spoke first
+                error = e
+            await error_response(error.status, error.message, error.code, error.headers)(scope, receive, send)
             return
         decoder = _Decoder(codings[0], self.limit)
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]

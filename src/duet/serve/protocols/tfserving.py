@@ -222,6 +222,8 @@ def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["tensorflow-serving"])
 
     def check(name: str, version: str | None) -> None:
+        if version is not None and version == tf_version(service.version):
+            version = service.version  # TF Serving's int64 form of e.g. "v3"
         try:
             service.check_model(name, version)
         except ApiError as e:
