@@ -78,6 +78,48 @@ def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) 
     assert served.dtype == np.uint8 and np.array_equal(served, expected)
 
 
+def test_server_preprocessing_without_torch_is_the_evaluation_path_pixel_for_pixel(run: Path, tmp_path: Path) -> None:
+    """The same check in a process where torch cannot be imported, as in a duet[serve]
+    install: there the resize is duet.resample's NumPy twin of torch's kernel."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from duet.data import augment
+    from duet.data.loaders import Sample, TorchLoader
+    from duet.runs import load_run
+
+    info = load_run(run)
+    files = val_files(run)
+    (tmp_path / "files.json").write_text(json.dumps([str(p) for p, _ in files]))
+    script = """
+import json, sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "torch":
+            raise ModuleNotFoundError(name=name)
+sys.meta_path.insert(0, NotInstalled())
+import numpy as np
+from pathlib import Path
+from duet.runs import load_run
+from duet.serve.images import pixels_from_bytes
+spec = load_run(Path(sys.argv[1])).preprocess
+files = json.loads(Path(sys.argv[2], "files.json").read_text())
+np.save(Path(sys.argv[2], "served.npy"), np.stack([pixels_from_bytes(Path(f).read_bytes(), spec, 10**7) for f in files]))
+assert "torch" not in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loader = TorchLoader([Sample(p, 0) for p, _ in files], info.preprocess, batch_size=64, shuffle=False,
+                         device=torch.device("cpu"), workers=0)
+    (batch,) = list(loader)
+    expected = augment.centre_crop(batch.images, info.preprocess).numpy()
+    served = np.load(tmp_path / "served.npy")
+    assert served.dtype == np.uint8 and np.array_equal(served, expected)
+
+
 def test_v1_predict_multipart_equals_offline_for_every_validation_image(
         server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
     files = val_files(run)
