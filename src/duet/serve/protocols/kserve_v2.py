@@ -7,7 +7,7 @@ The model takes exactly one of two inputs (both listed in its metadata):
 
 - ``image``: BYTES ``[N]`` (or ``[N, 1]``), each element an encoded image file
   (JPEG, PNG, ...), decoded by the server exactly as in training evaluation.
-  In the JSON form each element is base64 text (or ``{"b64": ...}``);
+  In the JSON form each element is base64 text (or ``{"b64": ...}``), padding optional;
 - ``pixels``: UINT8 ``[N, 3, S, S]``, the centre crops as the graph takes them.
 
 Outputs: ``logits`` and ``probabilities`` (FP32 ``[N, C]``). Extensions:
@@ -20,6 +20,9 @@ Outputs: ``logits`` and ``probabilities`` (FP32 ``[N, C]``). Extensions:
   little-endian lengths + bytes, numbers as little-endian row-major arrays;
 - classification: ``outputs[].parameters.classification = k`` turns an output
   into BYTES ``[N, k]`` of ``"score:index:label"`` strings, best first.
+
+A body compressed by the client (tritonclient's ``request_compression_algorithm``)
+arrives here already decompressed (``duet.serve.encoding``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/
 Answer: ``{"model", "version", "predictions": [{"file", "label", "probability",
 "top": [{"label", "index", "probability"}, ...]}]}``, one prediction per image
 in request order. A request with any bad image is refused as a whole (4xx),
-naming the image.
+naming the image; more than ``--max-images`` file parts is 413 ``too_many_images``.
 """
 
 from __future__ import annotations
