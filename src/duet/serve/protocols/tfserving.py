@@ -35,6 +35,7 @@ Errors are ``{"error": "..."}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -218,6 +219,9 @@ def _examples(body: dict[str, Any]) -> list[bytes]:
     return images
 
 
+Check = Callable[[str, str | None], None]  # raises the 404 for an unknown model or version
+
+
 def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["tensorflow-serving"])
 
@@ -231,6 +235,13 @@ def router(service: ModelService) -> APIRouter:
             raise ApiError(404, f"Servable not found for request: {'Specific' if version else 'Latest'}"
                                 f"({name}{', ' + version if version else ''}); {e.message}", e.code) from None
 
+    _status_routes(r, service, check)
+    _predict_route(r, service, check)
+    _classify_routes(r, service, check)
+    return r
+
+
+def _status_routes(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.get("/v1/models/{name}", summary="Model status")
     @r.get("/v1/models/{name}/versions/{version}", summary="Model status (one version)")
     async def model_status(name: str, version: str | None = None) -> Any:
@@ -243,6 +254,8 @@ def router(service: ModelService) -> APIRouter:
         check(name, version)
         return metadata(service)
 
+
+def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.post("/v1/models/{name}:predict", summary="Predict", openapi_extra=PREDICT_BODY)
     @r.post("/v1/models/{name}/versions/{version}:predict", summary="Predict (one version)",
             openapi_extra=PREDICT_BODY)
@@ -280,6 +293,8 @@ def router(service: ModelService) -> APIRouter:
                                          "label_index": [int(i) for i in index]}},
                             headers=service.version_header(out))
 
+
+def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.post("/v1/models/{name}:classify", summary="Classify (TF Serving ClassificationRequest)",
             openapi_extra=CLASSIFY_BODY)
     @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)",
@@ -312,5 +327,3 @@ def router(service: ModelService) -> APIRouter:
         verb = target.partition(":")[2]
         raise _bad(f"unknown method {':' + verb if verb else '(none)'}; POST /v1/models/{{name}} takes "
                    ":predict, :classify or :regress", "unknown_method")
-
-    return r
