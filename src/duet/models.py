@@ -260,6 +260,30 @@ def _network_unusable(name: str, tv: bool, arch: str) -> str | None:
                                              "and the weights are not in the local cache"))
 
 
+def check_source(name: str, weights: str) -> None:
+    """The cheap checks of ``build``, for before a long data scan: the model name,
+    a weights file that exists, and ImageNet weights that can be had (online,
+    or in the local cache). Raises ModelError with what to do."""
+    tv = name.startswith(TORCHVISION_PREFIX)
+    arch = name.removeprefix(TORCHVISION_PREFIX)
+    check_name(name)
+    if weights == "none":
+        return
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise ModelError(f"weights file '{weights}' does not exist; --weights takes none, imagenet or a file path")
+        return
+    why = _network_unusable(name, tv, arch)
+    if why is None or tv:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = _timm_cfg(arch)
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    if not any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, n), str) for n in names):
+        raise ModelError(_offline_message(name, f"{why} and the weights are not in the local cache"))
+
+
 def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
     """Run one blank image of ``image_size`` through ``model`` (eval mode, no
     gradients, on the CPU, before training): a size the model cannot take is a

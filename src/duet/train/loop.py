@@ -48,7 +48,7 @@ from duet.data.loaders import Loader, Sample, default_workers, make_loader
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
-from duet.models import build, check_input_size
+from duet.models import build, check_input_size, check_source
 from duet.preprocess import PreprocessSpec
 from duet.progress import make_progress
 from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
@@ -199,6 +199,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> Tr
     try:
         model = None
         if d.main:
+            resolve_device(config.device)  # the cheap checks before a scan that can take minutes
+            check_source(config.model, config.weights)
             manifest = prepare_data(config, progress=progress)
             model = prepare_model(config, len(manifest.labels))  # before the folder: see prepare_model
             paths = create_run_dir(config.out, config.name, config.model)
