@@ -11,6 +11,8 @@ runs/<name>/
   eval/              report.json, report.md, confusion_matrix.png
 ```
 A run is never overwritten: creating one with an existing name is an error.
+A new run that fails before its first checkpoint removes its folder, so the name
+stays free (``duet.train.loop``).
 """
 
 from __future__ import annotations

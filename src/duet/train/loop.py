@@ -1,7 +1,10 @@
 """The training run, top to bottom: data, model, optimiser, epochs, checkpoints.
 
 Read it as the story of a run. ``train`` and ``resume`` prepare a run folder and
-call ``_fit``; ``_fit`` builds the pieces (loaders, model, optimiser, schedule,
+call ``_fit``; ``train`` first does everything about the model that can fail
+(``prepare_model``: device, name, weights, input size), so a run that cannot
+start leaves no folder, and removes its folder if it fails before its first
+checkpoint; ``_fit`` builds the pieces (loaders, model, optimiser, schedule,
 EMA, mixup) and runs the epochs; each step goes through ``train_step``, which
 owns the numerical safety nets. Everything a resume needs is in ``LoopState``
 plus the state dicts saved beside it in checkpoints/last.pt.
