@@ -67,6 +67,7 @@ def _taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.ndarra
         precision += 1
     v = w * (1 << precision)
     iw = np.where(v < 0, np.trunc(-0.5 + v), np.trunc(0.5 + v)).astype(np.int32)
+    xmin.flags.writeable = iw.flags.writeable = False  # cached and shared by the decode threads
     return xmin, iw, precision
 
 
