@@ -37,16 +37,30 @@ def _epochs(loader, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, l
     return out
 
 
-def test_cache_and_torch_backends_give_identical_batches(tmp_path: Path) -> None:
-    samples = _samples(tmp_path / "img")
-    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3, drop_last=True)
+@pytest.mark.parametrize("n, sizes", [(13, [5, 5, 3]), (11, [5, 3, 3]), (10, [5, 5])])
+def test_cache_and_torch_backends_give_identical_batches_with_every_image_each_epoch(
+        tmp_path: Path, n: int, sizes: list[int]) -> None:
+    """13 images at batch 5: the short last batch of 3 is kept; 11: the 1 left
+    over is pooled with the batch before and split evenly (never a batch of one)."""
+    samples = _samples(tmp_path / "img", n)
+    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3)
     torch_batches = _epochs(TorchLoader(samples, SPEC, **kw))
     cache_batches = _epochs(CacheLoader(samples, SPEC, cache_dir=tmp_path / "c", progress=False, **kw))
-    assert len(torch_batches) == len(cache_batches) == 4
+    assert [len(b[2]) for b in torch_batches] == [len(b[2]) for b in cache_batches] == sizes * 2
     for (ti, tl, tx), (ci, cl, cx) in zip(torch_batches, cache_batches):
         assert tx == cx and torch.equal(tl, cl) and torch.equal(ti, ci)
+    per_epoch = len(sizes)
+    for e in range(2):
+        seen = [i for b in torch_batches[e * per_epoch : (e + 1) * per_epoch] for i in b[2]]
+        assert sorted(seen) == list(range(n))  # every image, once, every epoch
     # Different epochs are shuffled differently.
-    assert torch_batches[0][2] != torch_batches[2][2]
+    assert torch_batches[0][2] != torch_batches[per_epoch][2]
+
+
+def test_drop_last_still_gives_equal_batches_for_benchmarks(tmp_path: Path) -> None:
+    samples = _samples(tmp_path / "img", 12)
+    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3, drop_last=True)
+    assert [len(b[2]) for b in _epochs(TorchLoader(samples, SPEC, **kw), 1)] == [5, 5]
 
 
 def test_cache_is_built_once_and_reused(tmp_path: Path) -> None:

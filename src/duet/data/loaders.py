@@ -97,6 +97,39 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor
     return torch.randperm(n, generator=g)
 
 
+def plan_sizes(n: int, *, batch_size: int, drop_last: bool) -> list[int]:
+    """The global batch sizes of one epoch over ``n`` samples.
+
+    ``drop_last`` drops the short last batch (benchmarks want equal batches).
+    Otherwise every sample is in every epoch, and no batch is smaller than half
+    a batch: a short last batch of at least half a batch is kept (171 images at
+    batch 64: 64, 64, 43); a smaller one is pooled with the batch before and
+    the two are split evenly (129 images: 64, 33, 32). So BatchNorm, which
+    cannot train on a single image, never gets a batch of one from the plan
+    (nor does a process of a distributed run with 4 or more images per batch),
+    no batch grows beyond ``batch_size``, and the sizes do not depend on the
+    number of processes, so N processes still see exactly what one would."""
+    full, rest = divmod(n, batch_size)
+    sizes = [batch_size] * full
+    if not rest or drop_last:
+        return sizes
+    if not full or (rest >= 2 and 2 * rest >= batch_size):
+        return sizes + [rest]
+    pooled = batch_size + rest
+    half = pooled // 2
+    if half < 2:  # batch_size 2: one batch of 3 rather than 2 + 1
+        return sizes[:-1] + [pooled]
+    return sizes[:-1] + [pooled - half, half]
+
+
+def rank_slice(size: int, rank: int, world: int) -> tuple[int, int]:
+    """``(start, stop)`` of ``rank``'s contiguous share of a global batch of ``size``:
+    equal shares, the first ``size % world`` ranks one image more."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def batch_plan(
     n: int,
     *,
@@ -109,20 +142,21 @@ def batch_plan(
     world: int = 1,
 ) -> list[list[int]]:
     """The batches of one epoch, shared by every backend, so that the same seed
-    gives the same batches whichever backend feeds them.
+    gives the same batches whichever backend feeds them (sizes: ``plan_sizes``).
 
     ``batch_size`` is the global batch; with ``world`` > 1 each rank gets its
-    contiguous slice of every global batch, so N processes see exactly the
-    images one process would, and a rank's position in the plan is the same
-    everywhere (which makes resuming mid-epoch a matter of skipping batches).
+    contiguous slice of every global batch (``rank_slice``), so N processes see
+    exactly the images one process would, and a rank's position in the plan is
+    the same everywhere (which makes resuming mid-epoch a matter of skipping
+    batches).
     """
     order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch).tolist()
-    count = n // batch_size if drop_last else -(-n // batch_size)
-    per_rank = batch_size // world
-    plan = []
-    for b in range(count):
-        batch = order[b * batch_size : (b + 1) * batch_size]
-        plan.append(batch if world == 1 else batch[rank * per_rank : (rank + 1) * per_rank])
+    plan, start = [], 0
+    for size in plan_sizes(n, batch_size=batch_size, drop_last=drop_last):
+        batch = order[start : start + size]
+        start += size
+        lo, hi = rank_slice(size, rank, world)
+        plan.append(batch[lo:hi])
     return plan
 
 
@@ -144,8 +178,7 @@ class PlanSampler(Sampler[list[int]]):
         return iter(batch_plan(self.n, epoch=self.epoch, **self.kw)[self.start :])  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        bs, drop = int(self.kw["batch_size"]), bool(self.kw["drop_last"])
-        return self.n // bs if drop else -(-self.n // bs)
+        return len(plan_sizes(self.n, batch_size=int(self.kw["batch_size"]), drop_last=bool(self.kw["drop_last"])))
 
 
 class Loader(Protocol):

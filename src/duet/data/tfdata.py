@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import struct
 import sys
@@ -356,21 +357,26 @@ class TfLoader:
     def __len__(self) -> int:
         return len(self.plan)
 
-    def _plan(self) -> tuple[np.ndarray, int]:
-        """This epoch's sample indices in batch order (from ``start``), and the batch size."""
-        plan = [b for b in self.plan if b]
-        # Every batch but the last is full, so tf.data's batch() regroups them exactly.
-        size = len(plan[0]) if plan else 1
-        return np.asarray([i for b in plan for i in b], dtype=np.int64), size
+    def _dataset(self, plan: list[list[int]]) -> Any:
+        """This epoch's pipeline: each run of equal-sized batches of the plan (the
+        full ones, then at most one other: a short or a folded last batch) is
+        decoded and batched at its own size, and the runs are concatenated, so
+        tf.data's batch() regroups the plan exactly."""
+        ds = None
+        for size, group in itertools.groupby(plan, key=len):
+            idx = np.asarray([i for b in group for i in b], dtype=np.int64)
+            part = file_dataset(self._paths[idx].tolist(), self._labels[idx], idx, self._decoder,
+                                workers=self.workers)
+            part = part.ignore_errors().batch(size)  # a file that fails is dropped here, explained in _with_failures
+            ds = part if ds is None else ds.concatenate(part)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def __iter__(self) -> Iterator[Batch]:
-        order, size = self._plan()
+        plan = [b for b in self.plan if b]
+        order = np.asarray([i for b in plan for i in b], dtype=np.int64)
         if len(order) == 0:
             return
-        ds = file_dataset(self._paths[order].tolist(), self._labels[order], order, self._decoder,
-                          workers=self.workers)
-        # A file that fails is dropped here and explained in _with_failures.
-        ds = ds.ignore_errors().batch(size).prefetch(tf.data.AUTOTUNE)
+        ds = self._dataset(plan)
         pos = 0  # how far into `order` the batches so far reached
         for images, labels, index in ds:
             idx = index.numpy()
