@@ -28,7 +28,9 @@ from duet.monitor.profile import ARRAYS_FILE, JSON_FILE, ReferenceProfile, load_
 TRAIN_IMAGES = 500
 WINDOW = 200  # images per "current" sample in these tests
 CHAMPION_ARGS = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "32", "--workers", "0",
-                 "--epochs", "6", "--lr", "0.005", "--val-split", "0.3", "--no-hflip", "--quiet"]
+                 "--epochs", "6", "--lr", "0.005", "--val-split", "0.3", "--test-split", "0", "--no-hflip", "--quiet"]
+# --test-split 0: the ~150 held-out images stay one validation split (the reference
+# profile), and test_retrain's gate grades on ~15 of the champion's own per class.
 
 
 def digits_champion(base: Path) -> tuple[Path, Path]:
@@ -187,6 +189,20 @@ def test_drift_command_prints_a_verdict_and_writes_an_html_report(champion: tupl
     assert page.count("data:image/png;base64,") >= 4 + 12  # plots + thumbnails, all inline
     report = json.loads(Path(verdict["report"]["json"]).read_text())
     assert len(report["most_atypical"]) == 12
+    for a in report["most_atypical"]:  # captioned by class folder and name, relative to the data folder
+        assert a["file"] == Path(a["path"]).relative_to(rotated.resolve()).as_posix() and a["file"].count("/") == 1
+        assert f">{a['file']}</span>" in page
+
+
+def test_atypical_images_are_named_relative_to_the_data_folder(tmp_path: Path) -> None:
+    """Files of the same name in two class folders get captions that tell them apart."""
+    from duet.monitor.report import display_path
+
+    paths = [tmp_path / "cats" / "001.jpg", tmp_path / "dogs" / "001.jpg", tmp_path / "dogs" / "old" / "001.jpg"]
+    assert [display_path(p, tmp_path, paths) for p in paths] == ["cats/001.jpg", "dogs/001.jpg", "dogs/old/001.jpg"]
+    assert [display_path(p, None, paths) for p in paths] == ["cats/001.jpg", "dogs/001.jpg", "dogs/old/001.jpg"]
+    one_folder = paths[:1]
+    assert display_path(paths[0], None, one_folder) == "cats/001.jpg"
 
 
 def test_drift_command_errors_are_one_line(champion: tuple[Path, Path], tmp_path: Path) -> None:

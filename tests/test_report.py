@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duet.report import compute_metrics, format_summary, render_markdown, write_report
+from duet.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
 
 LABELS = ["cat", "dog", "fox"]
 # true:      cat  cat  cat  dog  dog  fox
@@ -38,6 +38,7 @@ def test_metrics_match_a_hand_computed_example() -> None:
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["top_k_accuracy"] == {"k": 2, "value": 1.0}
     assert m["confusion_matrix"]["labels"] == LABELS
+    assert (m["confusion_matrix"]["rows"], m["confusion_matrix"]["columns"]) == ("true", "predicted")
     assert m["confusion_matrix"]["matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     cat, dog, fox = (by_label(m, name) for name in LABELS)
     assert cat["precision"] == pytest.approx(2 / 3) and cat["recall"] == pytest.approx(2 / 3)
@@ -53,9 +54,20 @@ def test_metrics_match_a_hand_computed_example() -> None:
     ]
 
 
-def test_top_k_is_capped_at_the_number_of_classes() -> None:
+def test_top_k_is_capped_below_the_number_of_classes() -> None:
+    """With k >= C every class is in the top k: 100 % whatever the model does."""
     m = compute_metrics(Y_TRUE, PROBS, LABELS)
-    assert m["top_k_accuracy"] == {"k": 3, "value": 1.0}
+    assert m["top_k_accuracy"] == {"k": 2, "value": 1.0}
+
+
+def test_two_classes_report_no_top_k() -> None:
+    y_true = np.array([0, 1, 1, 0])
+    probs = np.array([[0.1, 0.9], [0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])  # every image wrong
+    m = compute_metrics(y_true, probs, ["face", "other"])
+    assert m["accuracy"] == 0.0 and m["top_k_accuracy"] is None
+    assert "top-" not in format_summary(m)
+    md = render_markdown(m, title="t", context={"split": "test"}, misclassified=[])
+    assert "Top-" not in md and "100.00%" not in md
 
 
 def test_binary_case_works() -> None:
@@ -63,9 +75,8 @@ def test_binary_case_works() -> None:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
     m = compute_metrics(y_true, probs, ["no", "yes"], top_k=1)
     assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["top_k_accuracy"] == {"k": 1, "value": pytest.approx(3 / 5)}
+    assert m["top_k_accuracy"] is None  # top-1 is the accuracy itself
     assert m["confusion_matrix"]["matrix"] == [[1, 1], [1, 2]]
-    assert compute_metrics(y_true, probs, ["no", "yes"])["top_k_accuracy"] == {"k": 2, "value": 1.0}
 
 
 def test_class_without_support_still_has_a_row() -> None:
@@ -124,6 +135,8 @@ def test_write_report_creates_json_markdown_and_png(tmp_path: Path) -> None:
         line = f"| {row['label']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
         assert line in md
     assert "| cat | 2 | 1 | 0 |" in md  # confusion matrix row
+    assert "| true ↓ / predicted → | cat | dog | fox |" in md
+    assert "## Summary (val split)" in md
     assert "`fox/6.png`" in md
     assert not list((tmp_path / "eval").glob(".*.tmp"))
 
@@ -135,3 +148,10 @@ def test_markdown_points_to_png_when_there_are_many_classes() -> None:
     md = render_markdown(compute_metrics(y_true, probs, labels), title="t", context={}, misclassified=[])
     assert "confusion_matrix.png" in md
     assert "| class_30 |" in md  # still in the per-class table
+
+
+def test_confusion_png_labels_both_axes_and_names_the_split() -> None:
+    fig = confusion_figure(compute_metrics(Y_TRUE, PROBS, LABELS), "test")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
+    assert "test split" in ax.get_title()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape  # messages may hold "[...]" (e.g. duet[train]): print them as text
 from rich.table import Table
 
 import duet
@@ -75,7 +76,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step. \\[default: 64]"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). \\[default: 1e-3]"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels. \\[default: 224]"),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of images held out for validation (ignored with train/ val/ folders). \\[default: 0.2]"),
+    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). \\[default: 0.2]"),
+    test_split: Optional[float] = typer.Option(None, "--test-split", help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). \\[default: 0.1]"),
     seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. \\[default: 0]"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. \\[default: auto]"),
     workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). \\[default: -1]"),
@@ -116,6 +118,7 @@ def train(
         cfg = build_config(config, {
             "data_dir": data_dir, "model": model, "weights": weights, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
+            "test_split": test_split,
             "seed": seed, "device": device, "workers": workers, "out": out_dir, "name": name,
             "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
             "recipe": recipe, "ema": ema, "patience": patience,
@@ -125,8 +128,10 @@ def train(
         return  # under torchrun only rank 0 reports
     summary = {
         "run": str(result.run_dir),
-        "best_val_accuracy": result.best_val_accuracy,
+        "best_val_accuracy": result.best_val_accuracy,  # chose the epoch: optimistic
         "best_epoch": result.best_epoch,
+        "test_accuracy": result.test.get("test_accuracy"),  # held out, measured once after training
+        "test_images": result.num_test,
         "epochs": result.epochs,
         "train_images": result.num_train,
         "val_images": result.num_val,
@@ -142,8 +147,12 @@ def train(
         return
     t = Table(title="duet train", show_header=False, box=None)
     t.add_row("run", str(result.run_dir))
-    t.add_row("images", f"{result.num_train} train / {result.num_val} val")
-    t.add_row("best val accuracy", f"{_pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs})")
+    t.add_row("images", f"{result.num_train} train / {result.num_val} val / {result.num_test} test")
+    t.add_row("best val accuracy", f"{_pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs}; "
+              "validation chose the epoch, so this is optimistic)")
+    if result.test:
+        t.add_row("test accuracy", f"[bold]{_pct(result.test['test_accuracy'])}[/] on {result.test['test_images']} "
+                  "held-out test images (measured once, after training)")
     t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
     if result.load_failures:
         t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
@@ -228,10 +237,12 @@ def evaluate(
         raise DuetError(f"`--split` must be one of train, val, test. Received: --split={split}")
     res = evaluate_run(run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet)
     if as_json:
-        _print_json({"split": res.split, "data": str(res.data_dir), "unreadable": res.num_failed,
+        _print_json({"split": res.split, "split_means": res.split_meaning, "data": str(res.data_dir),
+                     "unreadable": res.num_failed,
                      "files": {k: str(v) for k, v in res.files.items()}, "metrics": res.metrics})
         return
     out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
+    out.print(f"split      {res.split_meaning}", highlight=False)
     out.print(format_summary(res.metrics), highlight=False)
     if res.num_failed:
         out.print(f"{res.num_failed} images could not be read (listed in report.json)")
@@ -300,7 +311,8 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
 @app.command()
 def scan(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
-    val_split: float = typer.Option(0.2, "--val-split"),
+    val_split: float = typer.Option(0.2, "--val-split", help="As for train."),
+    test_split: float = typer.Option(0.1, "--test-split", help="As for train (only when every class has >= 20 images)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print the data report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -308,9 +320,10 @@ def scan(
     """Check a data folder without training: classes, split, and every file skipped and why."""
     from duet.data.scan import data_report, require_trainable
     from duet.data.scan import scan as scan_dir
-    from duet.data.split import assign_splits
+    from duet.data.split import TEST_MIN_PER_CLASS, assign_splits
 
-    manifest = assign_splits(scan_dir(data_dir, progress=not quiet), val_fraction=val_split, seed=seed)
+    manifest = assign_splits(scan_dir(data_dir, progress=not quiet), val_fraction=val_split,
+                             test_fraction=test_split, seed=seed)
     report = data_report(manifest)
     if as_json:
         _print_json(report)
@@ -321,6 +334,8 @@ def scan(
         for label, c in report["counts"].items():
             t.add_row(label, *(str(c.get(k, 0)) for k in ("train", "val", "test", "total")))
         out.print(t)
+        if not report["splits"]["test"] and test_split > 0 and report["layout"] == "classes":
+            out.print(f"no test split: it needs >= {TEST_MIN_PER_CLASS} images in every class")
         out.print(f"{report['num_usable']} usable of {report['num_files']} files; "
                   f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
                   f"{len(report['conflicts'])} conflicts")
@@ -348,7 +363,8 @@ def demo(
     summary = {
         "data": str(res.data_dir),
         "run": str(res.train.run_dir),
-        "val_accuracy": m["accuracy"],
+        "accuracy": m["accuracy"],
+        "accuracy_split": res.evaluation.split,
         "macro_f1": m["macro"]["f1"],
         "train_images_per_s": round(res.train.train_images_per_s, 1),
         "seconds": round(res.seconds, 1),
@@ -359,9 +375,11 @@ def demo(
         _print_json(summary)
         return
     t = Table(title="duet demo: handwritten digits", show_header=False, box=None)
-    t.add_row("data", f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val images, 10 classes)")
+    t.add_row("data", f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val / "
+              f"{res.train.num_test} test images, 10 classes)")
     t.add_row("model", f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s")
-    t.add_row("validation accuracy", f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f})")
+    t.add_row(f"{res.evaluation.split} accuracy", f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f}; "
+              f"{res.evaluation.split_meaning})")
     t.add_row("wall time", f"{res.seconds:.0f}s")
     t.add_row("report", str(res.evaluation.files["md"]))
     for p in res.predictions:
@@ -393,7 +411,7 @@ def main() -> None:
     except DuetError as e:
         if _state["debug"]:
             traceback.print_exc()
-        console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True, markup=True)
+        console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -403,6 +421,14 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(1)
+    except ModuleNotFoundError as e:  # a lean install (duet[serve]) has no torch: say which extra to add
+        from duet.extras import missing_extra
+
+        error = missing_extra(e)
+        if error is None or _state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(error.exit_code)
     except Exception as e:
         # Usage errors (bad flag values...): typer vendors its own click, so
         # recognise them by shape rather than by class.

@@ -58,7 +58,10 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     image_size: int = Field(224, ge=8, le=2048)
     crop_pct: float = Field(0.875, gt=0, le=1)
-    val_split: float = Field(0.2, ge=0, lt=1)
+    val_split: float = Field(0.2, ge=0, lt=1, description="share of each class held out for validation (selects the epoch)")
+    test_split: float = Field(
+        0.1, ge=0, lt=1, description="share of each class held out as a test split, evaluated once after training; "
+        "only when every class has >= 20 images (0 = none)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")

@@ -2,7 +2,9 @@
 
 ``evaluate(run_dir)`` predicts the run's test split (or validation split when
 there is no test split) and writes RUN/eval/: report.json, report.md and
-confusion_matrix.png. ``evaluate(run_dir, data_dir=DIR)`` does the same for any
+confusion_matrix.png. Every result names its split and what that split means
+(``describe_split``): validation chose the best epoch, so its accuracy is
+optimistic; the test split took no part in training or in that choice. ``evaluate(run_dir, data_dir=DIR)`` does the same for any
 folder of class sub-folders whose names are among the run's labels, writing
 RUN/eval/<folder name>/.
 """
@@ -26,6 +28,13 @@ from duet.runs import RunInfo, _slug, load_run
 from duet.train.loop import resolve_device
 
 
+SPLIT_MEANINGS = {
+    "test": "test: held out, used neither for training nor to choose the epoch",
+    "val": "validation: it chose the epoch, so this accuracy is optimistic",
+    "train": "train: the model learned these images, so this accuracy is optimistic",
+}
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, Any]
@@ -33,6 +42,16 @@ class EvalResult:
     split: str
     data_dir: Path
     num_failed: int
+    split_meaning: str = ""
+
+
+def describe_split(split: str, folder: Path | None = None) -> str:
+    """What a number measured on ``split`` of the run's data (or, with ``folder``,
+    on another labelled folder) means, in one line, for every report."""
+    if folder is None:
+        return SPLIT_MEANINGS.get(split, split)
+    part = "all images" if split == "all" else f"its '{split}' split"
+    return f"{part} of {folder}: held out only if none of them was in the run's training data"
 
 
 def _run_split_samples(run: RunInfo, split: str | None) -> tuple[list[Sample], str, Path]:
@@ -108,11 +127,13 @@ def evaluate(
     ]
     misclassified.sort(key=lambda m: -m["confidence"])
     failed = [{"path": str(samples[i].path), "reason": preds.errors[i]} for i in np.flatnonzero(~ok)]
+    meaning = describe_split(split_name, None if data_dir is None else source)
     context = {
         "run": str(run.paths.root),
         "model": run.model,
         "data": str(source),
         "split": split_name,
+        "split means": meaning,
         "images": len(samples),
         "unreadable": len(failed),
         "image_size": run.preprocess.image_size,
@@ -120,4 +141,4 @@ def evaluate(
     }
     files = write_report(metrics, out, title=f"Evaluation of {run.paths.root.name} on {split_name}",
                          context=context, misclassified=misclassified)
-    return EvalResult(metrics, files, split_name, source, len(failed))
+    return EvalResult(metrics, files, split_name, source, len(failed), meaning)

@@ -322,14 +322,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _run_metrics(root: Path, best: dict[str, Any]) -> dict[str, Any]:
-    """Validation accuracy of the best epoch, plus the evaluation report's headline when there is one."""
+    """The run's headline accuracy and the split it comes from: the evaluation
+    report's when there is one, else the test split's (measured once after
+    training), else validation's at the best epoch (which it chose: optimistic)."""
     metrics: dict[str, Any] = {"accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
-                               "source": "validation (best epoch)"}
+                               "source": "validation (best epoch; it chose the epoch, so optimistic)"}
+    if best.get("test_accuracy") is not None:
+        metrics.update({"accuracy": best["test_accuracy"], "source": "test split (measured once after training)"})
     report = root / "eval" / "report.json"
     if report.is_file():
         try:
-            m = json.loads(report.read_text(encoding="utf-8"))["metrics"]
-            metrics.update({"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"], "source": "eval/report.json"})
+            doc = json.loads(report.read_text(encoding="utf-8"))
+            m = doc["metrics"]
+            split = doc.get("context", {}).get("split", "?")
+            metrics.update({"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"],
+                            "source": f"eval/report.json (split: {split})"})
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             pass
     return metrics

@@ -57,14 +57,17 @@ def compute_metrics(
         probs: softmax probabilities, shape ``(N, C)``; rows must sum to 1
             (within 1e-3; logits are refused).
         labels: the ``C`` class names, index ``i`` naming class ``i``.
-        top_k: k for top-k accuracy; capped at ``C`` (reported as ``k``).
+        top_k: k for top-k accuracy; capped at ``C - 1`` (reported as ``k``):
+            with ``k >= C`` every class is in the top k and the value is 100 %
+            whatever the model does, so top-k is reported only for
+            ``2 <= k < C`` and is ``None`` otherwise (e.g. for 2 classes).
 
     Returns:
-        ``num_images``, ``accuracy``, ``top_k_accuracy`` (``k``, ``value``),
+        ``num_images``, ``accuracy``, ``top_k_accuracy`` (``k``, ``value``; or None),
         ``macro`` and ``weighted`` (``precision``, ``recall``, ``f1``),
         ``log_loss``, ``per_class`` (one row per label: ``label``,
         ``precision``, ``recall``, ``f1``, ``support``), ``confusion_matrix``
-        (``labels``, ``matrix``; rows are true classes, columns predicted) and
+        (``labels``, ``matrix``, ``rows``: "true", ``columns``: "predicted") and
         ``most_confused`` (up to 5 ``{"true", "predicted", "count"}``, largest
         off-diagonal counts first).
     """
@@ -73,16 +76,16 @@ def compute_metrics(
     class_ids = list(range(num_classes))
     y_pred = probs.argmax(axis=1)
     matrix = confusion_matrix(y_true, y_pred, labels=class_ids)
-    k = min(top_k, num_classes)
+    k = min(top_k, num_classes - 1)
     return {
         "num_images": int(y_true.shape[0]),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "top_k_accuracy": {"k": k, "value": _top_k_accuracy(y_true, probs, k)},
+        "top_k_accuracy": {"k": k, "value": _top_k_accuracy(y_true, probs, k)} if k >= 2 else None,
         "macro": _averaged(y_true, y_pred, "macro"),
         "weighted": _averaged(y_true, y_pred, "weighted"),
         "log_loss": float(log_loss(y_true, probs, labels=class_ids)),
         "per_class": _per_class(y_true, y_pred, labels),
-        "confusion_matrix": {"labels": list(labels), "matrix": matrix.tolist()},
+        "confusion_matrix": {"labels": list(labels), "matrix": matrix.tolist(), "rows": "true", "columns": "predicted"},
         "most_confused": _most_confused(matrix, labels),
     }
 
@@ -130,13 +133,8 @@ def _normalised_probs(probs: np.ndarray) -> np.ndarray:
 
 
 def _top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
-    num_classes = probs.shape[1]
-    if k >= num_classes:
-        return 1.0  # every class is in the top k
-    if num_classes == 2:
-        # scikit-learn wants the positive-class score alone in the binary case.
-        return float(top_k_accuracy_score(y_true, probs[:, 1], k=k, labels=[0, 1]))
-    return float(top_k_accuracy_score(y_true, probs, k=k, labels=list(range(num_classes))))
+    """Share of images whose true class is among the k most probable (2 <= k < C)."""
+    return float(top_k_accuracy_score(y_true, probs, k=k, labels=list(range(probs.shape[1]))))
 
 
 def _averaged(y_true: np.ndarray, y_pred: np.ndarray, average: str) -> dict[str, float]:
@@ -176,9 +174,9 @@ def _most_confused(matrix: np.ndarray, labels: list[str]) -> list[dict[str, Any]
 def format_summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal: accuracy, top-k, macro F1, worst class by recall."""
     top_k = metrics["top_k_accuracy"]
+    also = f" (top-{top_k['k']} {top_k['value']:.2%})" if top_k else ""
     lines = [
-        f"accuracy   {metrics['accuracy']:.2%} on {metrics['num_images']} images "
-        f"(top-{top_k['k']} {top_k['value']:.2%})",
+        f"accuracy   {metrics['accuracy']:.2%} on {metrics['num_images']} images{also}",
         f"macro F1   {metrics['macro']['f1']:.3f}   log loss {metrics['log_loss']:.3f}",
     ]
     worst = _worst_class(metrics["per_class"])
@@ -215,7 +213,8 @@ def write_report(
         out_dir: folder to write into (created if missing).
         title: the report's heading.
         context: what was evaluated (e.g. run, model, data, split, date);
-            shown as a table, in insertion order.
+            shown as a table, in insertion order; ``split`` is also named in
+            the summary heading and the confusion matrix's title.
         misclassified: rows with ``path``, ``true``, ``predicted`` and
             ``confidence``; all go to JSON, the first 20 to Markdown.
 
@@ -232,7 +231,8 @@ def write_report(
             out_dir / "report.md",
             render_markdown(metrics, title=title, context=context, misclassified=misclassified),
         ),
-        "png": write_bytes_atomic(out_dir / "confusion_matrix.png", render_confusion_png(metrics)),
+        "png": write_bytes_atomic(out_dir / "confusion_matrix.png",
+                                  render_confusion_png(metrics, context.get("split"))),
     }
 
 
@@ -247,7 +247,7 @@ def render_markdown(
     sections = [
         f"# {title}\n",
         _md_context(context),
-        _md_headline(metrics),
+        _md_headline(metrics, context.get("split")),
         _md_per_class(metrics["per_class"]),
         _md_confusion(metrics["confusion_matrix"]),
         _md_most_confused(metrics["most_confused"]),
@@ -274,17 +274,18 @@ def _md_context(context: dict[str, Any]) -> str:
     return _table(["Context", "Value"], [[key, value] for key, value in context.items()])
 
 
-def _md_headline(metrics: dict[str, Any]) -> str:
+def _md_headline(metrics: dict[str, Any], split: str | None = None) -> str:
     top_k = metrics["top_k_accuracy"]
     rows = [
         ["Images", metrics["num_images"]],
         ["Accuracy", f"{metrics['accuracy']:.2%}"],
-        [f"Top-{top_k['k']} accuracy", f"{top_k['value']:.2%}"],
+        *([[f"Top-{top_k['k']} accuracy", f"{top_k['value']:.2%}"]] if top_k else []),
         ["Macro F1", f"{metrics['macro']['f1']:.4f}"],
         ["Weighted F1", f"{metrics['weighted']['f1']:.4f}"],
         ["Log loss", f"{metrics['log_loss']:.4f}"],
     ]
-    return "## Summary\n\n" + _table(["Metric", "Value"], rows, ["---", "--:"])
+    heading = f"## Summary ({split} split)" if split else "## Summary"
+    return heading + "\n\n" + _table(["Metric", "Value"], rows, ["---", "--:"])
 
 
 def _md_per_class(per_class: list[dict[str, Any]]) -> str:
@@ -298,14 +299,14 @@ def _md_per_class(per_class: list[dict[str, Any]]) -> str:
 
 def _md_confusion(confusion: dict[str, Any]) -> str:
     labels = confusion["labels"]
-    heading = "## Confusion matrix\n\nRows are true classes, columns predicted.\n\n"
+    heading = "## Confusion matrix\n\nRows: the true class. Columns: the predicted class.\n\n"
     if len(labels) > MD_MATRIX_MAX_CLASSES:
         return heading + (
             f"{len(labels)} classes are too many for a readable table: see "
             "`confusion_matrix.png` and `report.json`.\n"
         )
     rows = [[label, *counts] for label, counts in zip(labels, confusion["matrix"])]
-    header = ["true \\ predicted", *labels]
+    header = ["true ↓ / predicted →", *labels]
     return heading + _table(header, rows, ["---"] + ["--:"] * len(labels))
 
 
@@ -328,8 +329,17 @@ def _md_misclassified(misclassified: list[dict[str, Any]]) -> str:
     return "## Misclassified\n\n" + _table(header, rows, ["---", "---", "---", "--:"]) + note
 
 
-def render_confusion_png(metrics: dict[str, Any]) -> bytes:
-    """The confusion matrix as PNG bytes: colour = share of the true class, counts when small."""
+def render_confusion_png(metrics: dict[str, Any], split: str | None = None) -> bytes:
+    """The confusion matrix as PNG bytes: colour = share of the true class, counts
+    when small; ``split`` (e.g. "test") is named in the title."""
+    buffer = io.BytesIO()
+    confusion_figure(metrics, split).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def confusion_figure(metrics: dict[str, Any], split: str | None = None) -> Figure:
+    """The figure behind ``render_confusion_png``: rows the true class (y axis,
+    labelled), columns the predicted class (x axis, labelled)."""
     labels = metrics["confusion_matrix"]["labels"]
     counts = np.asarray(metrics["confusion_matrix"]["matrix"], dtype=np.int64)
     num_classes = len(labels)
@@ -343,15 +353,14 @@ def render_confusion_png(metrics: dict[str, Any]) -> bytes:
     if num_classes <= PNG_ANNOTATE_MAX_CLASSES:
         _annotate_counts(ax, counts)
     text_size = max(10.0, 0.6 * side)  # stays legible as the figure grows with C
-    ax.set_xlabel("predicted", fontsize=text_size)
-    ax.set_ylabel("true", fontsize=text_size)
+    ax.set_xlabel("predicted class", fontsize=text_size, fontweight="bold")
+    ax.set_ylabel("true class", fontsize=text_size, fontweight="bold")
     ax.set_title(
-        f"Confusion matrix ({int(counts.sum())} images, accuracy {metrics['accuracy']:.2%})",
+        f"Confusion matrix{f', {split} split' if split else ''} "
+        f"({int(counts.sum())} images, accuracy {metrics['accuracy']:.2%})",
         fontsize=text_size,
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig
 
 
 def _row_normalised(counts: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@
 1. **Merge.** The champion's usable files keep the split its manifest records;
    new files get the same rule (``duet.data.split``: content hash + the
    champion's seed and validation fraction), so no old file ever changes side
-   and the champion's held-out images stay held out. Files already known (same
+   and the champion's held-out images stay held out (new files get a test
+   split only when the champion has one). Files already known (same
    bytes) are skipped; the same bytes under another label are reported as
    conflicts and left out. The merged set is a folder of links in the
    ``train/ val/`` layout next to the challenger run (``runs/<name>.data/``).
@@ -144,10 +145,14 @@ def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool
     if not fresh:
         raise DataError(f"no new images in '{new_data}': all {same + len(conflicts)} usable images are already in "
                         f"the champion's data ({len(conflicts)} under another label); add new labelled images")
-    # The champion's rule for new files: hash of content + its seed and validation fraction.
+    # The champion's rule for new files: hash of content + its seed and validation
+    # fraction; a test split only when the champion has one, then at its share
+    # (however few the new images: the merged test split must keep growing).
     fresh_ids = {r.path for r in fresh}
+    has_test = any(r.split == "test" for r in old.usable())
     split_new = assign_splits(new_manifest, val_fraction=float(config.get("val_split", 0.2)),
-                              seed=int(config.get("seed", 0)))
+                              test_fraction=float(config.get("test_split", 0.1)) if has_test else 0.0,
+                              seed=int(config.get("seed", 0)), test_min_per_class=0)
     fresh = [r for r in split_new.usable() if r.path in fresh_ids]
     if dest.exists():
         raise DataError(f"'{dest}' already exists; choose another challenger --name")

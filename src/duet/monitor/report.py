@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,20 +57,39 @@ def atypicality(reference: np.ndarray, current: np.ndarray, k: int = NEIGHBOURS)
 
 
 def most_atypical(
-    profile: ReferenceProfile, current: Observations, paths: Sequence[Path], limit: int = ATYPICAL_SHOWN
+    profile: ReferenceProfile, current: Observations, paths: Sequence[Path], limit: int = ATYPICAL_SHOWN,
+    root: Path | None = None,
 ) -> list[dict[str, Any]]:
+    """The ``limit`` most atypical images, each with ``path`` (as given),
+    ``file`` (relative to ``root``, the data folder: class folder and name, which
+    tell apart files of the same name), score, percentile and prediction."""
     if current.embeddings is None or len(current) == 0 or profile.n_reference < 2:
         return []
     scores, pct = atypicality(profile.embeddings, current.embeddings)
     order = np.argsort(-scores)[:limit]
     out = []
     for i in order:
-        row: dict[str, Any] = {"path": str(paths[i]), "score": float(scores[i]), "reference_percentile": float(pct[i])}
+        row: dict[str, Any] = {"path": str(paths[i]), "file": display_path(Path(paths[i]), root, paths),
+                               "score": float(scores[i]), "reference_percentile": float(pct[i])}
         if current.classes is not None:
             row["predicted"] = profile.labels[int(current.classes[i])]
             row["confidence"] = float(current.confidences[i])  # type: ignore[index]
         out.append(row)
     return out
+
+
+def display_path(path: Path, root: Path | None, paths: Sequence[Path]) -> str:
+    """``path`` relative to ``root`` (else to the folder all ``paths`` share), POSIX style."""
+    bases = [Path(root)] if root is not None else []
+    if paths:
+        common = Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
+        bases.append(common.parent if all(Path(p).parent == common for p in paths) else common)
+    for base in bases:
+        try:
+            return path.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
 # --------------------------------------------------------------------------- plots
@@ -263,7 +283,8 @@ def render_html(
             thumb = _thumbnail(Path(a["path"]))
             img = f"<img src='data:image/png;base64,{thumb}'>" if thumb else ""
             pred = f"<br>predicted <b>{e(a['predicted'])}</b> ({a['confidence']:.0%})" if "predicted" in a else ""
-            parts.append(f"<div class='card'>{img}<br>{e(Path(a['path']).name)}<br>score {a['score']:.2f}, "
+            parts.append(f"<div class='card'>{img}<br><span title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
+                         f"<br>score {a['score']:.2f}, "
                          f"beyond {a['reference_percentile']:.0%} of reference{pred}</div>")
         parts.append("</div>")
     if failed:
@@ -285,9 +306,11 @@ def write_drift_report(
     context: dict[str, Any],
     failed: list[dict[str, str]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.html`` and ``report.json`` into ``out_dir``; returns their paths."""
+    """Write ``report.html`` and ``report.json`` into ``out_dir``; returns their paths.
+    Images are named relative to ``context["data"]`` (the data folder) when given."""
     failed = list(failed or [])
-    atypical = most_atypical(profile, current, paths)
+    root = Path(context["data"]) if context.get("data") else None
+    atypical = most_atypical(profile, current, paths, root=root)
     document = {"title": title, "context": context, **result.to_dict(), "most_atypical": atypical,
                 "unreadable": failed}
     out_dir = Path(out_dir)

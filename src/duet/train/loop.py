@@ -1,4 +1,5 @@
-"""The training run, top to bottom: data, model, optimiser, epochs, checkpoints.
+"""The training run, top to bottom: data, model, optimiser, epochs, checkpoints,
+then the test split, once (validation chose the epoch; test never took part).
 
 Read it as the story of a run. ``train`` and ``resume`` prepare a run folder and
 call ``_fit``; ``train`` first does everything about the model that can fail
@@ -47,7 +48,7 @@ from duet.atomic import write_json_atomic, write_text_atomic
 from duet.config import TrainConfig, config_from_dict
 from duet.data import augment
 from duet.data.cache import cache_bytes
-from duet.data.loaders import Loader, Sample, default_workers, make_loader
+from duet.data.loaders import Loader, Sample, default_workers, make_loader, plan_sizes, rank_slice
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
@@ -77,6 +78,10 @@ class TrainResult:
     load_failures: list[dict[str, str]] = field(default_factory=list)
     stopped_early: bool = False
     events: list[str] = field(default_factory=list)
+    num_test: int = 0
+    # The held-out test split, evaluated once after training with the best
+    # epoch's weights: {"test_accuracy", "test_loss", "test_images"}; {} without one.
+    test: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,7 +143,8 @@ def split_samples(manifest: Manifest, split: str) -> list[Sample]:
 def prepare_data(config: TrainConfig, *, progress: bool) -> Manifest:
     """Scan, split and check the data folder; raises DataError with what to fix."""
     manifest = scan(config.data_dir, max_pixels=config.max_pixels, progress=progress)
-    manifest = assign_splits(manifest, val_fraction=config.val_split, seed=config.seed)
+    manifest = assign_splits(manifest, val_fraction=config.val_split, test_fraction=config.test_split,
+                             seed=config.seed)
     require_trainable(manifest)
     return manifest
 
@@ -395,15 +401,21 @@ def _fit(
     if batch_size % dist.world:
         raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes ({dist.world})")
     backend = choose_backend(config, len(train_samples) + len(val_samples))
-    log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val images")
+    num_test = sum(1 for r in manifest.usable() if r.split == "test")
+    log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val / {num_test} test images")
+    if not num_test:
+        log("no test split (it needs a test/ folder, or --test-split > 0 and >= 20 images in every class): "
+            "the accuracy reported is validation's, which chose the epoch, so it is optimistic")
     common = dict(device=device, workers=workers, seed=config.seed, max_pixels=config.max_pixels,
                   cache_dir=config.cache_dir, progress=progress)
     if backend == "cache":
         common["device_share"] = config.cache_device_share
     train_loader = make_loader(
         backend, train_samples, spec, batch_size=batch_size, shuffle=True,
-        drop_last=len(train_samples) > batch_size or dist.enabled, rank=dist.rank, world=dist.world, **common,
+        drop_last=False, rank=dist.rank, world=dist.world, **common,
     )
+    # Every image in every epoch; no batch below half a batch (BatchNorm): loaders.plan_sizes.
+    sizes = plan_sizes(len(train_samples), batch_size=batch_size, drop_last=False)
     val_share = val_samples[dist.rank :: dist.world]
     val_loader = make_loader(backend, val_share, spec, batch_size=max(1, batch_size // dist.world),
                              shuffle=False, **common) if val_share else None
@@ -513,19 +525,24 @@ def _fit(
                 ok = batch.labels >= 0
                 if not bool(ok.all()):
                     _count_load_failures(state, batch, train_samples, epoch, config, len(train_samples))
+                global_size = sizes[state.step_in_epoch]
                 x = augment.train_batch(
                     batch.images, spec, scale=config.augment.scale, ratio=config.augment.ratio,
                     hflip=config.augment.hflip, generator=aug_gen,
-                    draws=batch_size, offset=dist.rank * (batch_size // dist.world),
+                    draws=global_size, offset=rank_slice(global_size, dist.rank, dist.world)[0],
                 )[ok]
                 y = batch.labels[ok]
                 if mixup is not None and x.shape[0] % 2 == 0 and x.shape[0] > 1:
                     x, y = mixup(x, y)
                 if x.shape[0] >= 2:  # BatchNorm cannot train on a single image
-                    result = _step_with_oom_retry(net, optimizer, x, y, loss_fn, config, state, fired, log)
+                    # DDP averages the processes' mean losses; weighting each by its share
+                    # of the global batch keeps that the global mean when shares differ.
+                    weight = batch.labels.shape[0] * dist.world / global_size
+                    result = _step_with_oom_retry(net, optimizer, x, y, _weighted(loss_fn, weight), config, state,
+                                                  fired, log)
                     if result.stepped:
                         state.bad_in_row = 0
-                        state.loss_sum += result.loss * x.shape[0]
+                        state.loss_sum += result.loss / weight * x.shape[0]
                         state.seen += x.shape[0]
                         if ema is not None:
                             ema.update(model, step=state.global_step)
@@ -614,6 +631,16 @@ def _fit(
                 log(f"early stop: no val improvement for {config.patience} epochs (best epoch {state.best_epoch})")
                 break
 
+    test = _test_once(model if ema is None else ema.module, manifest, paths, backend, spec, device, dist,
+                      batch_size, common)
+    if test and dist.main:
+        write_info(paths, _run_info(config, manifest, {
+            "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": state.epoch - 1,
+            "stopped_early": stopped_early, "events": state.events,
+            "load_failures": state.load_failures[:100], "selected_on": "val", **test,
+        }))
+        log(f"test accuracy {100 * test['test_accuracy']:.2f}% on {test['test_images']} held-out test images "
+            f"(epoch {state.best_epoch}, chosen on validation; the test split was measured once, now)")
     if dist.main and val_samples:
         # The reference profile for drift monitoring (duet.monitor): embeddings,
         # confidences and image statistics of held-out images.
@@ -633,13 +660,40 @@ def _fit(
         load_failures=state.load_failures,
         stopped_early=stopped_early,
         events=state.events,
+        num_test=num_test,
+        test=test,
     )
+
+
+def _test_once(model: torch.nn.Module, manifest: Manifest, paths: RunPaths, backend: str, spec: PreprocessSpec,
+               device: torch.device, dist: distributed.Dist, batch_size: int, common: dict[str, Any]) -> dict[str, Any]:
+    """The test split, evaluated once after the last epoch with the best epoch's
+    weights (chosen on validation, so this number is not). {} without a test split."""
+    test_samples = split_samples(manifest, "test")
+    if not test_samples or not paths.best.is_file():
+        return {}
+    model.load_state_dict(checkpoint.load_weights(paths.best))
+    share = test_samples[dist.rank :: dist.world]
+    if share:
+        loader = make_loader(backend, share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False,
+                             **common)
+        result = validate(model, loader, spec, device, dist)
+    else:
+        result = validate_empty(dist, device)
+    return {"test_accuracy": result["val_accuracy"], "test_loss": result["val_loss"],
+            "test_images": result["val_images"]}
 
 
 def validate_empty(d: distributed.Dist, device: torch.device) -> dict[str, float]:
     """A rank with no validation images still joins the reduction."""
     total_loss, correct, n = distributed.all_reduce_sum(d, [0.0, 0.0, 0.0], device)
     return {"val_loss": total_loss / max(n, 1), "val_accuracy": correct / max(n, 1), "val_images": int(n)}
+
+
+def _weighted(loss_fn: Any, weight: float) -> Any:
+    if weight == 1.0:
+        return loss_fn
+    return lambda logits, y: loss_fn(logits, y) * weight
 
 
 def _count_load_failures(state: LoopState, batch: Any, samples: list[Sample], epoch: int,
