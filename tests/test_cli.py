@@ -175,6 +175,18 @@ def test_test_folder_of_the_splits_layout_is_evaluated_once_after_training(tmp_p
     assert ev["metrics"]["top_k_accuracy"] is None  # 2 classes: top-2 would be 100 % whatever the model
 
 
+def test_every_training_image_is_used_in_every_epoch_and_no_batch_is_of_one(tmp_path: Path) -> None:
+    """9 images at batch 8 used to train on 8 (the last was dropped). Now the one left
+    over is pooled with the batch before: batches of 5 and 4, never a batch of one,
+    on which ResNet-18's BatchNorm at 24 px (1 x 1 after the last stage) cannot train."""
+    data = write_digit_folder(tmp_path / "d", classes=(1, 2, 3), per_class=3)
+    proc = run_cli("train", str(data), "--epochs", "2", "--val-split", "0", "--out", str(tmp_path / "runs"),
+                   "--name", "nine", "--json", *FAST, "--batch-size", "8")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "nine" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_images"] for r in rows] == [9, 9]
+
+
 def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
     data = write_digit_folder(tmp_path / "d", classes=(1, 2), per_class=4)
     (tmp_path / "runs" / "x").mkdir(parents=True)

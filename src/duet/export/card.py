@@ -47,8 +47,12 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
         "## Metrics",
         "",
-        f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}): {_pct(metrics.get('val_accuracy'))}",
+        f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}; validation chose the epoch, so it is "
+        f"optimistic): {_pct(metrics.get('val_accuracy'))}",
     ]
+    if metrics.get("test_accuracy") is not None:
+        lines.append(f"- test accuracy (held-out test split, measured once after training): "
+                     f"{_pct(metrics.get('test_accuracy'))}")
     if evaluation:
         lines.append(
             f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "

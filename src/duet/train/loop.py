@@ -534,7 +534,9 @@ def _fit(
                 y = batch.labels[ok]
                 if mixup is not None and x.shape[0] % 2 == 0 and x.shape[0] > 1:
                     x, y = mixup(x, y)
-                if x.shape[0] >= 2:  # BatchNorm cannot train on a single image
+                # BatchNorm cannot train on a single image (the plan never makes one; load
+                # failures can), and under DDP either every process steps or none does.
+                if not distributed.any_rank(dist, x.shape[0] < 2, device):
                     # DDP averages the processes' mean losses; weighting each by its share
                     # of the global batch keeps that the global mean when shares differ.
                     weight = batch.labels.shape[0] * dist.world / global_size
