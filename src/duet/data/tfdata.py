@@ -359,7 +359,7 @@ class TfLoader:
 
     def _dataset(self, plan: list[list[int]]) -> Any:
         """This epoch's pipeline: each run of equal-sized batches of the plan (the
-        full ones, then at most one other: a short or a folded last batch) is
+        full ones, then the one or two last ones: see ``loaders.plan_sizes``) is
         decoded and batched at its own size, and the runs are concatenated, so
         tf.data's batch() regroups the plan exactly."""
         ds = None
