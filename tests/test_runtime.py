@@ -81,3 +81,16 @@ def test_the_guard_stays_out_of_the_way_when_torch_comes_first() -> None:
     assert runtime.guard_triton(modules) is False and modules["triton"] is not None
     modules = {}
     assert runtime.guard_triton(modules) is False and "triton" not in modules
+
+
+def test_the_tf_backend_in_the_notebook_order_is_guarded_not_warned_about() -> None:
+    """tensorflow first, then duet's tf backend, then training: the backend blocks
+    triton itself (said once) instead of warning that it is too late."""
+    pytest.importorskip("tensorflow")
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed: nothing can crash")
+    proc = _notebook("from duet.data.tfdata import import_tensorflow; import_tensorflow()")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "steps 3 True" in proc.stdout
+    assert proc.stderr.count("torch.compile gets no triton kernels") == 1
+    assert "can crash the process" not in proc.stderr

@@ -71,7 +71,8 @@ def import_tensorflow() -> Any:
       triton 3.8) loading triton's bundled LLVM *after* TensorFlow segfaults
       the process; torchvision imports triton. So torch, torchvision and
       triton are imported first, then TensorFlow. If TensorFlow is already
-      imported and torchvision is not, it is too late to fix: a warning says so.
+      imported, triton is blocked instead (``duet.runtime.guard_triton``, which
+      says so once: torch.compile then gets no triton kernels in this process).
     - Logging: TF_CPP_MIN_LOG_LEVEL defaults to 3, which hides TensorFlow's
       per-file C++ errors ("Premature end of JPEG data") that would interleave
       with duet's own report of the same failure. At 3 the import also runs
@@ -85,14 +86,11 @@ def import_tensorflow() -> Any:
     Raises:
         ConfigError: TensorFlow is not installed.
     """
-    if "tensorflow" in sys.modules and "torchvision" not in sys.modules:
-        warnings.warn(
-            "TensorFlow was imported before torchvision; importing torchvision (or triton) now can "
-            "crash the process. Import duet.data.tfdata, or torch and torchvision, before tensorflow.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    else:
+    from duet.runtime import guard_triton
+
+    # TensorFlow already loaded: triton is blocked (guard_triton says so once) and
+    # torch/torchvision are safe. Otherwise load them and triton before TensorFlow.
+    if not guard_triton():
         import torchvision  # noqa: F401  (pulls in triton where it is installed)
 
         if importlib.util.find_spec("triton") is not None:
