@@ -17,7 +17,7 @@ QUIET_PIP := grep -v "^WARNING: Location '.*' is ignored" || true
 .PHONY: setup setup-dev demo test clean help
 
 help:
-	@echo "make demo   set up .venv and run the whole pipeline on bundled real data (about 1 min on 2 CPU cores once set up)"
+	@echo "make demo   set up .venv and run the whole pipeline on bundled real data (about 70 s on 2 CPU cores once set up)"
 	@echo "make test   set up .venv with the test tools and run the test suite"
 	@echo "make clean  remove .venv and demo/ (never touches your data or runs/)"
 
