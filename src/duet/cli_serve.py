@@ -89,7 +89,7 @@ def serve(
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Dynamic batcher: images per runtime call."),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."),
     threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = one per core)."),
-    ort_spinning: bool = typer.Option(True, "--ort-spinning/--no-ort-spinning", help="Let ONNX Runtime threads busy-wait between operators (faster alone; turn off to leave CPU to decoding on small machines)."),
+    ort_spinning: bool = typer.Option(False, "--ort-spinning/--no-ort-spinning", help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged)."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"),
     top_k: int = typer.Option(5, "--top-k", help="Default labels per image on /v1/predict."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body."),

@@ -58,7 +58,7 @@ class ServeConfig:
     max_batch_size: int = 32
     max_delay_ms: float = 2.0
     threads: int = 0                        # ONNX Runtime intra-op threads (0 = one per core)
-    ort_spinning: bool = True               # ONNX Runtime intra-op threads busy-wait between operators
+    ort_spinning: bool = False              # ONNX Runtime intra-op threads busy-wait between operators (docs/serving.md#performance)
     decode_workers: int = field(default_factory=_cores)
     top_k: int = 5
     limits: Limits = field(default_factory=Limits)

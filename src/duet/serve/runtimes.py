@@ -59,7 +59,7 @@ class OnnxRuntime:
     device = "cpu"
     platform = "onnxruntime_onnx"
 
-    def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = True) -> None:
+    def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -135,7 +135,7 @@ def _import_torch() -> Any:
 
 
 def load_runtime(package: ModelPackage, name: str = "auto", *, device: str = "auto", threads: int = 0,
-                 spinning: bool = True) -> Runtime:
+                 spinning: bool = False) -> Runtime:
     if name == "auto":
         if device != "cpu" and _cuda_present():
             if _import_torch().cuda.is_available():
