@@ -16,7 +16,7 @@ tune_process()  # before anything imports torch: see duet/runtime.py
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.markup import escape  # messages may hold "[...]" (e.g. duet[train]): print them as text
@@ -26,6 +26,9 @@ import duet
 from duet.errors import ConfigError, DataError, DuetError
 from duet.cli_common import pct, print_json, stderr_log
 from duet.progress import console
+
+if TYPE_CHECKING:
+    from duet.train.loop import TrainResult
 
 app = typer.Typer(
     name="duet",
@@ -126,6 +129,11 @@ def train(
         result = train_run(cfg, progress=not quiet, log=log)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
+    _report_train(result, as_json)
+
+
+def _report_train(result: TrainResult, as_json: bool) -> None:
+    """The one-screen summary of a finished (or resumed) run, or its JSON."""
     summary = {
         "run": str(result.run_dir),
         "best_val_accuracy": result.best_val_accuracy,  # chose the epoch: optimistic
