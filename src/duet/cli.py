@@ -105,14 +105,14 @@ def train(
     """
     ignored = _flags_resume_cannot_change(dict(locals()))
     from duet.config import build_config
-    from duet.train.loop import resume as resume_run
-    from duet.train.loop import train as train_run
 
     log = _log(quiet or as_json)
     if resume is not None:
         if ignored:
             raise ConfigError(f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
                               f"only --epochs can change. Remove: {' '.join(ignored)}")
+        from duet.train.loop import resume as resume_run
+
         result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
     else:
         if data_dir is None and config is None:
@@ -126,6 +126,11 @@ def train(
             "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
             "recipe": recipe, "ema": ema, "patience": patience,
         })
+        from duet.netprobe import start_for_hub_weights
+
+        start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
+        from duet.train.loop import train as train_run
+
         result = train_run(cfg, progress=not quiet, log=log)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports

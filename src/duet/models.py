@@ -12,19 +12,16 @@ resampled); one that cannot be is refused with the size it takes.
 any other size a model cannot take is a one-line error, not a traceback.
 
 ImageNet weights offline: with ``HF_HUB_OFFLINE`` set only the local cache is
-used; otherwise one HEAD request to the weights' host, bounded at
-``PROBE_SECONDS`` including the name lookup, decides: no answer means cache
-only, so an offline machine fails in seconds instead of spending ~50 s in the
-hub client's retries.
+used; otherwise one HEAD request to the weights' host (``duet.netprobe``,
+bounded at ``PROBE_SECONDS`` including the name lookup, and begun by the CLI
+before the heavy imports) decides: no answer means cache only, so an offline
+machine fails in seconds instead of spending ~50 s in the hub client's retries.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -34,9 +31,9 @@ import torch
 from torch import nn
 
 from duet.errors import ModelError
+from duet.netprobe import reachable
 
 TORCHVISION_PREFIX = "torchvision:"
-PROBE_SECONDS = 2.0
 
 
 def _torchvision_build(name: str, num_classes: int, pretrained: bool) -> nn.Module:
@@ -187,27 +184,6 @@ def build(name: str, num_classes: int, weights: str = "none", image_size: int | 
 def _offline_message(name: str, why: str) -> str:
     return (f"could not get ImageNet weights for '{name}' ({why}). "
             "Download the weights elsewhere and pass --weights PATH (a .safetensors or .pth state dict)")
-
-
-def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether one HEAD request to ``url`` gets any HTTP answer within
-    ``timeout`` seconds, name lookup included (through the proxies the
-    environment names, as the downloads would go)."""
-    answered: list[bool] = []
-
-    def ask() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-            answered.append(True)
-        except urllib.error.HTTPError:
-            answered.append(True)  # a status code is an answer: the host is there
-        except (OSError, ValueError):
-            pass  # URLError, timeouts, TLS failures, a malformed URL
-
-    probe = threading.Thread(target=ask, name="duet-weights-probe", daemon=True)
-    probe.start()
-    probe.join(timeout)  # a DNS lookup that hangs is left behind, not waited for
-    return bool(answered)
 
 
 @contextmanager
