@@ -120,7 +120,7 @@ def serve(
     Example: duet serve runs/pets-r50 --port 8080
     """
     from duet.errors import ConfigError
-    from duet.serve.app import follow_registry, load, serve as run_server
+    from duet.serve.app import serve as run_server
     from duet.serve.config import Limits, ServeConfig, api_key_from_env
 
     if (model is None) == (registry is None):
@@ -143,14 +143,7 @@ def serve(
     )
     config.check()
     if check:
-        config, _ = follow_registry(config)
-        package, rt = load(config)
-        from duet.serve.drift import profile_dir
-
-        _print_json({"model": config.model_name or package.name, "version": config.model_version,
-                     "folder": str(package.root), "verified": True,
-                     "runtime": rt.name, "device": rt.device, "labels": package.labels,
-                     "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
+        _print_check(config)
         return
     auth = "API key required" if config.api_key else "no API key (loopback only)" if not insecure else "NO API KEY (--insecure)"
 
@@ -161,6 +154,18 @@ def serve(
 
     run_server(config, on_ready=ready)
 
+
+def _print_check(config: Any) -> None:
+    """`duet serve --check`: verify and load what would be served, print it as JSON."""
+    from duet.serve.app import follow_registry, load
+    from duet.serve.drift import profile_dir
+
+    config, _ = follow_registry(config)
+    package, rt = load(config)
+    _print_json({"model": config.model_name or package.name, "version": config.model_version,
+                 "folder": str(package.root), "verified": True,
+                 "runtime": rt.name, "device": rt.device, "labels": package.labels,
+                 "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
 
 def bench_serve(
     model: Path = typer.Argument(..., help="A run folder or export folder to serve."),

@@ -18,9 +18,7 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
     """Markdown for manifest ``m`` (as written to model.json) and the files it ships with."""
     spec = m["preprocess"]
     metrics = m.get("metrics", {})
-    parity = metrics.get("parity", {})
     data = m.get("data", {})
-    evaluation = metrics.get("evaluation") or {}
     lines = [
         f"# Model card: {m['name']}",
         "",
@@ -47,23 +45,7 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
         "## Metrics",
         "",
-        f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}; validation chose the epoch, so it is "
-        f"optimistic): {_pct(metrics.get('val_accuracy'))}",
-    ]
-    if metrics.get("test_accuracy") is not None:
-        lines.append(f"- test accuracy (held-out test split, measured once after training): "
-                     f"{_pct(metrics.get('test_accuracy'))}")
-    if evaluation:
-        lines.append(
-            f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "
-            f"accuracy {_pct(evaluation.get('accuracy'))}, macro F1 {_pct(evaluation.get('macro_f1'))}"
-        )
-    else:
-        lines.append("- no `duet evaluate` report was found when exporting")
-    lines += [
-        f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
-        f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
-        f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})",
+        *_metric_lines(metrics),
         "",
         "## Preprocessing (inside and outside the graph)",
         "",
@@ -96,3 +78,26 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _metric_lines(metrics: dict[str, Any]) -> list[str]:
+    """The card's metrics, each saying which split it comes from."""
+    parity = metrics.get("parity", {})
+    evaluation = metrics.get("evaluation") or {}
+    lines = [f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}; validation chose the epoch, so it is "
+             f"optimistic): {_pct(metrics.get('val_accuracy'))}"]
+    if metrics.get("test_accuracy") is not None:
+        lines.append(f"- test accuracy (held-out test split, measured once after training): "
+                     f"{_pct(metrics.get('test_accuracy'))}")
+    if evaluation:
+        lines.append(
+            f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "
+            f"accuracy {_pct(evaluation.get('accuracy'))}, macro F1 {_pct(evaluation.get('macro_f1'))}"
+        )
+    else:
+        lines.append("- no `duet evaluate` report was found when exporting")
+    lines.append(
+        f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
+        f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
+        f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})")
+    return lines
