@@ -4,7 +4,11 @@ promote/rollback through the CLI, and the watcher a server polls."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ import pytest
 from helpers import run_cli, write_digit_folder
 
 from duet.config import build_config
-from duet.registry import ChampionWatcher, Registry, RegistryError
+from duet.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
 from duet.train.loop import train
 
 
@@ -135,3 +139,134 @@ def test_watcher_reports_each_new_champion_once(runs: tuple[Path, Path], tmp_pat
     assert watcher.poll().version == "v1"
     with pytest.raises(RegistryError, match="nothing to roll back"):
         reg.rollback(to="v2")
+
+
+def _killed_mid_training(tmp_path: Path) -> Path:
+    """A real `duet train` SIGKILLed once its first epoch is written (best weights
+    and run.json), with 200 epochs to go: what `kill -9` during a retrain leaves."""
+    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=12, size=16)
+    run = tmp_path / "runs" / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "duet", "train", str(data), "--model", "test_resnet",
+                             "--image-size", "16", "--batch-size", "8", "--epochs", "200", "--workers", "0",
+                             "--device", "cpu", "--out", str(tmp_path / "runs"), "--name", "cut", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            info = run / "run.json"
+            if info.is_file() and json.loads(info.read_text()).get("best", {}).get("epochs_done"):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+        assert (run / "checkpoints" / "best.safetensors").is_file(), "no first epoch within 180 s"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    return run
+
+
+def test_a_run_killed_mid_training_is_refused_unless_forced(tmp_path: Path) -> None:
+    run = _killed_mid_training(tmp_path)
+    reg = str(tmp_path / "registry")
+    _one_line_error(run_cli("registry", "promote", str(run), "--registry", reg), 5, "did not finish training")
+    assert not (tmp_path / "registry" / "champion.json").exists()
+    assert not list((tmp_path / "registry" / "versions").glob("v*.json"))  # not even registered
+
+    forced = run_cli("registry", "promote", str(run), "--registry", reg, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["champion"] == "v1"
+    assert "did not finish training" in forced.stderr and "--force" in forced.stderr
+    record = Registry(reg).get("v1").record
+    assert record["training"]["finished"] is False and record["training"]["forced"] is True
+    assert record["training"]["epochs"] == 200 and 1 <= record["training"]["epochs_done"] < 200
+    register, promote = Registry(reg).events()
+    assert register["event"] == "register" and register["forced"].startswith("unfinished run")
+    assert promote["event"] == "promote" and promote["forced"].startswith("unfinished run")
+    # Once registered (forced), the version itself is still refused without --force.
+    second = Registry(tmp_path / "registry2")
+    second.register(run, force=True)
+    _one_line_error(run_cli("registry", "promote", "v1", "--registry", str(second.root)), 5, "before its training finished")
+
+
+def test_a_finished_run_records_that_it_finished(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    version = Registry(tmp_path / "registry").register(runs[0])
+    assert version.record["training"] == {"finished": True, "epochs_done": 1, "epochs": 1, "stopped_early": False,
+                                          "forced": False}
+    assert version.unfinished == ""
+
+
+def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    reg.promote(runs[0])
+    # What SIGKILL between mkstemp and os.replace leaves (the names write_json_atomic uses).
+    stray = [reg.root / ".champion.json.k1ll3d.tmp", reg.versions_dir / ".v2.json.k1ll3d.tmp"]
+    for path in stray:
+        path.write_text('{"version": "v')
+    reg.promote(runs[1])
+    assert not any(p.exists() for p in stray)
+    assert sorted(p.name for p in reg.root.iterdir()) == [".lock", "champion.json", "events.jsonl", "versions"]
+    assert sorted(p.name for p in reg.versions_dir.iterdir()) == ["v1.json", "v2.json"]
+
+
+def test_every_pointer_a_reader_sees_is_already_in_the_event_log(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The promote/rollback event is written (and fsynced) before the pointer moves:
+    readers that read the pointer and then the log never find a switch missing
+    from the log, over 150 switches."""
+    reg = Registry(tmp_path / "registry")
+    v1, v2 = reg.register(runs[0]).version, reg.register(runs[1]).version
+    reg.promote(v1)
+    stop = threading.Event()
+    missing: list[int] = []
+    checks = [0]
+
+    def read() -> None:
+        reader = Registry(reg.root)
+        while not stop.is_set():
+            seq = reader.champion_pointer().seq
+            logged = {e.get("seq") for e in reader.events() if e["event"] in ("promote", "rollback")}
+            checks[0] += 1
+            if seq not in logged:
+                missing.append(seq)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for _ in range(75):
+            reg.promote(v2)
+            reg.rollback()
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert checks[0] > 50 and not missing, (checks[0], missing[:5])
+    assert reg.champion_pointer().seq == 151
+
+
+def test_a_switch_logged_but_never_made_is_marked_by_the_next_writer(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL after the event line and before the rename: the log says seq 2 went
+    to v2, the pointer still says seq 1, v1. The next writer records that the
+    switch did not happen, then makes its own switch with seq 2."""
+    reg = Registry(tmp_path / "registry")
+    v1, v2 = reg.register(runs[0]).version, reg.register(runs[1]).version
+    reg.promote(v1)
+    reg.log("promote", durable=True, version=v2, previous=v1, seq=2, reason="")  # the killed writer's line
+    assert reg.champion_pointer().seq == 1
+    reg.promote(v2, reason="again")
+    tail = [(e["event"], e.get("version"), e.get("seq")) for e in reg.events()[-3:]]
+    assert tail == [("promote", v2, 2), ("switch_interrupted", v2, 2), ("promote", v2, 2)]
+    assert reg.events()[-2]["champion"] == v1
+    reg.rollback()
+    assert [e["event"] for e in reg.events()].count("switch_interrupted") == 1  # marked once, not at every write
+
+
+def test_champion_history_keeps_the_last_50_and_the_log_keeps_all(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    v1, v2 = reg.register(runs[0]).version, reg.register(runs[1]).version
+    for i in range(HISTORY_KEPT + 10):
+        reg.promote(v1 if i % 2 == 0 else v2)
+    pointer = reg.champion_pointer()
+    assert HISTORY_KEPT == 50 and len(pointer.history) == HISTORY_KEPT and pointer.seq == HISTORY_KEPT + 10
+    assert len(json.loads(reg.pointer.read_text())["history"]) == HISTORY_KEPT
+    assert len([e for e in reg.events() if e["event"] == "promote"]) == HISTORY_KEPT + 10
+    assert reg.rollback().version == pointer.history[-1]

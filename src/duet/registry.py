@@ -6,14 +6,28 @@ A registry is a folder (``registry/`` by default)::
       versions/v1.json     one record per version, written once, never changed
       versions/v2.json     {"version", "created", "run", "weights_sha256", "model", "labels",
                             "preprocess", "metrics", "model_json", "export_dir", "parent", "note",
-                            "gate" (the comparison that admitted a retrained version)}
-      champion.json        the pointer: {"version", "seq", "since", "reason", "history": [older champions]}
+                            "gate" (the comparison that admitted a retrained version),
+                            "training" ({"finished", "epochs_done", "epochs", "stopped_early", "forced"})}
+      champion.json        the pointer: {"version", "seq", "since", "reason",
+                            "history": [the last 50 champions before it, oldest first]}
       events.jsonl         append-only log: register, promote, rollback, retrain and watch decisions
+                           (the full sequence of champions: every switch is a promote or rollback line)
+
+Only finished runs are registered: a run whose run.json records fewer epochs
+done than its config.yaml asks for (and no early stop) was stopped before the
+end (``kill -9``, a crash, Ctrl-C) and is refused with a :class:`RunError`
+unless ``force=True`` (``duet registry promote --force``), which the version
+record and the events then say.
 
 ``champion.json`` is replaced atomically (write a temp file beside it, fsync,
 ``os.replace``), so a reader sees the old champion or the new one, never a
 mixture; ``seq`` grows by one at every switch. Writers hold an exclusive lock
 (``registry/.lock``, ``fcntl.flock``) so that two promotions cannot interleave.
+Every switch is logged *before* the pointer moves (see ``Registry._switch``),
+so a reader that sees pointer ``seq`` n always finds its event in events.jsonl.
+A writer that was killed leaves at most a temp file (removed by the next writer,
+under the lock) and a switch event for a pointer that never moved (the next
+writer appends a ``switch_interrupted`` event naming it).
 
 A server follows the champion with :class:`ChampionWatcher`::
 
@@ -38,10 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from duet.atomic import write_json_atomic
-from duet.errors import DuetError
+from duet.errors import DuetError, RunError
 
 DEFAULT_REGISTRY = Path("registry")
+HISTORY_KEPT = 50  # champions kept in champion.json's history; events.jsonl keeps them all
 _VERSION_RE = re.compile(r"^v(\d+)$")
+_SWITCH_EVENTS = ("promote", "rollback", "switch_interrupted")
 
 
 class RegistryError(DuetError):
@@ -88,6 +104,13 @@ class Version:
     @property
     def accuracy(self) -> float | None:
         return self.record.get("metrics", {}).get("accuracy")
+
+    @property
+    def unfinished(self) -> str:
+        """"" for a run that finished training (and for records older than this
+        field), else what is missing, e.g. "2 of 30 epochs"."""
+        training = self.record.get("training") or {}
+        return "" if training.get("finished", True) else _progress(training)
 
 
 @dataclass(frozen=True)
@@ -188,40 +211,97 @@ class Registry:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """The writers' lock; whoever takes it first tidies what a killed writer left."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+b") as f:
             try:
                 import fcntl
             except ImportError:  # Windows: no flock; single-writer use only
+                self._recover()
                 yield
                 return
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
+                self._recover()
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def log(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one event line (a single write of one line, so lines never interleave)."""
+    def _recover(self) -> None:
+        """Undo the traces of a writer killed mid-write (called under the lock, so
+        no live writer owns them): its temp files, and a switch it logged but
+        never made (the event's ``seq`` is above the pointer's)."""
+        for folder, pattern in ((self.root, ".champion.json.*.tmp"), (self.versions_dir, ".v*.json.*.tmp")):
+            for tmp in folder.glob(pattern) if folder.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        last = self._last_switch_event()
+        if last is None or last["event"] == "switch_interrupted":
+            return
+        pointer = self.champion_pointer()
+        if int(last.get("seq", 0)) > (pointer.seq if pointer else 0):
+            self.log("switch_interrupted", version=last.get("version"), seq=last.get("seq"),
+                     champion=pointer.version if pointer else None,
+                     note=f"the {last['event']} logged with seq {last.get('seq')} never reached champion.json "
+                          "(the writer stopped in between); the champion did not change", durable=True)
+
+    def _last_switch_event(self, block: int = 1 << 16) -> dict[str, Any] | None:
+        """The newest promote / rollback / switch_interrupted line, read from the end of the log."""
+        try:
+            f = open(self.events_file, "rb")
+        except FileNotFoundError:
+            return None
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            tail = b""
+            while end > 0:
+                start = max(0, end - block)
+                f.seek(start)
+                tail = f.read(end - start) + tail
+                lines = tail.split(b"\n")
+                complete, tail = (lines, b"") if start == 0 else (lines[1:], lines[0])
+                for line in reversed(complete):
+                    if b'"event"' in line:
+                        with contextlib.suppress(json.JSONDecodeError):
+                            row = json.loads(line)
+                            if row.get("event") in _SWITCH_EVENTS:
+                                return row
+                end = start
+        return None
+
+    def log(self, event: str, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
+        """Append one event line (a single write of one line, so lines never interleave);
+        ``durable``: fsync it before returning (the line survives a crash or power loss)."""
         self.root.mkdir(parents=True, exist_ok=True)
         row = {"time": _now(), "event": event, **fields}
         line = (json.dumps(row, default=str) + "\n").encode("utf-8")
+        created = not self.events_file.exists()
         fd = os.open(self.events_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
+        if durable and created:
+            _fsync_dir(self.root)
         return row
 
     def register(self, run_dir: str | Path, *, parent: str | None = None, note: str = "",
-                 gate: dict[str, Any] | None = None) -> Version:
+                 gate: dict[str, Any] | None = None, force: bool = False) -> Version:
         """Add a finished run as a new version (or return its version if the same
         run with the same weights is already registered). ``gate``: the
-        champion/challenger comparison that admitted it, kept in the record."""
+        champion/challenger comparison that admitted it, kept in the record.
+
+        Raises:
+            RunError: the run did not finish training (unless ``force``; the
+                record's ``training.forced`` then says it was forced).
+        """
         from duet.runs import load_run  # no torch: runs imports only the preprocess spec
 
         run = load_run(run_dir)
         root = run.paths.root.resolve()
+        training = check_finished(root, run.best, force=force)
         weights_sha = _sha256(run.paths.best)
         with self._locked():
             for v in self.versions():
@@ -238,6 +318,7 @@ class Registry:
                 "labels": run.labels,
                 "preprocess": run.preprocess.to_dict(),
                 "metrics": _run_metrics(root, run.best),
+                "training": training,
                 "export_dir": None,
                 "model_json": None,
                 "parent": parent,
@@ -252,21 +333,30 @@ class Registry:
                 except (OSError, json.JSONDecodeError):
                     pass  # an unreadable export is ignored; the run itself is the version
             write_json_atomic(self.versions_dir / f"v{number}.json", record)
-            self.log("register", version=f"v{number}", run=str(root), parent=parent, note=note)
+            forced = {"forced": f"unfinished run: {_progress(training)}"} if training["forced"] else {}
+            self.log("register", version=f"v{number}", run=str(root), parent=parent, note=note, **forced)
         return self.get(f"v{number}")
 
-    def promote(self, ref: str | Path, *, reason: str = "") -> Champion:
-        """Make a version (or a run folder, registered first) the champion."""
-        version = self._resolve_or_register(ref)
+    def promote(self, ref: str | Path, *, reason: str = "", force: bool = False) -> Champion:
+        """Make a version (or a run folder, registered first) the champion.
+
+        Raises:
+            RunError: the run (or the version's run, when it was registered)
+                did not finish training, unless ``force``.
+        """
+        version = self._resolve_or_register(ref, force=force)
+        if version.unfinished and not force:
+            raise RunError(f"{version.version} ({version.run}) was registered before its training finished "
+                           f"({version.unfinished}); promote the finished run instead, or pass --force to "
+                           "promote it anyway")
         with self._locked():
             current = self.champion_pointer()
             if current is not None and current.version == version.version:
                 return current
             history = (*current.history, current.version) if current else ()
-            pointer = self._write_pointer(version.version, current, history, reason or "promoted")
-            self.log("promote", version=version.version, previous=current.version if current else None,
-                     reason=reason, seq=pointer.seq)
-        return pointer
+            forced = {"forced": f"unfinished run: {version.unfinished}"} if version.unfinished else {}
+            return self._switch("promote", version.version, current, history, reason or "promoted",
+                                reason=reason, **forced)
 
     def rollback(self, *, to: str | None = None, reason: str = "") -> Champion:
         """Return to the previous champion (or to an earlier champion ``to``)."""
@@ -283,28 +373,71 @@ class Registry:
             else:
                 target = self.get(to).version
                 if target not in history:
-                    raise RegistryError(f"{target} was never a champion before {current.version} "
-                                        f"(earlier champions: {', '.join(history)}); use `duet registry promote {target}`")
+                    raise RegistryError(f"{target} is not among the champions before {current.version} "
+                                        f"(the last {HISTORY_KEPT} are kept: {', '.join(history)}); "
+                                        f"use `duet registry promote {target}`")
                 while history and history[-1] != target:
                     history.pop()
                 history.pop()
-            pointer = self._write_pointer(target, current, tuple(history), reason or f"rolled back from {current.version}")
-            self.log("rollback", version=target, previous=current.version, reason=reason, seq=pointer.seq)
-        return pointer
+            return self._switch("rollback", target, current, tuple(history),
+                                reason or f"rolled back from {current.version}", reason=reason)
 
-    def _resolve_or_register(self, ref: str | Path) -> Version:
+    def _resolve_or_register(self, ref: str | Path, *, force: bool) -> Version:
         text = str(ref)
         if _VERSION_RE.match(text) or re.match(r"^\d+$", text):
             return self.get(text)
-        existing = self.find_run(ref)
-        return existing if existing is not None else self.register(ref)
+        # register() returns the existing version when these weights are registered
+        # already, and a new one when the run changed since (e.g. it was resumed).
+        return self.register(ref, force=force)
 
-    def _write_pointer(self, version: str, current: Champion | None, history: tuple[str, ...], reason: str) -> Champion:
+    def _switch(self, event: str, version: str, current: Champion | None, history: tuple[str, ...], why: str,
+                **fields: Any) -> Champion:
+        """Log the switch, then move the pointer (call under the lock).
+
+        The order is what makes the log trustworthy: (1) the event line, carrying
+        the new ``seq``, is appended and fsynced; (2) only then is champion.json
+        replaced (temp file, fsync, rename, fsync of the folder). A reader that
+        sees pointer ``seq`` n therefore finds the event with ``seq`` n already
+        in events.jsonl, even after a power loss. A crash between (1) and (2)
+        leaves an event for a switch that did not happen; the next writer notes
+        it (``switch_interrupted``, see ``_recover``) and reuses that ``seq``,
+        so the event of seq n is the last line with that seq.
+        """
         seq = (current.seq if current else 0) + 1
-        doc = {"version": version, "seq": seq, "since": _now(), "reason": reason, "history": list(history)}
+        kept = history[-HISTORY_KEPT:]
+        row = self.log(event, durable=True, version=version, previous=current.version if current else None,
+                       seq=seq, **fields)
+        doc = {"version": version, "seq": seq, "since": row["time"], "reason": why, "history": list(kept)}
         write_json_atomic(self.pointer, doc)
         _fsync_dir(self.root)
-        return Champion(version, seq, doc["since"], reason, history)
+        return Champion(version, seq, doc["since"], why, kept)
+
+
+def check_finished(root: Path, best: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
+    """How far a run's training got, as the version record keeps it.
+
+    A run finished when run.json's ``best.epochs_done`` reached config.yaml's
+    ``epochs`` (``duet train --resume --epochs`` updates both) or it stopped
+    early on patience; the loop writes both after each epoch. Anything else was
+    stopped part-way (killed, crashed, interrupted) and raises :class:`RunError`
+    unless ``force``."""
+    from duet.runs import RunPaths, read_config
+
+    epochs = read_config(RunPaths(root)).get("epochs")
+    done = int(best.get("epochs_done") or 0)
+    stopped_early = bool(best.get("stopped_early"))
+    finished = stopped_early or (isinstance(epochs, int) and done >= epochs)
+    training = {"finished": finished, "epochs_done": done, "epochs": epochs, "stopped_early": stopped_early,
+                "forced": bool(force and not finished)}
+    if not finished and not force:
+        raise RunError(f"run '{root}' did not finish training ({_progress(training)}; it was stopped part-way); "
+                       f"finish it with `duet train --resume {root}`, or use it anyway with "
+                       f"`duet registry promote {root} --force`")
+    return training
+
+
+def _progress(training: dict[str, Any]) -> str:
+    return f"{training.get('epochs_done', 0)} of {training.get('epochs', '?')} epochs done"
 
 
 def _fsync_dir(path: Path) -> None:
