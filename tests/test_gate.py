@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from duet.errors import ConfigError
+from duet.errors import ConfigError, DataError
 from duet.monitor.gate import (
     GateSettings,
     compare_predictions,
@@ -174,3 +174,9 @@ def test_the_report_states_what_the_gate_could_see() -> None:
 def test_bad_gate_settings_are_refused_with_the_value(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"{field}={value}"):
         GateSettings(**{field: value})
+
+
+def test_no_images_to_compare_is_a_data_error() -> None:
+    empty = np.array([], dtype=object)
+    with pytest.raises(DataError, match="nothing to compare them on"):
+        compare_predictions(empty, empty, empty, np.array([], bool), GATE)
