@@ -185,7 +185,8 @@ def test_a_run_killed_mid_training_is_refused_unless_forced(tmp_path: Path) -> N
     # Once registered (forced), the version itself is still refused without --force.
     second = Registry(tmp_path / "registry2")
     second.register(run, force=True)
-    _one_line_error(run_cli("registry", "promote", "v1", "--registry", str(second.root)), 5, "before its training finished")
+    refused = run_cli("registry", "promote", "v1", "--registry", str(second.root))
+    _one_line_error(refused, 5, "before its training finished")
 
 
 def test_a_finished_run_records_that_it_finished(runs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -195,7 +196,8 @@ def test_a_finished_run_records_that_it_finished(runs: tuple[Path, Path], tmp_pa
     assert version.unfinished == ""
 
 
-def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(runs: tuple[Path, Path],
+                                                                         tmp_path: Path) -> None:
     reg = Registry(tmp_path / "registry")
     reg.promote(runs[0])
     # What SIGKILL between mkstemp and os.replace leaves (the names write_json_atomic uses).
