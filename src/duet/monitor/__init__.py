@@ -7,6 +7,8 @@
 - :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
 - :mod:`duet.monitor.check`: a folder of images against a run (``duet drift``).
 - :mod:`duet.monitor.report`: the HTML report.
+- :mod:`duet.monitor.gate`: the champion/challenger gate of ``duet retrain``
+  (``compare_predictions``, ``min_detectable_drop``).
 
 What a server needs imports without torch::
 
