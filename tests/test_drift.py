@@ -21,42 +21,12 @@ from PIL import Image, ImageFilter
 
 from helpers import run_cli
 
+from duet.bench.monitor import digits_champion  # the recipe `duet bench monitor` measures; test_retrain imports it from here
 from duet.monitor.check import observe_files
 from duet.monitor.drift import DriftMonitor, Observations, compare, false_alarm_rate
 from duet.monitor.profile import ARRAYS_FILE, JSON_FILE, ReferenceProfile, load_profile
 
-TRAIN_IMAGES = 500
 WINDOW = 200  # images per "current" sample in these tests
-CHAMPION_ARGS = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "32", "--workers", "0",
-                 "--epochs", "6", "--lr", "0.005", "--val-split", "0.3", "--test-split", "0", "--no-hflip", "--quiet"]
-# --test-split 0: the ~150 held-out images stay one validation split (the reference
-# profile), and test_retrain's gate grades on ~15 of the champion's own per class.
-
-
-def digits_champion(base: Path) -> tuple[Path, Path]:
-    """``(run folder, pool folder)``: the champion trained on 500 random digits and
-    profiled, and the 1,297 digits it never saw (class sub-folders). Built once per
-    session under ``base`` and reused (test_retrain imports this function)."""
-    run, pool, done = base / "runs" / "champ", base / "pool", base / "ready"
-    if done.is_file():
-        return run, pool
-    from duet.data.digits import write_digits
-
-    shutil.rmtree(base, ignore_errors=True)
-    write_digits(base / "all", size=16, progress=False)
-    files = sorted((base / "all").rglob("*.png"))
-    order = np.random.default_rng(0).permutation(len(files))
-    for rank, i in enumerate(order):
-        f = files[i]
-        dest = base / ("train" if rank < TRAIN_IMAGES else "pool") / f.parent.name / f.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        f.rename(dest)
-    proc = run_cli("train", str(base / "train"), *CHAMPION_ARGS, "--out", str(base / "runs"), "--name", "champ")
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("profile", str(run), "--workers", "0", "--quiet", "--json")
-    assert proc.returncode == 0, proc.stderr
-    done.write_text("ok")
-    return run, pool
 
 
 def corrupt(paths: list[Path], out: Path, kind: str) -> list[Path]:

@@ -1,4 +1,5 @@
-"""`duet bench data|train|sample-data`: the measurements behind docs/benchmarks.md."""
+"""`duet bench data|train|sample-data|monitor`: the measurements behind docs/benchmarks.md
+and docs/monitoring.md."""
 
 from __future__ import annotations
 
@@ -95,8 +96,46 @@ def sample_data_cmd(
     print(f"{info['images']} images in {info['classes']} class folders at {info['dir']} ({info['written']} written)")
 
 
+@bench_app.command("monitor")
+def bench_monitor_cmd(
+    run: Optional[Path] = typer.Option(None, "--run", help="A run to measure (with --pool). [default: train the "
+                                       "digits champion under --work, once]"),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Labelled images the run never saw (class sub-folders)."),
+    work: Path = typer.Option(Path("duet-bench-monitor"), "--work", help="Where the champion and shifted images go."),
+    windows: str = typer.Option("30,100,300", help="Window sizes, comma-separated."),
+    trials: int = typer.Option(100, help="Windows drawn per scenario and window size."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Observe at most N pool images (seeded sample)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("bench-monitor.json"), "--out", help="The JSON result (the tables go beside it as .md)."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Drift detection and label-free accuracy estimates on shifted images, against true labels."""
+    from duet.atomic import write_json_atomic, write_text_atomic
+    from duet.bench.monitor import bench_monitor, markdown
+    from duet.errors import ConfigError
+
+    try:
+        sizes = [int(w) for w in windows.split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(f"`--windows` must be comma-separated integers, e.g. 30,100,300. Received: {windows!r}") from None
+    log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
+    result = bench_monitor(run, pool, work_dir=work, windows=sizes, trials=trials,
+                           max_images=max_images, seed=seed, device=device, log=log)
+    command = "duet bench monitor " + " ".join(sys.argv[3:])
+    result["command"] = command
+    md = markdown(result)
+    write_json_atomic(out, result)
+    write_text_atomic(out.with_suffix(".md"), md + f"\n\ncommand: {command}\n"
+                      + "machine: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items()) + "\n")
+    _emit(result, as_json, md, command)
+    if not as_json:
+        print(f"written: {out} and {out.with_suffix('.md')}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `duet bench data|train|sample-data`, joining a `bench` group another
+    """Add `duet bench data|train|sample-data|monitor`, joining a `bench` group another
     stage module (serve) may have registered already."""
     for info in app.registered_groups:
         if info.name == "bench" and info.typer_instance is not None:
