@@ -15,12 +15,14 @@
 3. **Compare** champion and challenger on the same held-out images: the merged
    test split if there is one, else the merged validation split (the
    champion's own held-out images plus the new ones).
-4. **Gate.** Promote only if the challenger's overall accuracy is at least the
-   champion's (minus ``tolerance``, 0 by default) and no class's recall drops
-   by more than ``class_margin`` (5 points) with a significant McNemar test
-   (5%, Bonferroni over classes), checked on the whole held-out set and on the
-   champion's own held-out images (so a batch of wrongly labelled new data
-   cannot buy its way in by being graded on its own labels).
+4. **Gate** (:mod:`duet.monitor.gate`). Promote only if the challenger's
+   overall accuracy is at least the champion's (minus ``tolerance``, 0 by
+   default), it is not significantly worse (exact one-sided McNemar, 5%) by
+   more than ``drop_margin`` (2 points) on the champion's own held-out images
+   (so a batch of wrongly labelled new data cannot buy its way in by being
+   graded on its own labels), and no class's recall drops significantly by
+   more than ``class_margin`` (5 points) where a class has enough images to
+   test. Each test reports its minimum detectable drop.
 5. **Report** ``<challenger>/retrain/comparison.{json,md}`` either way; with a
    registry, register and promote the challenger when it passes, and log the
    decision in ``registry/events.jsonl`` either way.
@@ -37,6 +39,7 @@ import os
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -44,42 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats as sstats
 
 from duet.atomic import write_json_atomic, write_text_atomic
-from duet.errors import ConfigError, DataError
+from duet.errors import DataError
+from duet.monitor.gate import Comparison, GateSettings, compare_predictions, markdown
 from duet.registry import Registry, RegistryError
 
 Log = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """When a challenger may replace the champion.
-
-    tolerance: the challenger's overall accuracy may be at most this far below
-        the champion's (0 = at least as good).
-    class_margin: the largest allowed drop of one class's recall (0.05 = 5 points).
-    significance: a drop beyond the margin counts only when it is also
-        significant: an exact one-sided McNemar test on that class's images at
-        this level, Bonferroni-corrected over the classes. On a held-out class of
-        20 images a two-image swing is noise, not a regression.
-    """
-
-    tolerance: float = 0.0
-    class_margin: float = 0.05
-    significance: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.tolerance < 1:
-            raise ConfigError(f"`tolerance` must be in [0, 1). Received: tolerance={self.tolerance!r}")
-        if not 0 <= self.class_margin < 1:
-            raise ConfigError(f"`class_margin` must be in [0, 1), e.g. 0.05. Received: class_margin={self.class_margin!r}")
-        if not 0 < self.significance < 1:
-            raise ConfigError(f"`significance` must be in (0, 1), e.g. 0.05. Received: significance={self.significance!r}")
 
 
 # --------------------------------------------------------------------------- merge
@@ -120,6 +94,12 @@ def new_labelled_rows(run_dir: Path, data_dir: Path, *, progress: bool) -> tuple
     from duet.data.scan import scan
 
     manifest = scan(data_dir, progress=progress)
+    fresh, same, conflicts = fresh_rows(run_dir, manifest)
+    return fresh, manifest, same, conflicts
+
+
+def fresh_rows(run_dir: Path, manifest: Any) -> tuple[list[Any], int, list[dict[str, str]]]:
+    """Usable rows of a scanned ``manifest`` the run has not seen: ``(rows, already known, conflicts)``."""
     known = known_hashes(run_dir)
     fresh, same, conflicts = [], 0, []
     for row in manifest.usable():
@@ -129,7 +109,7 @@ def new_labelled_rows(run_dir: Path, data_dir: Path, *, progress: bool) -> tuple
             same += 1
         else:
             conflicts.append({"path": row.path, "label": row.label, "known_as": known[row.sha256]})
-    return fresh, manifest, same, conflicts
+    return fresh, same, conflicts
 
 
 def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool = True) -> MergeSummary:
@@ -184,86 +164,6 @@ def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool
 # --------------------------------------------------------------------------- comparison and gate
 
 
-@dataclass
-class Comparison:
-    """Both models on the same held-out images, and the gate's decision."""
-
-    split: str
-    images: int
-    old_images: int
-    champion: dict[str, Any]
-    challenger: dict[str, Any]
-    per_class: list[dict[str, Any]]
-    per_class_old: list[dict[str, Any]]
-    promote: bool
-    reasons: list[str]
-    gate: dict[str, float]
-
-
-def _scores(pred: np.ndarray, true: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    correct = pred == true
-    per_class = {}
-    for label in labels:
-        mask = true == label
-        if mask.any():
-            per_class[label] = {"support": int(mask.sum()), "correct": int(correct[mask].sum()),
-                                "recall": float(correct[mask].mean()), "right": correct[mask].tolist()}
-    return {"accuracy": float(correct.mean()) if len(true) else None, "images": int(len(true)), "per_class": per_class}
-
-
-def mcnemar_worse(champion_right: np.ndarray, challenger_right: np.ndarray) -> float:
-    """One-sided exact McNemar p-value that the challenger is worse on these
-    images: of the images exactly one model gets right, how surprising is it
-    that the champion has this many, if both were equally good."""
-    b = int(np.sum(champion_right & ~challenger_right))
-    c = int(np.sum(~champion_right & challenger_right))
-    if b + c == 0:
-        return 1.0
-    return float(sstats.binomtest(b, b + c, 0.5, alternative="greater").pvalue)
-
-
-def _class_rows(champ: dict[str, Any], chall: dict[str, Any], margin: float, significance: float) -> list[dict[str, Any]]:
-    rows = []
-    level = significance / max(len(champ["per_class"]), 1)  # Bonferroni over the classes
-    for label, c in champ["per_class"].items():
-        d = chall["per_class"][label]
-        drop = c["recall"] - d["recall"]
-        p = mcnemar_worse(np.array(c["right"]), np.array(d["right"]))
-        rows.append({"label": label, "support": c["support"], "champion_recall": c["recall"],
-                     "challenger_recall": d["recall"], "change": -drop, "p_value": p,
-                     "regressed": bool(drop > margin + 1e-12 and p < level),
-                     "champion_correct": c["correct"], "challenger_correct": d["correct"]})
-    return rows
-
-
-def decide(champ: dict[str, Any], chall: dict[str, Any], champ_old: dict[str, Any], chall_old: dict[str, Any],
-           gate: GateSettings) -> tuple[bool, list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The gate: ``(promote, reasons, per-class rows, per-class rows on the champion's held-out images)``."""
-    reasons = []
-    a, b = champ["accuracy"], chall["accuracy"]
-    overall_ok = b >= a - gate.tolerance - 1e-12
-    reasons.append(
-        f"overall accuracy {b:.1%} vs champion {a:.1%} ({100 * (b - a):+.1f} points) on {champ['images']} "
-        f"held-out images: {'at least as good' if overall_ok else 'worse'}"
-        + (f" (tolerance {gate.tolerance:.1%})" if gate.tolerance else "")
-    )
-    rows = _class_rows(champ, chall, gate.class_margin, gate.significance)
-    rows_old = _class_rows(champ_old, chall_old, gate.class_margin, gate.significance) if champ_old["images"] else []
-    regressions = [(r, "held-out images") for r in rows if r["regressed"]]
-    regressions += [(r, "the champion's own held-out images") for r in rows_old if r["regressed"]]
-    for r, where in regressions:
-        reasons.append(
-            f"class '{r['label']}' regressed on {where}: recall {r['challenger_recall']:.0%} vs "
-            f"{r['champion_recall']:.0%} ({r['challenger_correct']}/{r['support']} vs "
-            f"{r['champion_correct']}/{r['support']}; McNemar p = {r['p_value']:.2g}), more than the "
-            f"{gate.class_margin:.0%} margin"
-        )
-    if not regressions:
-        reasons.append(f"no class recall dropped significantly by more than {gate.class_margin:.0%} "
-                       f"({len(rows)} classes; {len(rows_old)} on the champion's own held-out images)")
-    return overall_ok and not regressions, reasons, rows, rows_old
-
-
 def compare_runs(
     champion_run: Path,
     challenger_run: Path,
@@ -275,8 +175,9 @@ def compare_runs(
     progress: bool = True,
 ) -> Comparison:
     """Evaluate both runs on the challenger's held-out split (test if any, else val)
-    and apply the gate. Labels are compared by name, so a challenger with a
-    new class is graded fairly (the champion simply never predicts it)."""
+    and apply the gate (:func:`duet.monitor.gate.compare_predictions`). Labels are
+    compared by name, so a challenger with a new class is graded fairly (the
+    champion simply never predicts it)."""
     from duet.data.loaders import Sample
     from duet.data.scan import read_manifest
     from duet.inference import load_model, predict_samples
@@ -306,45 +207,11 @@ def compare_runs(
     keep = ~failed
     true = np.array([r.label for r in rows], dtype=object)[keep]
     is_old = np.array([r.sha256 in old_hashes for r in rows])[keep]
-    champ_pred, chall_pred = predicted[0][keep], predicted[1][keep]
-    labels = sorted(set(true))
-    champ, chall = _scores(champ_pred, true, labels), _scores(chall_pred, true, labels)
-    champ_old = _scores(champ_pred[is_old], true[is_old], labels)
-    chall_old = _scores(chall_pred[is_old], true[is_old], labels)
-    promote, reasons, class_rows, class_rows_old = decide(champ, chall, champ_old, chall_old, gate)
-    for d, old in ((champ, champ_old), (chall, chall_old)):
-        d["accuracy_on_champion_held_out"] = old["accuracy"]
-        for per in (d["per_class"], old["per_class"]):
-            for row in per.values():
-                row.pop("right")  # per-image detail: used by the gate, too bulky for the report
-    return Comparison(split, int(keep.sum()), int(is_old.sum()), champ, chall, class_rows, class_rows_old,
-                      promote, reasons, asdict(gate))
+    return compare_predictions(true, predicted[0][keep], predicted[1][keep], is_old, gate, split=split)
 
 
 def _markdown(c: Comparison, *, champion: Path, challenger: Path, merge: MergeSummary, decision: str) -> str:
-    lines = [f"# Champion vs challenger: {decision}", "",
-             "| | champion | challenger |", "|---|---|---|",
-             f"| run | `{champion}` | `{challenger}` |",
-             f"| accuracy, {c.images} held-out images ({c.split}) | {c.champion['accuracy']:.2%} | "
-             f"{c.challenger['accuracy']:.2%} |"]
-    if c.old_images:
-        lines.append(f"| accuracy, the champion's {c.old_images} held-out images | "
-                     f"{c.champion['accuracy_on_champion_held_out']:.2%} | "
-                     f"{c.challenger['accuracy_on_champion_held_out']:.2%} |")
-    lines += ["", "## Gate", "", f"Settings: tolerance {c.gate['tolerance']:.1%}, class margin "
-              f"{c.gate['class_margin']:.0%} (counted when a one-sided McNemar test is significant at "
-              f"{c.gate['significance']:.0%}, Bonferroni over classes).", ""]
-    lines += [f"- {r}" for r in c.reasons]
-    for title, rows in (("Per class, all held-out images", c.per_class),
-                        ("Per class, the champion's own held-out images", c.per_class_old)):
-        if not rows:
-            continue
-        lines += ["", f"## {title}", "",
-                  "| class | images | champion recall | challenger recall | change | McNemar p | regressed |",
-                  "|---|--:|--:|--:|--:|--:|---|"]
-        lines += [f"| {r['label']} | {r['support']} | {r['champion_recall']:.1%} | {r['challenger_recall']:.1%} | "
-                  f"{100 * r['change']:+.1f} | {r['p_value']:.2g} | {'**yes**' if r['regressed'] else 'no'} |"
-                  for r in rows]
+    lines = markdown(c, champion=champion, challenger=challenger, decision=decision)
     lines += ["", "## Data", "",
               f"- merged folder: `{merge.data_dir}`",
               f"- {merge.old_images} images from the champion's data (each on its recorded side of the split)",
@@ -385,6 +252,8 @@ class RetrainResult:
                            "accuracy": c.challenger["accuracy"],
                            "accuracy_on_champion_held_out": c.challenger["accuracy_on_champion_held_out"]},
             "held_out": {"split": c.split, "images": c.images, "champion_held_out_images": c.old_images},
+            "drop_test": {k: c.drop_test.get(k) for k in ("where", "images", "losses", "gains", "drop", "p_value",
+                                                          "margin", "refused", "min_detectable_drop", "power")},
             "data": {"merged": str(self.merge.data_dir), "old_images": self.merge.old_images,
                      "new_images": self.merge.new_images, "new_per_split": self.merge.new_per_split,
                      "already_known": self.merge.already_known, "conflicts": len(self.merge.conflicts),
@@ -500,7 +369,9 @@ def retrain(
         if not blocked:
             gate_record = {"champion": champion_version, "split": comparison.split, "images": comparison.images,
                            "champion_accuracy": comparison.champion["accuracy"],
-                           "challenger_accuracy": comparison.challenger["accuracy"], "reasons": comparison.reasons}
+                           "challenger_accuracy": comparison.challenger["accuracy"],
+                           "min_detectable_drop": comparison.drop_test.get("min_detectable_drop"),
+                           "reasons": comparison.reasons}
             version = registry.register(challenger_dir, parent=champion_version, note="challenger; passed the gate",
                                         gate=gate_record)
             registry.promote(version.version, reason="; ".join(comparison.reasons))
@@ -566,6 +437,9 @@ class WatchDecision:
     drift_sentence: str
     action: str  # "none" | "wait_for_labels" | "retrain"
     new_data: str = ""  # fingerprint of the new images (sha256 over their sorted hashes)
+    # no_data_folder | no_labelled_images | no_new_images | already_tried | no_live_images
+    # | insufficient | no_drift | drift
+    state: str = ""
     promoted: bool | None = None
     challenger: str | None = None
     reasons: list[str] = field(default_factory=list)
@@ -597,7 +471,11 @@ def watch(
     images of ``live_dir`` (unlabelled recent traffic) or, without it, those
     new labelled images. Drift and at least ``min_new`` new labelled images ->
     ``retrain``; drift without them -> a request for labels; no drift ->
-    nothing. Every decision is logged and appended to ``registry/events.jsonl``.
+    nothing. A ``data_dir`` (or ``live_dir``) that does not exist yet or holds
+    no images is waited for, not an error. Every decision is logged and
+    appended to ``registry/events.jsonl``, except that a waiting state in which
+    nothing was checked (no folder, no labels, nothing new) is announced once
+    when the loop enters it, not at every tick.
 
     Args:
         iterations: stop after this many (None: run until interrupted).
@@ -605,7 +483,17 @@ def watch(
     """
     from duet.monitor.check import drift_check
 
-    decisions: list[WatchDecision] = []
+    def check(run: Path, source: Path) -> Any:
+        return drift_check(run, source, settings=drift_settings, device=device, workers=workers, progress=progress,
+                           log=log)
+
+    def retrain_champion(run: Path) -> RetrainResult:
+        return retrain(run, Path(data_dir), registry=registry, out=out, epochs=epochs, gate=gate,
+                       device=device if device != "auto" else None, workers=workers, progress=progress, log=log)
+
+    # Unbounded, the loop keeps only its last 1000 decisions (the events keep every announced one).
+    decisions: deque[WatchDecision] = deque(maxlen=None if iterations is not None else 1000)
+    said: tuple[str, str, str] | None = None
     i = 0
     while iterations is None or i < iterations:
         i += 1
@@ -613,53 +501,116 @@ def watch(
         if champion is None:
             raise RegistryError(f"registry '{registry.root}' has no champion to watch; "
                                 "`duet registry promote RUN` first")
-        fresh, manifest, _, _ = new_labelled_rows(champion.run, Path(data_dir), progress=progress)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        fingerprint = hashlib.sha256("".join(sorted(r.sha256 for r in fresh)).encode()).hexdigest()[:16]
-        d = WatchDecision(i, now, champion.version, len(fresh), None, "", "none", fingerprint if fresh else "")
-        tried = fresh and any(e.get("event") == "watch" and e.get("action") == "retrain" and
-                              e.get("champion") == champion.version and e.get("new_data") == fingerprint
-                              for e in registry.events())
-        source: Path | None = None
-        if tried:
-            d.sentence = (f"{champion.version}: these {len(fresh)} new images were already tried and the challenger "
-                          "was refused; waiting for more labelled data")
-        elif live_dir is not None:
-            source = Path(live_dir)
-        elif fresh:
-            source = _fresh_folder(fresh, manifest.data_dir,
-                                   registry.root / "watch" / f"{champion.version}-{i}-{int(time.time())}")
-        if source is None:
-            d.sentence = d.sentence or f"{champion.version}: no new images in {data_dir}; nothing to do"
-        else:
-            check = drift_check(champion.run, source, settings=drift_settings, device=device, workers=workers,
-                                progress=progress, log=log)
-            d.drift, d.drift_sentence = check.result.drift, check.result.sentence
-            if not check.result.drift:
-                d.sentence = f"{champion.version}: no drift ({check.result.sentence}); nothing to do"
-            elif len(fresh) < min_new:
-                d.action = "wait_for_labels"
-                d.sentence = (f"{champion.version}: drift detected but only {len(fresh)} new labelled images "
-                              f"(need {min_new}); label recent images into {data_dir}")
-            else:
-                d.action = "retrain"
-                result = retrain(champion.run, Path(data_dir), registry=registry, out=out, epochs=epochs, gate=gate,
-                                 device=device if device != "auto" else None, workers=workers,
-                                 progress=progress, log=log)
-                d.promoted, d.challenger, d.reasons = result.promoted, str(result.challenger_run), result.comparison.reasons
-                d.sentence = (f"{champion.version}: drift and {len(fresh)} new labelled images -> retrained "
-                              f"{result.challenger_run.name}: "
-                              + (f"promoted as {result.challenger_version}" if result.promoted else "kept the champion"))
-        registry.log("watch", **asdict(d))
-        log(d.sentence)
+        d = _watch_once(i, champion, Path(data_dir), None if live_dir is None else Path(live_dir), registry,
+                        min_new=min_new, check=check, retrain_champion=retrain_champion, progress=progress)
+        state = (d.state, d.champion, d.new_data)
+        if d.state not in _SAID_ONCE or state != said:
+            registry.log("watch", **asdict(d))
+            log(d.sentence)
+        said = state
         decisions.append(d)
         if iterations is None or i < iterations:
             sleep(interval)
-    return decisions
+    return list(decisions)
+
+
+# States in which nothing was checked: announced (logged, and written to the
+# events) when the loop enters them, not again at every tick while it waits.
+_SAID_ONCE = frozenset({"no_data_folder", "no_labelled_images", "no_new_images", "already_tried",
+                        "no_live_images"})
+
+
+def _labelled(data_dir: Path, progress: bool) -> tuple[Any, str]:
+    """``(scan of data_dir, "")``, or ``(None, why there is nothing to scan yet)``:
+    a folder that does not exist yet or holds no labelled image is something to
+    wait for, not an error (a path that is a file still is one)."""
+    from duet.data.scan import scan
+
+    if not data_dir.exists():
+        return None, "no_data_folder"
+    try:
+        return scan(data_dir, progress=progress), ""
+    except DataError:
+        if not data_dir.is_dir():
+            raise
+        return None, "no_labelled_images"  # the one error scan has left for an existing folder
+
+
+def _has_images(folder: Path) -> bool:
+    from duet.monitor.check import list_images
+
+    try:
+        list_images(folder)
+    except DataError:
+        return False
+    return True
+
+
+def _watch_once(i: int, champion: Any, data_dir: Path, live_dir: Path | None, registry: Registry, *, min_new: int,
+                check: Callable[[Path, Path], Any], retrain_champion: Callable[[Path], RetrainResult],
+                progress: bool) -> WatchDecision:
+    """One iteration of ``watch``: look, decide, act (retrain at most once)."""
+    v = champion.version
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    d = WatchDecision(i, now, v, 0, None, "", "none")
+    manifest, waiting = _labelled(data_dir, progress)
+    fresh = fresh_rows(champion.run, manifest)[0] if manifest is not None else []
+    d.new_images = len(fresh)
+    d.new_data = hashlib.sha256("".join(sorted(r.sha256 for r in fresh)).encode()).hexdigest()[:16] if fresh else ""
+    tried = fresh and any(e.get("event") == "watch" and e.get("action") == "retrain" and e.get("champion") == v
+                          and e.get("new_data") == d.new_data for e in registry.events())
+    source: Path | None = None
+    if tried:
+        d.state = "already_tried"
+        d.sentence = (f"{v}: these {len(fresh)} new images were already tried and the challenger was refused; "
+                      "waiting for more labelled data")
+    elif live_dir is not None:
+        source = live_dir if _has_images(live_dir) else None
+        d.state = "" if source is not None else "no_live_images"
+    elif fresh:
+        source = _fresh_folder(fresh, manifest.data_dir, registry.root / "watch" / f"{v}-{d.new_data}")
+    if source is None:
+        d.state = d.state or waiting or "no_new_images"
+        d.action = "wait_for_labels" if waiting else d.action
+        d.sentence = d.sentence or _idle_sentence(v, d.state, data_dir, live_dir)
+        return d
+    result = check(champion.run, source)
+    d.drift, d.drift_sentence = result.result.drift, result.result.sentence
+    if d.drift is None:  # too few images to judge
+        d.state = "insufficient"
+        d.sentence = f"{v}: {d.drift_sentence}; waiting for more images in {live_dir or data_dir}"
+    elif not d.drift:
+        d.state = "no_drift"
+        d.sentence = f"{v}: no drift ({d.drift_sentence}); nothing to do"
+    elif len(fresh) < min_new:
+        d.state, d.action = "drift", "wait_for_labels"
+        d.sentence = (f"{v}: drift detected but only {len(fresh)} new labelled images (need {min_new}); "
+                      f"label recent images into {data_dir}")
+    else:
+        d.state, d.action = "drift", "retrain"
+        done = retrain_champion(champion.run)
+        d.promoted, d.challenger, d.reasons = done.promoted, str(done.challenger_run), done.comparison.reasons
+        d.sentence = (f"{v}: drift and {len(fresh)} new labelled images -> retrained {done.challenger_run.name}: "
+                      + (f"promoted as {done.challenger_version}" if done.promoted else "kept the champion"))
+    return d
+
+
+def _idle_sentence(version: str, state: str, data_dir: Path, live_dir: Path | None) -> str:
+    if state == "no_data_folder":
+        return (f"{version}: '{data_dir}' does not exist yet; waiting for labelled images there "
+                "(one sub-folder per class)")
+    if state == "no_labelled_images":
+        return f"{version}: no labelled images in '{data_dir}' yet (one sub-folder per class); waiting for labels"
+    if state == "no_live_images":
+        return f"{version}: no images in '{live_dir}' yet (missing or empty); waiting for recent traffic"
+    return f"{version}: no new images in {data_dir}; nothing to do"
 
 
 def _fresh_folder(rows: list[Any], data_dir: Path, root: Path) -> Path:
-    """A folder of links to just the new images (drift is tested on them, not on all of data_dir)."""
+    """A folder of links to just the new images (drift is tested on them, not on all
+    of data_dir); named by their fingerprint, so the same images reuse one folder."""
     for r in rows:
-        _link(data_dir / r.path, root / r.label / f"{r.sha256[:20]}{Path(r.path).suffix.lower()}")
+        dest = root / r.label / f"{r.sha256[:20]}{Path(r.path).suffix.lower()}"
+        if not dest.exists():
+            _link(data_dir / r.path, dest)
     return root
