@@ -108,7 +108,7 @@ class Version:
     @property
     def unfinished(self) -> str:
         """"" for a run that finished training (and for records older than this
-        field), else what is missing, e.g. "2 of 30 epochs"."""
+        field), else how far it got, e.g. "2 of 30 epochs done"."""
         training = self.record.get("training") or {}
         return "" if training.get("finished", True) else _progress(training)
 
