@@ -96,7 +96,7 @@ def test_clean_held_out_digits_raise_no_drift(pool: tuple[Observations, list[Pat
     """200 unseen, unchanged digits vs the ~150-image reference."""
     result = compare(profile, pool[0].take(window_paths))
     assert not result.drift, result.sentence
-    assert len(result.ran()) == 4
+    assert len(result.ran()) == 5 and result.status == "no_drift"
     assert result.sentence.startswith("No drift")
 
 
@@ -151,7 +151,8 @@ def test_drift_command_prints_a_verdict_and_writes_an_html_report(champion: tupl
     assert bad.returncode == 1, bad.stderr  # --fail-on-drift: status 1 when drift is found
     verdict = json.loads(bad.stdout)
     assert verdict["drift"] is True and verdict["images"] == 100
-    assert {d["detector"] for d in verdict["detectors"]} == {"embedding", "predicted_class", "confidence", "image_stats"}
+    assert {d["detector"] for d in verdict["detectors"]} == {"embedding", "predicted_class", "confidence", "image_stats",
+                                                          "outlier_rate"}
     page = Path(verdict["report"]["html"]).read_text()
     for section in ("Detectors", "Embeddings", "Per-class shift", "Confidence", "Image statistics",
                     "Most atypical images"):
@@ -162,6 +163,28 @@ def test_drift_command_prints_a_verdict_and_writes_an_html_report(champion: tupl
     for a in report["most_atypical"]:  # captioned by class folder and name, relative to the data folder
         assert a["file"] == Path(a["path"]).relative_to(rotated.resolve()).as_posix() and a["file"].count("/") == 1
         assert f">{a['file']}</span>" in page
+
+
+def test_too_few_images_is_its_own_verdict_and_fails_a_drift_gate(champion: tuple[Path, Path],
+                                                                  pool: tuple[Observations, list[Path]],
+                                                                  window_paths: np.ndarray, tmp_path: Path) -> None:
+    """20 strongly shifted images (fewer than the 30 a detector needs): not a green 'no drift' but
+    "insufficient", drift null, amber in the report, and --fail-on-drift fails unless told otherwise."""
+    few = corrupt([pool[1][i] for i in window_paths[:20]], tmp_path, "inverted")[0].parents[1]
+    gate = run_cli("drift", str(champion[0]), "--data", str(few), "--workers", "0", "--json", "--fail-on-drift",
+                   "--quiet")
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert "too few to decide" in gate.stderr and "--allow-insufficient" in gate.stderr
+    verdict = json.loads(gate.stdout)
+    assert verdict["status"] == "insufficient" and verdict["drift"] is None and verdict["images"] == 20
+    assert all(d["skipped"] for d in verdict["detectors"])
+    page = Path(verdict["report"]["html"]).read_text()
+    assert "class='verdict insufficient'" in page and "NOT ENOUGH DATA" in page and "NO DRIFT" not in page
+
+    allowed = run_cli("drift", str(champion[0]), "--data", str(few), "--workers", "0", "--fail-on-drift",
+                      "--allow-insufficient", "--quiet")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "NOT ENOUGH DATA" in allowed.stdout and "NO DRIFT" not in allowed.stdout
 
 
 def test_atypical_images_are_named_relative_to_the_data_folder(tmp_path: Path) -> None:
@@ -224,7 +247,7 @@ def test_monitor_window_is_bounded_thread_safe_and_turns_to_drift(profile: Refer
     monitor.add(classes=obs.classes[:WINDOW], confidences=obs.confidences[:WINDOW], embeddings=shifted[:WINDOW])
     alarm = monitor.compute()
     assert alarm.drift and alarm.detector("embedding").drift, alarm.sentence
-    assert set(alarm.scores()) == {"embedding", "predicted_class", "confidence", "image_stats"}
+    assert set(alarm.scores()) == {"embedding", "predicted_class", "confidence", "image_stats", "outlier_rate"}
     json.dumps(alarm.to_dict())  # what GET /v1/monitor returns
 
 

@@ -76,6 +76,7 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
 
     from duet.data import augment
     from duet.inference import load_model
+    from duet.monitor.embed import FeatureExtractor
     from duet.runs import load_run
 
     graph = onnx.load(str(export_dir / "model.onnx")).graph
@@ -93,9 +94,17 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
         with torch.no_grad():
             expected = torch.softmax(model(augment.eval_batch(squares, info.preprocess)), 1).numpy()
         pixels = augment.centre_crop(squares, info.preprocess).contiguous().numpy()
-        logits, probs = session.run(None, {"pixels": pixels})
+        logits, probs, features = session.run(None, {"pixels": pixels})
         assert probs.shape == (n, 3) and logits.shape == (n, 3)
         np.testing.assert_allclose(probs, expected, atol=1e-5)
+        # The third output is the penultimate layer drift monitoring reads: the profile's features.
+        with torch.no_grad():
+            want, _ = FeatureExtractor(model)(augment.eval_batch(squares, info.preprocess))
+        np.testing.assert_allclose(features, want.numpy(), rtol=1e-4, atol=1e-4)
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "features"]
+    manifest = json.loads((export_dir / "model.json").read_text())
+    assert manifest["onnx"]["features"] == {"name": "features", "width": features.shape[1]}
+    assert [o["name"] for o in manifest["outputs"]] == ["logits", "probabilities"]  # the public signature
 
 
 def test_existing_export_is_kept_unless_forced(run: Path, export_dir: Path) -> None:

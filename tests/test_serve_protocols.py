@@ -283,16 +283,27 @@ def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
     """The model folder carries the run's reference profile; the server keeps a window of
     recent requests and answers GET /v1/monitor with the verdict (and metrics)."""
     files = val_files(run)[:12]
-    r = httpx.post(f"{server.url}/v1/predict", files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files])
+    r = httpx.post(f"{server.url}/v1/predict", params={"outliers": "true"},
+                   files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files])
     assert r.status_code == 200, r.text
+    for prediction in r.json()["predictions"]:  # opt-in per-image outlier fields
+        o = prediction["outlier"]
+        assert set(o) == {"score", "p_value", "flagged"} and 0 < o["p_value"] <= 1 and isinstance(o["flagged"], bool)
+    assert "outlier" not in httpx.post(f"{server.url}/v1/predict", content=files[0][0].read_bytes(),
+                                       headers={"Content-Type": "image/png"}).json()["predictions"][0]
     verdict = httpx.get(f"{server.url}/v1/monitor").json()
-    assert isinstance(verdict["drift"], bool) and verdict["n_current"] >= 10, verdict
+    assert verdict["status"] in ("drift", "no_drift") and isinstance(verdict["drift"], bool), verdict
+    assert verdict["n_current"] >= 10, verdict
     detectors = {d["detector"]: d for d in verdict["detectors"]}
-    assert {"predicted_class", "confidence", "image_stats"} <= set(detectors)
-    assert detectors["embedding"]["skipped"]  # the ONNX graph has no embedding output
+    # Every detector runs: the graph's features output feeds the embedding and outlier detectors.
+    assert set(detectors) == {"embedding", "predicted_class", "confidence", "image_stats", "outlier_rate"}
+    assert not any(d["skipped"] for d in detectors.values()), detectors
     text = httpx.get(f"{server.url}/metrics").text
     assert metric_value(text, "duet_drift_window_images") == verdict["n_current"]
     assert metric_value(text, "duet_drift_evaluations_total") >= 1
+    assert metric_value(text, "duet_drift_score", detector="embedding") == pytest.approx(detectors["embedding"]["statistic"])
+    assert metric_value(text, "duet_drift_outlier_rate") == pytest.approx(detectors["outlier_rate"]["statistic"])
+    assert metric_value(text, "duet_drift_insufficient") == 0
 
 
 def test_alert_rules_use_metrics_the_server_exports(server: Server) -> None:

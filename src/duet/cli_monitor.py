@@ -37,14 +37,19 @@ def _drift_settings(alpha: float, embedding_test: str, permutations: int, min_im
     return DriftSettings(alpha=alpha, embedding_test=embedding_test, permutations=permutations, min_images=min_images)
 
 
+VERDICT_STYLE = {"drift": ("red", "DRIFT"), "no_drift": ("green", "NO DRIFT"), "insufficient": ("yellow", "NOT ENOUGH DATA")}
+
+
 def _print_verdict(result: Any) -> None:
-    colour = "red" if result.drift else "green"
-    out.print(f"[bold {colour}]{'DRIFT' if result.drift else 'NO DRIFT'}[/] {result.sentence}", highlight=False)
+    colour, word = VERDICT_STYLE[result.status]
+    out.print(f"[bold {colour}]{word}[/] {result.sentence}", highlight=False)
     t = Table(show_header=True, box=None, pad_edge=False)
     for col in ("detector", "statistic", "p-value", "threshold", "drift", "finding"):
         t.add_column(col, overflow="fold")
     for d in result.detectors:
         stat = "–" if d.statistic is None else f"{d.statistic_name} {d.statistic:.4g}"
+        if d.statistic_name == "MMD²" and d.statistic is not None and d.statistic < 0:
+            stat = "MMD² ≈ 0"  # the unbiased estimate dips below 0 on alike samples; --json keeps it raw
         flag = "skipped" if d.skipped else ("[bold red]yes[/]" if d.drift else "no")
         t.add_row(d.detector, stat, _p(d.p_value), "–" if d.threshold is None else f"{d.threshold:.4g}", flag,
                   d.sentence)
@@ -66,16 +71,19 @@ def drift_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: Optional[int] = typer.Option(None, help="Image loading processes. \\[default: one per core, max 8]"),
-    fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit with status 1 when drift is detected (for scripts and CI)."),
+    fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit with status 1 when drift is detected, or when there are too few images to decide (for scripts and CI)."),
+    allow_insufficient: bool = typer.Option(False, "--allow-insufficient", help="With --fail-on-drift: exit 0 when there are too few images to decide."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdict and every detector as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines."),
 ) -> None:
     """Is a folder of new images still like the data RUN was validated on?
 
-    Four detectors compare the images with RUN's reference profile: embeddings (MMD),
-    predicted classes (chi-square, PSI), top-1 confidence (KS) and image statistics
-    (size, aspect ratio, brightness, contrast, saturation; KS). The verdict's
-    false-alarm rate on unchanged data is at most --alpha. Writes report.html
+    Five detectors compare the images with RUN's reference profile: embeddings (MMD),
+    predicted classes (chi-square, PSI), top-1 confidence (KS), image statistics
+    (size, aspect ratio, brightness, contrast, saturation; KS) and the share of
+    individually foreign images (outlier rate). The verdict's false-alarm rate on
+    unchanged data is at most --alpha. Fewer images than --min-images give the
+    verdict "not enough data" (JSON: "status": "insufficient", "drift": null). Writes report.html
     (plots, per-class shift, the most atypical images) and report.json.
 
     Example: duet drift runs/digits --data incoming/2024-06-01/
@@ -93,7 +101,12 @@ def drift_cmd(
         if res.failed:
             out.print(f"{len(res.failed)} files could not be read (listed in report.json)")
         out.print(f"report: {res.files['html']}", highlight=False)
-    if fail_on_drift and res.result.drift:
+    if fail_on_drift and res.result.status == "drift":
+        raise typer.Exit(1)
+    if fail_on_drift and res.result.status == "insufficient" and not allow_insufficient:
+        _log(False)(f"--fail-on-drift: {len(res.paths)} images are too few to decide (each detector needs "
+                    f"{settings.min_images}); failing. Add images, lower --min-images, or pass "
+                    "--allow-insufficient")
         raise typer.Exit(1)
 
 
@@ -197,12 +210,19 @@ def registry_promote(
     ref: str = typer.Argument(..., help="A version (v3) or a run folder (registered first if new)."),
     registry: Path = typer.Option(Path("registry"), "--registry", envvar="DUET_REGISTRY", help=REGISTRY_HELP),
     reason: str = typer.Option("", help="Why, for the event log."),
+    force: bool = typer.Option(False, "--force", help="Promote a run that did not finish training (killed, crashed); the events say it was forced."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Make a version the champion (servers following the registry swap to it)."""
+    """Make a version the champion (servers following the registry swap to it).
+
+    A run that did not finish training is refused unless --force.
+    """
     reg = _registry(registry)
-    pointer = reg.promote(ref, reason=reason or "promoted by hand")
+    pointer = reg.promote(ref, reason=reason or "promoted by hand", force=force)
     version = reg.get(pointer.version)
+    if version.unfinished:
+        _log(False)(f"warning: {version.version} did not finish training ({version.unfinished}); "
+                    "promoted because of --force (recorded in the events)")
     if as_json:
         _print_json({"champion": pointer.version, "seq": pointer.seq, "run": str(version.run),
                      "history": list(pointer.history)})
@@ -234,10 +254,10 @@ def registry_rollback(
 # --------------------------------------------------------------------------- retrain / watch
 
 
-def _gate(margin: float, tolerance: float):
-    from duet.retrain import GateSettings
+def _gate(margin: float, tolerance: float, drop_margin: float = 0.02):
+    from duet.monitor.gate import GateSettings
 
-    return GateSettings(tolerance=tolerance, class_margin=margin)
+    return GateSettings(tolerance=tolerance, drop_margin=drop_margin, class_margin=margin)
 
 
 def retrain_cmd(
@@ -250,8 +270,9 @@ def retrain_cmd(
     name: Optional[str] = typer.Option(None, help="Challenger run name. \\[default: <champion>-rN]"),
     epochs: Optional[int] = typer.Option(None, min=1, help="Challenger epochs. \\[default: the champion's]"),
     lr: Optional[float] = typer.Option(None, help="Challenger peak learning rate. \\[default: the champion's]"),
-    margin: float = typer.Option(0.05, help="Largest allowed drop of any class's recall (0.05 = 5 points), counted when significant (McNemar, 5%, Bonferroni over classes)."),
+    margin: float = typer.Option(0.05, help="Largest allowed drop of any class's recall (0.05 = 5 points), counted when significant (McNemar, 5%, Bonferroni over the classes with enough images to test)."),
     tolerance: float = typer.Option(0.0, help="How far the challenger's overall accuracy may fall below the champion's."),
+    drop_margin: float = typer.Option(0.02, "--drop-margin", help="On the champion's own held-out images, refuse a drop larger than this (0.02 = 2 points) when it is significant (exact McNemar, 5%)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. \\[default: the champion's]"),
     workers: Optional[int] = typer.Option(None, help="Data loading processes. \\[default: the champion's]"),
     as_json: bool = typer.Option(False, "--json", help="Print the decision and both models' scores as JSON."),
@@ -261,8 +282,11 @@ def retrain_cmd(
 
     The challenger is warm-started from the champion; old files keep their side of
     the split. Both models are scored on the same held-out images; the challenger
-    is promoted only if its accuracy is at least the champion's and no class's
-    recall drops by more than --margin. A comparison report is written either way.
+    is promoted only if its accuracy is at least the champion's, it is not
+    significantly worse by more than --drop-margin on the champion's own held-out
+    images, and no class's recall drops significantly by more than --margin. The
+    gate prints the smallest drop it could detect. A comparison report is written
+    either way.
 
     Example: duet retrain runs/digits --data labelled/2024-06/
     """
@@ -272,7 +296,7 @@ def retrain_cmd(
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"`--device` must be one of auto, cpu, cuda. Received: --device={device}")
     result = retrain(run, data, registry=reg, out=out_dir, name=name, epochs=epochs, lr=lr,
-                     gate=_gate(margin, tolerance), device=device, workers=workers, promote=not no_promote,
+                     gate=_gate(margin, tolerance, drop_margin), device=device, workers=workers, promote=not no_promote,
                      progress=not quiet, log=_log(quiet or as_json))
     s = result.summary()
     if as_json:
@@ -280,6 +304,10 @@ def retrain_cmd(
         return
     colour = "green" if result.promoted else "yellow"
     out.print(f"[bold {colour}]{s['decision'].upper()}[/]", highlight=False, markup=True)
+    t = s["drop_test"]
+    mdd = "no drop" if t["min_detectable_drop"] is None else f"drops of {100 * t['min_detectable_drop']:.1f} points or more"
+    out.print(f"the gate could detect {mdd} on {t['where']} ({t['images']} images, {t['power']:.0%} power)",
+              highlight=False)
     t = Table(show_header=True, box=None)
     for col in ("", "champion", "challenger"):
         t.add_column(col)
@@ -295,8 +323,8 @@ def retrain_cmd(
 
 
 def watch_cmd(
-    data: Path = typer.Option(..., "--data", help="Folder where new labelled images arrive (class sub-folders)."),
-    live: Optional[Path] = typer.Option(None, "--live", help="Folder of recent unlabelled traffic to test for drift. \\[default: the new labelled images]"),
+    data: Path = typer.Option(..., "--data", help="Folder where new labelled images arrive (class sub-folders); watched even while it is missing or empty."),
+    live: Optional[Path] = typer.Option(None, "--live", help="Folder of recent unlabelled traffic to test for drift (watched even while missing or empty). \\[default: the new labelled images]"),
     registry: Path = typer.Option(Path("registry"), "--registry", envvar="DUET_REGISTRY", help=REGISTRY_HELP),
     interval: float = typer.Option(300.0, min=0, help="Seconds between checks."),
     iterations: Optional[int] = typer.Option(None, min=1, help="Stop after this many checks. \\[default: run until interrupted]"),
@@ -314,7 +342,8 @@ def watch_cmd(
 
     Each check reads the registry's champion, counts the images in --data it has not
     trained on, and tests for drift (on --live, or on those new images). Decisions go
-    to stderr and to REGISTRY/events.jsonl.
+    to stderr and to REGISTRY/events.jsonl; while it waits (--data missing or empty,
+    nothing new) it says so once, not at every check.
 
     Example: duet watch --data labelled/ --live traffic/ --interval 3600
     """

@@ -1,10 +1,16 @@
-"""The exported graph: uint8 pixels in, normalisation inside, logits and probabilities out.
+"""The exported graph: uint8 pixels in, normalisation inside, logits, probabilities and features out.
 
 Clients (and the server) send the uint8 ``image_size`` centre crop that
 evaluation feeds the model; the graph does the float conversion and the
 spec's normalisation with :func:`duet.data.augment.normalise`, the very
 function training and evaluation use. A client therefore cannot get the
 normalisation wrong, and the ONNX file cannot drift from the run.
+
+The third output, ``features``, is the classifier's input (the penultimate
+layer, the same vector :mod:`duet.monitor.embed` records for the drift
+profile). The server feeds it to the embedding and outlier detectors, so
+monitoring costs no second forward pass; clients of the public protocols see
+only ``logits`` and ``probabilities``.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export based, the
 default since torch 2.9; the TorchScript exporter is deprecated). The batch
@@ -38,32 +44,49 @@ import torch
 import duet
 from duet.data.augment import normalise
 from duet.errors import ModelError
-from duet.export.package import INPUT_NAME, OUTPUT_NAMES
+from duet.export.package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
 from duet.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension (torch.export needs one)
 
 
+GRAPH_OUTPUTS = (*OUTPUT_NAMES, FEATURES_NAME)
+
+
 class PixelsToProbabilities(torch.nn.Module):
-    """``uint8 (N, 3, S, S)`` -> ``(logits, softmax(logits))``, both float32 ``(N, C)``."""
+    """``uint8 (N, 3, S, S)`` -> ``(logits, softmax(logits), features)``:
+    float32 ``(N, C)``, ``(N, C)`` and ``(N, D)``, D the classifier's input width."""
 
     def __init__(self, model: torch.nn.Module, spec: PreprocessSpec) -> None:
+        from duet.monitor.embed import FeatureExtractor
+
         super().__init__()
         self.model = model
         self.spec = spec
+        self.extract = FeatureExtractor(model)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(normalise(pixels, self.spec)).float()
-        return logits, torch.softmax(logits, dim=1)
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, logits = self.extract(normalise(pixels, self.spec))
+        logits = logits.float()
+        return logits, torch.softmax(logits, dim=1), features.float()
 
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: Path, *, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write ``model`` (fp32, eval mode, on the CPU) wrapped in
     :class:`PixelsToProbabilities` to ``path``. Returns what model.json records
-    about the graph (opset, exporter)."""
+    about the graph (opset, exporter, the features output's name and width)."""
     wrapper = PixelsToProbabilities(model.float().cpu().eval(), spec).eval()
     example = torch.randint(0, 256, (2, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    try:
+        with torch.no_grad():
+            width = int(wrapper(example)[2].shape[1])
+        return {**_export(wrapper, example, path, opset), "features": {"name": FEATURES_NAME, "width": width}}
+    finally:
+        wrapper.extract.close()
+
+
+def _export(wrapper: PixelsToProbabilities, example: torch.Tensor, path: Path, opset: int) -> dict[str, Any]:
     errors: list[str] = []
     try:
         _export_dynamo(wrapper, example, path, opset)
@@ -86,19 +109,19 @@ def _export_dynamo(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, 
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), str(path),
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUTS),
             dynamic_shapes={"pixels": {0: batch}},
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
         )
 
 
 def _export_torchscript(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *GRAPH_OUTPUTS)}
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), str(path),
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUTS),
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )
 

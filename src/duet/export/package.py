@@ -51,7 +51,8 @@ CARD_FILE = "MODEL_CARD.md"
 PROFILE_DIR = "profile"  # the run's drift reference (duet.monitor), when it has one
 
 INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("logits", "probabilities")
+OUTPUT_NAMES = ("logits", "probabilities")  # what the public protocols serve
+FEATURES_NAME = "features"  # the graph's third output: penultimate features, for drift monitoring only
 
 
 class ArtifactError(ModelError):

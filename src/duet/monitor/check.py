@@ -95,8 +95,10 @@ def observe_files(
     kept = [p for p, good in zip(paths, ok) if good]
     if not kept:
         return Observations(), [], failed
-    obs = Observations.from_probabilities(got.probabilities[ok], embeddings=profile.project(got.features[ok]),
-                                          image_stats=got.image_stats[ok])
+    features, stats = got.features[ok], got.image_stats[ok]
+    outliers = None if profile.outliers is None else profile.outliers.score(features, stats)
+    obs = Observations.from_probabilities(got.probabilities[ok], embeddings=profile.project(features),
+                                          image_stats=stats, outlier_scores=outliers)
     return obs, kept, failed
 
 

@@ -1,6 +1,6 @@
 """Drift detectors: is recent data still like the data the model was validated on?
 
-Four detectors compare a *current* sample (a folder of new images, or the
+Five detectors compare a *current* sample (a folder of new images, or the
 server's window of recent requests) with the *reference* sample of the run's
 profile (its held-out images, see :mod:`duet.monitor.profile`):
 
@@ -11,6 +11,10 @@ profile (its held-out images, see :mod:`duet.monitor.profile`):
 - ``confidence``: two-sample KS on the top-1 probability; score KS D.
 - ``image_stats``: two-sample KS per image statistic, Bonferroni over the
   statistics; score the largest KS D.
+- ``outlier_rate``: how many images are individually foreign (a per-image
+  score, :mod:`duet.monitor.outliers`, above the reference's 1 % threshold);
+  exact beta-binomial p-value; score the window's outlier fraction. It sees a
+  few foreign images among many ordinary ones, which the others average away.
 
 Each detector yields one p-value (corrected within the detector where it runs
 several tests). The verdict flags drift when any p-value is below
@@ -18,6 +22,9 @@ several tests). The verdict flags drift when any p-value is below
 detectors), so when nothing changed the chance of a false alarm is at most
 ``alpha`` (4% by default) for the verdict as a whole, not per detector.
 ``docs/monitoring.md`` justifies the defaults and reports the measured rates.
+
+Fewer current images than ``min_images`` is its own verdict: ``drift`` is
+None and ``status`` is ``"insufficient"`` (never a green "no drift").
 
 numpy + scipy only (no torch): the server imports it. ``DriftMonitor`` keeps a
 bounded, thread-safe window of recent observations and computes a
@@ -27,7 +34,7 @@ bounded, thread-safe window of recent observations and computes a
     monitor = DriftMonitor(profile, window=500)
     monitor.add(probabilities=probs, embeddings=features, image_stats=stats)   # per batch
     result = monitor.compute()        # periodically, off the request path
-    result.drift, result.scores(), result.to_dict()
+    result.status, result.drift, result.scores(), result.to_dict()
 """
 
 from __future__ import annotations
@@ -43,11 +50,13 @@ import numpy as np
 from scipy import stats as sstats
 
 from duet.errors import ConfigError
+from duet.monitor.outliers import outlier_rank, outlier_threshold, window_test
 
 if TYPE_CHECKING:
     from duet.monitor.profile import ReferenceProfile
 
-DETECTORS: tuple[str, ...] = ("embedding", "predicted_class", "confidence", "image_stats")
+DETECTORS: tuple[str, ...] = ("embedding", "predicted_class", "confidence", "image_stats", "outlier_rate")
+STATUSES: tuple[str, ...] = ("drift", "no_drift", "insufficient")
 EMBEDDING_TESTS: tuple[str, ...] = ("mmd", "ks")
 PSI_EPSILON = 1e-4  # share given to an empty class before taking logs (as Evidently does)
 
@@ -70,6 +79,8 @@ class DriftSettings:
     min_images: a detector does not run on fewer current images.
     max_reference: reference rows used by the MMD test (a seeded subsample
         beyond it), which bounds its cost.
+    outlier_rate: share of clean images an image's outlier score exceeds
+        (the per-image threshold, calibrated on the reference).
     seed: seeds permutations and subsamples, so a result is reproducible.
     """
 
@@ -78,6 +89,7 @@ class DriftSettings:
     permutations: int = 500
     min_images: int = 30
     max_reference: int = 1000
+    outlier_rate: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +110,8 @@ class DriftSettings:
             raise ConfigError(f"`min_images` must be at least 2. Received: min_images={self.min_images!r}")
         if self.max_reference < 2:
             raise ConfigError(f"`max_reference` must be at least 2. Received: max_reference={self.max_reference!r}")
+        if not 0 < self.outlier_rate < 0.5:
+            raise ConfigError(f"`outlier_rate` must be in (0, 0.5), e.g. 0.01. Received: outlier_rate={self.outlier_rate!r}")
 
 
 @dataclass
@@ -109,12 +123,14 @@ class Observations:
     classes: int64 (N,), top-1 class index in the run's label order.
     confidences: float32 (N,), top-1 probability.
     image_stats: float32 (N, len(STAT_NAMES)), from ``image_stats``.
+    outlier_scores: float32 (N,), from ``OutlierModel.score``.
     """
 
     embeddings: np.ndarray | None = None
     classes: np.ndarray | None = None
     confidences: np.ndarray | None = None
     image_stats: np.ndarray | None = None
+    outlier_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lengths = {len(a) for a in self._arrays().values()}
@@ -125,7 +141,8 @@ class Observations:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in (("embeddings", self.embeddings), ("classes", self.classes),
-                                  ("confidences", self.confidences), ("image_stats", self.image_stats))
+                                  ("confidences", self.confidences), ("image_stats", self.image_stats),
+                                  ("outlier_scores", self.outlier_scores))
                 if v is not None}
 
     def __len__(self) -> int:
@@ -141,10 +158,12 @@ class Observations:
         *,
         embeddings: np.ndarray | None = None,
         image_stats: np.ndarray | None = None,
+        outlier_scores: np.ndarray | None = None,
     ) -> "Observations":
         probabilities = np.asarray(probabilities, dtype=np.float32)
         classes = probabilities.argmax(1).astype(np.int64)
-        return Observations(embeddings, classes, probabilities[np.arange(len(classes)), classes], image_stats)
+        return Observations(embeddings, classes, probabilities[np.arange(len(classes)), classes], image_stats,
+                            outlier_scores)
 
 
 @dataclass
@@ -172,9 +191,13 @@ class DetectorResult:
 
 @dataclass
 class DriftResult:
-    """The verdict and every detector's result (``to_dict`` is JSON-able)."""
+    """The verdict and every detector's result (``to_dict`` is JSON-able).
 
-    drift: bool
+    ``status`` is "drift", "no_drift" or "insufficient" (too few images for
+    any detector to run); ``drift`` is True, False or None respectively.
+    """
+
+    drift: bool | None
     sentence: str
     detectors: list[DetectorResult]
     n_reference: int
@@ -182,6 +205,7 @@ class DriftResult:
     alpha: float
     settings: dict[str, Any]
     computed_at: str
+    status: str = "no_drift"
 
     def detector(self, name: str) -> DetectorResult | None:
         return next((d for d in self.detectors if d.detector == name), None)
@@ -198,6 +222,7 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "status": self.status,
             "drift": self.drift,
             "sentence": self.sentence,
             "n_reference": self.n_reference,
@@ -335,6 +360,17 @@ def _too_few(n_cur: int, settings: DriftSettings) -> str:
     return f"only {n_cur} current image{'s' if n_cur != 1 else ''} (needs {settings.min_images})"
 
 
+def format_statistic(name: str, value: float | None, digits: int = 4) -> str:
+    """``"MMD² = 0.0123"`` for a person to read. An unbiased MMD² below 0 (its
+    estimate of a true 0 scatters around 0) reads ``"MMD² ≈ 0"``: a squared
+    distance is never negative, and the raw value stays in the JSON."""
+    if value is None:
+        return f"{name} –"
+    if name == "MMD²" and value < 0:
+        return f"{name} ≈ 0"
+    return f"{name} = {value:.{digits}f}"
+
+
 def embedding_detector(
     ref: np.ndarray | None, cur: np.ndarray | None, *, sigma2: float, settings: DriftSettings, rng: np.random.Generator
 ) -> DetectorResult:
@@ -354,7 +390,9 @@ def embedding_detector(
     details: dict[str, Any] = {"components": int(ref.shape[1]), "reference_rows_used": int(len(ref))}
     if settings.embedding_test == "mmd":
         stat, p, null95 = mmd_permutation_test(ref, cur, sigma2=sigma2, permutations=settings.permutations, rng=rng)
-        details.update({"sigma2": sigma2, "null_95th_percentile": null95})
+        # The unbiased estimate (``statistic``, kept raw here too) dips below 0 when
+        # the samples are alike; sentences and reports show it as "≈ 0" then.
+        details.update({"sigma2": sigma2, "null_95th_percentile": null95, "mmd2_unbiased": float(stat)})
     else:
         tests = [sstats.ks_2samp(ref[:, j], cur[:, j]) for j in range(ref.shape[1])]
         d = np.array([t.statistic for t in tests])
@@ -362,10 +400,10 @@ def embedding_detector(
         stat, p = float(d.max()), float(min(1.0, ps.min() * len(ps)))
         details.update({"most_shifted_component": int(d.argmax()), "per_component_d": d.round(4).tolist()})
     details["if_drift"] = (
-        f"Embeddings moved away from the reference ({stat_name} = {stat:.4f}, {_fmt_p(p)}): "
+        f"Embeddings moved away from the reference ({format_statistic(stat_name, stat)}, {_fmt_p(p)}): "
         "the model is seeing images unlike those it was validated on."
     )
-    details["if_not"] = f"Embeddings look like the reference ({stat_name} = {stat:.4f}, {_fmt_p(p)})."
+    details["if_not"] = f"Embeddings look like the reference ({format_statistic(stat_name, stat)}, {_fmt_p(p)})."
     return DetectorResult("embedding", method, stat_name, float(stat), float(p), None, False, "", len(ref), n_cur,
                           details)
 
@@ -458,6 +496,28 @@ def image_stats_detector(
     return DetectorResult("image_stats", method, "max KS D", d, p, None, False, "", n_ref, n_cur, details)
 
 
+def outlier_detector(ref: np.ndarray | None, cur: np.ndarray | None, *, settings: DriftSettings) -> DetectorResult:
+    rate = settings.outlier_rate
+    method = (f"per-image outlier score above the reference's {rate:.0%} threshold, "
+              "exact beta-binomial test of the count")
+    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
+    if ref is None or cur is None:
+        return _skip("outlier_rate", method, "outlier share", n_ref, n_cur,
+                     "no outlier scores (the profile predates them, or the model gave no embeddings)")
+    if n_cur < settings.min_images:
+        return _skip("outlier_rate", method, "outlier share", n_ref, n_cur, _too_few(n_cur, settings))
+    x, p = window_test(ref, cur, rate)
+    share, expected = x / n_cur, outlier_rank(n_ref, rate) / (n_ref + 1)
+    details = {
+        "outliers": x, "expected_share": expected, "threshold": outlier_threshold(ref, rate),
+        "if_drift": (f"{x} of {n_cur} images ({share:.0%}) are unlike the reference, each on its own (outlier score "
+                     f"above the threshold {expected:.1%} of clean images exceed; {_fmt_p(p)}): some inputs come "
+                     "from somewhere else."),
+        "if_not": f"{x} of {n_cur} images are outliers ({share:.0%}; {expected:.1%} expected on clean data, {_fmt_p(p)}).",
+    }
+    return DetectorResult("outlier_rate", method, "outlier share", share, p, None, False, "", n_ref, n_cur, details)
+
+
 def _finalise(result: DetectorResult, threshold: float) -> DetectorResult:
     """Apply the verdict's threshold: the decision and the sentence that goes with it."""
     details = dict(result.details)
@@ -484,17 +544,13 @@ def compare_observations(
     settings: DriftSettings | None = None,
 ) -> DriftResult:
     """Run every detector on ``current`` against ``reference`` and give the verdict."""
-    return _detect(reference, current.embeddings, current.classes, current.confidences, current.image_stats,
-                   labels=labels, sigma2=sigma2, stat_names=stat_names, settings=settings or DriftSettings(),
-                   window=False)
+    return _detect(reference, current._arrays(), labels=labels, sigma2=sigma2, stat_names=stat_names,
+                   settings=settings or DriftSettings(), window=False)
 
 
 def _detect(
     reference: Observations,
-    embeddings: np.ndarray | None,
-    classes: np.ndarray | None,
-    confidences: np.ndarray | None,
-    image_stats: np.ndarray | None,
+    current: dict[str, np.ndarray],
     *,
     labels: Sequence[str],
     sigma2: float,
@@ -502,15 +558,17 @@ def _detect(
     settings: DriftSettings,
     window: bool,
 ) -> DriftResult:
-    """The detectors and the verdict. Signals may differ in length (a server
-    may record embeddings for some requests only), so each detector gets its
-    own rows."""
+    """The detectors and the verdict. ``current`` maps Observations field names
+    to rows; signals may differ in length (a server may record embeddings for
+    some requests only), so each detector gets its own rows."""
     rng = np.random.default_rng(settings.seed)
+    cur = current.get
     raw = [
-        embedding_detector(reference.embeddings, embeddings, sigma2=sigma2, settings=settings, rng=rng),
-        class_detector(reference.classes, classes, labels=labels, settings=settings, rng=rng),
-        confidence_detector(reference.confidences, confidences, settings=settings),
-        image_stats_detector(reference.image_stats, image_stats, stat_names=stat_names, settings=settings),
+        embedding_detector(reference.embeddings, cur("embeddings"), sigma2=sigma2, settings=settings, rng=rng),
+        class_detector(reference.classes, cur("classes"), labels=labels, settings=settings, rng=rng),
+        confidence_detector(reference.confidences, cur("confidences"), settings=settings),
+        image_stats_detector(reference.image_stats, cur("image_stats"), stat_names=stat_names, settings=settings),
+        outlier_detector(reference.outlier_scores, cur("outlier_scores"), settings=settings),
     ]
     ran = [r for r in raw if not r.skipped]
     threshold = settings.alpha / max(len(ran), 1)
@@ -518,9 +576,11 @@ def _detect(
     drifted = [r for r in results if r.drift]
     n_cur = max((r.n_current for r in results), default=0)
     images = f"{n_cur} image{'s' if n_cur != 1 else ''}"
+    status = "insufficient" if not ran else ("drift" if drifted else "no_drift")
     if not ran:
-        lead = "Warming up" if window else "Not enough data to test"
-        sentence = f"{lead}: {images} (each detector needs {settings.min_images})."
+        lead = "Warming up" if window else "Not enough data to decide"
+        sentence = (f"{lead}: {images}, and each detector needs {settings.min_images}. This is not a 'no drift' "
+                    "verdict.")
     elif drifted:
         names = ", ".join(r.detector for r in drifted)
         sentence = f"Drift detected by {len(drifted)} of {len(ran)} detectors ({names}). {drifted[0].sentence}"
@@ -529,7 +589,7 @@ def _detect(
         sentence = (f"No drift: {where} look like the reference on all {len(ran)} detectors "
                     f"(false-alarm rate at most {settings.alpha:.0%}).")
     return DriftResult(
-        drift=bool(drifted),
+        drift=None if status == "insufficient" else bool(drifted),
         sentence=sentence,
         detectors=results,
         n_reference=len(reference),
@@ -537,6 +597,7 @@ def _detect(
         alpha=settings.alpha,
         settings=asdict(settings),
         computed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        status=status,
     )
 
 
@@ -576,7 +637,7 @@ def false_alarm_rate(
         ref, cur = held_out.take(order[:reference_size]), held_out.take(order[reference_size:reference_size + window])
         result = compare_observations(ref, cur, labels=labels, sigma2=sigma2, stat_names=stat_names,
                                       settings=replace(settings, seed=settings.seed + t))
-        alarms += result.drift
+        alarms += bool(result.drift)
         for d in result.detectors:
             per_detector[d.detector] += d.drift
     return {"trials": trials, "alarms": alarms, "rate": alarms / trials, "per_detector": per_detector,
@@ -640,6 +701,7 @@ class DriftMonitor:
         self._classes = _Ring(window, None, np.int64)
         self._confidences = _Ring(window, None, np.float32)
         self._stats = _Ring(window, len(profile.stat_names), np.float32)
+        self._outliers = _Ring(window, None, np.float32)
         self._seen = 0
 
     def add(
@@ -650,10 +712,14 @@ class DriftMonitor:
         confidences: np.ndarray | None = None,
         embeddings: np.ndarray | None = None,
         image_stats: np.ndarray | None = None,
-    ) -> None:
+    ) -> np.ndarray | None:
         """Record one batch. Pass ``probabilities`` (N, C) or ``classes`` and
         ``confidences`` (N,); ``embeddings`` are raw penultimate features (N, D)
-        and are projected here; ``image_stats`` (N, 6) from ``image_stats()``."""
+        and are projected here; ``image_stats`` (N, 6) from ``image_stats()``.
+
+        Returns the batch's per-image outlier scores (N,) when the profile has
+        an outlier model and both embeddings and image statistics were given,
+        else None."""
         if probabilities is not None:
             obs = Observations.from_probabilities(probabilities)
             classes, confidences = obs.classes, obs.confidences
@@ -668,6 +734,9 @@ class DriftMonitor:
         stats = None
         if image_stats is not None:
             stats = np.asarray(image_stats, dtype=np.float32).reshape(-1, len(self.profile.stat_names))
+        outliers = None
+        if self.profile.outliers is not None and embeddings is not None and stats is not None:
+            outliers = self.profile.outliers.score(embeddings, stats)
         batch = next((len(a) for a in (classes, projected, stats) if a is not None), 0)
         with self._lock:
             if classes is not None:
@@ -677,7 +746,10 @@ class DriftMonitor:
                 self._embeddings.add(projected)
             if stats is not None:
                 self._stats.add(stats)
+            if outliers is not None:
+                self._outliers.add(outliers)
             self._seen += batch
+        return outliers
 
     @property
     def seen(self) -> int:
@@ -692,19 +764,19 @@ class DriftMonitor:
                 "classes": self._classes.values(),
                 "confidences": self._confidences.values(),
                 "image_stats": self._stats.values(),
+                "outlier_scores": self._outliers.values(),
             }
 
     def compute(self) -> DriftResult:
         """The verdict on the current window (tens to hundreds of ms; call it off the request path)."""
-        snap = self.snapshot()
+        current = {k: v for k, v in self.snapshot().items() if v is not None}
         p = self.profile
-        return _detect(p.observations(), snap["embeddings"], snap["classes"], snap["confidences"],
-                       snap["image_stats"], labels=p.labels, sigma2=p.sigma2, stat_names=p.stat_names,
+        return _detect(p.observations(), current, labels=p.labels, sigma2=p.sigma2, stat_names=p.stat_names,
                        settings=self.settings, window=True)
 
     def reset(self) -> None:
         """Empty the window (e.g. after a new champion is swapped in)."""
         with self._lock:
-            for ring in (self._embeddings, self._classes, self._confidences, self._stats):
+            for ring in (self._embeddings, self._classes, self._confidences, self._stats, self._outliers):
                 ring.next = ring.size = 0
             self._seen = 0

@@ -13,6 +13,8 @@ RUN/profile/
                      pca_mean     float32 (D,)    feature mean of the fit sample
                      pca_components float32 (k, D) rows = principal axes
                      explained_variance_ratio float32 (k,)
+                     ood_* and outlier_scores  the per-image outlier model and the
+                                   reference's scores (duet.monitor.outliers)
 ```
 
 The reference sample is the run's held-out split (``val``; ``test`` or, as a
@@ -21,7 +23,10 @@ the model never trained on them, so their confidences are what production
 images from the same distribution get. The PCA (``components`` axes, 32 by
 default) and the kernel bandwidth are fitted on a sample of the *training*
 split instead, so that the projection is independent of the reference sample
-and the permutation test stays exact.
+and the permutation test stays exact; so is the outlier model (its distances
+are fitted on the training sample, its threshold on the reference's scores).
+Profiles written before the outlier model existed load without it (the
+outlier detector then reports itself skipped).
 
 ``write_profile(run_dir)`` makes it (``duet profile RUN``);
 ``ReferenceProfile.load(run_dir / "profile")`` reads it without torch.
@@ -44,6 +49,8 @@ from duet.atomic import write_bytes_atomic, write_json_atomic
 from duet.errors import DataError, RunError
 from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
 from duet.monitor.imagestats import STAT_NAMES
+from duet.monitor.outliers import ARRAY_NAMES as OUTLIER_ARRAYS
+from duet.monitor.outliers import OutlierModel, fit_outlier_model
 
 SCHEMA = "duet.profile/1"
 PROFILE_DIR = "profile"
@@ -79,6 +86,7 @@ class ReferenceProfile:
     files: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
+    outliers: OutlierModel | None = None
 
     @property
     def n_reference(self) -> int:
@@ -103,7 +111,8 @@ class ReferenceProfile:
         return (features - self.pca_mean) @ self.pca_components.T
 
     def observations(self) -> Observations:
-        return Observations(self.embeddings, self.classes, self.confidences, self.image_stats)
+        scores = None if self.outliers is None else self.outliers.reference_scores
+        return Observations(self.embeddings, self.classes, self.confidences, self.image_stats, scores)
 
     # ------------------------------------------------------------------ files
 
@@ -112,7 +121,8 @@ class ReferenceProfile:
         each atomically: a reader sees the old profile or the new one."""
         directory = Path(directory)
         buffer = io.BytesIO()
-        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS})
+        extra = {} if self.outliers is None else self.outliers.arrays()
+        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS}, **extra)
         data = buffer.getvalue()
         write_bytes_atomic(directory / ARRAYS_FILE, data)
         document = {
@@ -126,6 +136,7 @@ class ReferenceProfile:
                 "feature_dim": self.feature_dim,
                 "explained_variance": float(self.explained_variance_ratio.sum()),
             },
+            "outliers": None if self.outliers is None else self.outliers.summary(),
             "reference_files": list(self.files),
             "arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
         }
@@ -155,10 +166,13 @@ class ReferenceProfile:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in _ARRAYS}
+                ood = {name: npz[name] for name in OUTLIER_ARRAYS} if doc.get("outliers") else None
         except (KeyError, ValueError, OSError) as e:
             raise ProfileError(f"'{arrays_path}' is damaged ({type(e).__name__}: {e}); {hint}") from e
+        outliers = None if ood is None else OutlierModel.from_arrays(ood, rate=float(doc["outliers"]["rate"]))
         meta = {k: v for k, v in doc.items()
-                if k not in ("schema", "labels", "stat_names", "kernel", "pca", "reference_files", "arrays")}
+                if k not in ("schema", "labels", "stat_names", "kernel", "pca", "reference_files", "arrays",
+                             "outliers")}
         return cls(
             labels=list(doc["labels"]),
             stat_names=tuple(doc["stat_names"]),
@@ -166,6 +180,7 @@ class ReferenceProfile:
             files=list(doc.get("reference_files", [])),
             meta=meta,
             root=directory,
+            outliers=outliers,
             **arrays,
         )
 
@@ -266,7 +281,7 @@ def write_profile(
                             f"(e.g. {rows[0].path}: {got.errors[0]}); did the data folder move?")
         return got, [r for r, good in zip(rows, ok) if good]
 
-    fit, _ = embed(fit_rows, f"profile: fit ({fit_split})")
+    fit, fit_kept = embed(fit_rows, f"profile: fit ({fit_split})")
     ref, ref_kept = embed(ref_rows, f"profile: reference ({ref_split})")
     if fit_split == ref_split:
         say(f"note: the PCA is fitted on the reference sample itself (no separate {fit_split} images)")
@@ -276,6 +291,9 @@ def write_profile(
     probs = ref.probabilities[ref_ok]
     classes = probs.argmax(1).astype(np.int64)
     true = np.array([index.get(r.label, -1) for r in ref_kept], dtype=np.int64)
+    outliers = fit_outlier_model(
+        fit.features[fit.ok], np.array([index.get(r.label, -1) for r in fit_kept], dtype=np.int64),
+        fit.image_stats[fit.ok], ref.features[ref_ok], ref.image_stats[ref_ok], num_classes=len(run.labels))
     profile = ReferenceProfile(
         labels=list(run.labels),
         stat_names=STAT_NAMES,
@@ -289,6 +307,7 @@ def write_profile(
         pca_components=axes,
         explained_variance_ratio=ratio,
         files=[r.path for r in ref_kept],
+        outliers=outliers,
         meta={
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": str(run.paths.root),

@@ -3,15 +3,21 @@
 When the model folder holds a reference profile (``profile/``, copied from
 ``RUN/profile`` by ``duet export`` and checked against model.json like every
 other file), every inference batch is recorded in a
-:class:`duet.monitor.DriftMonitor` (predicted classes, top-1 confidences, and
-the image statistics computed in the decode pool; embeddings are not
-recorded, as the ONNX graph has no such output, so the embedding detector
-reports itself skipped). A background task computes the verdict every
-``interval`` seconds, off the request path, and publishes it:
+:class:`duet.monitor.DriftMonitor`: predicted classes, top-1 confidences, the
+image statistics computed in the decode pool, and the penultimate features the
+ONNX graph returns as its third output (``features``; one forward pass serves
+the prediction and the monitoring). From features and statistics each image
+gets its outlier score, returned to the request handler (``/v1/predict?outliers=true``
+shows it). Graphs exported before the features output existed still serve;
+the embedding and outlier detectors then report themselves skipped.
+
+A background task computes the verdict every ``interval`` seconds, off the
+request path, and publishes it:
 
 - ``GET /v1/monitor``: the latest verdict (``DriftResult.to_dict()``);
-- gauges ``duet_drift_detected``, ``duet_drift_score{detector}``,
-  ``duet_drift_p_value{detector}``, ``duet_drift_window_images`` and the counter
+- gauges ``duet_drift_detected``, ``duet_drift_insufficient``,
+  ``duet_drift_score{detector}``, ``duet_drift_p_value{detector}``,
+  ``duet_drift_outlier_rate``, ``duet_drift_window_images`` and the counter
   ``duet_drift_evaluations_total`` (alert rules: deploy/prometheus/drift_rules.yml).
 """
 
@@ -48,6 +54,12 @@ class DriftWatch:
         self._task: asyncio.Task[None] | None = None
         self.detected = Gauge("duet_drift_detected", "1 when the latest drift verdict says drift, else 0.",
                               registry=registry)
+        self.insufficient = Gauge("duet_drift_insufficient",
+                                  "1 while the window holds too few images for any detector to decide, else 0.",
+                                  registry=registry)
+        self.outlier_rate = Gauge("duet_drift_outlier_rate",
+                                  "Share of the window's images whose outlier score exceeds the reference threshold.",
+                                  registry=registry)
         self.score = Gauge("duet_drift_score", "Statistic of each drift detector on the recent window.",
                            ["detector"], registry=registry)
         self.p_value = Gauge("duet_drift_p_value", "p-value of each drift detector on the recent window.",
@@ -56,15 +68,26 @@ class DriftWatch:
                                    registry=registry)
         self.evaluations = Counter("duet_drift_evaluations", "Drift verdicts computed.", registry=registry)
 
-    def observe(self, probabilities: np.ndarray, image_stats: np.ndarray | None) -> None:
-        """Record one request's rows (microseconds, thread-safe)."""
-        self.monitor.add(probabilities=probabilities, image_stats=image_stats)
+    @property
+    def outliers(self) -> Any:
+        """The profile's OutlierModel, or None."""
+        return self.monitor.profile.outliers
+
+    def observe(self, probabilities: np.ndarray, image_stats: np.ndarray | None,
+                features: np.ndarray | None = None) -> np.ndarray | None:
+        """Record one request's rows (tens of microseconds, thread-safe); returns
+        the images' outlier scores when they can be computed."""
+        return self.monitor.add(probabilities=probabilities, image_stats=image_stats, embeddings=features)
 
     async def evaluate(self) -> dict[str, Any]:
         """Compute a verdict now (in a worker thread) and publish it."""
         async with self._lock:
             result = await asyncio.to_thread(self.monitor.compute)
-            self.detected.set(1 if result.drift else 0)
+            self.detected.set(1 if result.status == "drift" else 0)
+            self.insufficient.set(1 if result.status == "insufficient" else 0)
+            outliers = result.detector("outlier_rate")
+            if outliers is not None and outliers.statistic is not None:
+                self.outlier_rate.set(outliers.statistic)
             for name, value in result.scores().items():
                 self.score.labels(name).set(value)
             for name, value in result.p_values().items():
@@ -90,7 +113,8 @@ class DriftWatch:
 
     def unregister(self, registry: CollectorRegistry) -> None:
         """Remove this watch's gauges from ``registry`` (before a new model's watch registers its own)."""
-        for collector in (self.detected, self.score, self.p_value, self.window_images, self.evaluations):
+        for collector in (self.detected, self.insufficient, self.outlier_rate, self.score, self.p_value,
+                          self.window_images, self.evaluations):
             try:
                 registry.unregister(collector)
             except KeyError:

@@ -1,7 +1,8 @@
 """Runtimes: uint8 ``(N, 3, S, S)`` pixels -> float32 logits and probabilities ``(N, C)``.
 
 - ``onnxruntime``: the exported ``model.onnx`` on the CPU (the default without
-  a GPU). Normalisation is inside the graph.
+  a GPU). Normalisation is inside the graph; its ``features`` output (the
+  penultimate layer) is read along with the probabilities for drift monitoring.
 - ``torch``: ``model.safetensors`` in its architecture (``duet.models.build``)
   on CUDA when available: the same weights the ONNX file was checked against,
   normalised with the same ``augment.normalise``. fp32, like the parity gate.
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from duet.errors import ConfigError, ModelError
-from duet.export.package import INPUT_NAME, ModelPackage
+from duet.export.package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ModelPackage
 
 
 @dataclass
@@ -31,19 +32,24 @@ class Outputs:
     logits: np.ndarray          # float32 (N, C)
     probabilities: np.ndarray   # float32 (N, C)
     version: str | None = None  # the model version that computed these rows (set by ModelService)
+    features: np.ndarray | None = None  # float32 (N, D) penultimate features, when the graph has them
+    outlier_scores: np.ndarray | None = None  # float32 (N,), set by ModelService when drift is monitored
 
     def __len__(self) -> int:
         return len(self.logits)
 
     def rows(self, start: int, stop: int) -> "Outputs":
-        return Outputs(self.logits[start:stop], self.probabilities[start:stop], self.version)
+        features = None if self.features is None else self.features[start:stop]
+        return Outputs(self.logits[start:stop], self.probabilities[start:stop], self.version, features)
 
     @staticmethod
     def concat(parts: list["Outputs"]) -> "Outputs":
         if len(parts) == 1:
             return parts[0]
+        features = (None if any(p.features is None for p in parts)
+                    else np.concatenate([p.features for p in parts]))  # type: ignore[misc]
         return Outputs(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
-                       parts[-1].version)
+                       parts[-1].version, features)
 
 
 class Runtime(Protocol):
@@ -76,10 +82,13 @@ class OnnxRuntime:
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
             raise ModelError(f"'{package.onnx_path}' takes inputs {names}, model.json says ['{INPUT_NAME}']; re-export the run")
+        # Graphs exported before the features output existed still serve; drift then has no embeddings.
+        self.has_features = FEATURES_NAME in {o.name for o in self.session.get_outputs()}
+        self._outputs = [*OUTPUT_NAMES, FEATURES_NAME] if self.has_features else list(OUTPUT_NAMES)
 
     def __call__(self, pixels: np.ndarray) -> Outputs:
-        logits, probs = self.session.run(["logits", "probabilities"], {INPUT_NAME: pixels})
-        return Outputs(logits, probs)
+        got = self.session.run(self._outputs, {INPUT_NAME: pixels})
+        return Outputs(got[0], got[1], features=got[2] if self.has_features else None)
 
 
 class TorchRuntime:
@@ -92,6 +101,7 @@ class TorchRuntime:
 
         from duet.data.augment import normalise
         from duet.models import build
+        from duet.monitor.embed import FeatureExtractor
 
         self._torch = torch
         self._normalise = normalise
@@ -104,14 +114,17 @@ class TorchRuntime:
         except Exception as e:
             raise ModelError(f"cannot load '{package.weights_path}' into {package.architecture}: {type(e).__name__}") from e
         self.model = model.to(self._device).eval()
+        self.extract = FeatureExtractor(self.model)
+        self.has_features = True
 
     def __call__(self, pixels: np.ndarray) -> Outputs:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(pixels).to(self._device, non_blocking=True)
-            logits = self.model(self._normalise(x, self._spec)).float()
+            features, logits = self.extract(self._normalise(x, self._spec))
+            logits = logits.float()
             probs = torch.softmax(logits, 1)
-            return Outputs(logits.cpu().numpy(), probs.cpu().numpy())
+            return Outputs(logits.cpu().numpy(), probs.cpu().numpy(), features=features.float().cpu().numpy())
 
 
 def _cuda_present() -> bool:

@@ -264,8 +264,26 @@ class ModelService:
             self.metrics.queue_images.set(self.batcher.queued_images)
         self.metrics.observe_predictions(out.probabilities)
         if self.drift is not None:
-            self.drift.observe(out.probabilities, image_stats)
+            out.outlier_scores = self.drift.observe(out.probabilities, image_stats, out.features)
         return out
+
+    def outlier_model(self) -> Any:
+        """The OutlierModel scoring this model's requests, or None when scores cannot be computed."""
+        drift = self.drift
+        if drift is None or drift.outliers is None or not getattr(self.runtime, "has_features", False):
+            return None
+        return drift.outliers
+
+    def outlier_rows(self, out: Outputs) -> list[dict[str, Any] | None]:
+        """Per image: ``{"score", "p_value", "flagged"}`` (None when the rows were computed without scores,
+        e.g. by a model swapped in meanwhile that has none)."""
+        model = self.outlier_model()
+        if out.outlier_scores is None or model is None:
+            return [None] * len(out)
+        p = model.p_values(out.outlier_scores)
+        flags = model.flags(out.outlier_scores)
+        return [{"score": float(s), "p_value": float(q), "flagged": bool(f)}
+                for s, q, f in zip(out.outlier_scores, p, flags)]
 
     def version_of(self, out: Outputs) -> str:
         """The version that computed ``out`` (the served one, unless a swap happened meanwhile)."""

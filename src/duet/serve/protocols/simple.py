@@ -9,6 +9,13 @@ Answer: ``{"model", "version", "predictions": [{"file", "label", "probability",
 "top": [{"label", "index", "probability"}, ...]}]}``, one prediction per image
 in request order. A request with any bad image is refused as a whole (4xx),
 naming the image; more than ``--max-images`` file parts is 413 ``too_many_images``.
+
+``?outliers=true`` adds ``"outlier": {"score", "p_value", "flagged"}`` to each
+prediction: how foreign the image is to the model's reference data
+(:mod:`duet.monitor.outliers`; flagged when the score exceeds the threshold
+about 1 % of clean images exceed). It needs drift monitoring on and a model
+exported with its features output; otherwise the request is refused with 409
+``outliers_unavailable`` before any work is done.
 """
 
 from __future__ import annotations
@@ -58,7 +65,13 @@ def router(service: ModelService) -> APIRouter:
     @r.post("/v1/predict", summary="Classify uploaded images (multipart files or a raw image body)",
             openapi_extra=PREDICT_BODY)
     async def predict(request: Request, top_k: int = Query(service.config.top_k, ge=1, le=10_000,
-                                                            description="Labels per image, best first.")) -> Any:
+                                                            description="Labels per image, best first."),
+                      outliers: bool = Query(False, description="Add each image's outlier score, p-value and flag.")
+                      ) -> Any:
+        if outliers and service.outlier_model() is None:
+            raise ApiError(409, "outlier scores are unavailable: they need drift monitoring (not --no-drift), a "
+                                "reference profile with an outlier model and a graph with a features output "
+                                "(re-export the run with this version of duet)", "outliers_unavailable")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         names: list[str]
         if content_type == "multipart/form-data":
@@ -87,6 +100,9 @@ def router(service: ModelService) -> APIRouter:
             top = service.top_k(probs, top_k)
             predictions.append({"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"],
                                 "top": top})
+        if outliers:
+            for prediction, row in zip(predictions, service.outlier_rows(out)):
+                prediction["outlier"] = row
         version = service.version_of(out)
         return JSONResponse({"model": service.name, "version": version, "model_version": version,
                              "predictions": predictions}, headers=service.version_header(out))
