@@ -43,6 +43,11 @@ VERDICT_STYLE = {"drift": ("red", "DRIFT"), "no_drift": ("green", "NO DRIFT"), "
 def _print_verdict(result: Any) -> None:
     colour, word = VERDICT_STYLE[result.status]
     out.print(f"[bold {colour}]{word}[/] {result.sentence}", highlight=False)
+    if result.accuracy is not None and result.accuracy["accuracy"] is not None:
+        a = result.accuracy
+        out.print(f"estimated accuracy without labels: {a['accuracy']:.1%} (95% interval {a['low']:.1%}–{a['high']:.1%}, "
+                  f"{a['n']} images) vs {a['reference_accuracy']:.1%} on the labelled reference ({a['method']})",
+                  highlight=False)
     t = Table(show_header=True, box=None, pad_edge=False)
     for col in ("detector", "statistic", "p-value", "threshold", "drift", "finding"):
         t.add_column(col, overflow="fold")

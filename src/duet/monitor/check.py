@@ -97,8 +97,10 @@ def observe_files(
         return Observations(), [], failed
     features, stats = got.features[ok], got.image_stats[ok]
     outliers = None if profile.outliers is None else profile.outliers.score(features, stats)
-    obs = Observations.from_probabilities(got.probabilities[ok], embeddings=profile.project(features),
-                                          image_stats=stats, outlier_scores=outliers)
+    probabilities = got.probabilities[ok]
+    obs = Observations.from_probabilities(probabilities, embeddings=profile.project(features), image_stats=stats,
+                                          outlier_scores=outliers,
+                                          accuracy_scores=profile.accuracy_scores(probabilities))
     return obs, kept, failed
 
 

@@ -53,6 +53,7 @@ from duet.errors import ConfigError
 from duet.monitor.outliers import outlier_rank, outlier_threshold, window_test
 
 if TYPE_CHECKING:
+    from duet.monitor.estimate import AccuracyEstimator
     from duet.monitor.profile import ReferenceProfile
 
 DETECTORS: tuple[str, ...] = ("embedding", "predicted_class", "confidence", "image_stats", "outlier_rate")
@@ -124,6 +125,8 @@ class Observations:
     confidences: float32 (N,), top-1 probability.
     image_stats: float32 (N, len(STAT_NAMES)), from ``image_stats``.
     outlier_scores: float32 (N,), from ``OutlierModel.score``.
+    accuracy_scores: float32 (N,), from ``AccuracyEstimator.score`` (not a
+        detector: the window's label-free accuracy estimate).
     """
 
     embeddings: np.ndarray | None = None
@@ -131,6 +134,7 @@ class Observations:
     confidences: np.ndarray | None = None
     image_stats: np.ndarray | None = None
     outlier_scores: np.ndarray | None = None
+    accuracy_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lengths = {len(a) for a in self._arrays().values()}
@@ -142,7 +146,8 @@ class Observations:
     def _arrays(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in (("embeddings", self.embeddings), ("classes", self.classes),
                                   ("confidences", self.confidences), ("image_stats", self.image_stats),
-                                  ("outlier_scores", self.outlier_scores))
+                                  ("outlier_scores", self.outlier_scores),
+                                  ("accuracy_scores", self.accuracy_scores))
                 if v is not None}
 
     def __len__(self) -> int:
@@ -159,11 +164,12 @@ class Observations:
         embeddings: np.ndarray | None = None,
         image_stats: np.ndarray | None = None,
         outlier_scores: np.ndarray | None = None,
+        accuracy_scores: np.ndarray | None = None,
     ) -> "Observations":
         probabilities = np.asarray(probabilities, dtype=np.float32)
         classes = probabilities.argmax(1).astype(np.int64)
         return Observations(embeddings, classes, probabilities[np.arange(len(classes)), classes], image_stats,
-                            outlier_scores)
+                            outlier_scores, accuracy_scores)
 
 
 @dataclass
@@ -195,6 +201,9 @@ class DriftResult:
 
     ``status`` is "drift", "no_drift" or "insufficient" (too few images for
     any detector to run); ``drift`` is True, False or None respectively.
+    ``accuracy`` is the label-free accuracy estimate of the current images
+    (``AccuracyEstimator.estimate``), None without an estimator or with fewer
+    than ``min_images``; it informs, it does not vote in the verdict.
     """
 
     drift: bool | None
@@ -206,6 +215,7 @@ class DriftResult:
     settings: dict[str, Any]
     computed_at: str
     status: str = "no_drift"
+    accuracy: dict[str, Any] | None = None
 
     def detector(self, name: str) -> DetectorResult | None:
         return next((d for d in self.detectors if d.detector == name), None)
@@ -231,6 +241,7 @@ class DriftResult:
             "computed_at": self.computed_at,
             "settings": self.settings,
             "detectors": [d.to_dict() for d in self.detectors],
+            "accuracy_estimate": self.accuracy,
         }
 
 
@@ -542,10 +553,12 @@ def compare_observations(
     sigma2: float,
     stat_names: Sequence[str],
     settings: DriftSettings | None = None,
+    accuracy: "AccuracyEstimator | None" = None,
 ) -> DriftResult:
-    """Run every detector on ``current`` against ``reference`` and give the verdict."""
+    """Run every detector on ``current`` against ``reference`` and give the verdict
+    (and, with an ``accuracy`` estimator, the current images' estimated accuracy)."""
     return _detect(reference, current._arrays(), labels=labels, sigma2=sigma2, stat_names=stat_names,
-                   settings=settings or DriftSettings(), window=False)
+                   settings=settings or DriftSettings(), window=False, accuracy=accuracy)
 
 
 def _detect(
@@ -557,6 +570,7 @@ def _detect(
     stat_names: Sequence[str],
     settings: DriftSettings,
     window: bool,
+    accuracy: "AccuracyEstimator | None" = None,
 ) -> DriftResult:
     """The detectors and the verdict. ``current`` maps Observations field names
     to rows; signals may differ in length (a server may record embeddings for
@@ -588,7 +602,11 @@ def _detect(
         where = f"the last {images}" if window else f"the {images}"
         sentence = (f"No drift: {where} look like the reference on all {len(ran)} detectors "
                     f"(false-alarm rate at most {settings.alpha:.0%}).")
+    scores = cur("accuracy_scores")
+    estimate = (accuracy.estimate(scores) if accuracy is not None and scores is not None
+                and len(scores) >= settings.min_images else None)
     return DriftResult(
+        accuracy=estimate,
         drift=None if status == "insufficient" else bool(drifted),
         sentence=sentence,
         detectors=results,
@@ -605,7 +623,7 @@ def compare(profile: "ReferenceProfile", current: Observations, settings: DriftS
     """Compare ``current`` with the profile's reference sample."""
     return compare_observations(
         profile.observations(), current, labels=profile.labels, sigma2=profile.sigma2,
-        stat_names=profile.stat_names, settings=settings,
+        stat_names=profile.stat_names, settings=settings, accuracy=profile.accuracy,
     )
 
 
@@ -702,6 +720,7 @@ class DriftMonitor:
         self._confidences = _Ring(window, None, np.float32)
         self._stats = _Ring(window, len(profile.stat_names), np.float32)
         self._outliers = _Ring(window, None, np.float32)
+        self._accuracy = _Ring(window, None, np.float32)
         self._seen = 0
 
     def add(
@@ -720,9 +739,11 @@ class DriftMonitor:
         Returns the batch's per-image outlier scores (N,) when the profile has
         an outlier model and both embeddings and image statistics were given,
         else None."""
+        accuracy = None
         if probabilities is not None:
             obs = Observations.from_probabilities(probabilities)
             classes, confidences = obs.classes, obs.confidences
+            accuracy = self.profile.accuracy_scores(probabilities)
         if (classes is None) != (confidences is None):
             raise ValueError("pass classes and confidences together (or probabilities)")
         if classes is not None:
@@ -748,6 +769,8 @@ class DriftMonitor:
                 self._stats.add(stats)
             if outliers is not None:
                 self._outliers.add(outliers)
+            if accuracy is not None:
+                self._accuracy.add(accuracy)
             self._seen += batch
         return outliers
 
@@ -765,6 +788,7 @@ class DriftMonitor:
                 "confidences": self._confidences.values(),
                 "image_stats": self._stats.values(),
                 "outlier_scores": self._outliers.values(),
+                "accuracy_scores": self._accuracy.values(),
             }
 
     def compute(self) -> DriftResult:
@@ -772,11 +796,12 @@ class DriftMonitor:
         current = {k: v for k, v in self.snapshot().items() if v is not None}
         p = self.profile
         return _detect(p.observations(), current, labels=p.labels, sigma2=p.sigma2, stat_names=p.stat_names,
-                       settings=self.settings, window=True)
+                       settings=self.settings, window=True, accuracy=p.accuracy)
 
     def reset(self) -> None:
         """Empty the window (e.g. after a new champion is swapped in)."""
         with self._lock:
-            for ring in (self._embeddings, self._classes, self._confidences, self._stats, self._outliers):
+            for ring in (self._embeddings, self._classes, self._confidences, self._stats, self._outliers,
+                         self._accuracy):
                 ring.next = ring.size = 0
             self._seen = 0

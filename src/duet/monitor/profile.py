@@ -26,7 +26,9 @@ split instead, so that the projection is independent of the reference sample
 and the permutation test stays exact; so is the outlier model (its distances
 are fitted on the training sample, its threshold on the reference's scores).
 Profiles written before the outlier model existed load without it (the
-outlier detector then reports itself skipped).
+outlier detector then reports itself skipped). ``profile.json`` also holds
+the label-free accuracy estimator (:mod:`duet.monitor.estimate`), fitted on
+the reference's probabilities and labels.
 
 ``write_profile(run_dir)`` makes it (``duet profile RUN``);
 ``ReferenceProfile.load(run_dir / "profile")`` reads it without torch.
@@ -48,6 +50,7 @@ import numpy as np
 from duet.atomic import write_bytes_atomic, write_json_atomic
 from duet.errors import DataError, RunError
 from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
+from duet.monitor.estimate import AccuracyEstimator
 from duet.monitor.imagestats import STAT_NAMES
 from duet.monitor.outliers import ARRAY_NAMES as OUTLIER_ARRAYS
 from duet.monitor.outliers import OutlierModel, fit_outlier_model
@@ -87,6 +90,7 @@ class ReferenceProfile:
     meta: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
     outliers: OutlierModel | None = None
+    accuracy: AccuracyEstimator | None = None
 
     @property
     def n_reference(self) -> int:
@@ -114,6 +118,10 @@ class ReferenceProfile:
         scores = None if self.outliers is None else self.outliers.reference_scores
         return Observations(self.embeddings, self.classes, self.confidences, self.image_stats, scores)
 
+    def accuracy_scores(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """Per-image scores of the label-free accuracy estimator (None without one)."""
+        return None if self.accuracy is None else self.accuracy.score(probabilities)
+
     # ------------------------------------------------------------------ files
 
     def save(self, directory: Path) -> Path:
@@ -137,6 +145,7 @@ class ReferenceProfile:
                 "explained_variance": float(self.explained_variance_ratio.sum()),
             },
             "outliers": None if self.outliers is None else self.outliers.summary(),
+            "accuracy_estimator": None if self.accuracy is None else self.accuracy.to_dict(),
             "reference_files": list(self.files),
             "arrays": {"file": ARRAYS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
         }
@@ -170,9 +179,14 @@ class ReferenceProfile:
         except (KeyError, ValueError, OSError) as e:
             raise ProfileError(f"'{arrays_path}' is damaged ({type(e).__name__}: {e}); {hint}") from e
         outliers = None if ood is None else OutlierModel.from_arrays(ood, rate=float(doc["outliers"]["rate"]))
+        try:
+            accuracy = (AccuracyEstimator.from_dict(doc["accuracy_estimator"]) if doc.get("accuracy_estimator")
+                        else None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileError(f"'{meta_path}' has a damaged accuracy estimator ({e}); {hint}") from e
         meta = {k: v for k, v in doc.items()
                 if k not in ("schema", "labels", "stat_names", "kernel", "pca", "reference_files", "arrays",
-                             "outliers")}
+                             "outliers", "accuracy_estimator")}
         return cls(
             labels=list(doc["labels"]),
             stat_names=tuple(doc["stat_names"]),
@@ -181,6 +195,7 @@ class ReferenceProfile:
             meta=meta,
             root=directory,
             outliers=outliers,
+            accuracy=accuracy,
             **arrays,
         )
 
@@ -308,6 +323,8 @@ def write_profile(
         explained_variance_ratio=ratio,
         files=[r.path for r in ref_kept],
         outliers=outliers,
+        # Temperature and estimator fitted on the held-out reference (never on training images).
+        accuracy=AccuracyEstimator.fit(probs, true) if np.sum(true >= 0) >= 2 and ref_split != "train" else None,
         meta={
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": str(run.paths.root),

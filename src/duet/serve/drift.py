@@ -17,7 +17,9 @@ request path, and publishes it:
 - ``GET /v1/monitor``: the latest verdict (``DriftResult.to_dict()``);
 - gauges ``duet_drift_detected``, ``duet_drift_insufficient``,
   ``duet_drift_score{detector}``, ``duet_drift_p_value{detector}``,
-  ``duet_drift_outlier_rate``, ``duet_drift_window_images`` and the counter
+  ``duet_drift_outlier_rate``, ``duet_drift_window_images``,
+  ``duet_estimated_accuracy{bound="estimate"|"low"|"high"}`` (label-free, from
+  calibrated confidences), ``duet_reference_accuracy`` and the counter
   ``duet_drift_evaluations_total`` (alert rules: deploy/prometheus/drift_rules.yml).
 """
 
@@ -57,6 +59,12 @@ class DriftWatch:
         self.insufficient = Gauge("duet_drift_insufficient",
                                   "1 while the window holds too few images for any detector to decide, else 0.",
                                   registry=registry)
+        self.accuracy = Gauge("duet_estimated_accuracy",
+                              "Label-free accuracy estimate of the window (estimate) and its 95% interval (low, high).",
+                              ["bound"], registry=registry)
+        self.reference_accuracy = Gauge("duet_reference_accuracy",
+                                        "Accuracy on the labelled reference sample the estimator was fitted on.",
+                                        registry=registry)
         self.outlier_rate = Gauge("duet_drift_outlier_rate",
                                   "Share of the window's images whose outlier score exceeds the reference threshold.",
                                   registry=registry)
@@ -88,6 +96,10 @@ class DriftWatch:
             outliers = result.detector("outlier_rate")
             if outliers is not None and outliers.statistic is not None:
                 self.outlier_rate.set(outliers.statistic)
+            if result.accuracy is not None and result.accuracy["accuracy"] is not None:
+                for bound, key in (("estimate", "accuracy"), ("low", "low"), ("high", "high")):
+                    self.accuracy.labels(bound).set(result.accuracy[key])
+                self.reference_accuracy.set(result.accuracy["reference_accuracy"])
             for name, value in result.scores().items():
                 self.score.labels(name).set(value)
             for name, value in result.p_values().items():
@@ -113,7 +125,8 @@ class DriftWatch:
 
     def unregister(self, registry: CollectorRegistry) -> None:
         """Remove this watch's gauges from ``registry`` (before a new model's watch registers its own)."""
-        for collector in (self.detected, self.insufficient, self.outlier_rate, self.score, self.p_value,
+        for collector in (self.detected, self.insufficient, self.outlier_rate, self.accuracy,
+                          self.reference_accuracy, self.score, self.p_value,
                           self.window_images, self.evaluations):
             try:
                 registry.unregister(collector)
