@@ -347,11 +347,15 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     from helpers import run_cli
 
     export = shared_export(tmp_path_factory)
-    proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--json")
+    proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--drift-cost",
+                   "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    rows = {(r["server"].split()[0], r["concurrency"]): r for r in result["rows"]}
-    assert set(rows) == {("bare", 1), ("ceiling", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3)}
+    short = {"duet serve --no-drift": "no-drift"}
+    rows = {(short.get(r["server"], r["server"].split()[0]), r["concurrency"]): r for r in result["rows"]}
+    assert set(rows) == {("bare", 1), ("ceiling", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3),
+                         ("no-drift", 1), ("no-drift", 3)}
+    assert result["settings"]["drift_profile"]  # the shared export carries its run's profile: drift is on
     ceiling = rows.pop(("ceiling", 1))
     assert all(r["requests"] == 12 and r["p50_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
     assert rows[("duet", 3)]["mean_batch"] >= 1
@@ -362,6 +366,9 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     assert verdict["concurrency"] == 3 and verdict["ceiling_batch"] == ceiling["batch"]
     assert verdict["share_of_ceiling"] == rows[("duet", 3)]["throughput"] / ceiling["throughput"]
     assert verdict["p99_vs_naive"] == rows[("duet", 3)]["p99_ms"] / rows[("naive", 3)]["p99_ms"]
+    # What drift monitoring costs: duet with it vs duet --no-drift, at each level.
+    assert verdict["drift_cost"] == {str(c): 1 - rows[("duet", c)]["throughput"] / rows[("no-drift", c)]["throughput"]
+                                     for c in (1, 3)}
 
 
 # --- protocol fidelity: each checked with the real client or the real protobuf ---

@@ -71,7 +71,9 @@ def export(
     t.add_row("parity", f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
                         f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]")
     t.add_row("graph", f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
-                       f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities")
+                       f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities"
+                       + (f", features [N,{res.manifest['onnx']['features']['width']}] (for drift monitoring)"
+                          if "features" in res.manifest["onnx"] else ""))
     t.add_row("next", f"duet serve {res.export_dir}")
     out_console.print(t)
 
@@ -176,6 +178,7 @@ def bench_serve(
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms"),
     naive: bool = typer.Option(True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."),
     repeat: int = typer.Option(1, "--repeat", min=1, help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine."),
+    drift_cost: bool = typer.Option(False, "--drift-cost", help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
@@ -192,7 +195,8 @@ def bench_serve(
 
         raise ConfigError(f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}")
     result = run_bench(model, images_dir=images, levels=levels, requests=requests, max_batch_size=max_batch_size,
-                       max_delay_ms=max_delay_ms, naive=naive, log=_log(as_json), repeat=repeat)
+                       max_delay_ms=max_delay_ms, naive=naive, log=_log(as_json), repeat=repeat,
+                       drift_cost=drift_cost)
     if as_json:
         _print_json(result)
         return
@@ -216,6 +220,10 @@ def bench_serve(
             line += (f"; p99 {v['p99_vs_naive']:.2f}x the naive server's "
                      f"(goal <= 1: {'met' if v['p99_met'] else 'NOT met'})")
         out_console.print(line, highlight=False)
+    if v.get("drift_cost"):
+        costs = ", ".join(f"{cost:+.1%} at {c} clients" for c, cost in v["drift_cost"].items())
+        out_console.print(f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)",
+                          highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -270,18 +270,25 @@ def machine() -> dict[str, Any]:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version()}
 
 
+NO_DRIFT = "duet serve --no-drift"
+
+
 def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], requests: int, max_batch_size: int,
-              max_delay_ms: float, naive: bool, log: Log, repeat: int = 1) -> dict[str, Any]:
+              max_delay_ms: float, naive: bool, log: Log, repeat: int = 1, drift_cost: bool = False) -> dict[str, Any]:
     """Measure (see the module doc). With ``repeat`` > 1 every measurement is
     taken that many times, alternating between the servers, and the repeat with
     the best throughput is kept: on a shared machine the best of several runs
-    is the one least disturbed by other work (as ``timeit`` does)."""
+    is the one least disturbed by other work (as ``timeit`` does). With
+    ``drift_cost`` a second duet server without drift monitoring is measured
+    beside the first, so the verdict can state what monitoring costs."""
     package = read_package(model)
     images, source = _load_images(images_dir)
     result: dict[str, Any] = {"model": package.name, "architecture": package.architecture,
                               "image_size": package.spec.image_size, "images": source, "machine": machine(),
                               "settings": {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms,
-                                           "requests_per_level": requests, "repeat": repeat}, "rows": []}
+                                           "requests_per_level": requests, "repeat": repeat,
+                                           "drift_profile": (package.root / "profile" / "profile.json").is_file()},
+                              "rows": []}
     warmup = max(10, requests // 10)
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     best: dict[tuple[str, int], dict[str, Any]] = {}
@@ -294,6 +301,10 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
         port = _free_port()
         servers["duet serve (batcher)"] = (_start(["duet", "serve", str(package.root), "--max-batch-size",
                                                     str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+        if drift_cost:
+            port = _free_port()
+            servers[NO_DRIFT] = (_start(["duet", "serve", str(package.root), "--no-drift", "--max-batch-size",
+                                         str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
         if naive:
             port = _free_port()
             servers["naive (1 session.run per request)"] = (_start(["duet.serve.bench", "naive", str(package.root)], port), port)
@@ -314,7 +325,8 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    order = ["bare (decode + session.run)", CEILING, "duet serve (batcher)", "naive (1 session.run per request)"]
+    order = ["bare (decode + session.run)", CEILING, "duet serve (batcher)", NO_DRIFT,
+             "naive (1 session.run per request)"]
     result["rows"] = sorted(best.values(), key=lambda row: (order.index(row["server"]), row["concurrency"]))
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["verdict"] = verdict(result["rows"])
@@ -337,6 +349,11 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if naive is not None:
         out["p99_vs_naive"] = duet_row["p99_ms"] / naive["p99_ms"]
         out["p99_met"] = duet_row["p99_ms"] <= naive["p99_ms"]
+    # Drift monitoring's cost: throughput with it vs without, at each level measured (goal <= 5 % at 8 clients).
+    costs = {c: 1 - by[("duet serve (batcher)", c)]["throughput"] / by[(NO_DRIFT, c)]["throughput"]
+             for name, c in by if name == NO_DRIFT and ("duet serve (batcher)", c) in by}
+    if costs:
+        out["drift_cost"] = {str(c): cost for c, cost in sorted(costs.items())}
     return out
 
 
