@@ -1,13 +1,20 @@
-"""Specifications for duet.report: metrics over arrays and the report files."""
+"""Specifications for duet.report: metrics over arrays and the report files; and
+for the drift report page (duet.monitor.report) as a person reads it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
+import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import run_cli, write_digit_folder
 
 from duet.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
 
@@ -155,3 +162,91 @@ def test_confusion_png_labels_both_axes_and_names_the_split() -> None:
     ax = fig.axes[0]
     assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
     assert "test split" in ax.get_title()
+
+
+
+# --------------------------------------------------------------------------- the drift report page
+
+
+class _Page(HTMLParser):
+    """The page's style sheet, its visible text, and each text with the classes of the elements around it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.css, self.text, self.stack = "", [], []
+        self.runs: list[tuple[str, list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ("img", "br"):
+            self.stack.append((tag, dict(attrs).get("class") or ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if self.stack and self.stack[-1][0] == "style":
+            self.css += data
+        elif data.strip():
+            self.text.append(data)
+            self.runs.append((data, [c for _, c in self.stack]))
+
+
+@pytest.fixture(scope="module")
+def same_images_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[_Page, dict, Path, Path]:
+    """A real run's drift report on its own reference images: 16 px greyscale digits
+    (width, height, aspect ratio and saturation each take one value), and the
+    same embeddings on both sides, so the unbiased MMD² is below 0 by construction."""
+    from duet.config import build_config
+    from duet.monitor.check import drift_check
+    from duet.train.loop import train
+
+    base = tmp_path_factory.mktemp("drift-report")
+    data = write_digit_folder(base / "data", classes=(0, 1), per_class=40, size=16)
+    cfg = build_config(None, {"data_dir": data, "model": "test_resnet", "image_size": 16, "batch_size": 16,
+                              "epochs": 1, "workers": 0, "val_split": 0.5, "out": base / "runs", "name": "r"})
+    run = train(cfg, progress=False, log=lambda _m: None).run_dir
+    with open(run / "manifest.csv", newline="") as f:
+        held_out = [r["path"] for r in csv.DictReader(f) if r["split"] == "val" and r["status"] == "ok"]
+    for rel in held_out:
+        (base / "same" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / rel, base / "same" / rel)
+    checked = drift_check(run, base / "same", out_dir=base / "report", device="cpu", workers=0, progress=False,
+                          log=lambda _m: None)
+    page = _Page()
+    page.feed(checked.files["html"].read_text(encoding="utf-8"))
+    return page, json.loads(checked.files["json"].read_text(encoding="utf-8")), run, base / "same"
+
+
+def test_a_negative_mmd2_is_shown_as_about_zero_and_kept_raw_in_the_json(same_images_report: tuple) -> None:
+    page, document, run, same = same_images_report
+    embedding = next(d for d in document["detectors"] if d["detector"] == "embedding")
+    assert embedding["statistic"] < 0 and embedding["details"]["mmd2_unbiased"] == embedding["statistic"]
+    text = " ".join(page.text)
+    assert "MMD² ≈ 0" in text and "below 0" in text
+    assert not re.search(r"MMD²\s*=?\s*[-\u2212]\s*\d", text), re.findall(r"MMD².{0,12}", text)
+    terminal = run_cli("drift", str(run), "--data", str(same), "--out", str(same.parent / "cli-report"),
+                       "--device", "cpu", "--workers", "0", "--quiet")
+    assert terminal.returncode == 0, terminal.stderr
+    assert "MMD² ≈ 0" in terminal.stdout and not re.search(r"MMD²\s*=?\s*-\d", terminal.stdout), terminal.stdout
+
+
+def test_a_constant_image_statistic_is_stated_not_drawn_as_an_empty_block(same_images_report: tuple) -> None:
+    page = same_images_report[0]
+    note = " ".join(text for text, classes in page.runs if "constant" in classes)
+    for stat, value in (("width", "all images: 16 px"), ("height", "all images: 16 px"),
+                        ("aspect_ratio", "all images: 1.00"), ("saturation", "all images: 0")):
+        assert stat in note and value in note, note
+    assert "brightness" not in note  # it varies: drawn as histograms
+
+
+def test_numbers_in_image_captions_never_break_inside(same_images_report: tuple) -> None:
+    """The cards used `word-break: break-all`, which split "100%" into "10" / "0%"."""
+    page = same_images_report[0]
+    rules = dict(re.findall(r"([^{}]+)\{([^}]*)\}", page.css))
+    rules = {k.strip(): v for k, v in rules.items()}
+    assert "break-all" not in page.css
+    assert "white-space:nowrap" in rules[".n"].replace(" ", "")
+    percentages = [(text, classes) for text, classes in page.runs if re.search(r"\d%", text)
+                   and "card" in classes]
+    assert percentages and all(classes[-1] == "n" for _, classes in percentages), percentages

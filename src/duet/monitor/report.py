@@ -170,21 +170,48 @@ def plot_confidence(reference: np.ndarray, current: np.ndarray) -> str:
     return _png(fig)
 
 
+def _stat_value(name: str, value: float) -> str:
+    if name in ("width", "height"):
+        return f"{value:g} px"
+    return f"{value:.2f}" if name == "aspect_ratio" else f"{value:.3g}"
+
+
+def constant_stats(names: Sequence[str], reference: np.ndarray, current: np.ndarray) -> dict[str, str]:
+    """The statistics with a single value in both samples, each with a sentence
+    ("all images: 32 px"); a histogram of one value would be a meaningless block."""
+    found = {}
+    for j, name in enumerate(names):
+        ref, cur = reference[:, j], current[:, j]
+        if len(ref) == 0 or len(cur) == 0 or np.ptp(ref) > 1e-9 or np.ptp(cur) > 1e-9:
+            continue
+        a, b = _stat_value(name, float(ref[0])), _stat_value(name, float(cur[0]))
+        found[name] = f"all images: {a}" if a == b else f"all reference images: {a}; all current images: {b}"
+    return found
+
+
 def plot_image_stats(names: Sequence[str], reference: np.ndarray, current: np.ndarray) -> str:
     cols = 3
     rows = -(-len(names) // cols)
     fig = _figure(11, 3 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    constant = constant_stats(names, reference, current)
     for j, name in enumerate(names):
         ax = axes[j]
+        ax.set_title(name, fontsize=10)
+        if name in constant:  # one value: say it instead of drawing a block
+            ax.text(0.5, 0.5, constant[name].replace("; ", "\n"), ha="center", va="center", fontsize=11,
+                    transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         both = np.concatenate([reference[:, j], current[:, j]])
-        lo, hi = float(both.min()), float(both.max())
-        bins = np.linspace(lo - 0.5, hi + 0.5, 3) if hi - lo < 1e-9 else np.linspace(lo, hi, 26)
+        bins = np.linspace(float(both.min()), float(both.max()), 26)
         ax.hist(reference[:, j], bins=bins, density=True, alpha=0.55, color=REF_COLOUR, label="reference")
         ax.hist(current[:, j], bins=bins, density=True, alpha=0.55, color=CUR_COLOUR, label="current")
-        ax.set_title(name, fontsize=10)
         ax.tick_params(labelsize=8)
-    axes[0].legend(loc="best", fontsize=8)
+    drawn = [axes[j] for j, name in enumerate(names) if name not in constant]
+    if drawn:
+        drawn[0].legend(loc="best", fontsize=8)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     return _png(fig)
@@ -216,10 +243,13 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;ma
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .verdict{padding:1em;border-radius:6px;font-size:1.1em}
 .drift{background:#fde8e8;border:1px solid #e0a0a0} .ok{background:#e8f6ea;border:1px solid #9ccfa5}
+.insufficient{background:#fff4d6;border:1px solid #e0c070}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .yes{color:#b00020;font-weight:600} .no{color:#1b7f3b} .grid{display:flex;flex-wrap:wrap;gap:12px}
-.card{width:150px;font-size:.8em;word-break:break-all} .card img{image-rendering:pixelated;border:1px solid #ccc}
+.card{width:150px;font-size:.8em} .card .file{overflow-wrap:anywhere}
+.card img{image-rendering:pixelated;border:1px solid #ccc}
+.n{white-space:nowrap}
 img.plot{max-width:100%}
 """
 
@@ -230,6 +260,44 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     if x != 0 and abs(x) < 10 ** -digits:
         return f"{x:.1e}"
     return f"{x:.{digits}f}"
+
+
+def _stat_cell(d: Any) -> str:
+    """A detector's statistic for the table; a negative unbiased MMD² reads "≈ 0" (marked *)."""
+    if d.statistic is None:
+        return "–"
+    if d.statistic_name == "MMD²" and d.statistic < 0:
+        return f"{html.escape(d.statistic_name)} ≈ 0<sup>*</sup>"
+    return f"{html.escape(d.statistic_name)} {_fmt(d.statistic)}"
+
+
+def _detector_table(result: DriftResult) -> str:
+    e = html.escape
+    rows = ["<h2>Detectors</h2><table><tr><th>detector</th><th>method</th><th>statistic</th><th>p-value</th>"
+            "<th>threshold</th><th>drift</th><th>what it means</th></tr>"]
+    for d in result.detectors:
+        flag = "skipped" if d.skipped else ("<span class='yes'>yes</span>" if d.drift else "<span class='no'>no</span>")
+        rows.append(f"<tr><td>{e(d.detector)}</td><td>{e(d.method)}</td><td class='num'>{_stat_cell(d)}</td>"
+                    f"<td class='num'>{_fmt(d.p_value)}</td><td class='num'>{_fmt(d.threshold)}</td>"
+                    f"<td>{flag}</td><td>{e(d.sentence)}</td></tr>")
+    rows.append("</table>")
+    if any(d.statistic_name == "MMD²" and d.statistic is not None and d.statistic < 0 for d in result.detectors):
+        rows.append("<p><sup>*</sup> The unbiased MMD² estimate came out below 0, as it does when both samples "
+                    "come from the same distribution (its expectation is then 0): read it as no distance. "
+                    "report.json keeps the raw value (<code>statistic</code>, <code>details.mmd2_unbiased</code>).</p>")
+    return "\n".join(rows)
+
+
+def _atypical_card(a: dict[str, Any]) -> str:
+    """One thumbnail with its file name (may wrap anywhere) and its numbers (never wrapped)."""
+    e = html.escape
+    thumb = _thumbnail(Path(a["path"]))
+    img = f"<img src='data:image/png;base64,{thumb}'>" if thumb else ""
+    pred = (f"<br>predicted <b>{e(a['predicted'])}</b> <span class='n'>({a['confidence']:.0%})</span>"
+            if "predicted" in a else "")
+    return (f"<div class='card'>{img}<br><span class='file' title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
+            f"<br>score <span class='n'>{a['score']:.2f}</span>, beyond "
+            f"<span class='n'>{a['reference_percentile']:.0%}</span> of reference{pred}</div>")
 
 
 def render_html(
@@ -245,19 +313,19 @@ def render_html(
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
-    parts.append(f"<div class='verdict {'drift' if result.drift else 'ok'}'><b>{'DRIFT' if result.drift else 'NO DRIFT'}"
-                 f"</b> — {e(result.sentence)}</div>")
+    css, word = {"drift": ("drift", "DRIFT"), "no_drift": ("ok", "NO DRIFT"),
+                 "insufficient": ("insufficient", "NOT ENOUGH DATA")}[result.status]
+    parts.append(f"<div class='verdict {css}'><b>{word}</b> — {e(result.sentence)}</div>")
+    a = result.accuracy
+    if a is not None and a["accuracy"] is not None:
+        parts.append(f"<p class='accuracy'>Estimated accuracy without labels: <b class='n'>{a['accuracy']:.1%}</b> "
+                     f"(95% interval <span class='n'>{a['low']:.1%}–{a['high']:.1%}</span>, {a['n']} images) vs "
+                     f"<span class='n'>{a['reference_accuracy']:.1%}</span> on the labelled reference "
+                     f"(method {e(a['method'])}, from temperature-scaled confidences; see docs/monitoring.md).</p>")
     parts.append("<table>" + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
                  + "</table>")
-    parts.append("<h2>Detectors</h2><table><tr><th>detector</th><th>method</th><th>statistic</th><th>p-value</th>"
-                 "<th>threshold</th><th>drift</th><th>what it means</th></tr>")
-    for d in result.detectors:
-        stat = "–" if d.statistic is None else f"{e(d.statistic_name)} {_fmt(d.statistic)}"
-        flag = "skipped" if d.skipped else ("<span class='yes'>yes</span>" if d.drift else "<span class='no'>no</span>")
-        parts.append(f"<tr><td>{e(d.detector)}</td><td>{e(d.method)}</td><td class='num'>{stat}</td>"
-                     f"<td class='num'>{_fmt(d.p_value)}</td><td class='num'>{_fmt(d.threshold)}</td>"
-                     f"<td>{flag}</td><td>{e(d.sentence)}</td></tr>")
-    parts.append("</table><p>Drift is flagged when a detector's p-value is below its threshold: the significance "
+    parts.append(_detector_table(result))
+    parts.append("<p>Drift is flagged when a detector's p-value is below its threshold: the significance "
                  f"level {result.alpha:g} divided by the number of detectors that ran (Bonferroni), so the whole "
                  f"verdict raises a false alarm at most {result.alpha:.0%} of the time on unchanged data.</p>")
     ref = profile.observations()
@@ -273,19 +341,17 @@ def render_html(
     if current.image_stats is not None and len(current):
         parts.append("<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
                      f"{plot_image_stats(profile.stat_names, ref.image_stats, current.image_stats)}'>")
+        constant = constant_stats(profile.stat_names, ref.image_stats, current.image_stats)
+        if constant:
+            parts.append("<p class='constant'>One value in both samples (drawn as text, not as a histogram): "
+                         + "; ".join(f"<b>{e(n)}</b>: {e(v)}" for n, v in constant.items()) + ".</p>")
         parts.append("<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names)
                      + ".</p>")
     if atypical:
         parts.append("<h2>Most atypical images</h2><p>Farthest from the reference in embedding space (mean "
                      f"distance to the {NEIGHBOURS} nearest reference images); the percentage is the share of "
                      "reference images that are closer to their own neighbours.</p><div class='grid'>")
-        for a in atypical:
-            thumb = _thumbnail(Path(a["path"]))
-            img = f"<img src='data:image/png;base64,{thumb}'>" if thumb else ""
-            pred = f"<br>predicted <b>{e(a['predicted'])}</b> ({a['confidence']:.0%})" if "predicted" in a else ""
-            parts.append(f"<div class='card'>{img}<br><span title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
-                         f"<br>score {a['score']:.2f}, "
-                         f"beyond {a['reference_percentile']:.0%} of reference{pred}</div>")
+        parts += [_atypical_card(a) for a in atypical]
         parts.append("</div>")
     if failed:
         parts.append(f"<h2>Unreadable files ({len(failed)})</h2><table><tr><th>file</th><th>reason</th></tr>")
