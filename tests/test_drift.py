@@ -262,3 +262,45 @@ def test_drift_alert_rules_pass_their_promtool_tests() -> None:
     for args in (("check", "rules", "drift_rules.yml"), ("test", "rules", "drift_rules_test.yml")):
         proc = subprocess.run(["promtool", *args], cwd=deploy, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def contaminants(champion: tuple[Path, Path], profile: ReferenceProfile, pool: tuple[Observations, list[Path]],
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Observations]:
+    """The model's view of 60 photo crops and of 60 unseen digits shrunk to 60 % (scale + pad)."""
+    from duet.bench.shifts import write_photos, write_shifted
+
+    out = tmp_path_factory.mktemp("contaminants")
+    picked = [pool[1][i] for i in np.random.default_rng(7).choice(len(pool[1]), 60, replace=False)]
+    files = {"photo": write_photos(out / "photo", 60, 16, seed=0),
+             "scale": write_shifted(picked, champion[1], out / "scale", "scale")}
+    observed = {}
+    for kind, paths in files.items():
+        obs, kept, failed = observe_files(champion[0], paths, profile, workers=0, progress=False)
+        assert not failed and len(kept) == 60
+        observed[kind] = obs
+    return observed
+
+
+@pytest.mark.parametrize("kind", ["photo", "scale"])
+def test_ten_percent_foreign_images_are_caught_by_the_outlier_rate(kind: str, profile: ReferenceProfile,
+                                                                   pool: tuple[Observations, list[Path]],
+                                                                   contaminants: dict[str, Observations]) -> None:
+    """Issue 12's blind spot: 10 foreign images in a 100-image window. Each image's
+    outlier score flags them (photos in feature space, shrunk digits by their
+    statistics), and the outlier-rate detector turns the window to drift; clean
+    windows stay quiet. 20 seeded windows each (measured: 100 % and 0 %)."""
+    obs, foreign = pool[0], contaminants[kind]
+    assert profile.outliers is not None
+    assert np.mean(profile.outliers.flags(foreign.outlier_scores)) >= 0.8
+    assert np.mean(profile.outliers.flags(obs.outlier_scores)) <= 0.03  # ~1 % by construction
+    rng = np.random.default_rng(11)
+    caught = quiet = 0
+    for _ in range(20):
+        clean, extra = rng.choice(len(obs), 100, replace=False), rng.choice(60, 10, replace=False)
+        mixed = Observations(**{k: np.concatenate([v[clean[:90]], getattr(foreign, k)[extra]])
+                                for k, v in obs._arrays().items()})
+        result = compare(profile, mixed)
+        caught += result.drift and result.detector("outlier_rate").drift
+        quiet += not compare(profile, obs.take(clean)).drift
+    assert caught >= 18 and quiet >= 18, (caught, quiet)
