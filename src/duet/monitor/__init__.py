@@ -5,6 +5,9 @@
 - :mod:`duet.monitor.drift`: the detectors, the verdict (``compare``) and the
   rolling window a server keeps (``DriftMonitor``).
 - :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
+- :mod:`duet.monitor.outliers`: per-image outlier scores and the window's
+  outlier-rate test (``OutlierModel``).
+- :mod:`duet.monitor.estimate`: label-free accuracy estimate (``AccuracyEstimator``).
 - :mod:`duet.monitor.check`: a folder of images against a run (``duet drift``).
 - :mod:`duet.monitor.report`: the HTML report.
 - :mod:`duet.monitor.gate`: the champion/challenger gate of ``duet retrain``
@@ -24,17 +27,21 @@ from duet.monitor.drift import (
     Observations,
     compare,
 )
+from duet.monitor.estimate import AccuracyEstimator
 from duet.monitor.imagestats import STAT_NAMES, image_stats
+from duet.monitor.outliers import OutlierModel
 from duet.monitor.profile import ProfileError, ReferenceProfile, load_profile, write_profile
 
 __all__ = [
     "DETECTORS",
     "STAT_NAMES",
+    "AccuracyEstimator",
     "DetectorResult",
     "DriftMonitor",
     "DriftResult",
     "DriftSettings",
     "Observations",
+    "OutlierModel",
     "ProfileError",
     "ReferenceProfile",
     "compare",
