@@ -105,7 +105,9 @@ def bench_monitor_cmd(
     windows: str = typer.Option("30,100,300", help="Window sizes, comma-separated."),
     trials: int = typer.Option(100, help="Windows drawn per scenario and window size."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Observe at most N pool images (seeded sample)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seeds the shifts, the photo crops and the windows."),
+    setup_seed: int = typer.Option(0, "--setup-seed", help="Without --run: which digits train the champion, its split "
+                                   "and init (0: the tests' champion)."),
     out: Path = typer.Option(Path("bench-monitor.json"), "--out", help="The JSON result (the tables go beside it as .md)."),
     device: str = typer.Option("cpu", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json"),
@@ -122,7 +124,7 @@ def bench_monitor_cmd(
         raise ConfigError(f"`--windows` must be comma-separated integers, e.g. 30,100,300. Received: {windows!r}") from None
     log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
     result = bench_monitor(run, pool, work_dir=work, windows=sizes, trials=trials,
-                           max_images=max_images, seed=seed, device=device, log=log)
+                           max_images=max_images, seed=seed, setup_seed=setup_seed, device=device, log=log)
     command = "duet bench monitor " + " ".join(sys.argv[3:])
     result["command"] = command
     md = markdown(result)

@@ -64,10 +64,12 @@ def _duet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True)
 
 
-def digits_champion(base: Path, *, log: Callable[[str], None] | None = None) -> tuple[Path, Path]:
+def digits_champion(base: Path, *, seed: int = 0, log: Callable[[str], None] | None = None) -> tuple[Path, Path]:
     """``(run folder, pool folder)``: the champion trained on 500 random digits and
     profiled, and the 1,297 digits it never saw (class sub-folders). Built once
-    under ``base`` (``base/ready`` marks it done) and reused afterwards."""
+    under ``base`` (``base/ready`` marks it done) and reused afterwards. ``seed``
+    picks the 500 digits and seeds ``duet train`` (split, init, augmentation);
+    0 is the champion of the tests."""
     run, pool, done = base / "runs" / "champ", base / "pool", base / "ready"
     if done.is_file():
         return run, pool
@@ -77,14 +79,14 @@ def digits_champion(base: Path, *, log: Callable[[str], None] | None = None) -> 
     shutil.rmtree(base, ignore_errors=True)
     write_digits(base / "all", size=DIGITS_SIZE, progress=False)
     files = sorted((base / "all").rglob("*.png"))
-    order = np.random.default_rng(0).permutation(len(files))
+    order = np.random.default_rng(seed).permutation(len(files))
     for rank, i in enumerate(order):
         f = files[i]
         dest = base / ("train" if rank < TRAIN_IMAGES else "pool") / f.parent.name / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         f.rename(dest)
     say(f"training the digits champion on {TRAIN_IMAGES} images under {base}")
-    for args in (("train", str(base / "train"), *CHAMPION_ARGS, "--out", str(base / "runs"), "--name", "champ"),
+    for args in (("train", str(base / "train"), *CHAMPION_ARGS, "--seed", str(seed), "--out", str(base / "runs"), "--name", "champ"),
                  ("profile", str(run), "--workers", "0", "--quiet", "--json")):
         proc = _duet(*args)
         if proc.returncode != 0:
@@ -276,6 +278,93 @@ def _check_args(run_dir: Path | None, pool_dir: Path | None, windows: Sequence[i
         raise ConfigError(f"`max_images` must be at least 2. Received: max_images={max_images}")
 
 
+@dataclass
+class Prepared:
+    """Everything the windows are drawn from: the run's profile, the observed pools
+    and the estimators fitted on the profile's reference sample."""
+
+    run_dir: Path
+    pool_dir: Path
+    profile: ReferenceProfile
+    pools: dict[str, Pool]
+    estimators: dict[str, AccuracyEstimator]
+    setup_seed: int | None  # None: a run passed in, not the digits setup
+    environment: dict[str, str]
+
+
+def prepare(
+    run_dir: Path | None = None,
+    pool_dir: Path | None = None,
+    *,
+    work_dir: Path,
+    max_images: int | None = None,
+    seed: int = 0,
+    setup_seed: int = 0,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> Prepared:
+    """Train the digits champion if no run is given, fit the estimators, observe the pools."""
+    from duet.bench.data import environment
+    from duet.inference import load_model
+    from duet.monitor.check import ensure_profile
+    from duet.runs import load_run
+    from duet.train.loop import resolve_device
+
+    say = log or (lambda _m: None)
+    given = run_dir is not None
+    if run_dir is None or pool_dir is None:
+        name = "digits-champion" + (f"-seed{setup_seed}" if setup_seed else "")
+        run_dir, pool_dir = digits_champion(Path(work_dir) / name, seed=setup_seed, log=say)
+    dev = resolve_device(device)
+    run = load_run(run_dir)
+    profile = ensure_profile(run.paths.root, device=device, workers=0, progress=False, log=say)
+    model = load_model(run, dev)
+    ref_p, ref_y = reference_sample(run.paths.root, profile, model, dev)
+    estimators = {m: AccuracyEstimator.fit(ref_p, ref_y, m) for m in METHODS}
+    pools = build_pools(run.paths.root, Path(pool_dir), Path(work_dir) / "shifted", profile, model, dev,
+                        max_images=max_images, seed=seed, log=say)
+    return Prepared(run.paths.root, Path(pool_dir).resolve(), profile, pools, estimators,
+                    None if given else setup_seed, environment(dev))
+
+
+def measure(prepared: Prepared, *, windows: Sequence[int] = WINDOWS, trials: int = TRIALS, seed: int = 0,
+            settings: DriftSettings | None = None, only: Sequence[Scenario] | None = None,
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per scenario (every one, or ``only``) and window size (``measure_cell``)."""
+    from duet.bench.shifts import SHIFTS
+
+    say = log or (lambda _m: None)
+    settings = settings or DriftSettings()
+    p = prepared
+    scores = {m: {name: e.score(pool.probabilities) for name, pool in p.pools.items()} for m, e in p.estimators.items()}
+    rows = []
+    for k, scenario in enumerate(scenarios(list(SHIFTS))):
+        if only is not None and scenario not in only:
+            continue
+        say(f"windows: {scenario.name}")
+        for size in windows:
+            rng = np.random.default_rng([seed, k, size])
+            rows.append(measure_cell(scenario, size, p.pools, p.profile, p.estimators, scores, trials=trials,
+                                     settings=settings, rng=rng))
+    return rows
+
+
+def summarise(prepared: Prepared, rows: list[dict[str, Any]], *, trials: int, seed: int,
+              settings: DriftSettings | None = None) -> dict[str, Any]:
+    """The JSON-able result: environment, setup, the fitted estimators and the rows."""
+    p = prepared
+    return {
+        "environment": {**p.environment, "time": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+        "setup": {"run": str(p.run_dir), "pool": str(p.pool_dir), "pool_images": len(p.pools["clean"]),
+                  "reference_images": p.profile.n_reference,
+                  "reference_accuracy": next(iter(p.estimators.values())).reference_accuracy,
+                  "windows": sorted({r["window"] for r in rows}), "trials": trials, "seed": seed,
+                  "setup_seed": p.setup_seed, "settings": asdict(settings or DriftSettings())},
+        "estimators": {m: e.to_dict() for m, e in p.estimators.items()},
+        "rows": rows,
+    }
+
+
 def bench_monitor(
     run_dir: Path | None = None,
     pool_dir: Path | None = None,
@@ -285,6 +374,7 @@ def bench_monitor(
     trials: int = TRIALS,
     max_images: int | None = None,
     seed: int = 0,
+    setup_seed: int = 0,
     settings: DriftSettings | None = None,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
@@ -293,49 +383,19 @@ def bench_monitor(
 
     Args:
         run_dir, pool_dir: a run and labelled images it never saw; both None: the
-            digits setup, trained once under ``work_dir/digits-champion``.
+            digits setup, trained once under ``work_dir/digits-champion[-seed<setup_seed>]``.
         work_dir: where the champion and the shifted images are written.
         windows: window sizes; trials: windows drawn per scenario and size.
         max_images: observe at most this many pool images (a seeded sample) [default: all].
         seed: seeds the shifts, the photo crops and the windows.
+        setup_seed: ``digits_champion``'s seed (another champion on other digits).
         settings: drift detector settings [default: the calibrated defaults].
     """
-    from duet.bench.data import environment
-    from duet.bench.shifts import SHIFTS
-    from duet.inference import load_model
-    from duet.monitor.check import ensure_profile
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
-
     _check_args(run_dir, pool_dir, windows, trials, max_images)
-    say = log or (lambda _m: None)
-    if run_dir is None or pool_dir is None:
-        run_dir, pool_dir = digits_champion(Path(work_dir) / "digits-champion", log=say)
-    settings = settings or DriftSettings()
-    dev = resolve_device(device)
-    run = load_run(run_dir)
-    profile = ensure_profile(run.paths.root, device=device, workers=0, progress=False, log=say)
-    model = load_model(run, dev)
-    ref_p, ref_y = reference_sample(run.paths.root, profile, model, dev)
-    estimators = {m: AccuracyEstimator.fit(ref_p, ref_y, m) for m in METHODS}
-    pools = build_pools(run.paths.root, Path(pool_dir), Path(work_dir) / "shifted", profile, model, dev,
-                        max_images=max_images, seed=seed, log=say)
-    scores = {m: {name: e.score(p.probabilities) for name, p in pools.items()} for m, e in estimators.items()}
-    rows = []
-    for k, scenario in enumerate(scenarios(list(SHIFTS))):
-        say(f"windows: {scenario.name}")
-        for size in windows:
-            rng = np.random.default_rng([seed, k, size])
-            rows.append(measure_cell(scenario, size, pools, profile, estimators, scores, trials=trials,
-                                     settings=settings, rng=rng))
-    return {
-        "environment": {**environment(dev), "time": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
-        "setup": {"run": str(run.paths.root), "pool": str(Path(pool_dir).resolve()), "pool_images": len(pools["clean"]),
-                  "reference_images": profile.n_reference, "reference_accuracy": estimators[METHODS[0]].reference_accuracy,
-                  "windows": list(windows), "trials": trials, "seed": seed, "settings": asdict(settings)},
-        "estimators": {m: e.to_dict() for m, e in estimators.items()},
-        "rows": rows,
-    }
+    prepared = prepare(run_dir, pool_dir, work_dir=work_dir, max_images=max_images, seed=seed,
+                       setup_seed=setup_seed, device=device, log=log)
+    rows = measure(prepared, windows=windows, trials=trials, seed=seed, settings=settings, log=log)
+    return summarise(prepared, rows, trials=trials, seed=seed, settings=settings)
 
 
 def _pct(x: float) -> str:
