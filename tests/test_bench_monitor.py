@@ -53,8 +53,9 @@ def test_jpeg_and_noise_change_pixels_but_not_the_picture() -> None:
     for name in ("jpeg", "noise"):
         b = np.asarray(SHIFTS[name](img, rng), np.float64)
         assert b.shape == a.shape and 0 < np.abs(b - a).mean() < 20
-    assert np.std(np.asarray(SHIFTS["noise"](Image.new("RGB", (64, 64), (128,) * 3), rng), np.float64)) == \
-        pytest.approx(5.0, rel=0.1)
+    noisy = np.asarray(SHIFTS["noise"](Image.new("RGB", (64, 64), (128,) * 3), rng), np.float64)
+    assert np.std(noisy) == pytest.approx(5.0, rel=0.1)
+    assert np.array_equal(noisy[..., 0], noisy[..., 1]) and np.array_equal(noisy[..., 0], noisy[..., 2])  # still grey
 
 
 def test_photo_crops_are_seeded_squares_of_the_asked_size() -> None:

@@ -12,7 +12,9 @@ same size and mode RGB, registered in ``SHIFTS`` by name:
   background colour (the median of its border pixels).
 - ``translate``: moved 15 % of the width right and 15 % of the height down,
   the uncovered band filled with the background colour.
-- ``noise``: Gaussian noise, sigma 5 grey levels, per pixel and channel.
+- ``noise``: Gaussian noise, sigma 5 grey levels, per pixel, the same on the
+  three channels (a grey image stays grey; noise drawn per channel would also
+  colour it, a change the saturation statistic sees).
 
 ``photo_crops`` makes an unrelated domain: random square crops of the two
 photos scikit-learn ships (``load_sample_images``: a temple in China and a
@@ -82,7 +84,7 @@ def translate(img: Image.Image, _rng: np.random.Generator) -> Image.Image:
 
 def noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     a = np.asarray(img.convert("RGB"), dtype=np.float64)
-    a = a + rng.normal(0.0, NOISE_SIGMA, a.shape)
+    a = a + rng.normal(0.0, NOISE_SIGMA, (*a.shape[:2], 1))
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 
