@@ -64,16 +64,18 @@ def _feed(url: str, paths: list[Path]) -> list[dict]:
     return out
 
 
-def _scrape_after_full_window(url: str, evaluations_before: float) -> str:
-    """/metrics once a verdict on a full window was computed after the feed."""
+def _scrape_after(url: str, images: int = WINDOW) -> str:
+    """/metrics once a verdict was computed entirely after the feed (call it right after feeding):
+    two more evaluations, the first of which may have begun before the last request."""
+    evaluations_before = metric_value(httpx.get(f"{url}/metrics").text, "duet_drift_evaluations_total")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = httpx.get(f"{url}/metrics").text
-        if (metric_value(text, "duet_drift_evaluations_total") > evaluations_before + 1
-                and metric_value(text, "duet_drift_window_images") == WINDOW):
+        if (metric_value(text, "duet_drift_evaluations_total") >= evaluations_before + 2
+                and metric_value(text, "duet_drift_window_images") == images):
             return text
         time.sleep(0.2)
-    pytest.fail("no drift verdict on a full window within 30 s")
+    pytest.fail(f"no drift verdict on {images} images within 30 s")
 
 
 def _firing(scrape: str, tmp: Path) -> set[str]:
@@ -109,9 +111,12 @@ def _firing(scrape: str, tmp: Path) -> set[str]:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)")
 def test_shifted_traffic_raises_every_drift_alert_and_clean_traffic_none(live: dict, tmp_path: Path) -> None:
     with running_server(live["export"], tmp_path, "--drift-window", str(WINDOW), "--drift-interval", "0.3") as server:
-        clean = _feed(server.url, live["clean"])
-        calm = _scrape_after_full_window(server.url, metric_value(httpx.get(f"{server.url}/metrics").text,
-                                                                  "duet_drift_evaluations_total"))
+        _feed(server.url, live["clean"][:20])  # fewer than a detector needs: "insufficient", never a green verdict
+        early = _scrape_after(server.url, 20)
+        assert httpx.get(f"{server.url}/v1/monitor").json()["status"] == "insufficient"
+        assert metric_value(early, "duet_drift_insufficient") == 1 and metric_value(early, "duet_drift_detected") == 0
+        clean = _feed(server.url, live["clean"][20:])
+        calm = _scrape_after(server.url)
         verdict = httpx.get(f"{server.url}/v1/monitor").json()
         assert verdict["status"] == "no_drift", verdict["sentence"]
         assert not any(d["skipped"] for d in verdict["detectors"])  # embeddings come from the graph
@@ -120,7 +125,7 @@ def test_shifted_traffic_raises_every_drift_alert_and_clean_traffic_none(live: d
         assert _firing(calm, tmp_path / "calm") == set()
 
         shifted = _feed(server.url, live["shifted"])
-        alarm = _scrape_after_full_window(server.url, metric_value(calm, "duet_drift_evaluations_total"))
+        alarm = _scrape_after(server.url)
         verdict = httpx.get(f"{server.url}/v1/monitor").json()
     assert verdict["status"] == "drift", verdict["sentence"]
     photos = [p for p in shifted if (p["file"] or "").startswith("photo_")]

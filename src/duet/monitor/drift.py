@@ -722,6 +722,8 @@ class DriftMonitor:
         self._outliers = _Ring(window, None, np.float32)
         self._accuracy = _Ring(window, None, np.float32)
         self._seen = 0
+        if profile.outliers is not None:
+            profile.outliers.whitening  # computed once here (~0.5 s for 512 features), not on a request
 
     def add(
         self,

@@ -42,6 +42,7 @@ numpy + scipy only (the server imports it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -124,12 +125,23 @@ class OutlierModel:
         """The probability that a clean image is flagged: ``r / (n + 1)``."""
         return self.rank / (len(self.reference_scores) + 1)
 
+    @cached_property
+    def whitening(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(W, M, |M|²)``: features -> whitened axes in one product (``precision =
+        L L^T``, ``W = axes^T L``), the whitened class means and their squared norms,
+        so that a Mahalanobis distance is a Euclidean one computed with BLAS
+        (about 0.1 ms per image for 512 features, instead of ~4 ms with einsum)."""
+        lower = np.linalg.cholesky(self.precision.astype(np.float64))
+        present = ~np.isnan(self.class_means[:, 0])
+        means = self.class_means[present].astype(np.float64) @ lower
+        return self.axes.T.astype(np.float64) @ lower, means, (means ** 2).sum(axis=1)
+
     def parts(self, features: np.ndarray, image_stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The two standardised distances, ``(embedding, image_stats)``, each (N,)."""
-        z = (np.asarray(features, dtype=np.float64) - self.mean) @ self.axes.T
-        present = ~np.isnan(self.class_means[:, 0])
-        d = z[:, None, :] - self.class_means[present][None]
-        emb = _mahalanobis(d, self.precision).min(axis=1)
+        w, means, means_sq = self.whitening
+        y = (np.asarray(features, dtype=np.float64) - self.mean) @ w
+        squared = (y ** 2).sum(axis=1)[:, None] - 2 * y @ means.T + means_sq[None]
+        emb = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
         st = _mahalanobis(stats_features(image_stats) - self.stats_mean, self.stats_precision)
         s = self.standardise
         return (emb - s[0]) / s[1], (st - s[2]) / s[3]

@@ -33,7 +33,6 @@ class Outputs:
     probabilities: np.ndarray   # float32 (N, C)
     version: str | None = None  # the model version that computed these rows (set by ModelService)
     features: np.ndarray | None = None  # float32 (N, D) penultimate features, when the graph has them
-    outlier_scores: np.ndarray | None = None  # float32 (N,), set by ModelService when drift is monitored
 
     def __len__(self) -> int:
         return len(self.logits)

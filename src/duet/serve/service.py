@@ -264,7 +264,7 @@ class ModelService:
             self.metrics.queue_images.set(self.batcher.queued_images)
         self.metrics.observe_predictions(out.probabilities)
         if self.drift is not None:
-            out.outlier_scores = self.drift.observe(out.probabilities, image_stats, out.features)
+            self.drift.observe(out.probabilities, image_stats, out.features)
         return out
 
     def outlier_model(self) -> Any:
@@ -274,16 +274,15 @@ class ModelService:
             return None
         return drift.outliers
 
-    def outlier_rows(self, out: Outputs) -> list[dict[str, Any] | None]:
-        """Per image: ``{"score", "p_value", "flagged"}`` (None when the rows were computed without scores,
-        e.g. by a model swapped in meanwhile that has none)."""
-        model = self.outlier_model()
-        if out.outlier_scores is None or model is None:
+    def outlier_rows(self, out: Outputs, image_stats: np.ndarray | None) -> list[dict[str, Any] | None]:
+        """Per image: ``{"score", "p_value", "flagged"}`` (None when no score can be computed, e.g. the
+        rows came from a model swapped in meanwhile that has no features output)."""
+        model, drift = self.outlier_model(), self.drift
+        scores = None if model is None or drift is None else drift.outlier_scores(out.features, image_stats)
+        if scores is None:
             return [None] * len(out)
-        p = model.p_values(out.outlier_scores)
-        flags = model.flags(out.outlier_scores)
-        return [{"score": float(s), "p_value": float(q), "flagged": bool(f)}
-                for s, q, f in zip(out.outlier_scores, p, flags)]
+        p, flags = model.p_values(scores), model.flags(scores)
+        return [{"score": float(s), "p_value": float(q), "flagged": bool(f)} for s, q, f in zip(scores, p, flags)]
 
     def version_of(self, out: Outputs) -> str:
         """The version that computed ``out`` (the served one, unless a swap happened meanwhile)."""

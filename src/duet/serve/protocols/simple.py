@@ -101,7 +101,7 @@ def router(service: ModelService) -> APIRouter:
             predictions.append({"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"],
                                 "top": top})
         if outliers:
-            for prediction, row in zip(predictions, service.outlier_rows(out)):
+            for prediction, row in zip(predictions, service.outlier_rows(out, stats)):
                 prediction["outlier"] = row
         version = service.version_of(out)
         return JSONResponse({"model": service.name, "version": version, "model_version": version,
