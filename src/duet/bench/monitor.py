@@ -8,9 +8,11 @@ The digits setup (the one in tests/test_drift.py, which imports
 other 1,297 are the unseen pool. ``--run RUN --pool DIR`` measures any run
 instead (DIR: class sub-folders named like the run's labels).
 
-Each pool is observed once (model forward pass): the clean pool, each image
-shift of :mod:`duet.bench.shifts` applied to it, and as many photo crops (an
-unrelated domain). Windows are then resampled from the observed rows, seeded:
+Each pool is observed once (``prepare``): the clean pool, each image shift of
+:mod:`duet.bench.shifts` applied to it, and as many photo crops (an unrelated
+domain), each through ``observe_files`` (what ``duet drift`` computes) and
+``embed_files`` (the class probabilities the estimators need). Windows are
+then resampled from the observed rows, seeded (``measure``):
 
 - ``clean``: unchanged unseen images (every alarm is false);
 - one scenario per shift and ``photo``: the whole window shifted;
@@ -22,7 +24,9 @@ Per scenario and window size the result holds the share of windows flagged by
 the verdict and by each detector the monitor ran (whatever ``result.detectors``
 names), the windows' mean true accuracy (a photo crop counts as wrong), and per
 estimator of :mod:`duet.monitor.estimate` (fitted on the reference sample) the
-mean and largest |estimated - true accuracy|.
+mean and largest |estimated - true accuracy| and the mean signed error.
+``summarise`` makes the JSON result, ``markdown`` its tables; ``bench_monitor``
+does all of it.
 """
 
 from __future__ import annotations
