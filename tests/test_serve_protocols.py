@@ -309,6 +309,19 @@ def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
     assert metric_value(text, "duet_drift_insufficient") == 0
 
 
+def test_outlier_fields_are_refused_up_front_when_drift_is_off(tmp_path_factory: pytest.TempPathFactory,
+                                                                 run: Path) -> None:
+    """?outliers=true on a server without monitoring: 409 with the reason, before any image is decoded."""
+    with running_server(shared_export(tmp_path_factory), tmp_path_factory.mktemp("logs"), "--no-drift") as s:
+        p, _ = val_files(run)[0]
+        r = httpx.post(f"{s.url}/v1/predict", params={"outliers": "true"}, content=p.read_bytes(),
+                       headers={"Content-Type": "image/png"})
+        assert r.status_code == 409 and r.json()["code"] == "outliers_unavailable", r.text
+        assert "--no-drift" in r.json()["error"]
+        ok = httpx.post(f"{s.url}/v1/predict", content=p.read_bytes(), headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200 and "outlier" not in ok.json()["predictions"][0]
+
+
 def test_alert_rules_use_metrics_the_server_exports(server: Server) -> None:
     import yaml
 

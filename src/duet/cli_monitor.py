@@ -336,6 +336,7 @@ def watch_cmd(
     min_new: int = typer.Option(1, "--min-new", min=1, help="New labelled images needed before retraining."),
     margin: float = typer.Option(0.05, help="Gate: largest allowed drop of any class's recall."),
     tolerance: float = typer.Option(0.0, help="Gate: how far overall accuracy may fall below the champion's."),
+    drop_margin: float = typer.Option(0.02, "--drop-margin", help="Gate: on the champion's own held-out images, refuse a drop larger than this when it is significant (exact McNemar, 5%)."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Folder for challenger runs."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Challenger epochs. \\[default: the champion's]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -355,7 +356,7 @@ def watch_cmd(
     from duet.retrain import watch
 
     decisions = watch(data, registry=_registry(registry), live_dir=live, interval=interval, iterations=iterations,
-                      min_new=min_new, gate=_gate(margin, tolerance), out=out_dir, epochs=epochs, device=device,
+                      min_new=min_new, gate=_gate(margin, tolerance, drop_margin), out=out_dir, epochs=epochs, device=device,
                       workers=workers, progress=not quiet and not as_json, log=_log(quiet or as_json))
     if as_json:
         from dataclasses import asdict
