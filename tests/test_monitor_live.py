@@ -119,6 +119,7 @@ def test_shifted_traffic_raises_every_drift_alert_and_clean_traffic_none(live: d
         calm = _scrape_after(server.url)
         verdict = httpx.get(f"{server.url}/v1/monitor").json()
         assert verdict["status"] == "no_drift", verdict["sentence"]
+        assert verdict["accuracy_estimate"]["n"] == WINDOW and verdict["accuracy_estimate"]["caution"] is None
         assert not any(d["skipped"] for d in verdict["detectors"])  # embeddings come from the graph
         assert sum(p["outlier"]["flagged"] for p in clean) <= 3
         (tmp_path / "calm").mkdir()
@@ -128,6 +129,7 @@ def test_shifted_traffic_raises_every_drift_alert_and_clean_traffic_none(live: d
         alarm = _scrape_after(server.url)
         verdict = httpx.get(f"{server.url}/v1/monitor").json()
     assert verdict["status"] == "drift", verdict["sentence"]
+    assert "too optimistic" in verdict["accuracy_estimate"]["caution"]  # no false comfort from the estimate
     photos = [p for p in shifted if (p["file"] or "").startswith("photo_")]
     assert sum(p["outlier"]["flagged"] for p in photos) >= 0.9 * len(photos)
     assert metric_value(alarm, "duet_drift_score", detector="embedding") > 0.05

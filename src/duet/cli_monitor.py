@@ -48,6 +48,8 @@ def _print_verdict(result: Any) -> None:
         out.print(f"estimated accuracy without labels: {a['accuracy']:.1%} (95% interval {a['low']:.1%}–{a['high']:.1%}, "
                   f"{a['n']} images) vs {a['reference_accuracy']:.1%} on the labelled reference ({a['method']})",
                   highlight=False)
+        if a.get("caution"):
+            out.print(f"[yellow]caution:[/] {a['caution']}", highlight=False)
     t = Table(show_header=True, box=None, pad_edge=False)
     for col in ("detector", "statistic", "p-value", "threshold", "drift", "finding"):
         t.add_column(col, overflow="fold")

@@ -605,6 +605,12 @@ def _detect(
     scores = cur("accuracy_scores")
     estimate = (accuracy.estimate(scores) if accuracy is not None and scores is not None
                 and len(scores) >= settings.min_images else None)
+    if estimate is not None:
+        # Under a shift the model is mostly over-confident, so a confidence-based
+        # estimate errs upward (docs/monitoring.md, "Estimated accuracy"): say so with it.
+        estimate["caution"] = (None if not drifted else
+                               f"the inputs drifted ({', '.join(r.detector for r in drifted)}): estimates from "
+                               "confidence are often too optimistic under such shifts; label a sample to measure")
     return DriftResult(
         accuracy=estimate,
         drift=None if status == "insufficient" else bool(drifted),

@@ -321,7 +321,8 @@ def render_html(
         parts.append(f"<p class='accuracy'>Estimated accuracy without labels: <b class='n'>{a['accuracy']:.1%}</b> "
                      f"(95% interval <span class='n'>{a['low']:.1%}–{a['high']:.1%}</span>, {a['n']} images) vs "
                      f"<span class='n'>{a['reference_accuracy']:.1%}</span> on the labelled reference "
-                     f"(method {e(a['method'])}, from temperature-scaled confidences; see docs/monitoring.md).</p>")
+                     f"(method {e(a['method'])}, from temperature-scaled confidences; see docs/monitoring.md)."
+                     + (f" <b>Caution:</b> {e(a['caution'])}." if a.get("caution") else "") + "</p>")
     parts.append("<table>" + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
                  + "</table>")
     parts.append(_detector_table(result))
