@@ -4,6 +4,7 @@ promote/rollback through the CLI, and the watcher a server polls."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,28 @@ def test_a_finished_run_records_that_it_finished(runs: tuple[Path, Path], tmp_pa
     assert version.unfinished == ""
 
 
+def test_a_run_killed_between_its_last_checkpoint_and_run_json_is_caught_up_by_resume(runs: tuple[Path, Path],
+                                                                                       tmp_path: Path) -> None:
+    """The narrow window: the last epoch's checkpoint is saved, run.json (and the profile) are
+    not yet rewritten. The registry refuses such a run; `duet train --resume` says the run is
+    finished and brings its records up to the checkpoint, after which it can be promoted."""
+    run = tmp_path / "r"
+    shutil.copytree(runs[0], run)
+    info = json.loads((run / "run.json").read_text())
+    info["best"]["epochs_done"] = 0  # as the kill leaves it: the final epoch not yet recorded
+    (run / "run.json").write_text(json.dumps(info))
+    shutil.rmtree(run / "profile", ignore_errors=True)
+    registry = str(tmp_path / "registry")
+    _one_line_error(run_cli("registry", "promote", str(run), "--registry", registry), 5, "--force")
+    resumed = run_cli("train", "--resume", str(run))
+    _one_line_error(resumed, 5, "already finished")
+    assert "brought up to date" in resumed.stderr
+    assert json.loads((run / "run.json").read_text())["best"]["epochs_done"] == 1
+    assert (run / "profile" / "profile.json").is_file()
+    promoted = run_cli("registry", "promote", str(run), "--registry", registry)
+    assert promoted.returncode == 0, promoted.stderr
+
+
 def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(runs: tuple[Path, Path],
                                                                          tmp_path: Path) -> None:
     reg = Registry(tmp_path / "registry")
@@ -219,16 +242,21 @@ def test_every_pointer_a_reader_sees_is_already_in_the_event_log(runs: tuple[Pat
     reg.promote(v1)
     stop = threading.Event()
     missing: list[int] = []
+    errors: list[BaseException] = []
     checks = [0]
 
     def read() -> None:
         reader = Registry(reg.root)
-        while not stop.is_set():
-            seq = reader.champion_pointer().seq
-            logged = {e.get("seq") for e in reader.events() if e["event"] in ("promote", "rollback")}
-            checks[0] += 1
-            if seq not in logged:
-                missing.append(seq)
+        try:
+            while not stop.is_set():
+                seq = reader.champion_pointer().seq
+                # events() while the writer appends: a half-written line must not be read
+                logged = {e.get("seq") for e in reader.events() if e["event"] in ("promote", "rollback")}
+                checks[0] += 1
+                if seq not in logged:
+                    missing.append(seq)
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
 
     readers = [threading.Thread(target=read) for _ in range(2)]
     for t in readers:
@@ -241,8 +269,21 @@ def test_every_pointer_a_reader_sees_is_already_in_the_event_log(runs: tuple[Pat
         stop.set()
         for t in readers:
             t.join()
+    assert not errors, errors[:1]
     assert checks[0] > 50 and not missing, (checks[0], missing[:5])
     assert reg.champion_pointer().seq == 151
+
+
+def test_a_damaged_event_line_is_skipped_not_fatal(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    reg.promote(reg.register(runs[0]).version)
+    with reg.events_file.open("a", encoding="utf-8") as f:
+        f.write('{"event": "promote", "seq"\n')   # cut off by a crash, then appended after
+    reg.promote(reg.register(runs[1]).version)
+    with reg.events_file.open("a", encoding="utf-8") as f:
+        f.write('{"event": "prom')                  # being appended right now: no newline yet
+    events = reg.events()
+    assert [e["event"] for e in events].count("promote") == 2 and events[-1]["seq"] == 2
 
 
 def test_a_switch_logged_but_never_made_is_marked_by_the_next_writer(runs: tuple[Path, Path], tmp_path: Path) -> None:

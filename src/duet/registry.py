@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -58,6 +59,9 @@ DEFAULT_REGISTRY = Path("registry")
 HISTORY_KEPT = 50  # champions kept in champion.json's history; events.jsonl keeps them all
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _SWITCH_EVENTS = ("promote", "rollback", "switch_interrupted")
+
+
+log = logging.getLogger("duet.registry")
 
 
 class RegistryError(DuetError):
@@ -203,9 +207,23 @@ class Registry:
         return None if pointer is None else self.get(pointer.version)
 
     def events(self) -> list[dict[str, Any]]:
+        """Every event, oldest first. Lock-free: a line a writer is appending at this
+        moment (no newline yet) is not read, and a line that does not parse (cut off
+        by a crash, before later appends) is skipped with a warning, so one damaged
+        line never makes the registry unreadable."""
         if not self.events_file.is_file():
             return []
-        return [json.loads(line) for line in self.events_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = self.events_file.read_text(encoding="utf-8", errors="replace")
+        complete = text[: text.rfind("\n") + 1]
+        found = []
+        for number, line in enumerate(complete.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d is damaged and was skipped: %.80s", self.events_file, number, line)
+        return found
 
     # ------------------------------------------------------------ writing
 

@@ -199,6 +199,29 @@ def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any]) -> 
     }
 
 
+def _catch_up_records(paths: RunPaths, config: TrainConfig, manifest: Manifest, loop: LoopState, done: int,
+                      log: Log) -> None:
+    """A run killed after its last checkpoint was saved but before run.json was
+    rewritten finished training, yet its run.json counts an epoch fewer (and the
+    registry refuses to promote it). Bring run.json up to the checkpoint, and write
+    the drift profile if the kill came before it."""
+    try:
+        recorded = int((json.loads(paths.info.read_text(encoding="utf-8")).get("best") or {}).get("epochs_done") or 0)
+    except (OSError, ValueError):
+        recorded = 0
+    if recorded < done:
+        write_info(paths, _run_info(config, manifest, {
+            "epoch": loop.best_epoch, "val_accuracy": loop.best_val_accuracy, "epochs_done": done,
+            "stopped_early": bool(config.patience) and loop.stale_epochs >= config.patience, "events": loop.events,
+            "load_failures": loop.load_failures[:100],
+        }))
+        log(f"run.json recorded {recorded} of {done} finished epochs (interrupted while writing); brought up to date")
+    if not (paths.root / "profile" / "profile.json").is_file() and any(r.split == "val" for r in manifest.usable()):
+        from duet.monitor.profile import write_profile
+
+        write_profile(paths.root, device=config.device, progress=False, log=log)
+
+
 def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> TrainResult:
     """Train a new run from ``config``; returns when all epochs are done.
 
@@ -255,6 +278,8 @@ def resume(run_dir: Path, *, epochs: int | None = None, progress: bool = True, l
     if epochs is not None and (epochs != config.epochs or finished):
         config = _replan(paths, config, state, epochs, main=d.main, log=log)
     elif finished:
+        if d.main:
+            _catch_up_records(paths, config, manifest, loop, done, log)
         raise RunError(f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
                        f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})")
     try:
