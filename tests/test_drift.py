@@ -160,6 +160,8 @@ def test_drift_command_prints_a_verdict_and_writes_an_html_report(champion: tupl
     assert page.count("data:image/png;base64,") >= 4 + 12  # plots + thumbnails, all inline
     report = json.loads(Path(verdict["report"]["json"]).read_text())
     assert len(report["most_atypical"]) == 12
+    scores = [a["score"] for a in report["most_atypical"]]  # ranked by the per-image outlier score
+    assert scores == sorted(scores, reverse=True) and all(isinstance(a["outlier"], bool) for a in report["most_atypical"])
     for a in report["most_atypical"]:  # captioned by class folder and name, relative to the data folder
         assert a["file"] == Path(a["path"]).relative_to(rotated.resolve()).as_posix() and a["file"].count("/") == 1
         assert f">{a['file']}</span>" in page

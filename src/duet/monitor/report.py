@@ -3,8 +3,9 @@
 Sections: the verdict and each detector's sentence; the embeddings of both
 samples on the first two PCA axes; the predicted-class mix side by side and
 its per-class change; the top-1 confidence distributions; the image
-statistics; and the most atypical new images (farthest from the reference in
-embedding space), with their predicted class.
+statistics; and the most atypical new images (highest outlier score, see
+:mod:`duet.monitor.outliers`; for older profiles, farthest from the reference
+in embedding space), with their predicted class.
 """
 
 from __future__ import annotations
@@ -62,15 +63,30 @@ def most_atypical(
 ) -> list[dict[str, Any]]:
     """The ``limit`` most atypical images, each with ``path`` (as given),
     ``file`` (relative to ``root``, the data folder: class folder and name, which
-    tell apart files of the same name), score, percentile and prediction."""
-    if current.embeddings is None or len(current) == 0 or profile.n_reference < 2:
+    tell apart files of the same name), score, percentile and prediction.
+
+    Ranked by the per-image outlier score when the profile has the outlier model
+    (``flagged``: above the threshold the outlier-rate detector counts), else by
+    the mean distance to the 5 nearest reference embeddings."""
+    if len(current) == 0 or profile.n_reference < 2:
         return []
-    scores, pct = atypicality(profile.embeddings, current.embeddings)
+    flagged = None
+    if current.outlier_scores is not None and profile.outliers is not None:
+        scores = np.asarray(current.outlier_scores, dtype=np.float64)
+        ref = np.sort(profile.outliers.reference_scores)
+        pct = np.searchsorted(ref, scores, side="right") / len(ref)
+        flagged = profile.outliers.flags(scores)
+    elif current.embeddings is not None:
+        scores, pct = atypicality(profile.embeddings, current.embeddings)
+    else:
+        return []
     order = np.argsort(-scores)[:limit]
     out = []
     for i in order:
         row: dict[str, Any] = {"path": str(paths[i]), "file": display_path(Path(paths[i]), root, paths),
                                "score": float(scores[i]), "reference_percentile": float(pct[i])}
+        if flagged is not None:
+            row["outlier"] = bool(flagged[i])
         if current.classes is not None:
             row["predicted"] = profile.labels[int(current.classes[i])]
             row["confidence"] = float(current.confidences[i])  # type: ignore[index]
@@ -296,7 +312,7 @@ def _atypical_card(a: dict[str, Any]) -> str:
     pred = (f"<br>predicted <b>{e(a['predicted'])}</b> <span class='n'>({a['confidence']:.0%})</span>"
             if "predicted" in a else "")
     return (f"<div class='card'>{img}<br><span class='file' title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
-            f"<br>score <span class='n'>{a['score']:.2f}</span>, beyond "
+            f"<br>{'<b>outlier</b>, ' if a.get('outlier') else ''}score <span class='n'>{a['score']:.2f}</span>, beyond "
             f"<span class='n'>{a['reference_percentile']:.0%}</span> of reference{pred}</div>")
 
 
