@@ -257,16 +257,12 @@ def _batch_stats(port: int) -> tuple[float, float]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from duet.cpu_caps import cpu_capabilities, summary  # the CPU's name, and what int8/bf16 can run on
+
+    caps = cpu_capabilities()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpus": cpus, "cpu": cpu, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    return {"cpus": cpus, "cpu": f"{caps['cpu']} ({summary(caps)})", "capabilities": caps,
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version()}
 
 
