@@ -38,6 +38,9 @@ def export(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per parity batch."),
     opset: int = typer.Option(20, "--opset", min=13, help="ONNX opset."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder (only once the new one has passed)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model.int8.onnx (static QDQ quantization, per-channel weights, calibrated on training images), behind its own accuracy gate."),
+    int8_tolerance: float = typer.Option(1.0, "--int8-tolerance", min=-100.0, max=100.0, help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written)."),
+    calibration_images: int = typer.Option(256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
@@ -45,17 +48,21 @@ def export(
 
     The ONNX graph takes uint8 NCHW pixels (the centre crop) and normalises inside, with a dynamic batch. The parity gate runs the whole validation split through ONNX Runtime and PyTorch (fp32): unless top-1 agrees on 100% of images and max |Δprobability| <= --tolerance, the export fails and nothing is written.
 
+    With --quantize int8, model.int8.onnx is added: calibrated on up to --calibration-images training images, then the validation split runs through both graphs; if int8's top-1 accuracy is more than --int8-tolerance points below fp32's, the whole export fails and nothing is written (export again without --quantize for fp32 alone). Serve it with `duet serve RUN --model-variant int8`.
+
     Example: duet export runs/pets-r50 && duet serve runs/pets-r50
     """
     from duet.export.exporter import export_run
 
     res = export_run(run, out_dir=out, data_dir=data, tolerance=tolerance, batch_size=batch_size, opset=opset,
-                     force=force, progress=not (quiet or as_json), log=_log(quiet or as_json))
+                     force=force, quantize=quantize, int8_tolerance=int8_tolerance,
+                     calibration_images=calibration_images, progress=not (quiet or as_json), log=_log(quiet or as_json))
     p = res.parity
     summary = {
         "export": str(res.export_dir),
         "files": {k: v for k, v in res.manifest["files"].items()},
         "parity": p.to_dict(),
+        "variants": res.variants or {},
         "onnx": res.manifest["onnx"],
         "data_fingerprint": res.manifest["data"]["fingerprint"],
         "seconds": round(res.seconds, 1),
@@ -70,6 +77,12 @@ def export(
         t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
     t.add_row("parity", f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
                         f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]")
+    for name, variant in (res.variants or {}).items():
+        g = variant["gate"]
+        t.add_row(name, f"{g['images']} {g['split']} images: top-1 accuracy {100 * g['int8_accuracy']:.2f}% vs fp32 "
+                        f"{100 * g['fp32_accuracy']:.2f}% (allowed -{g['tolerance_points']:g} points), agreement "
+                        f"{100 * g['top1_agreement']:.2f}%; calibrated on {variant['calibration']['images']} training "
+                        "images [bold green]passed[/]")
     t.add_row("graph", f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
                        f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities"
                        + (f", features [N,{res.manifest['onnx']['features']['width']}] (for drift monitoring)"
@@ -88,6 +101,7 @@ def serve(
     model_version: str = typer.Option("1", "--model-version", help="Version reported and accepted in URLs."),
     runtime: str = typer.Option("auto", help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."),
     device: str = typer.Option("auto", help="For --runtime torch: auto | cpu | cuda."),
+    model_variant: str = typer.Option("fp32", "--model-variant", help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Dynamic batcher: images per runtime call."),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."),
     threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = one per core)."),
@@ -134,7 +148,7 @@ def serve(
         kwargs["decode_workers"] = decode_workers
     config = ServeConfig(
         model_dir=model if model is not None else registry, host=host, port=port, model_name=model_name, model_version=model_version,
-        runtime=runtime, device=device, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, threads=threads,
+        runtime=runtime, device=device, model_variant=model_variant, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, threads=threads,
         ort_spinning=ort_spinning,
         top_k=top_k, limits=Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
                                    max_queue_images=max_queue_images, max_request_pixels=max_request_pixels,
@@ -166,7 +180,8 @@ def _print_check(config: Any) -> None:
     package, rt = load(config)
     _print_json({"model": config.model_name or package.name, "version": config.model_version,
                  "folder": str(package.root), "verified": True,
-                 "runtime": rt.name, "device": rt.device, "labels": package.labels,
+                 "runtime": rt.name, "device": rt.device, "variant": getattr(rt, "variant", "fp32"),
+                 "labels": package.labels,
                  "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
 
 def bench_serve(
@@ -179,6 +194,7 @@ def bench_serve(
     naive: bool = typer.Option(True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."),
     repeat: int = typer.Option(1, "--repeat", min=1, help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine."),
     drift_cost: bool = typer.Option(False, "--drift-cost", help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs."),
+    variants: str = typer.Option("fp32", "--variants", help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
@@ -196,7 +212,7 @@ def bench_serve(
         raise ConfigError(f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}")
     result = run_bench(model, images_dir=images, levels=levels, requests=requests, max_batch_size=max_batch_size,
                        max_delay_ms=max_delay_ms, naive=naive, log=_log(as_json), repeat=repeat,
-                       drift_cost=drift_cost)
+                       drift_cost=drift_cost, variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
     if as_json:
         _print_json(result)
         return
@@ -223,6 +239,12 @@ def bench_serve(
     if v.get("drift_cost"):
         costs = ", ".join(f"{cost:+.1%} at {c} clients" for c, cost in v["drift_cost"].items())
         out_console.print(f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)",
+                          highlight=False)
+    if v.get("int8_vs_fp32"):
+        ratio = v["int8_vs_fp32"]
+        ceiling_ratio = f" (runtime ceiling: {v['int8_vs_fp32_ceiling']:.2f}x)" if "int8_vs_fp32_ceiling" in v else ""
+        out_console.print(f"at {v['concurrency']} clients duet serve int8 reaches {ratio:.2f}x fp32's images/s"
+                          f"{ceiling_ratio} (goal >= 2x on an AMX/VNNI CPU: {'met' if ratio >= 2 else 'NOT met'})",
                           highlight=False)
 
 

@@ -47,6 +47,7 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
         *_metric_lines(metrics),
         "",
+        *_variant_lines(m.get("variants") or {}),
         "## Preprocessing (inside and outside the graph)",
         "",
         "1. decode with `duet.data.imageio.decode` (EXIF orientation applied; alpha composited on white; RGB uint8)",
@@ -100,4 +101,26 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
         f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
         f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
         f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})")
+    return lines
+
+
+
+def _variant_lines(variants: dict[str, Any]) -> list[str]:
+    """The card's section on quantized variants (``duet export --quantize int8``), empty without one."""
+    lines: list[str] = []
+    for name, v in variants.items():
+        g, c = v["gate"], v["calibration"]
+        lines += [
+            f"## {name} variant: `{v['file']}`",
+            "",
+            f"- quantization: static, {c['format']}, weights {c['weights']}, activations {c['activations']}, "
+            f"{c['method']} calibration, ops {', '.join(c['ops'])} (the uint8 input and the normalisation stay fp32)",
+            f"- calibration: {c['images']} images of the {c['split']} split (seed {c['seed']}), preprocessed as served",
+            f"- gate on {g['images']} {g['split']} images: top-1 accuracy {_pct(g['int8_accuracy'])} vs fp32 "
+            f"{_pct(g['fp32_accuracy'])} ({0.0 - g['accuracy_loss_points'] + 0.0:+.2f} points; "
+            f"allowed -{g['tolerance_points']:g}), "
+            f"top-1 agreement with fp32 {_pct(g['top1_agreement'])}",
+            f"- serve it: `duet serve MODEL --model-variant {name}`",
+            "",
+        ]
     return lines

@@ -8,10 +8,13 @@ Steps, in order (the story of an export):
 3. the parity gate (``duet.export.parity``) over the whole validation split:
    fail, and leave nothing behind, unless top-1 agrees on 100% and
    max |Δprobability| <= 1e-4 in fp32;
-4. the run's drift reference profile (``RUN/profile``, when training wrote one)
+4. with ``quantize="int8"``: ``model.int8.onnx``, calibrated on training
+   images and gated on the validation split (``duet.export.quantize``); a
+   failed int8 gate fails the whole export, so nothing is written;
+5. the run's drift reference profile (``RUN/profile``, when training wrote one)
    is copied to ``profile/``, so a server gets it verified with the model;
-5. ``MODEL_CARD.md`` and ``model.json`` (with the sha256 of every file);
-6. rename the folder into place (RUN/export/ by default). An existing export is
+6. ``MODEL_CARD.md`` and ``model.json`` (with the sha256 of every file);
+7. rename the folder into place (RUN/export/ by default). An existing export is
    replaced only with ``force=True``.
 """
 
@@ -34,14 +37,18 @@ import duet
 from duet.atomic import write_json_atomic, write_text_atomic
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest
-from duet.errors import DataError, RunError
+from duet.errors import ConfigError, DataError, RunError
 from duet.export import onnx_graph
 from duet.export.card import render_card
 from duet.export.package import (
-    CARD_FILE, MANIFEST, ONNX_FILE, PROFILE_DIR, SCHEMA, WEIGHTS_FILE, data_fingerprint, file_entries, sha256_file,
-    signature,
+    CARD_FILE, INT8_FILE, MANIFEST, ONNX_FILE, PROFILE_DIR, SCHEMA, WEIGHTS_FILE, data_fingerprint, file_entries,
+    sha256_file, signature,
 )
 from duet.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity
+from duet.export.quantize import (
+    CALIBRATION_IMAGES, CALIBRATION_SEED, DEFAULT_INT8_TOLERANCE, QuantizeError, calibration_samples, check_int8,
+    load_pixels, quantize_int8,
+)
 from duet.inference import load_model
 from duet.runs import RunInfo, load_run
 
@@ -54,6 +61,7 @@ class ExportResult:
     manifest: dict[str, Any]
     parity: ParityReport
     seconds: float
+    variants: dict[str, Any] | None = None  # model.json's "variants" (with --quantize)
 
 
 def _parity_samples(run: RunInfo, data_dir: Path | None) -> tuple[list[Sample], str]:
@@ -131,6 +139,9 @@ def export_run(
     batch_size: int = 32,
     opset: int = onnx_graph.DEFAULT_OPSET,
     force: bool = False,
+    quantize: str | None = None,
+    int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
+    calibration_images: int = CALIBRATION_IMAGES,
     progress: bool = True,
     log: Log = print,
 ) -> ExportResult:
@@ -144,12 +155,20 @@ def export_run(
         batch_size: images per parity batch.
         opset: ONNX opset for the exporter.
         force: replace an existing export folder (only after the new one passed).
+        quantize: ``"int8"`` adds model.int8.onnx (``duet.export.quantize``); None: fp32 only.
+        int8_tolerance: percentage points of validation top-1 accuracy int8 may lose against fp32.
+        calibration_images: most training images drawn (seeded) to calibrate int8.
 
     Raises:
         ParityError: the graph disagrees with PyTorch; nothing is written.
+        QuantizeError: the int8 graph lost more than ``int8_tolerance``; nothing is written.
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
     t0 = time.perf_counter()
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"`--quantize` must be int8 (or left out for fp32 only). Received: --quantize={quantize}")
+    if calibration_images < 1:
+        raise ConfigError(f"`--calibration-images` must be >= 1. Received: {calibration_images}")
     run = load_run(run_dir)
     dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
     if dest.exists() and not force:
@@ -178,17 +197,50 @@ def export_run(
                 f"({parity.images} {split} images, fp32); nothing was written. "
                 "Re-run with --debug, try another --opset, or report the model name as an exporter bug"
             )
-        manifest = _manifest(run, spec, graph, parity, tmp)
+        variants = None
+        if quantize == "int8":
+            variants = {"int8": _int8_variant(run, tmp, Path(data_dir) if data_dir else run.data_dir, samples, split,
+                                              int8_tolerance, calibration_images, log)}
+        manifest = _manifest(run, spec, graph, parity, tmp, variants)
         write_json_atomic(tmp / MANIFEST, manifest)
         _make_readable(tmp)
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(dest, manifest, parity, time.perf_counter() - t0)
+    return ExportResult(dest, manifest, parity, time.perf_counter() - t0, variants)
 
 
-def _manifest(run: RunInfo, spec: Any, graph: dict[str, Any], parity: ParityReport, tmp: Path) -> dict[str, Any]:
+def _int8_variant(run: RunInfo, tmp: Path, data_root: Path, samples: list[Sample], split: str, tolerance: float,
+                  count: int, log: Log) -> dict[str, Any]:
+    """Calibrate, quantize and gate ``tmp/model.int8.onnx``; its model.json entry (sha256 added later)."""
+    spec = run.preprocess
+    calibration = calibration_samples(run.paths.manifest, data_root, run.labels, count=count)
+    log(f"int8: calibrating on {len(calibration)} training images (seed {CALIBRATION_SEED}), "
+        "quantizing (QDQ, per channel)")
+    t0 = time.perf_counter()
+    cal_pixels, _, cal_unreadable = load_pixels(calibration, spec)
+    settings = quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, cal_pixels)
+    seconds = time.perf_counter() - t0
+    pixels, labels, unreadable = load_pixels(samples, spec)
+    gate = check_int8(tmp / ONNX_FILE, tmp / INT8_FILE, pixels, labels, split=split, tolerance_points=tolerance,
+                      unreadable=unreadable)
+    log(f"int8 gate: {gate.summary()}")
+    if not gate.passed:
+        raise QuantizeError(
+            f"export of '{run.paths.root}' failed the int8 gate: {gate.summary()}; nothing was written "
+            "(fp32 included). Export without --quantize for fp32 only, or raise --int8-tolerance knowingly"
+        )
+    return {"file": INT8_FILE,
+            "calibration": {"split": "train", "images": len(cal_pixels), "unreadable": cal_unreadable,
+                            "seed": CALIBRATION_SEED, "drawn_from": "the run's training split, seeded permutation",
+                            "preprocess": "duet.serve.images.prepare (as served)", "seconds": round(seconds, 1),
+                            **settings},
+            "gate": gate.to_dict()}
+
+
+def _manifest(run: RunInfo, spec: Any, graph: dict[str, Any], parity: ParityReport, tmp: Path,
+              variants: dict[str, Any] | None = None) -> dict[str, Any]:
     inputs, outputs = signature(spec, run.num_classes)
     metrics = _metrics(run)
     metrics["parity"] = parity.to_dict()
@@ -214,9 +266,14 @@ def _manifest(run: RunInfo, spec: Any, graph: dict[str, Any], parity: ParityRepo
         },
     }
     profile = sorted(p.relative_to(tmp).as_posix() for p in (tmp / PROFILE_DIR).rglob("*") if p.is_file())
-    files = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, *profile))
+    models = (ONNX_FILE, *(v["file"] for v in (variants or {}).values()), WEIGHTS_FILE)
+    files = file_entries(tmp, (*models, *profile))
+    if variants:
+        for v in variants.values():
+            v["sha256"] = files[v["file"]]["sha256"]
+        manifest["variants"] = variants
     write_text_atomic(tmp / CARD_FILE, render_card(manifest, files))
-    manifest["files"] = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, CARD_FILE, *profile))
+    manifest["files"] = file_entries(tmp, (*models, CARD_FILE, *profile))
     return manifest
 
 

@@ -3,6 +3,7 @@
 ```
 EXPORT_DIR/                 (by default RUN/export/)
   model.onnx                uint8 NCHW pixels in, logits + probabilities out
+  model.int8.onnx           the same graph, statically quantized (``duet export --quantize int8``), when asked
   model.safetensors         the same weights for PyTorch (the CUDA runtime)
   MODEL_CARD.md             what the model is for, its data, metrics and limits
   profile/                  the run's drift reference profile (duet.monitor), when it has one
@@ -24,6 +25,10 @@ EXPORT_DIR/                 (by default RUN/export/)
   the folder; a server refuses to load a folder where one differs;
 - ``data``: ``fingerprint`` (sha256 over the usable rows of the run's
   manifest, see :func:`data_fingerprint`), image counts per split;
+- ``variants`` (only with ``--quantize int8``): ``{"int8": {"file", "sha256",
+  "calibration", "gate"}}``: the quantized graph, how it was calibrated
+  (training images, seed, settings) and its accuracy gate against fp32
+  (``duet.export.quantize``); the file is also listed in ``files``;
 - ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
   onnxruntime, python), ``source`` (the run folder and its weights' sha256).
 
@@ -46,6 +51,8 @@ from duet.preprocess import PreprocessSpec
 SCHEMA = "duet.model/1"
 MANIFEST = "model.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # the int8 variant (duet export --quantize int8)
+VARIANTS = ("fp32", "int8")     # what `duet serve --model-variant` accepts
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 PROFILE_DIR = "profile"  # the run's drift reference (duet.monitor), when it has one
@@ -127,6 +134,18 @@ class ModelPackage:
     @property
     def onnx_path(self) -> Path:
         return self.root / ONNX_FILE
+
+    def variant_path(self, variant: str) -> Path:
+        """The ONNX file of ``variant`` (fp32: model.onnx); :class:`ArtifactError` when the folder has none."""
+        if variant == "fp32":
+            return self.onnx_path
+        entry = (self.manifest.get("variants") or {}).get(variant)
+        if variant not in VARIANTS or not isinstance(entry, dict) or entry.get("file") not in self.manifest["files"]:
+            have = ", ".join(["fp32", *sorted((self.manifest.get("variants") or {}))])
+            raise ArtifactError(f"model folder '{self.root}' has no {variant} variant (it has: {have}); "
+                                f"export one with `duet export RUN --quantize {variant} --force`, "
+                                "or serve --model-variant fp32")
+        return self.root / str(entry["file"])
 
     @property
     def weights_path(self) -> Path:

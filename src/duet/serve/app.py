@@ -196,7 +196,7 @@ def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
     """Read and verify the model folder, then load the runtime (raises DuetError)."""
     package = read_package(config.model_dir, verify=True)
     runtime = load_runtime(package, config.runtime, device=config.device, threads=config.threads,
-                           spinning=config.ort_spinning)
+                           spinning=config.ort_spinning, variant=config.model_variant)
     return package, runtime
 
 

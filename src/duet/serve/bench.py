@@ -15,6 +15,12 @@ Four things are measured in one run, on the same machine, model and images:
    same decode and one ONNX Runtime call per request, no batching: what a first
    serving attempt usually looks like.
 
+With ``variants=("fp32", "int8")`` (``--variants fp32,int8``) a second duet
+server runs ``--model-variant int8`` (``model.int8.onnx``) beside the first,
+measured in the same rounds, and the ceiling is measured for both graphs; the
+verdict states int8's throughput as a multiple of fp32's at the highest
+concurrency.
+
 The load generator runs on the same CPUs as the servers (2 cores on the
 reference machine), so it is kept as cheap as a client can be: one asyncio
 loop, one socket per client, the request bytes built once, responses parsed
@@ -50,6 +56,9 @@ from duet.export.package import read_package
 
 Log = Callable[[str], None]
 CEILING = "ceiling (decode + session.run, best batch)"
+CEILING_INT8 = "ceiling int8 (decode + session.run, best batch)"
+DUET = "duet serve (batcher)"
+INT8 = "duet serve --model-variant int8"
 
 
 class BenchError(DuetError):
@@ -113,16 +122,18 @@ def bare(model_dir: Path, images: list[bytes], requests: int) -> dict[str, float
     return _stats(latencies, time.perf_counter() - t0)
 
 
-def ceiling(model_dir: Path, images: list[bytes], max_batch_size: int, rounds: int = 3) -> dict[str, Any]:
+def ceiling(model_dir: Path, images: list[bytes], max_batch_size: int, rounds: int = 3,
+            variant: str = "fp32") -> dict[str, Any]:
     """Decode ``b`` images then one ``session.run`` on all ``b``, for ``b`` = 1, 2,
     4, ... up to ``max_batch_size``; the best batch size's throughput (best of
-    ``rounds``) is returned: the runtime's ceiling on this machine, no HTTP."""
+    ``rounds``) is returned: the runtime's ceiling on this machine, no HTTP.
+    ``variant`` picks the graph (fp32: model.onnx, int8: model.int8.onnx)."""
     import onnxruntime as ort
 
     from duet.serve.images import pixels_from_bytes
 
     package = read_package(model_dir)
-    session = ort.InferenceSession(str(package.onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(package.variant_path(variant)), providers=["CPUExecutionProvider"])
     spec = package.spec
     sizes = sorted({min(2**k, max_batch_size) for k in range(max_batch_size.bit_length() + 1)})
 
@@ -270,19 +281,28 @@ NO_DRIFT = "duet serve --no-drift"
 
 
 def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], requests: int, max_batch_size: int,
-              max_delay_ms: float, naive: bool, log: Log, repeat: int = 1, drift_cost: bool = False) -> dict[str, Any]:
+              max_delay_ms: float, naive: bool, log: Log, repeat: int = 1, drift_cost: bool = False,
+              variants: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     """Measure (see the module doc). With ``repeat`` > 1 every measurement is
     taken that many times, alternating between the servers, and the repeat with
     the best throughput is kept: on a shared machine the best of several runs
     is the one least disturbed by other work (as ``timeit`` does). With
     ``drift_cost`` a second duet server without drift monitoring is measured
-    beside the first, so the verdict can state what monitoring costs."""
+    beside the first, so the verdict can state what monitoring costs. With
+    ``"int8"`` in ``variants`` a duet server on model.int8.onnx is measured too."""
     package = read_package(model)
+    if "fp32" not in variants or not set(variants) <= {"fp32", "int8"}:
+        raise ConfigError("`--variants` must list fp32 (the baseline), optionally int8. "
+                          f"Received: {','.join(variants)}")
+    int8 = "int8" in variants
+    if int8:
+        package.variant_path("int8")  # a one-line error now, not a server that fails to start
     images, source = _load_images(images_dir)
     result: dict[str, Any] = {"model": package.name, "architecture": package.architecture,
                               "image_size": package.spec.image_size, "images": source, "machine": machine(),
                               "settings": {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms,
                                            "requests_per_level": requests, "repeat": repeat,
+                                           "variants": list(variants),
                                            "drift_profile": (package.root / "profile" / "profile.json").is_file()},
                               "rows": []}
     warmup = max(10, requests // 10)
@@ -295,8 +315,12 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
 
     try:
         port = _free_port()
-        servers["duet serve (batcher)"] = (_start(["duet", "serve", str(package.root), "--max-batch-size",
-                                                    str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+        servers[DUET] = (_start(["duet", "serve", str(package.root), "--max-batch-size",
+                                 str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+        if int8:
+            port = _free_port()
+            servers[INT8] = (_start(["duet", "serve", str(package.root), "--model-variant", "int8", "--max-batch-size",
+                                     str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
         if drift_cost:
             port = _free_port()
             servers[NO_DRIFT] = (_start(["duet", "serve", str(package.root), "--no-drift", "--max-batch-size",
@@ -309,6 +333,8 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
             keep("bare (decode + session.run)", 1, bare(model, images, requests))
             log(f"round {r + 1}/{repeat}: ceiling: decode + session.run at batch 1..{max_batch_size}")
             keep(CEILING, 1, ceiling(model, images, max_batch_size))
+            if int8:
+                keep(CEILING_INT8, 1, ceiling(model, images, max_batch_size, variant="int8"))
             for c in levels:
                 for name, (proc, port) in servers.items():
                     log(f"round {r + 1}/{repeat}: {name}, {c} concurrent clients")
@@ -321,7 +347,7 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    order = ["bare (decode + session.run)", CEILING, "duet serve (batcher)", NO_DRIFT,
+    order = ["bare (decode + session.run)", CEILING, CEILING_INT8, DUET, INT8, NO_DRIFT,
              "naive (1 session.run per request)"]
     result["rows"] = sorted(best.values(), key=lambda row: (order.index(row["server"]), row["concurrency"]))
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -337,7 +363,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     top = max((c for name, c in by if name.startswith("duet")), default=None)
     if top is None or (CEILING, 1) not in by:
         return {}
-    duet_row, ceil = by[("duet serve (batcher)", top)], by[(CEILING, 1)]
+    duet_row, ceil = by[(DUET, top)], by[(CEILING, 1)]
     out: dict[str, Any] = {"concurrency": top, "ceiling_batch": ceil["batch"],
                            "share_of_ceiling": duet_row["throughput"] / ceil["throughput"]}
     out["share_met"] = out["share_of_ceiling"] >= 0.9
@@ -346,10 +372,14 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["p99_vs_naive"] = duet_row["p99_ms"] / naive["p99_ms"]
         out["p99_met"] = duet_row["p99_ms"] <= naive["p99_ms"]
     # Drift monitoring's cost: throughput with it vs without, at each level measured (goal <= 5 % at 8 clients).
-    costs = {c: 1 - by[("duet serve (batcher)", c)]["throughput"] / by[(NO_DRIFT, c)]["throughput"]
-             for name, c in by if name == NO_DRIFT and ("duet serve (batcher)", c) in by}
+    costs = {c: 1 - by[(DUET, c)]["throughput"] / by[(NO_DRIFT, c)]["throughput"]
+             for name, c in by if name == NO_DRIFT and (DUET, c) in by}
     if costs:
         out["drift_cost"] = {str(c): cost for c, cost in sorted(costs.items())}
+    if (INT8, top) in by:  # int8 vs fp32, both served by duet at the highest concurrency (goal >= 2x on AMX/VNNI)
+        out["int8_vs_fp32"] = by[(INT8, top)]["throughput"] / duet_row["throughput"]
+        if (CEILING_INT8, 1) in by:
+            out["int8_vs_fp32_ceiling"] = by[(CEILING_INT8, 1)]["throughput"] / ceil["throughput"]
     return out
 
 

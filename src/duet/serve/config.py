@@ -15,6 +15,7 @@ from pathlib import Path
 from duet.errors import ConfigError
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
+MODEL_VARIANTS = ("fp32", "int8")  # duet.export.package.VARIANTS: model.onnx, model.int8.onnx
 DEVICES = ("auto", "cpu", "cuda")
 API_KEY_ENV = "DUET_API_KEY"
 API_KEY_FILE_ENV = "DUET_API_KEY_FILE"
@@ -55,6 +56,7 @@ class ServeConfig:
     model_version: str = "1"
     runtime: str = "auto"                   # auto: PyTorch on CUDA when available, else ONNX Runtime
     device: str = "auto"                    # torch runtime only
+    model_variant: str = "fp32"             # int8: serve model.int8.onnx (duet export --quantize int8) with ONNX Runtime
     max_batch_size: int = 32
     max_delay_ms: float = 2.0
     threads: int = 0                        # ONNX Runtime intra-op threads (0 = one per core)
@@ -75,6 +77,9 @@ class ServeConfig:
     def check(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"`--runtime` must be one of {', '.join(RUNTIMES)}. Received: --runtime={self.runtime}")
+        if self.model_variant not in MODEL_VARIANTS:
+            raise ConfigError(f"`--model-variant` must be one of {', '.join(MODEL_VARIANTS)}. "
+                              f"Received: --model-variant={self.model_variant}")
         if self.device not in DEVICES:
             raise ConfigError(f"`--device` must be one of {', '.join(DEVICES)}. Received: --device={self.device}")
         if not 0 <= self.port <= 65535:

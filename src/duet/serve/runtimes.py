@@ -1,11 +1,15 @@
 """Runtimes: uint8 ``(N, 3, S, S)`` pixels -> float32 logits and probabilities ``(N, C)``.
 
 - ``onnxruntime``: the exported ``model.onnx`` on the CPU (the default without
-  a GPU). Normalisation is inside the graph; its ``features`` output (the
-  penultimate layer) is read along with the probabilities for drift monitoring.
+  a GPU), or its int8 variant ``model.int8.onnx`` with ``variant="int8"``
+  (``duet export --quantize int8``). Normalisation is inside the graph; its
+  ``features`` output (the penultimate layer, fp32 in both variants) is read
+  along with the probabilities for drift monitoring.
 - ``torch``: ``model.safetensors`` in its architecture (``duet.models.build``)
   on CUDA when available: the same weights the ONNX file was checked against,
-  normalised with the same ``augment.normalise``. fp32, like the parity gate.
+  normalised with the same ``augment.normalise``; its forward pass runs in
+  ``duet.precision``'s auto choice (bf16 autocast on CUDA and on CPUs with
+  native bf16, else fp32; the weights stay fp32, as the parity gate checked).
 
 ``load_runtime(package, name="auto")`` picks PyTorch when CUDA is present and
 ONNX Runtime otherwise, without importing torch on machines with no NVIDIA
@@ -64,8 +68,11 @@ class OnnxRuntime:
     device = "cpu"
     platform = "onnxruntime_onnx"
 
-    def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = False) -> None:
+    def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = False, variant: str = "fp32") -> None:
         import onnxruntime as ort
+
+        path = package.variant_path(variant)  # ArtifactError when the folder has no such variant
+        self.variant = variant
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per core
@@ -75,12 +82,12 @@ class OnnxRuntime:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(package.onnx_path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelError(f"ONNX Runtime cannot load '{package.onnx_path}': {str(e).splitlines()[0]}") from e
+            raise ModelError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}") from e
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
-            raise ModelError(f"'{package.onnx_path}' takes inputs {names}, model.json says ['{INPUT_NAME}']; re-export the run")
+            raise ModelError(f"'{path}' takes inputs {names}, model.json says ['{INPUT_NAME}']; re-export the run")
         # Graphs exported before the features output existed still serve; drift then has no embeddings.
         self.has_features = FEATURES_NAME in {o.name for o in self.session.get_outputs()}
         self._outputs = [*OUTPUT_NAMES, FEATURES_NAME] if self.has_features else list(OUTPUT_NAMES)
@@ -94,19 +101,23 @@ class TorchRuntime:
     name = "torch"
     platform = "pytorch_safetensors"
 
-    def __init__(self, package: ModelPackage, device: str) -> None:
+    def __init__(self, package: ModelPackage, device: str, precision: str = "auto") -> None:
         import torch
         from safetensors.torch import load_file
 
         from duet.data.augment import normalise
         from duet.models import build
         from duet.monitor.embed import FeatureExtractor
+        from duet.precision import autocast, resolve_precision
 
         self._torch = torch
         self._normalise = normalise
         self._spec = package.spec
         self._device = torch.device(device)
         self.device = str(self._device)
+        # bf16 autocast where auto picks it (duet.precision); the weights stay fp32.
+        self.precision = resolve_precision(precision, self._device)
+        self._autocast = lambda: autocast(self.precision, self._device)
         model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size)
         try:
             model.load_state_dict(load_file(str(package.weights_path)))
@@ -120,7 +131,8 @@ class TorchRuntime:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(pixels).to(self._device, non_blocking=True)
-            features, logits = self.extract(self._normalise(x, self._spec))
+            with self._autocast():
+                features, logits = self.extract(self._normalise(x, self._spec))
             logits = logits.float()
             probs = torch.softmax(logits, 1)
             return Outputs(logits.cpu().numpy(), probs.cpu().numpy(), features=features.float().cpu().numpy())
@@ -147,7 +159,14 @@ def _import_torch() -> Any:
 
 
 def load_runtime(package: ModelPackage, name: str = "auto", *, device: str = "auto", threads: int = 0,
-                 spinning: bool = False) -> Runtime:
+                 spinning: bool = False, variant: str = "fp32") -> Runtime:
+    """The runtime ``name`` for ``package``; ``variant`` other than fp32 exists only as an ONNX file,
+    so it is served by ONNX Runtime (``auto`` then never picks PyTorch)."""
+    if variant != "fp32":
+        if name == "torch":
+            raise ConfigError(f"--model-variant {variant} is an ONNX graph; serve it with --runtime onnxruntime "
+                              "(or auto), or use --model-variant fp32 with --runtime torch")
+        return OnnxRuntime(package, threads, spinning, variant)
     if name == "auto":
         if device != "cpu" and _cuda_present():
             if _import_torch().cuda.is_available():

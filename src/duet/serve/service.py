@@ -155,7 +155,8 @@ class ModelService:
             raise ModelError(f"its image size {package.spec.image_size} differs from the served model's "
                              f"{self.spec.image_size}; restart the server to serve it")
         c = self.config
-        runtime = load_runtime(package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning)
+        runtime = load_runtime(package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning,
+                               variant=c.model_variant)
         s = package.spec.image_size
         runtime(np.zeros((1, 3, s, s), np.uint8))  # the first call allocates: not on a request
         return package, runtime
