@@ -67,18 +67,24 @@ def bench_train_cmd(
     warmup: int = typer.Option(2),
     workers: Optional[int] = typer.Option(None),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model; each row's first step "
+                                 "(compile included) is reported."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16: the end-to-end rows' precision (auto: what "
+                                  "`duet train` picks on this machine). The limit is measured in both."),
+    inference: bool = typer.Option(True, "--inference/--no-inference", help="Also measure the forward-only "
+                                   "limit (eval, no autograd) in fp32 and bf16."),
     no_imagefolder: bool = typer.Option(False, "--no-imagefolder", help="Skip the ImageFolder row."),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """End-to-end training images/s beside the synthetic-data limit of the same model."""
+    """End-to-end training images/s beside the synthetic-data limit of the same model, in fp32 and bf16."""
     from duet.bench.train import bench_train, markdown
 
     log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
     result = bench_train(data_dir, model_name=model, batch_size=batch_size, image_size=image_size, steps=steps,
                          warmup=warmup, workers=workers, device=_device(device), compile=compile,
-                         include_imagefolder=not no_imagefolder, progress=not quiet, log=log)
+                         precision=precision, inference=inference, include_imagefolder=not no_imagefolder,
+                         progress=not quiet, log=log)
     _emit(result, as_json, markdown(result), "duet bench train " + " ".join(sys.argv[3:]))
 
 

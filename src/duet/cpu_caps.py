@@ -1,5 +1,6 @@
 """What the CPU can do for bf16 and int8: the capability fields of every
-benchmark's machine line (`duet bench data|train|serve`).
+benchmark's machine line (`duet bench data|train|serve`). Which precision a
+run picks from them is ``duet.precision``'s decision (from torch's own cpuinfo).
 
 Read from ``/proc/cpuinfo`` (Linux; elsewhere the flags read as absent and the
 name falls back to ``platform.processor()``), plus the SIMD level torch's
@@ -67,13 +68,6 @@ def cpu_capabilities(cpuinfo: Path = CPUINFO) -> dict[str, str | bool]:
         "avx2": "avx2" in flags,
         "torch_capability": torch_capability(),
     }
-
-
-def native_bf16(caps: dict[str, str | bool] | None = None) -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX-512-BF16): there
-    bf16 autocast is expected to be faster than fp32; elsewhere it is emulated."""
-    caps = cpu_capabilities() if caps is None else caps
-    return bool(caps["amx"] or caps["avx512_bf16"])
 
 
 def summary(caps: dict[str, str | bool] | None = None) -> str:

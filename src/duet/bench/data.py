@@ -183,11 +183,14 @@ def environment(device: torch.device) -> dict[str, str]:
     import timm
 
     import duet
-    from duet import runtime
+    from duet import cpu_caps, runtime
 
+    caps = cpu_caps.cpu_capabilities()
     env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {caps['cpu']}",
+        # What bf16 autocast and int8 inference can run on (duet/cpu_caps.py).
+        "cpu capabilities": cpu_caps.summary(caps),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
