@@ -83,6 +83,7 @@ def train(
     test_split: Optional[float] = typer.Option(None, "--test-split", help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). \\[default: 0.1]"),
     seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. \\[default: 0]"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. \\[default: auto]"),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]"),
     workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). \\[default: -1]"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. \\[default: on]"),
     recipe: Optional[str] = typer.Option(None, help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. \\[default: auto]"),
@@ -122,7 +123,7 @@ def train(
             "data_dir": data_dir, "model": model, "weights": weights, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
             "test_split": test_split,
-            "seed": seed, "device": device, "workers": workers, "out": out_dir, "name": name,
+            "seed": seed, "device": device, "precision": precision, "workers": workers, "out": out_dir, "name": name,
             "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
             "recipe": recipe, "ema": ema, "patience": patience,
         })
@@ -154,6 +155,7 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
         "stopped_early": result.stopped_early,
         "events": result.events,
         "last_epoch": result.last,
+        "precision": result.precision,
     }
     if as_json:
         _print_json(summary)
@@ -167,6 +169,8 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
         t.add_row("test accuracy", f"[bold]{_pct(result.test['test_accuracy'])}[/] on {result.test['test_images']} "
                   "held-out test images (measured once, after training)")
     t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
+    if result.precision:
+        t.add_row("precision", escape(result.precision["reason"]))
     if result.load_failures:
         t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
     for event in result.events:
@@ -209,6 +213,7 @@ def lr_find_cmd(
     end: float = typer.Option(10.0, help="Last learning rate."),
     out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Plot to write (a .json of the curve beside it)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]"),
     workers: Optional[int] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -220,15 +225,18 @@ def lr_find_cmd(
     if not (0 < start < end):
         raise DuetError(f"`--start` must be positive and below `--end`. Received: --start={start} --end={end}")
     cfg = build_config(config, {"data_dir": data_dir, "model": model, "weights": weights, "batch_size": batch_size,
-                                "image_size": image_size, "device": device, "workers": workers})
+                                "image_size": image_size, "device": device, "precision": precision,
+                                "workers": workers})
     res = lr_find(cfg, start=start, end=end, steps=steps, out=out_file, progress=not quiet)
     # What the loss curve depends on travels with the suggestion (not --device/--workers).
     nxt = _train_command(data_dir, res.suggestion, {"--config": config, "--model": model, "--weights": weights,
                                                     "--batch-size": batch_size, "--image-size": image_size})
     if as_json:
-        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs), "next": nxt})
+        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs), "next": nxt,
+                     "precision": res.precision})
         return
-    out.print(f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot})")
+    out.print(f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot}; "
+              f"precision {escape(res.precision)})")
     out.print(f"next: {nxt}", highlight=False, markup=False)
 
 
@@ -238,6 +246,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."),
     split: Optional[str] = typer.Option(None, help="train | val | test. \\[default: test if the run has one, else val]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"),
     batch_size: int = typer.Option(64, "--batch-size"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -248,14 +257,17 @@ def evaluate(
 
     if split is not None and split not in ("train", "val", "test"):
         raise DuetError(f"`--split` must be one of train, val, test. Received: --split={split}")
-    res = evaluate_run(run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet)
+    res = evaluate_run(run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet,
+                       precision=precision)
     if as_json:
         _print_json({"split": res.split, "split_means": res.split_meaning, "data": str(res.data_dir),
                      "unreadable": res.num_failed,
-                     "files": {k: str(v) for k, v in res.files.items()}, "metrics": res.metrics})
+                     "files": {k: str(v) for k, v in res.files.items()}, "metrics": res.metrics,
+                     "precision": res.precision})
         return
     out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
     out.print(f"split      {res.split_meaning}", highlight=False)
+    out.print(f"precision  {res.precision}", highlight=False, markup=False)
     out.print(format_summary(res.metrics), highlight=False)
     if res.num_failed:
         out.print(f"{res.num_failed} images could not be read (listed in report.json)")
@@ -268,11 +280,13 @@ def predict(
     files: list[Path] = typer.Argument(..., help="Image files, or folders (searched recursively for images), to classify."),
     top: int = typer.Option(3, "--top-k", "-k", min=1, help="How many labels to show per file."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
 ) -> None:
     """Top-k labels with probabilities for each FILE (a folder: every image under it, sorted). Exits 1 if any file cannot be read."""
     from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
     from duet.inference import load_model, predict_file, top_k
+    from duet.precision import recorded_or
     from duet.runs import load_run
     from duet.train.loop import resolve_device
 
@@ -280,10 +294,11 @@ def predict(
     info = load_run(run)
     dev = resolve_device(device)
     model = load_model(info, dev)
+    chosen = recorded_or(precision, info.precision, dev)
     results: list[dict[str, Any]] = []
     for f in files:
         try:
-            probs = predict_file(model, info, f, dev, DEFAULT_MAX_PIXELS)
+            probs = predict_file(model, info, f, dev, DEFAULT_MAX_PIXELS, precision=chosen)
             results.append({"file": str(f), "top": top_k(probs, info.labels, top)})
         except DecodeError as e:
             results.append({"file": str(f), "error": e.reason})

@@ -123,6 +123,7 @@ def profile_cmd(
     max_reference: int = typer.Option(1000, "--max-reference", min=2, help="Held-out images in the reference sample."),
     max_fit: int = typer.Option(1000, "--max-fit", min=2, help="Training images the PCA and the kernel bandwidth are fitted on."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: Optional[int] = typer.Option(None, help="Image loading processes. \\[default: one per core, max 8]"),
     as_json: bool = typer.Option(False, "--json", help="Print the profile summary as JSON on stdout."),
@@ -137,7 +138,8 @@ def profile_cmd(
     from duet.monitor.profile import write_profile
 
     p = write_profile(run, components=components, max_reference=max_reference, max_fit=max_fit, device=device,
-                      batch_size=batch_size, workers=workers, progress=not quiet, log=_log(quiet or as_json))
+                      batch_size=batch_size, workers=workers, progress=not quiet, log=_log(quiet or as_json),
+                      precision=precision)
     summary = {
         "profile": str(p.root),
         "reference_images": p.n_reference,

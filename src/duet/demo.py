@@ -18,6 +18,7 @@ from duet.data.digits import write_digits
 from duet.data.scan import read_manifest
 from duet.evaluate import EvalResult, evaluate
 from duet.inference import load_model, predict_file, top_k
+from duet.precision import recorded_or
 from duet.runs import load_run
 from duet.train.loop import Log, TrainResult, resolve_device, train
 
@@ -47,13 +48,13 @@ class DemoResult:
 
 
 def run_demo(workdir: Path, *, epochs: int | None = None, seed: int = 0, device: str = "auto",
-             progress: bool = True, log: Log = print) -> DemoResult:
+             precision: str = "auto", progress: bool = True, log: Log = print) -> DemoResult:
     t0 = time.perf_counter()
     workdir = Path(workdir)
     data = write_digits(workdir / "digits", size=32, progress=progress)
     log(f"data: {data['num_images']} real handwritten digits in {data['num_classes']} class folders at {data['dir']}")
     overrides = {**DEMO_SETTINGS, "data_dir": workdir / "digits", "out": workdir / "runs", "seed": seed,
-                 "device": device}
+                 "device": device, "precision": precision}
     if epochs is not None:
         overrides["epochs"] = epochs
     config = build_config(overrides=overrides, source="demo settings")
@@ -62,12 +63,13 @@ def run_demo(workdir: Path, *, epochs: int | None = None, seed: int = 0, device:
     run = load_run(result.run_dir)
     dev = resolve_device(device)
     model = load_model(run, dev)
+    chosen = recorded_or(None, run.precision, dev)
     # Predict one held-out (validation) file of each of the first five digits.
     manifest = read_manifest(run.paths.manifest, run.data_dir)
     predictions = []
     for label in run.labels[:5]:
         row = next(r for r in manifest.usable() if r.label == label and r.split == "val")
         path = manifest.data_dir / row.path
-        probs = predict_file(model, run, path, dev, max_pixels=config.max_pixels)
+        probs = predict_file(model, run, path, dev, max_pixels=config.max_pixels, precision=chosen)
         predictions.append({"file": str(path), "true": label, "top": top_k(probs, run.labels, 3)})
     return DemoResult(workdir / "digits", result, evaluation, predictions, time.perf_counter() - t0)

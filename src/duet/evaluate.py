@@ -23,6 +23,7 @@ from duet.data.loaders import Sample
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
 from duet.inference import load_model, predict_samples
+from duet.precision import recorded_or
 from duet.report import compute_metrics, write_report
 from duet.runs import RunInfo, _slug, load_run
 from duet.train.loop import resolve_device
@@ -43,6 +44,7 @@ class EvalResult:
     data_dir: Path
     num_failed: int
     split_meaning: str = ""
+    precision: str = ""  # what the forward pass ran in, and why
 
 
 def describe_split(split: str, folder: Path | None = None) -> str:
@@ -97,7 +99,9 @@ def evaluate(
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> EvalResult:
+    """``precision``: auto | fp32 | bf16; None = the run's recorded precision (run.json)."""
     run = load_run(run_dir)
     if data_dir is None:
         samples, split_name, source = _run_split_samples(run, split)
@@ -106,10 +110,11 @@ def evaluate(
         samples, split_name, source = _folder_samples(run, Path(data_dir), split, progress)
         out = out_dir or run.paths.eval / _slug(Path(data_dir).resolve().name)
     dev = resolve_device(device)
+    chosen = recorded_or(precision, run.precision, dev)
     model = load_model(run, dev)
     preds = predict_samples(
         model, run, samples, dev, batch_size=batch_size, workers=workers, progress=progress,
-        description=f"evaluate {split_name}",
+        description=f"evaluate {split_name}", precision=chosen,
     )
     ok = np.array([not e for e in preds.errors], dtype=bool)
     if not ok.any():
@@ -137,8 +142,9 @@ def evaluate(
         "images": len(samples),
         "unreadable": len(failed),
         "image_size": run.preprocess.image_size,
+        "precision": chosen.reason,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     files = write_report(metrics, out, title=f"Evaluation of {run.paths.root.name} on {split_name}",
                          context=context, misclassified=misclassified)
-    return EvalResult(metrics, files, split_name, source, len(failed), meaning)
+    return EvalResult(metrics, files, split_name, source, len(failed), meaning, chosen.reason)

@@ -18,6 +18,7 @@ from duet.data import augment
 from duet.data.imageio import DecodeError, decode
 from duet.data.loaders import Sample, TorchLoader, default_workers
 from duet.models import build
+from duet.precision import FP32, Precision, autocast
 from duet.preprocess import to_load_square
 from duet.progress import make_progress
 from duet.runs import RunInfo
@@ -49,6 +50,7 @@ def predict_samples(
     workers: int | None = None,
     progress: bool = True,
     description: str = "predict",
+    precision: Precision = FP32,
 ) -> Predictions:
     spec = run.preprocess
     loader = TorchLoader(
@@ -69,7 +71,7 @@ def predict_samples(
                     errors[i] = err
             if bool(ok.any()):
                 x = augment.eval_batch(batch.images[ok], spec)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with autocast(precision, device):
                     logits = model(x)
                 probs[idx[ok.cpu().numpy()]] = torch.softmax(logits.float(), 1).cpu().numpy()
             bar.advance(task, len(idx))
@@ -77,12 +79,14 @@ def predict_samples(
 
 
 @torch.no_grad()
-def predict_file(model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int) -> np.ndarray:
+def predict_file(model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int,
+                 precision: Precision = FP32) -> np.ndarray:
     """Class probabilities for one image file (raises DecodeError)."""
     spec = run.preprocess
     rgb = decode(path, max_pixels=max_pixels, min_size=spec.load_size)
     square = torch.from_numpy(np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1)))[None]
-    logits = model(augment.eval_batch(square.to(device), spec))
+    with autocast(precision, device):
+        logits = model(augment.eval_batch(square.to(device), spec))
     return torch.softmax(logits.float(), 1)[0].cpu().numpy()
 
 

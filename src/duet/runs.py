@@ -3,7 +3,7 @@
 ```
 runs/<name>/
   config.yaml        resolved TrainConfig
-  run.json           labels, model name, preprocessing spec, best epoch/metric, versions
+  run.json           labels, model name, preprocessing spec, precision (resolved), best epoch/metric, versions
   manifest.csv       every input file: label, sha256, status, reason, split
   data_report.json   counts per class and split, skipped files and why, duplicates
   metrics.jsonl      one line per epoch
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,8 @@ class RunInfo:
     preprocess: PreprocessSpec
     data_dir: Path
     best: dict[str, Any]
+    # run.json "precision": {"name", "requested", "reason"} as training resolved it ({} for older runs)
+    precision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +151,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             preprocess=PreprocessSpec.from_dict(d["preprocess"]),
             data_dir=Path(d["data_dir"]),
             best=d.get("best") or {},
+            precision=dict(d.get("precision") or {}),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise RunError(f"'{paths.info}' is damaged ({type(e).__name__}: {e}); re-run `duet train`") from e

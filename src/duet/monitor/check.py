@@ -87,9 +87,11 @@ def observe_files(
     run = load_run(run_dir)
     dev = resolve_device(device)
     model = model if model is not None else load_model(run, dev)
+    from duet.precision import recorded_or
+
     got = embed_files(model, run, list(paths), dev, batch_size=batch_size,
                       workers=default_workers() if workers is None else workers, progress=progress,
-                      description="drift: embed")
+                      description="drift: embed", precision=recorded_or(None, run.precision, dev))
     ok = got.ok
     failed = [{"path": str(p), "reason": e} for p, e in zip(paths, got.errors) if e]
     kept = [p for p, good in zip(paths, ok) if good]

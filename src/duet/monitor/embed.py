@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from duet.data import augment
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.monitor.imagestats import STAT_NAMES, image_stats
+from duet.precision import FP32, Precision, autocast
 from duet.preprocess import PreprocessSpec, to_load_square
 from duet.progress import make_progress
 from duet.runs import RunInfo
@@ -125,8 +126,10 @@ def embed_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     description: str = "embed",
+    precision: Precision = FP32,
 ) -> Embedded:
-    """Features, probabilities and statistics of every file in ``paths``."""
+    """Features, probabilities and statistics of every file in ``paths`` (the forward
+    pass under ``precision``'s autocast; features and probabilities come back fp32)."""
     spec = run.preprocess
     extractor = FeatureExtractor(model.eval())
     loader = DataLoader(_Files(paths, spec, max_pixels), batch_size=batch_size, shuffle=False,
@@ -146,7 +149,8 @@ def embed_files(
                 errors[i] = e
             if ok.any():
                 x = augment.eval_batch(images[torch.from_numpy(ok)].to(device), spec)
-                feats, logits = extractor(x)
+                with autocast(precision, device):
+                    feats, logits = extractor(x)
                 if features is None:
                     features = np.full((n, feats.shape[1]), np.nan, dtype=np.float32)
                 features[idx[ok]] = feats.float().cpu().numpy()

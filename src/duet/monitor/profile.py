@@ -236,6 +236,7 @@ def write_profile(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    precision: str | None = None,
 ) -> ReferenceProfile:
     """Compute and write ``RUN/profile/`` for a finished run (see the module docstring).
 
@@ -247,6 +248,8 @@ def write_profile(
         device, batch_size, workers: how to run the model (workers: loader
             processes; default one per core, at most 8).
         seed: chooses the subsamples.
+        precision: auto | fp32 | bf16 for the forward pass; None = the run's
+            recorded precision (the one `duet drift` embeds new images in).
 
     Raises:
         RunError: not a finished run. DataError: no usable image to profile.
@@ -256,6 +259,7 @@ def write_profile(
     from duet.data.scan import read_manifest
     from duet.inference import load_model
     from duet.monitor.embed import embed_files
+    from duet.precision import recorded_or
     from duet.runs import load_run
     from duet.train.loop import resolve_device
 
@@ -284,12 +288,14 @@ def write_profile(
     ref_rows, fit_rows = sample(by_split[ref_split], max_reference), sample(by_split[fit_split], max_fit)
     dev = resolve_device(device)
     model = load_model(run, dev)
+    chosen = recorded_or(precision, run.precision, dev)
+    say(f"precision {chosen.reason}")
     workers = default_workers() if workers is None else workers
     index = {label: i for i, label in enumerate(run.labels)}
 
     def embed(rows: list[Any], what: str) -> tuple[Any, list[Any]]:
         got = embed_files(model, run, [manifest.data_dir / r.path for r in rows], dev, batch_size=batch_size,
-                          workers=workers, progress=progress, description=what)
+                          workers=workers, progress=progress, description=what, precision=chosen)
         ok = got.ok
         if not ok.any():
             raise DataError(f"none of the {len(rows)} {what} images of '{run.paths.root}' could be read "

@@ -53,6 +53,7 @@ from duet.data.scan import Manifest, data_report, read_manifest, require_trainab
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from duet.models import build, check_input_size, check_source
+from duet.precision import FP32, Precision, autocast, resolve_precision
 from duet.preprocess import PreprocessSpec
 from duet.progress import make_progress
 from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
@@ -82,6 +83,8 @@ class TrainResult:
     # The held-out test split, evaluated once after training with the best
     # epoch's weights: {"test_accuracy", "test_loss", "test_images"}; {} without one.
     test: dict[str, Any] = field(default_factory=dict)
+    # The forward-pass precision and why: {"name", "requested", "reason"} (duet.precision).
+    precision: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -187,12 +190,13 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any]) -> dict[str, Any]:
+def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any], precision: Precision) -> dict[str, Any]:
     return {
         "model": config.model,
         "labels": manifest.labels,
         "num_classes": len(manifest.labels),
         "preprocess": config.preprocess().to_dict(),
+        "precision": precision.to_dict(),
         "data_dir": str(manifest.data_dir),
         "best": best,
         "versions": _versions(),
@@ -200,7 +204,7 @@ def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any]) -> 
 
 
 def _catch_up_records(paths: RunPaths, config: TrainConfig, manifest: Manifest, loop: LoopState, done: int,
-                      log: Log) -> None:
+                      precision: Precision, log: Log) -> None:
     """A run killed after its last checkpoint was saved but before run.json was
     rewritten finished training, yet its run.json counts an epoch fewer (and the
     registry refuses to promote it). Bring run.json up to the checkpoint, and write
@@ -214,7 +218,7 @@ def _catch_up_records(paths: RunPaths, config: TrainConfig, manifest: Manifest, 
             "epoch": loop.best_epoch, "val_accuracy": loop.best_val_accuracy, "epochs_done": done,
             "stopped_early": bool(config.patience) and loop.stale_epochs >= config.patience, "events": loop.events,
             "load_failures": loop.load_failures[:100],
-        }))
+        }, precision))
         log(f"run.json recorded {recorded} of {done} finished epochs (interrupted while writing); brought up to date")
     if not (paths.root / "profile" / "profile.json").is_file() and any(r.split == "val" for r in manifest.usable()):
         from duet.monitor.profile import write_profile
@@ -239,16 +243,17 @@ def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> Tr
         else:
             paths = RunPaths(Path(_announce(d, "")))
             manifest = read_manifest(paths.manifest, Path(config.data_dir).resolve())
+        precision = resolve_precision(config.precision, resolve_device(config.device))
         with _discard_unless_checkpointed(paths, d, log):
             if d.main:
                 write_config(paths, config.to_yaml_dict())
                 write_manifest(manifest, paths.manifest)
                 write_json_atomic(paths.data_report, data_report(manifest))
-                write_info(paths, _run_info(config, manifest, {}))
+                write_info(paths, _run_info(config, manifest, {}, precision))
                 log(f"run folder: {paths.root}")
                 _announce(d, str(paths.root))
-            return _fit(config, manifest, paths, resume=None, dist=d, model=model, progress=progress and d.main,
-                        log=log if d.main else _silent)
+            return _fit(config, manifest, paths, resume=None, dist=d, model=model, precision=precision,
+                        progress=progress and d.main, log=log if d.main else _silent)
     finally:
         distributed.shutdown(d)
 
@@ -274,21 +279,34 @@ def resume(run_dir: Path, *, epochs: int | None = None, progress: bool = True, l
     loop = LoopState(**state["loop"])
     done = loop.epoch - 1
     finished = loop.epoch > config.epochs or bool(state.get("finished"))
+    precision = resumed_precision(state, resolve_device(config.device))
     d = distributed.from_env(os.environ, config.device)
     if epochs is not None and (epochs != config.epochs or finished):
         config = _replan(paths, config, state, epochs, main=d.main, log=log)
     elif finished:
         if d.main:
-            _catch_up_records(paths, config, manifest, loop, done, log)
+            _catch_up_records(paths, config, manifest, loop, done, precision, log)
         raise RunError(f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
                        f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})")
     try:
         if d.main:
             log(f"resuming {paths.root} at epoch {loop.epoch}, batch {loop.step_in_epoch}")
-        return _fit(config, manifest, paths, resume=state, dist=d, progress=progress and d.main,
+        return _fit(config, manifest, paths, resume=state, dist=d, precision=precision, progress=progress and d.main,
                     log=log if d.main else _silent)
     finally:
         distributed.shutdown(d)
+
+
+def resumed_precision(state: dict[str, Any], device: torch.device) -> Precision:
+    """The precision a run resumes in: the one its checkpoint recorded (a run
+    resolved "auto" on its first machine keeps that choice on any other). A
+    checkpoint from before precision was a setting trained in bf16 on CUDA only."""
+    recorded = state.get("precision")
+    if recorded:
+        p = Precision.from_dict(recorded)
+        return Precision(p.name, p.requested, f"{p.reason} (recorded when the run started; kept on resume)")
+    name = "bf16" if device.type == "cuda" else "fp32"
+    return Precision(name, name, f"{name}: the run started before precision was a setting; kept on resume")
 
 
 def _replan(paths: RunPaths, config: TrainConfig, state: dict[str, Any], epochs: int, *, main: bool,
@@ -347,7 +365,7 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, device: torch.device,
-             d: distributed.Dist = distributed.Dist()) -> dict[str, float]:
+             d: distributed.Dist = distributed.Dist(), precision: Precision = FP32) -> dict[str, float]:
     """Loss and accuracy over the rank's share of the validation split, summed over ranks."""
     was_training = model.training
     model.eval()
@@ -359,7 +377,7 @@ def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, devic
             continue
         x = augment.eval_batch(batch.images[ok], spec)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(precision, device):
             logits = model(x)
         y = batch.labels[ok]
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -406,6 +424,7 @@ def _fit(
     resume: dict[str, Any] | None,
     dist: distributed.Dist,
     model: torch.nn.Module | None = None,
+    precision: Precision,
     progress: bool,
     log: Log,
 ) -> TrainResult:
@@ -428,6 +447,7 @@ def _fit(
     backend = choose_backend(config, len(train_samples) + len(val_samples))
     num_test = sum(1 for r in manifest.usable() if r.split == "test")
     log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val / {num_test} test images")
+    log(f"precision {precision.reason}")
     if not num_test:
         log("no test split (it needs a test/ folder, or --test-split > 0 and >= 20 images in every class): "
             "the accuracy reported is validation's, which chose the epoch, so it is optimistic")
@@ -495,6 +515,7 @@ def _fit(
             "finished": finished,
             "config": config.to_yaml_dict(),
             "labels": manifest.labels,
+            "precision": precision.to_dict(),
         }
 
     def restore(saved: dict[str, Any]) -> None:
@@ -566,7 +587,7 @@ def _fit(
                     # of the global batch keeps that the global mean when shares differ.
                     weight = batch.labels.shape[0] * dist.world / global_size
                     result = _step_with_oom_retry(net, optimizer, x, y, _weighted(loss_fn, weight), config, state,
-                                                  fired, log)
+                                                  fired, log, precision)
                     if result.stepped:
                         state.bad_in_row = 0
                         state.loss_sum += result.loss / weight * x.shape[0]
@@ -626,7 +647,7 @@ def _fit(
             }
             if val_loader is not None or dist.enabled:
                 eval_model = ema.module if ema is not None else model
-                row.update(validate(eval_model, val_loader, spec, device, dist) if val_loader is not None
+                row.update(validate(eval_model, val_loader, spec, device, dist, precision) if val_loader is not None
                            else validate_empty(dist, device))
             acc = row.get("val_accuracy")
             improved = state.best_val_accuracy is None or acc is None or acc > state.best_val_accuracy
@@ -651,7 +672,7 @@ def _fit(
                     "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": epoch,
                     "stopped_early": stopped_early, "events": state.events,
                     "load_failures": state.load_failures[:100],
-                }))
+                }, precision))
             last_row = row
             log(_epoch_line(row, config.epochs, improved))
             if stopped_early:
@@ -659,13 +680,13 @@ def _fit(
                 break
 
     test = _test_once(model if ema is None else ema.module, manifest, paths, backend, spec, device, dist,
-                      batch_size, common)
+                      batch_size, common, precision)
     if test and dist.main:
         write_info(paths, _run_info(config, manifest, {
             "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": state.epoch - 1,
             "stopped_early": stopped_early, "events": state.events,
             "load_failures": state.load_failures[:100], "selected_on": "val", **test,
-        }))
+        }, precision))
         log(f"test accuracy {100 * test['test_accuracy']:.2f}% on {test['test_images']} held-out test images "
             f"(epoch {state.best_epoch}, chosen on validation; the test split was measured once, now)")
     if dist.main and val_samples:
@@ -689,11 +710,13 @@ def _fit(
         events=state.events,
         num_test=num_test,
         test=test,
+        precision=precision.to_dict(),
     )
 
 
 def _test_once(model: torch.nn.Module, manifest: Manifest, paths: RunPaths, backend: str, spec: PreprocessSpec,
-               device: torch.device, dist: distributed.Dist, batch_size: int, common: dict[str, Any]) -> dict[str, Any]:
+               device: torch.device, dist: distributed.Dist, batch_size: int, common: dict[str, Any],
+               precision: Precision) -> dict[str, Any]:
     """The test split, evaluated once after the last epoch with the best epoch's
     weights (chosen on validation, so this number is not). {} without a test split."""
     test_samples = split_samples(manifest, "test")
@@ -704,7 +727,7 @@ def _test_once(model: torch.nn.Module, manifest: Manifest, paths: RunPaths, back
     if share:
         loader = make_loader(backend, share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False,
                              **common)
-        result = validate(model, loader, spec, device, dist)
+        result = validate(model, loader, spec, device, dist, precision)
     else:
         result = validate_empty(dist, device)
     return {"test_accuracy": result["val_accuracy"], "test_loss": result["val_loss"],
@@ -739,7 +762,7 @@ def _count_load_failures(state: LoopState, batch: Any, samples: list[Sample], ep
 
 def _step_with_oom_retry(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                          y: torch.Tensor, loss_fn: Any, config: TrainConfig, state: LoopState,
-                         fired: set[tuple[str, int]], log: Log) -> Any:
+                         fired: set[tuple[str, int]], log: Log, precision: Precision) -> Any:
     """One step; on out-of-memory halve the micro-batch and try again.
 
     ``config.inject_faults`` (tests only) makes chosen global steps raise an
@@ -755,7 +778,7 @@ def _step_with_oom_retry(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         raise torch.OutOfMemoryError("injected out-of-memory (inject_faults)")
                     x = x * float("nan")
             return train_step(net, optimizer, x, y, loss_fn=loss_fn, micro_batches=state.micro_batches,
-                              grad_clip=config.grad_clip)
+                              grad_clip=config.grad_clip, precision=precision)
         except torch.OutOfMemoryError:
             if state.micro_batches >= x.shape[0]:
                 raise

@@ -24,6 +24,7 @@ from duet.config import TrainConfig
 from duet.data import augment
 from duet.data.loaders import default_workers, make_loader
 from duet.errors import DataError
+from duet.precision import resolve_precision
 from duet.progress import make_progress
 from duet.train import recipe
 from duet.train.loop import (choose_backend, prepare_data, prepare_model, resolve_device, seed_everything,
@@ -37,6 +38,7 @@ class LrFindResult:
     losses: list[float]          # smoothed
     suggestion: float
     plot: Path | None
+    precision: str = ""          # the forward pass's precision, and why
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:
@@ -66,6 +68,7 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
     manifest = prepare_data(config, progress=progress)
     spec = config.preprocess()
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
     samples = split_samples(manifest, "train")
     batch_size = min(config.batch_size, len(samples))
@@ -102,7 +105,7 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
                     g["lr"] = lr * s
                 x = augment.train_batch(batch.images, spec, scale=config.augment.scale, ratio=config.augment.ratio,
                                         hflip=config.augment.hflip, generator=gen)[ok]
-                result = train_step(model, optimizer, x, batch.labels[ok], loss_fn=loss_fn)
+                result = train_step(model, optimizer, x, batch.labels[ok], loss_fn=loss_fn, precision=precision)
                 raw = result.loss if math.isfinite(result.loss) else math.inf
                 avg = 0.98 * avg + 0.02 * raw if math.isfinite(raw) else math.inf
                 smooth = avg / (1 - 0.98 ** (len(lrs) + 1))
@@ -121,8 +124,9 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
     if out is not None:
         plot = _plot(lrs_f, losses_f, suggestion, Path(out))
         write_json_atomic(Path(out).with_suffix(".json"),
-                          {"lrs": lrs_f, "losses": losses_f, "suggestion": suggestion, "model": config.model})
-    return LrFindResult(lrs_f, losses_f, suggestion, plot)
+                          {"lrs": lrs_f, "losses": losses_f, "suggestion": suggestion, "model": config.model,
+                           "precision": precision.to_dict()})
+    return LrFindResult(lrs_f, losses_f, suggestion, plot, precision.reason)
 
 
 def _plot(lrs: list[float], losses: list[float], suggestion: float, out: Path) -> Path:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from duet.precision import FP32, Precision, autocast
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -41,8 +43,10 @@ def train_step(
     loss_fn: LossFn | None = None,
     micro_batches: int = 1,
     grad_clip: float = 0.0,
+    precision: Precision = FP32,
 ) -> StepResult:
-    """Forward (channels_last; bf16 autocast on CUDA), loss, backward, step.
+    """Forward (channels_last; under ``precision``'s autocast), loss in fp32, backward, step.
+    The weights and the optimizer state stay fp32 whatever the precision.
 
     channels_last on every device: on the CPU too it measured 19 % faster for
     ResNet-18 at 224 px (5 % at 32 px), and duet's batches arrive in it.
@@ -61,7 +65,7 @@ def train_step(
     saved = [b.detach().clone() for b in buffers]
     try:
         for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(precision, device):
                 logits = model(xs)
             loss = loss_fn(logits.float(), ys) * (xs.shape[0] / n)
             if not bool(torch.isfinite(loss)):
