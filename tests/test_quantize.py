@@ -163,9 +163,13 @@ def test_bench_serve_measures_int8_beside_fp32(int8_export: tuple[Path, dict]) -
                    "--no-naive", "--json", timeout=400)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    servers = {(row["server"], row["concurrency"]) for row in result["rows"]}
-    assert {("duet serve (batcher)", 4), ("duet serve --model-variant int8", 4),
-            ("ceiling int8 (decode + session.run, best batch)", 1)} <= servers
+    rows = {(row["server"], row["concurrency"]): row for row in result["rows"]}
+    fp32, int8 = rows[("duet serve (batcher)", 4)], rows[("duet serve --model-variant int8", 4)]
+    ceiling, ceiling_int8 = (rows[("ceiling (decode + session.run, best batch)", 1)],
+                             rows[("ceiling int8 (decode + session.run, best batch)", 1)])
+    assert int8["requests"] == fp32["requests"] == 40 and int8["mean_batch"] >= 1
+    # the verdict: int8's throughput as a multiple of fp32's, served and in the runtime's ceiling
     v = result["verdict"]
-    assert v["concurrency"] == 4 and v["int8_vs_fp32"] > 0 and v["int8_vs_fp32_ceiling"] > 0
+    assert v["concurrency"] == 4 and v["int8_vs_fp32"] == int8["throughput"] / fp32["throughput"]
+    assert v["int8_vs_fp32_ceiling"] == ceiling_int8["throughput"] / ceiling["throughput"]
     assert result["settings"]["variants"] == ["fp32", "int8"]
