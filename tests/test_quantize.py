@@ -119,6 +119,7 @@ def test_serve_int8_answers_like_fp32_and_keeps_drift_features(int8_export: tupl
             # the int8 graph still gives the features drift monitoring reads
             assert all("outlier" in r.json()["predictions"][0] for r in answers)
             labels[variant] = [r.json()["predictions"][0]["label"] for r in answers]
+            assert (": onnxruntime on cpu, int8 at http" in server.log_text()) == (variant == "int8")
             check = run_cli("serve", str(out), "--model-variant", variant, "--check")
             assert check.returncode == 0 and json.loads(check.stdout)["variant"] == variant
     same = sum(a == b for a, b in zip(labels["fp32"], labels["int8"]))

@@ -165,7 +165,8 @@ def serve(
 
     def ready(what: str, bound_port: int) -> None:
         url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
-        console.print(f"serving {what} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
+        variant = f", {config.model_variant}" if config.model_variant != "fp32" else ""
+        console.print(f"serving {what}{variant} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
                       highlight=False, markup=False, soft_wrap=True)
 
     run_server(config, on_ready=ready)
