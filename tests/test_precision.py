@@ -139,3 +139,25 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
 
     assert metrics(runs / "cut") == metrics(runs / "full") and len(metrics(runs / "full")) == 2
     assert json.loads((runs / "cut" / "run.json").read_text())["precision"]["name"] == "bf16"
+
+
+def test_a_bf16_step_with_a_finite_loss_but_an_inf_gradient_is_skipped() -> None:
+    """Measured: bf16 autocast on the CPU gave finite losses with Inf gradients (test_resnet,
+    16 px digits); stepping on them wrote Inf into the weights. The step is skipped instead."""
+    import torch
+
+    from duet.train.step import train_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 0, 1])
+    model(x)  # materialise the lazy layer
+    opt = torch.optim.AdamW(model.parameters(), 1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hook = model[0].weight.register_hook(lambda g: g * float("inf"))
+    result = train_step(model, opt, x, y, precision=resolve_precision("bf16", "cpu", AVX2))
+    assert not result.stepped
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+    hook.remove()
+    assert train_step(model, opt, x, y, precision=resolve_precision("bf16", "cpu", AVX2)).stepped
