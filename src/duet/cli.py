@@ -379,6 +379,7 @@ def demo(
     workdir: Path = typer.Option(Path("demo"), "--dir", help="Working folder for the data and runs."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo's epoch count."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 (as for train)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -386,7 +387,8 @@ def demo(
     train, evaluate, predict. About 70 s on 2 CPU cores (README: measured)."""
     from duet.demo import run_demo
 
-    res = run_demo(workdir, epochs=epochs, device=device, progress=not quiet, log=_log(quiet or as_json))
+    res = run_demo(workdir, epochs=epochs, device=device, precision=precision, progress=not quiet,
+                   log=_log(quiet or as_json))
     m = res.evaluation.metrics
     summary = {
         "data": str(res.data_dir),
@@ -395,6 +397,7 @@ def demo(
         "accuracy_split": res.evaluation.split,
         "macro_f1": m["macro"]["f1"],
         "train_images_per_s": round(res.train.train_images_per_s, 1),
+        "precision": res.train.precision,
         "seconds": round(res.seconds, 1),
         "report": str(res.evaluation.files["md"]),
         "predictions": res.predictions,
@@ -405,7 +408,8 @@ def demo(
     t = Table(title="duet demo: handwritten digits", show_header=False, box=None)
     t.add_row("data", f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val / "
               f"{res.train.num_test} test images, 10 classes)")
-    t.add_row("model", f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s")
+    t.add_row("model", f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s, "
+              f"{escape(res.train.precision.get('reason', ''))}")
     t.add_row(f"{res.evaluation.split} accuracy", f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f}; "
               f"{res.evaluation.split_meaning})")
     t.add_row("wall time", f"{res.seconds:.0f}s")

@@ -7,7 +7,9 @@ call ``_fit``; ``train`` first does everything about the model that can fail
 start leaves no folder, and removes its folder if it fails before its first
 checkpoint; ``_fit`` builds the pieces (loaders, model, optimiser, schedule,
 EMA, mixup) and runs the epochs; each step goes through ``train_step``, which
-owns the numerical safety nets. Everything a resume needs is in ``LoopState``
+owns the numerical safety nets. Every forward pass runs in the run's precision
+(``duet.precision``: resolved once at the start, recorded in run.json and the
+checkpoint, kept by a resume). Everything a resume needs is in ``LoopState``
 plus the state dicts saved beside it in checkpoints/last.pt.
 
 Resilience, in one place:
