@@ -16,8 +16,7 @@ Same model, same device, same batch, same run:
 
 The end-to-end rows run in the precision a training run would choose
 (``precision="auto"``, resolved by ``duet.precision``: bf16 autocast on CUDA
-and on CPUs with native bf16, AMX or AVX-512-BF16; fp32 elsewhere), or the
-one asked for. Every row carries its
+and on CPUs with AMX; fp32 elsewhere), or the one asked for. Every row carries its
 ratio to the limit of its own precision (``vs_synthetic``: how much of the
 model's speed the input path delivers; on a GPU the target is >= 90%) and to
 the fp32 limit (``vs_fp32_limit``: what the precision buys on top).
