@@ -224,6 +224,32 @@ def fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarr
     return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)
 
 
+def _samples(usable: list[Any], max_reference: int, max_fit: int, seed: int, root: Path,
+             say: Callable[[str], None]) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+    """``((reference split, rows), (fit split, rows))``: the reference from the
+    first held-out split there is (val, test, else train, with a warning), the fit
+    sample from train; seeded subsamples of at most ``max_reference`` / ``max_fit``."""
+    by_split: dict[str, list[Any]] = {}
+    for row in usable:
+        by_split.setdefault(row.split, []).append(row)
+    ref_split = next((s for s in ("val", "test", "train") if by_split.get(s)), None)
+    if ref_split is None:
+        raise DataError(f"run '{root}' has no usable image in its manifest to build a drift profile from")
+    if ref_split == "train":
+        say("warning: the run has no held-out images; the drift reference uses training images, whose "
+            "confidences are higher than new images will get (expect more confidence alarms)")
+    fit_split = "train" if by_split.get("train") and ref_split != "train" else ref_split
+    rng = np.random.default_rng(seed)
+
+    def sample(rows: list[Any], limit: int) -> list[Any]:
+        rows = sorted(rows, key=lambda r: r.path)
+        if len(rows) > limit:
+            rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
+        return rows
+
+    return (ref_split, sample(by_split[ref_split], max_reference)), (fit_split, sample(by_split[fit_split], max_fit))
+
+
 def write_profile(
     run_dir: str | Path,
     *,
@@ -266,26 +292,8 @@ def write_profile(
     say = log or (lambda _msg: None)
     run = load_run(run_dir)
     manifest = read_manifest(run.paths.manifest, run.data_dir)
-    usable = manifest.usable()
-    by_split: dict[str, list[Any]] = {}
-    for row in usable:
-        by_split.setdefault(row.split, []).append(row)
-    ref_split = next((s for s in ("val", "test", "train") if by_split.get(s)), None)
-    if ref_split is None:
-        raise DataError(f"run '{run.paths.root}' has no usable image in its manifest to build a drift profile from")
-    if ref_split == "train":
-        say("warning: the run has no held-out images; the drift reference uses training images, whose "
-            "confidences are higher than new images will get (expect more confidence alarms)")
-    fit_split = "train" if by_split.get("train") and ref_split != "train" else ref_split
-    rng = np.random.default_rng(seed)
-
-    def sample(rows: list[Any], limit: int) -> list[Any]:
-        rows = sorted(rows, key=lambda r: r.path)
-        if len(rows) > limit:
-            rows = [rows[i] for i in np.sort(rng.choice(len(rows), limit, replace=False))]
-        return rows
-
-    ref_rows, fit_rows = sample(by_split[ref_split], max_reference), sample(by_split[fit_split], max_fit)
+    (ref_split, ref_rows), (fit_split, fit_rows) = _samples(manifest.usable(), max_reference, max_fit, seed,
+                                                             run.paths.root, say)
     dev = resolve_device(device)
     model = load_model(run, dev)
     chosen = recorded_or(precision, run.precision, dev)
