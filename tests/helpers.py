@@ -21,6 +21,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    """Assert a user-error exit: ``code``, no traceback, exactly one ``error: `` line holding every needle."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     """sha256 and mtime of every file under root, to prove nothing was modified."""
     return {

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import one_line_error, run_cli
 from serve_support import shared_export, shared_run, val_files
 
 
@@ -26,16 +26,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_export(tmp_path_factory)
-
-
-def _one_line_error(proc, code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def test_export_writes_onnx_weights_manifest_and_card(run: Path, export_dir: Path) -> None:
@@ -109,7 +99,7 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
 
 def test_existing_export_is_kept_unless_forced(run: Path, export_dir: Path) -> None:
     before = (export_dir / "model.json").read_bytes()
-    _one_line_error(run_cli("export", str(run), "--quiet"), 5, "already exists", "--force")
+    one_line_error(run_cli("export", str(run), "--quiet"), 5, "already exists", "--force")
     assert (export_dir / "model.json").read_bytes() == before
 
 
@@ -158,7 +148,7 @@ def test_compare_counts_top1_flips_and_max_difference() -> None:
 def test_serving_an_unexported_run_says_how_to_export(tmp_path: Path, run: Path) -> None:
     copy = tmp_path / "r"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
-    _one_line_error(run_cli("serve", str(copy), "--check"), 4, "has not been exported", "duet export")
+    one_line_error(run_cli("serve", str(copy), "--check"), 4, "has not been exported", "duet export")
 
 
 def test_the_onnx_file_alone_carries_labels_and_preprocessing(export_dir: Path) -> None:

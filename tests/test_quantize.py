@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import run_cli
+from helpers import one_line_error, run_cli
 from serve_support import running_server, shared_export, shared_run, val_files
 
 TOLERANCE = 12.0
@@ -35,16 +35,6 @@ def int8_export(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
                    "--json")
     assert proc.returncode == 0, proc.stderr
     return out, json.loads(proc.stdout)
-
-
-def _one_line_error(proc, code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def _train_count(run: Path) -> int:
@@ -101,7 +91,7 @@ def test_a_failed_int8_gate_fails_the_export_and_writes_nothing(run: Path, tmp_p
     """A tolerance of -100 points demands int8 beat fp32 by 100 points: the real gate refuses it."""
     out = tmp_path / "export"
     proc = run_cli("export", str(run), "--out", str(out), "--quantize", "int8", "--int8-tolerance", "-100", "--quiet")
-    line = _one_line_error(proc, 4, "failed the int8 gate", "top-1 accuracy int8", "vs fp32", "nothing was written")
+    line = one_line_error(proc, 4, "failed the int8 gate", "top-1 accuracy int8", "vs fp32", "nothing was written")
     assert "allowed -" in line and "--int8-tolerance" in line
     assert list(tmp_path.iterdir()) == [], "a failed int8 gate left files behind"
 
@@ -126,17 +116,17 @@ def test_serve_int8_answers_like_fp32_and_keeps_drift_features(int8_export: tupl
     assert same >= 0.7 * len(images), (labels, same)  # most images: a near-chance model has thin margins
 
 
-def test_serving_a_variant_the_folder_lacks_is_a_one_line_error(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_serving_a_variant_the_folder_lacks_is_aone_line_error(tmp_path_factory: pytest.TempPathFactory) -> None:
     export_dir = shared_export(tmp_path_factory)  # exported without --quantize
-    _one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int8", "--check"), 4,
+    one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int8", "--check"), 4,
                     "has no int8 variant", "--quantize int8")
-    _one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int4", "--check"), 2,
+    one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int4", "--check"), 2,
                     "`--model-variant` must be one of fp32, int8")
-    _one_line_error(run_cli("bench", "serve", str(export_dir), "--variants", "fp32,int8"), 4, "has no int8 variant")
+    one_line_error(run_cli("bench", "serve", str(export_dir), "--variants", "fp32,int8"), 4, "has no int8 variant")
 
 
 def test_quantize_accepts_only_int8(run: Path, tmp_path: Path) -> None:
-    _one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "x"), "--quantize", "int4", "--quiet"), 2,
+    one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "x"), "--quantize", "int4", "--quiet"), 2,
                     "`--quantize` must be int8")
     assert not (tmp_path / "x").exists()
 
