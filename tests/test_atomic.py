@@ -40,7 +40,7 @@ def test_run_checkpoint_and_registry_files_follow_the_umask(tmp_path: Path, umas
 
 
 def test_umask_is_read_without_being_changed() -> None:
-    code = ("import os; os.umask(0o027); from duet.atomic import current_umask; "
+    code = ("import os; os.umask(0o027); from duet.system.atomic import current_umask; "
             "print(oct(current_umask()), oct(os.umask(0o027)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0o27", "0o27"]

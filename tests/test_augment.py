@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from duet.data import augment
-from duet.preprocess import PreprocessSpec, to_load_square
+from duet.data.preprocess import PreprocessSpec, to_load_square
 
 
 def _batch(n: int, spec: PreprocessSpec) -> torch.Tensor:

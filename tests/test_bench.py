@@ -87,7 +87,7 @@ def test_bench_train_table_shows_the_precision_ratio_and_the_capabilities(tmp_pa
 
 
 def test_cpu_capabilities_are_booleans_and_a_name(tmp_path: Path) -> None:
-    from duet.cpu_caps import cpu_capabilities, summary
+    from duet.system.cpu_caps import cpu_capabilities, summary
 
     caps = cpu_capabilities()
     assert isinstance(caps["cpu"], str) and caps["cpu"]

@@ -12,7 +12,7 @@ import torch
 
 from duet.data.cache import CacheLoader, fingerprint, open_or_build
 from duet.data.loaders import Sample, TorchLoader
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 from helpers import run_cli, write_digit_folder
 from oddfiles import write_good_jpeg, write_good_png
 

@@ -191,7 +191,7 @@ def test_too_few_images_is_its_own_verdict_and_fails_a_drift_gate(champion: tupl
 
 def test_atypical_images_are_named_relative_to_the_data_folder(tmp_path: Path) -> None:
     """Files of the same name in two class folders get captions that tell them apart."""
-    from duet.monitor.report import display_path
+    from duet.monitor.drift_report import display_path
 
     paths = [tmp_path / "cats" / "001.jpg", tmp_path / "dogs" / "001.jpg", tmp_path / "dogs" / "old" / "001.jpg"]
     assert [display_path(p, tmp_path, paths) for p in paths] == ["cats/001.jpg", "dogs/001.jpg", "dogs/old/001.jpg"]

@@ -65,9 +65,9 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
     import onnxruntime as ort
 
     from duet.data import augment
-    from duet.inference import load_model
+    from duet.evaluation.inference import load_model
     from duet.monitor.embed import FeatureExtractor
-    from duet.runs import load_run
+    from duet.artifacts.run_dir import load_run
 
     graph = onnx.load(str(export_dir / "model.onnx")).graph
     (inp,) = graph.input
@@ -157,7 +157,7 @@ def test_the_onnx_file_alone_carries_labels_and_preprocessing(export_dir: Path) 
     import onnx
     import onnxruntime as ort
 
-    from duet.preprocess import PreprocessSpec
+    from duet.data.preprocess import PreprocessSpec
 
     manifest = json.loads((export_dir / "model.json").read_text())
     props = {p.key: p.value for p in onnx.load(str(export_dir / "model.onnx")).metadata_props}

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from duet.errors import ConfigError, DataError
-from duet.monitor.gate import (
+from duet.lifecycle.gate import (
     GateSettings,
     compare_predictions,
     drop_test,

@@ -1,4 +1,4 @@
-"""duet.netprobe: one bounded HEAD request per URL, begun early and read later
+"""duet.system.netprobe: one bounded HEAD request per URL, begun early and read later
 (so `duet train --weights imagenet` offline fails in the time its imports take)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from duet import netprobe
+from duet.system import netprobe
 
 
 @pytest.fixture()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from duet.config import build_config
+from duet.train.config import build_config
 from duet.errors import ConfigError
-from duet.precision import resolve_precision
+from duet.train.precision import resolve_precision
 from helpers import run_cli, write_digit_folder
 
 AVX2 = {"avx2": True, "architecture": "x86_64"}

@@ -1,4 +1,4 @@
-"""One resize for every stage: ``duet.resample`` (NumPy) computes exactly the integers
+"""One resize for every stage: ``duet.data.resample`` (NumPy) computes exactly the integers
 of torch's uint8 resize, so a server without torch hands the model the pixels that
 training and evaluation produced."""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from duet.preprocess import PreprocessSpec, to_load_square
-from duet.resample import resize_crop
+from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.data.resample import resize_crop
 
 
 def _torch_resize(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -62,7 +62,7 @@ class NotInstalled:
             raise ModuleNotFoundError(name=name)
 sys.meta_path.insert(0, NotInstalled())  # import torch now fails
 import numpy as np
-from duet.preprocess import PreprocessSpec, to_load_square
+from duet.data.preprocess import PreprocessSpec, to_load_square
 spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
 images = np.load(sys.argv[1])
 np.savez(sys.argv[2], *[to_load_square(images[f"arr_{{i}}"], spec) for i in range(len(images.files))])

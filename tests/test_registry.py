@@ -16,8 +16,8 @@ import pytest
 
 from helpers import run_cli, write_digit_folder
 
-from duet.config import build_config
-from duet.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
+from duet.train.config import build_config
+from duet.lifecycle.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
 from duet.train.loop import train
 
 

@@ -1,5 +1,5 @@
-"""Specifications for duet.report: metrics over arrays and the report files; and
-for the drift report page (duet.monitor.report) as a person reads it."""
+"""Specifications for duet.evaluation.report: metrics over arrays and the report files; and
+for the drift report page (duet.monitor.drift_report) as a person reads it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from helpers import run_cli, write_digit_folder
 
-from duet.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
+from duet.evaluation.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
 
 LABELS = ["cat", "dog", "fox"]
 # true:      cat  cat  cat  dog  dog  fox
@@ -197,7 +197,7 @@ def same_images_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[_Page,
     """A real run's drift report on its own reference images: 16 px greyscale digits
     (width, height, aspect ratio and saturation each take one value), and the
     same embeddings on both sides, so the unbiased MMD² is below 0 by construction."""
-    from duet.config import build_config
+    from duet.train.config import build_config
     from duet.monitor.check import drift_check
     from duet.train.loop import train
 

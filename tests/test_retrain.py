@@ -26,7 +26,7 @@ import pytest
 from helpers import run_cli, write_digit_folder
 from test_drift import digits_champion  # the same champion, trained once per session
 
-from duet.registry import ChampionWatcher, Registry
+from duet.lifecycle.registry import ChampionWatcher, Registry
 
 NEW_IMAGES = 300
 # Shuffled labels must outnumber the champion's ~35 training images per class to
@@ -146,7 +146,7 @@ def test_watch_waits_for_a_missing_then_empty_data_folder_and_says_so_once(tmp_p
     """`duet watch` on a --data folder that does not exist yet keeps watching: it says
     so once, then once that the folder has no labelled images, then once that the
     images in it are not new, and ends after --iterations like any other run."""
-    from duet.config import build_config
+    from duet.train.config import build_config
     from duet.train.loop import train
 
     data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=12, size=16)

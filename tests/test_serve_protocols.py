@@ -1,5 +1,5 @@
 """`duet serve` speaks three protocols, and every one of them returns what offline
-prediction (duet.inference) returns, image for image. A real server on 127.0.0.1,
+prediction (duet.evaluation.inference) returns, image for image. A real server on 127.0.0.1,
 real clients: httpx, tritonclient[http] with its defaults, plain TF Serving JSON."""
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def offline(run: Path) -> dict[str, np.ndarray]:
-    """Probabilities of every validation image from duet.inference (PyTorch, CPU)."""
+    """Probabilities of every validation image from duet.evaluation.inference (PyTorch, CPU)."""
     import torch
 
     from duet.data.loaders import Sample
-    from duet.inference import load_model, predict_samples
-    from duet.runs import load_run
+    from duet.evaluation.inference import load_model, predict_samples
+    from duet.artifacts.run_dir import load_run
 
     info = load_run(run)
     files = val_files(run)
@@ -65,7 +65,7 @@ def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) 
 
     from duet.data import augment
     from duet.data.loaders import Sample, TorchLoader
-    from duet.runs import load_run
+    from duet.artifacts.run_dir import load_run
     from duet.serve.images import pixels_from_bytes
 
     info = load_run(run)
@@ -80,7 +80,7 @@ def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) 
 
 def test_server_preprocessing_without_torch_is_the_evaluation_path_pixel_for_pixel(run: Path, tmp_path: Path) -> None:
     """The same check in a process where torch cannot be imported, as in a duet[serve]
-    install: there the resize is duet.resample's NumPy twin of torch's kernel."""
+    install: there the resize is duet.data.resample's NumPy twin of torch's kernel."""
     import subprocess
     import sys
 
@@ -88,7 +88,7 @@ def test_server_preprocessing_without_torch_is_the_evaluation_path_pixel_for_pix
 
     from duet.data import augment
     from duet.data.loaders import Sample, TorchLoader
-    from duet.runs import load_run
+    from duet.artifacts.run_dir import load_run
 
     info = load_run(run)
     files = val_files(run)
@@ -102,7 +102,7 @@ class NotInstalled:
 sys.meta_path.insert(0, NotInstalled())
 import numpy as np
 from pathlib import Path
-from duet.runs import load_run
+from duet.artifacts.run_dir import load_run
 from duet.serve.images import pixels_from_bytes
 spec = load_run(Path(sys.argv[1])).preprocess
 files = json.loads(Path(sys.argv[2], "files.json").read_text())
@@ -347,7 +347,7 @@ def test_openapi_docs(server: Server) -> None:
 
 def test_torch_runtime_matches_onnx_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The PyTorch runtime (used on CUDA) computes what the ONNX graph computes; here on the CPU."""
-    from duet.export.package import read_package
+    from duet.artifacts.model_package import read_package
     from duet.serve.runtimes import OnnxRuntime, load_runtime
 
     package = read_package(shared_export(tmp_path_factory))

@@ -28,7 +28,7 @@ pytest.importorskip("tensorflow", reason="TensorFlow is not importable (pip inst
 from duet.data import augment  # noqa: E402
 from duet.data import tfdata  # noqa: E402
 from duet.data.loaders import Sample, TorchLoader  # noqa: E402
-from duet.preprocess import PreprocessSpec  # noqa: E402
+from duet.data.preprocess import PreprocessSpec  # noqa: E402
 from helpers import run_cli, write_digit_folder  # noqa: E402
 from oddfiles import (  # noqa: E402
     cmyk_jpeg_bytes,
@@ -66,9 +66,9 @@ def test_tensorflow_then_torchvision_does_not_crash_through_duet() -> None:
     torchvision and triton first; after that the user's order no longer matters."""
     code = "\n".join([
         "import sys",
-        "import duet.data",
-        "assert 'tensorflow' not in sys.modules, 'import duet.data imported TensorFlow'",
-        "from duet.data import tf_dataset  # imports TensorFlow, the safe way",
+        "import duet, duet.data",
+        "assert 'tensorflow' not in sys.modules, 'import duet imported TensorFlow'",
+        "from duet import tf_dataset  # imports TensorFlow, the safe way",
         "import tensorflow as tf",
         "import torchvision, torchvision.transforms",
         "import importlib.util",
@@ -196,10 +196,10 @@ def test_training_with_the_tf_backend_matches_the_torch_backend(trained: dict[st
 
 
 def test_tf_dataset_gives_the_runs_labels_and_preprocessing(trained: dict[str, Path]) -> None:
-    from duet.data import tf_dataset
+    from duet import tf_dataset
     from duet.data.imageio import decode
     from duet.data.scan import read_manifest
-    from duet.preprocess import centre_offset, to_load_square
+    from duet.data.preprocess import centre_offset, to_load_square
 
     run = trained["tf"]
     info = json.loads((run / "run.json").read_text())
@@ -223,7 +223,7 @@ def test_tf_dataset_gives_the_runs_labels_and_preprocessing(trained: dict[str, P
 def test_from_tf_dataset_feeds_a_training_step(trained: dict[str, Path], tmp_path: Path) -> None:
     import keras
 
-    from duet.data import from_tf_dataset
+    from duet import from_tf_dataset
 
     info = json.loads((trained["tf"] / "run.json").read_text())
     spec = PreprocessSpec.from_dict(info["preprocess"])
@@ -259,7 +259,7 @@ def test_tutorial_peer_and_duet_tf_bench_rows(tmp_path: Path) -> None:
 
 
 def test_from_tf_dataset_takes_single_float_images_and_one_hot_labels() -> None:
-    from duet.data import from_tf_dataset
+    from duet import from_tf_dataset
 
     spec = PreprocessSpec(image_size=16, crop_pct=1.0)
     rng = np.random.default_rng(0)

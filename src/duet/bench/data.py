@@ -33,7 +33,7 @@ import torch
 from duet.data import augment
 from duet.data.loaders import Sample, TorchLoader, default_workers
 from duet.data.scan import scan
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 
 
 @dataclass
@@ -183,19 +183,20 @@ def environment(device: torch.device) -> dict[str, str]:
     import timm
 
     import duet
-    from duet import cpu_caps, runtime
+    from duet.system import cpu_caps
+    from duet.system import process as runtime
 
     caps = cpu_caps.cpu_capabilities()
     env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {caps['cpu']}",
-        # What bf16 autocast and int8 inference can run on (duet/cpu_caps.py).
+        # What bf16 autocast and int8 inference can run on (duet/system/cpu_caps.py).
         "cpu capabilities": cpu_caps.summary(caps),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "duet": duet.__version__,
-        # What the `duet` command tuned in this process (duet/runtime.py); every row runs under it.
+        # What the `duet` command tuned in this process (duet/system/process.py); every row runs under it.
         "process tuning": ", ".join(runtime.applied) or "none",
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
     }

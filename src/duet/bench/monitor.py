@@ -132,7 +132,7 @@ def observe_pool(run_dir: Path, paths: Sequence[Path], labels: np.ndarray, profi
     ``duet drift`` computes) and one for the probabilities (``embed_files``)."""
     from duet.monitor.check import observe_files
     from duet.monitor.embed import embed_files
-    from duet.runs import load_run
+    from duet.artifacts.run_dir import load_run
 
     obs, kept, failed = observe_files(run_dir, paths, profile, device=str(device), workers=0, progress=False,
                                       model=model)
@@ -145,7 +145,7 @@ def observe_pool(run_dir: Path, paths: Sequence[Path], labels: np.ndarray, profi
 def reference_sample(run_dir: Path, profile: ReferenceProfile, model: Any, device: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities, labels)`` of the profile's reference images (the estimators' fit sample)."""
     from duet.monitor.embed import embed_files
-    from duet.runs import load_run
+    from duet.artifacts.run_dir import load_run
 
     root = Path(profile.meta["data_dir"])
     got = embed_files(model, load_run(run_dir), [root / f for f in profile.files], device, workers=0, progress=False)
@@ -309,10 +309,10 @@ def prepare(
 ) -> Prepared:
     """Train the digits champion if no run is given, fit the estimators, observe the pools."""
     from duet.bench.data import environment
-    from duet.inference import load_model
+    from duet.evaluation.inference import load_model
     from duet.monitor.check import ensure_profile
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
+    from duet.artifacts.run_dir import load_run
+    from duet.system.device import resolve_device
 
     say = log or (lambda _m: None)
     given = run_dir is not None

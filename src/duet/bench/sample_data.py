@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from duet.atomic import write_bytes_atomic
-from duet.progress import track
+from duet.system.atomic import write_bytes_atomic
+from duet.system.progress import track
 
 
 def write_sample_photos(out_dir: Path, *, count: int = 4000, classes: int = 10, seed: int = 0,

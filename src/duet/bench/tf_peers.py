@@ -37,7 +37,7 @@ from duet.data import augment
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.data.loaders import Sample, default_workers
 from duet.data.tfdata import TfLoader, tf, to_torch
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 
 
 def _result(name: str, images: int, seconds: float, note: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ Same model, same device, same batch, same run:
   same synthetic batch, fp32 and bf16: the serving side of the precision table.
 
 The end-to-end rows run in the precision a training run would choose
-(``precision="auto"``, resolved by ``duet.precision``: bf16 autocast on CUDA
+(``precision="auto"``, resolved by ``duet.train.precision``: bf16 autocast on CUDA
 and on CPUs with AMX; fp32 elsewhere), or the one asked for. Every row carries its
 ratio to the limit of its own precision (``vs_synthetic``: how much of the
 model's speed the input path delivers; on a GPU the target is >= 90%) and to
@@ -40,9 +40,9 @@ import torch
 
 from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefolder_epoch
 from duet.data.loaders import Sample, TorchLoader, default_workers
-from duet.models import build
-from duet.precision import Precision, autocast, resolve_precision
-from duet.preprocess import PreprocessSpec
+from duet.train.models import build
+from duet.train.precision import Precision, autocast, resolve_precision
+from duet.data.preprocess import PreprocessSpec
 from duet.train.step import train_step
 
 PRECISIONS = ("fp32", "bf16")  # the limit is measured in both

@@ -1,7 +1,7 @@
 """Batched augmentation and normalisation on the training device.
 
 Input is always a uint8 NCHW batch of ``load_size`` squares (see
-``duet.preprocess``; the backends hand it over channels_last). Training draws a
+``duet.data.preprocess``; the backends hand it over channels_last). Training draws a
 different random resized crop and flip for every image; evaluation takes the
 deterministic centre ``image_size`` crop. Both end with the same normalisation,
 so train and eval differ only in where the crop is taken.
@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from duet.preprocess import PreprocessSpec, centre_offset
-from duet.threads import torch_worker_pool
+from duet.data.preprocess import PreprocessSpec, centre_offset
+from duet.system.threads import torch_worker_pool
 
 
 def _mean_std_255(spec: PreprocessSpec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

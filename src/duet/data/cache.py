@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duet.atomic import write_json_atomic
-from duet.config import default_cache_dir
+from duet.system.atomic import write_json_atomic
+from duet.data.cache_dir import default_cache_dir
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.loaders import Batch, PlanSampler, Sample
-from duet.preprocess import PreprocessSpec, to_load_square
-from duet.progress import make_progress
-from duet.threads import torch_worker_pool
+from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.system.progress import make_progress
+from duet.system.threads import torch_worker_pool
 
 FORMAT_VERSION = 2  # 2: HWC images (1 was CHW)
 DEFAULT_DEVICE_SHARE = 0.5

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from duet.atomic import write_bytes_atomic
+from duet.system.atomic import write_bytes_atomic
 from duet.errors import ConfigError, DataError
-from duet.progress import track
+from duet.system.progress import track
 
 MIN_SIZE = 8
 MAX_SIZE = 1024

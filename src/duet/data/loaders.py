@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
-from duet.preprocess import PreprocessSpec, to_load_square
+from duet.data.preprocess import PreprocessSpec, to_load_square
 
 
 @dataclass(frozen=True)

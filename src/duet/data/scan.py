@@ -37,10 +37,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from duet.atomic import write_text_atomic
+from duet.system.atomic import write_text_atomic
 from duet.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode
 from duet.errors import DataError
-from duet.progress import track
+from duet.system.progress import track
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"

@@ -26,7 +26,7 @@ from ``n`` to ``n + 1`` images usually keeps ``k_val``, so a newcomer ranked int
 validation must push one image out. The pure threshold rule (``u < share``)
 never moved a file but gave 8 vs 21 validation images for two classes of 100.
 When a run's split must not move at all (a champion's held-out images),
-``duet.retrain`` keeps the sides recorded in the run's ``manifest.csv``.
+``duet.lifecycle.retrain`` keeps the sides recorded in the run's ``manifest.csv``.
 
 The test split is on when ``test_fraction > 0`` and every class has at least
 ``test_min_per_class`` (20) distinct images: with fewer, a test split of a

@@ -61,7 +61,7 @@ import torch
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.loaders import Batch, PlanSampler, Sample
 from duet.errors import ConfigError
-from duet.preprocess import PreprocessSpec, to_load_square
+from duet.data.preprocess import PreprocessSpec, to_load_square
 
 
 def import_tensorflow() -> Any:
@@ -71,7 +71,7 @@ def import_tensorflow() -> Any:
       triton 3.8) loading triton's bundled LLVM *after* TensorFlow segfaults
       the process; torchvision imports triton. So torch, torchvision and
       triton are imported first, then TensorFlow. If TensorFlow is already
-      imported, triton is blocked instead (``duet.runtime.guard_triton``, which
+      imported, triton is blocked instead (``duet.system.process.guard_triton``, which
       says so once: torch.compile then gets no triton kernels in this process).
     - Logging: TF_CPP_MIN_LOG_LEVEL defaults to 3, which hides TensorFlow's
       per-file C++ errors ("Premature end of JPEG data") that would interleave
@@ -86,7 +86,7 @@ def import_tensorflow() -> Any:
     Raises:
         ConfigError: TensorFlow is not installed.
     """
-    from duet.runtime import guard_triton
+    from duet.system.process import guard_triton
 
     # TensorFlow already loaded: triton is blocked (guard_triton says so once) and
     # torch/torchvision are safe. Otherwise load them and triton before TensorFlow.

@@ -2,7 +2,7 @@
 
 Steps, in order (the story of an export):
 
-1. open the run and its best weights (``duet.inference.load_model``, fp32, CPU);
+1. open the run and its best weights (``duet.evaluation.inference.load_model``, fp32, CPU);
 2. write ``model.onnx`` (uint8 pixels in, normalisation inside, dynamic batch)
    and ``model.safetensors`` into a temporary folder beside the destination;
 3. the parity gate (``duet.export.parity``) over the whole validation split:
@@ -34,13 +34,13 @@ from typing import Any
 import torch
 
 import duet
-from duet.atomic import write_json_atomic, write_text_atomic
+from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest
 from duet.errors import ConfigError, DataError, RunError
 from duet.export import onnx_graph
 from duet.export.card import render_card
-from duet.export.package import (
+from duet.artifacts.model_package import (
     CARD_FILE, INT8_FILE, MANIFEST, ONNX_FILE, PROFILE_DIR, SCHEMA, WEIGHTS_FILE, data_fingerprint, file_entries,
     sha256_file, signature,
 )
@@ -49,8 +49,8 @@ from duet.export.quantize import (
     CALIBRATION_IMAGES, CALIBRATION_SEED, DEFAULT_INT8_TOLERANCE, QuantizeError, calibration_samples, check_int8,
     load_pixels, quantize_int8,
 )
-from duet.inference import load_model
-from duet.runs import RunInfo, load_run
+from duet.evaluation.inference import load_model
+from duet.artifacts.run_dir import RunInfo, load_run
 
 Log = Callable[[str], None]
 

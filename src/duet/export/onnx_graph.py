@@ -24,7 +24,7 @@ preprocessing in the model's ``metadata_props`` (``onnx.load(f).metadata_props``
 or ``InferenceSession(f).get_modelmeta().custom_metadata_map``):
 
 - ``labels``: JSON list, index -> label;
-- ``preprocess``: JSON of the :class:`~duet.preprocess.PreprocessSpec`
+- ``preprocess``: JSON of the :class:`~duet.data.preprocess.PreprocessSpec`
   (``image_size``, ``crop_pct``, ``load_size``, ``interpolation``, ``mean``, ``std``);
 - ``input``: in words, what the ``pixels`` input expects;
 - ``architecture``, ``duet_version``.
@@ -44,8 +44,8 @@ import torch
 import duet
 from duet.data.augment import normalise
 from duet.errors import ModelError
-from duet.export.package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
-from duet.preprocess import PreprocessSpec
+from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
+from duet.data.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension (torch.export needs one)

@@ -26,9 +26,9 @@ import torch
 from duet.data import augment
 from duet.data.loaders import Sample, TorchLoader
 from duet.errors import ModelError
-from duet.export.package import INPUT_NAME
-from duet.preprocess import PreprocessSpec
-from duet.progress import make_progress
+from duet.artifacts.model_package import INPUT_NAME
+from duet.data.preprocess import PreprocessSpec
+from duet.system.progress import make_progress
 
 DEFAULT_TOLERANCE = 1e-4
 

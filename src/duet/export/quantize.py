@@ -35,8 +35,8 @@ import numpy as np
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest
 from duet.errors import ModelError, RunError
-from duet.export.package import INPUT_NAME
-from duet.preprocess import PreprocessSpec
+from duet.artifacts.model_package import INPUT_NAME
+from duet.data.preprocess import PreprocessSpec
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_SEED = 0

@@ -9,8 +9,8 @@
   outlier-rate test (``OutlierModel``).
 - :mod:`duet.monitor.estimate`: label-free accuracy estimate (``AccuracyEstimator``).
 - :mod:`duet.monitor.check`: a folder of images against a run (``duet drift``).
-- :mod:`duet.monitor.report`: the HTML report.
-- :mod:`duet.monitor.gate`: the champion/challenger gate of ``duet retrain``
+- :mod:`duet.monitor.drift_report`: the HTML report.
+- :mod:`duet.lifecycle.gate`: the champion/challenger gate of ``duet retrain``
   (``compare_predictions``, ``min_detectable_drop``).
 
 What a server needs imports without torch::

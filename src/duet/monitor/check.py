@@ -79,15 +79,15 @@ def observe_files(
     out of the observations and listed with their reason.
     """
     from duet.data.loaders import default_workers
-    from duet.inference import load_model
+    from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
+    from duet.artifacts.run_dir import load_run
+    from duet.system.device import resolve_device
 
     run = load_run(run_dir)
     dev = resolve_device(device)
     model = model if model is not None else load_model(run, dev)
-    from duet.precision import recorded_or
+    from duet.train.precision import recorded_or
 
     got = embed_files(model, run, list(paths), dev, batch_size=batch_size,
                       workers=default_workers() if workers is None else workers, progress=progress,
@@ -131,7 +131,7 @@ def drift_check(
         settings: detector settings (calibrated defaults).
         report: write report.html and report.json.
     """
-    from duet.runs import _slug, load_run
+    from duet.artifacts.run_dir import _slug, load_run
 
     say = log or (lambda _m: None)
     run = load_run(run_dir)
@@ -163,7 +163,7 @@ def drift_check(
             "reference": f"{profile.n_reference} held-out images ({profile.meta.get('reference', {}).get('split', '?')} split)",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
-        from duet.monitor.report import write_drift_report  # matplotlib only when a report is written
+        from duet.monitor.drift_report import write_drift_report  # matplotlib only when a report is written
 
         files = write_drift_report(result, profile, obs, kept, out, context=context, failed=failed,
                                    title=f"Drift of {Path(data_dir).name} vs {run.paths.root.name}")

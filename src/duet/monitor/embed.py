@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from duet.data import augment
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.monitor.imagestats import STAT_NAMES, image_stats
-from duet.precision import FP32, Precision, autocast
-from duet.preprocess import PreprocessSpec, to_load_square
-from duet.progress import make_progress
-from duet.runs import RunInfo
+from duet.train.precision import FP32, Precision, autocast
+from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.system.progress import make_progress
+from duet.artifacts.run_dir import RunInfo
 
 
 class FeatureExtractor:
@@ -62,7 +62,7 @@ class FeatureExtractor:
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier ``nn.Linear`` of a torchvision model (where ``duet.models`` replaced it)."""
+    """The classifier ``nn.Linear`` of a torchvision model (where ``duet.train.models`` replaced it)."""
     for attr in ("fc", "classifier", "head", "heads"):
         head = getattr(model, attr, None)
         if isinstance(head, nn.Linear):

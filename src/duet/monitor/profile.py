@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from duet.atomic import write_bytes_atomic, write_json_atomic
+from duet.system.atomic import write_bytes_atomic, write_json_atomic
 from duet.errors import DataError, RunError
 from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
 from duet.monitor.estimate import AccuracyEstimator
@@ -283,11 +283,11 @@ def write_profile(
     # torch only here, so that loading a profile (the server) never imports it.
     from duet.data.loaders import default_workers
     from duet.data.scan import read_manifest
-    from duet.inference import load_model
+    from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files
-    from duet.precision import recorded_or
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
+    from duet.train.precision import recorded_or
+    from duet.artifacts.run_dir import load_run
+    from duet.system.device import resolve_device
 
     say = log or (lambda _msg: None)
     run = load_run(run_dir)

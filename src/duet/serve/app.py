@@ -37,9 +37,9 @@ from starlette.responses import Response
 
 import duet
 from duet.errors import ConfigError
-from duet.export.package import ModelPackage, read_package
+from duet.artifacts.model_package import ModelPackage, read_package
 from duet.serve.auth import ApiKeyMiddleware
-from duet.serve.config import ServeConfig
+from duet.serve.settings import ServeConfig
 from duet.serve.deadlines import TIMED_OUT, ShutdownGuard, guarded_h11
 from duet.serve.encoding import ContentEncodingMiddleware
 from duet.serve.errors import ApiError, error_response
@@ -177,7 +177,7 @@ def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
     and the ChampionWatcher that will notice the next switch. Else ``(config, None)``."""
     if config.registry is None:
         return config, None
-    from duet.registry import ChampionWatcher, Registry
+    from duet.lifecycle.registry import ChampionWatcher, Registry
 
     registry = Registry(config.registry)
     if not registry.root.is_dir():

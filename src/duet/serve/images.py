@@ -1,8 +1,8 @@
 """Encoded image bytes -> the model's uint8 input: exactly the evaluation path.
 
 decode (``duet.data.imageio.decode``, ``min_size=spec.load_size``) ->
-``duet.preprocess.to_load_square`` -> centre ``image_size`` crop
-(``duet.preprocess.centre_offset``, as ``duet.data.augment.centre_crop``) ->
+``duet.data.preprocess.to_load_square`` -> centre ``image_size`` crop
+(``duet.data.preprocess.centre_offset``, as ``duet.data.augment.centre_crop``) ->
 uint8 CHW. Normalisation happens inside the model graph. No other resize,
 colour conversion or crop exists in the server.
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from duet.data.imageio import decode
-from duet.preprocess import PreprocessSpec, centre_offset, to_load_square
+from duet.data.preprocess import PreprocessSpec, centre_offset, to_load_square
 
 
 def pixels_from_bytes(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:

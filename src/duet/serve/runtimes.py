@@ -5,17 +5,17 @@
   (``duet export --quantize int8``). Normalisation is inside the graph; its
   ``features`` output (the penultimate layer, fp32 in both variants) is read
   along with the probabilities for drift monitoring.
-- ``torch``: ``model.safetensors`` in its architecture (``duet.models.build``)
+- ``torch``: ``model.safetensors`` in its architecture (``duet.train.models.build``)
   on CUDA when available: the same weights the ONNX file was checked against,
   normalised with the same ``augment.normalise``; its forward pass runs in
-  ``duet.precision``'s auto choice (bf16 autocast on CUDA and on CPUs with
+  ``duet.train.precision``'s auto choice (bf16 autocast on CUDA and on CPUs with
   native bf16, else fp32; the weights stay fp32, as the parity gate checked).
 
 ``load_runtime(package, name="auto")`` picks PyTorch when CUDA is present and
 ONNX Runtime otherwise, without importing torch on machines with no NVIDIA
 driver or no PyTorch installed (it would add seconds and ~800 MB of resident
 memory to a CPU server; measured in docs/serving.md, "Idle memory"). Nothing
-on the ONNX path imports torch: ``duet.preprocess`` resizes with NumPy there.
+on the ONNX path imports torch: ``duet.data.preprocess`` resizes with NumPy there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from duet.errors import ConfigError, ModelError
-from duet.export.package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ModelPackage
+from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ModelPackage
 
 
 @dataclass
@@ -106,16 +106,16 @@ class TorchRuntime:
         from safetensors.torch import load_file
 
         from duet.data.augment import normalise
-        from duet.models import build
+        from duet.train.models import build
         from duet.monitor.embed import FeatureExtractor
-        from duet.precision import autocast, resolve_precision
+        from duet.train.precision import autocast, resolve_precision
 
         self._torch = torch
         self._normalise = normalise
         self._spec = package.spec
         self._device = torch.device(device)
         self.device = str(self._device)
-        # bf16 autocast where auto picks it (duet.precision); the weights stay fp32.
+        # bf16 autocast where auto picks it (duet.train.precision); the weights stay fp32.
         self.precision = resolve_precision(precision, self._device)
         self._autocast = lambda: autocast(self.precision, self._device)
         model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size)

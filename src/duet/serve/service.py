@@ -31,10 +31,10 @@ import numpy as np
 
 from duet.data.imageio import DecodeError, decoded_size
 from duet.errors import ModelError
-from duet.export.package import ModelPackage, read_package, signature
+from duet.artifacts.model_package import ModelPackage, read_package, signature
 from duet.serve.batcher import Draining, DynamicBatcher, Overloaded
-from duet.serve.config import ServeConfig
-from duet.serve.drift import DriftWatch, profile_dir
+from duet.serve.settings import ServeConfig
+from duet.serve.drift_watch import DriftWatch, profile_dir
 from duet.serve.errors import ApiError
 from duet.serve.fairpool import FairPool
 from duet.serve.images import prepare
@@ -81,7 +81,7 @@ class ModelService:
         profile = profile_dir(package) if config.drift else None
         self.drift = (DriftWatch(profile, metrics.registry, window=config.drift_window,
                                  interval=config.drift_interval) if profile is not None else None)
-        self.watcher = watcher  # duet.registry.ChampionWatcher when following a registry
+        self.watcher = watcher  # duet.lifecycle.registry.ChampionWatcher when following a registry
         self._follow_task: asyncio.Task[None] | None = None
         self.set_model_info()
 

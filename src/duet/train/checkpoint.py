@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from duet.atomic import write_atomic, write_bytes_atomic
+from duet.system.atomic import write_atomic, write_bytes_atomic
 from duet.errors import RunError
 
 

@@ -8,7 +8,7 @@ start leaves no folder, and removes its folder if it fails before its first
 checkpoint; ``_fit`` builds the pieces (loaders, model, optimiser, schedule,
 EMA, mixup) and runs the epochs; each step goes through ``train_step``, which
 owns the numerical safety nets. Every forward pass runs in the run's precision
-(``duet.precision``: resolved once at the start, recorded in run.json and the
+(``duet.train.precision``: resolved once at the start, recorded in run.json and the
 checkpoint, kept by a resume). Everything a resume needs is in ``LoopState``
 plus the state dicts saved beside it in checkpoints/last.pt.
 
@@ -46,20 +46,21 @@ import torch
 import torch.nn.functional as F
 
 import duet
-from duet.atomic import write_json_atomic, write_text_atomic
-from duet.config import TrainConfig, config_from_dict
+from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.train.config import TrainConfig, config_from_dict
 from duet.data import augment
 from duet.data.cache import cache_bytes
 from duet.data.loaders import Loader, Sample, default_workers, make_loader, plan_sizes, rank_slice
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
-from duet.models import build, check_input_size, check_source
-from duet.precision import FP32, Precision, autocast, resolve_precision
-from duet.preprocess import PreprocessSpec
-from duet.progress import make_progress
-from duet.runs import RunPaths, create_run_dir, read_config, write_config, write_info
-from duet.runtime import guard_triton
+from duet.train.models import build, check_input_size, check_source
+from duet.train.precision import FP32, Precision, autocast, resolve_precision
+from duet.data.preprocess import PreprocessSpec
+from duet.system.progress import make_progress
+from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
+from duet.system.device import resolve_device
+from duet.system.process import guard_triton
 from duet.train import checkpoint, distributed, recipe
 from duet.train.schedule import warmup_cosine
 from duet.train.step import cross_entropy, train_step
@@ -85,7 +86,7 @@ class TrainResult:
     # The held-out test split, evaluated once after training with the best
     # epoch's weights: {"test_accuracy", "test_loss", "test_images"}; {} without one.
     test: dict[str, Any] = field(default_factory=dict)
-    # The forward-pass precision and why: {"name", "requested", "reason"} (duet.precision).
+    # The forward-pass precision and why: {"name", "requested", "reason"} (duet.train.precision).
     precision: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,14 +110,6 @@ class LoopState:
     micro_batches: int = 1         # raised by each out-of-memory
     events: list[str] = field(default_factory=list)
     load_failures: list[dict[str, str]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA device is available; use --device auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def choose_backend(config: TrainConfig, num_images: int) -> str:

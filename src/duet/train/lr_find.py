@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duet.atomic import write_bytes_atomic, write_json_atomic
-from duet.config import TrainConfig
+from duet.system.atomic import write_bytes_atomic, write_json_atomic
+from duet.train.config import TrainConfig
 from duet.data import augment
 from duet.data.loaders import default_workers, make_loader
 from duet.errors import DataError
-from duet.precision import resolve_precision
-from duet.progress import make_progress
+from duet.train.precision import resolve_precision
+from duet.system.progress import make_progress
 from duet.train import recipe
-from duet.train.loop import (choose_backend, prepare_data, prepare_model, resolve_device, seed_everything,
+from duet.system.device import resolve_device
+from duet.train.loop import (choose_backend, prepare_data, prepare_model, seed_everything,
                              split_samples)
 from duet.train.step import cross_entropy, train_step
 

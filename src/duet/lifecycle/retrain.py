@@ -1,4 +1,5 @@
-"""Retraining behind a champion/challenger gate, and the loop that runs it (`duet watch`).
+"""Retraining behind a champion/challenger gate (`duet retrain`); the loop that runs it is
+:mod:`duet.lifecycle.watch`.
 
 ``retrain(champion_run, new_data)``:
 
@@ -15,7 +16,7 @@
 3. **Compare** champion and challenger on the same held-out images: the merged
    test split if there is one, else the merged validation split (the
    champion's own held-out images plus the new ones).
-4. **Gate** (:mod:`duet.monitor.gate`). Promote only if the challenger's
+4. **Gate** (:mod:`duet.lifecycle.gate`). Promote only if the challenger's
    overall accuracy is at least the champion's (minus ``tolerance``, 0 by
    default), it is not significantly worse (exact one-sided McNemar, 5%) by
    more than ``drop_margin`` (2 points) on the champion's own held-out images
@@ -26,142 +27,27 @@
 5. **Report** ``<challenger>/retrain/comparison.{json,md}`` either way; with a
    registry, register and promote the challenger when it passes, and log the
    decision in ``registry/events.jsonl`` either way.
-
-``watch(data_dir, registry=...)`` repeats: when the new images drift from the
-champion's profile and new labelled images are present, retrain, gate and
-promote, logging every decision.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from duet.atomic import write_json_atomic, write_text_atomic
 from duet.errors import DataError
-from duet.monitor.gate import Comparison, GateSettings, compare_predictions, markdown
-from duet.registry import Registry, RegistryError
+from duet.lifecycle.gate import Comparison, GateSettings, compare_predictions, markdown
+from duet.lifecycle.merge import MergeSummary, known_hashes, merge_data
+from duet.lifecycle.registry import Registry, RegistryError
+from duet.system.atomic import write_json_atomic, write_text_atomic
 
 Log = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- merge
-
-
-@dataclass
-class MergeSummary:
-    data_dir: Path
-    old_images: int
-    new_images: int
-    new_per_split: dict[str, int]
-    already_known: int
-    conflicts: list[dict[str, str]]
-    labels_added: list[str]
-    skipped: int
-
-
-def _link(source: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.symlink(os.path.realpath(source), dest)
-    except OSError:  # no symlinks (some Windows setups, some filesystems): copy
-        shutil.copy2(source, dest)
-
-
-def known_hashes(run_dir: Path) -> dict[str, str]:
-    """``{sha256: label}`` of every usable file of a run's manifest."""
-    from duet.data.scan import read_manifest
-    from duet.runs import load_run
-
-    run = load_run(run_dir)
-    manifest = read_manifest(run.paths.manifest, run.data_dir)
-    return {r.sha256: r.label for r in manifest.usable()}
-
-
-def new_labelled_rows(run_dir: Path, data_dir: Path, *, progress: bool) -> tuple[list[Any], Any, int, list[dict[str, str]]]:
-    """Usable rows of ``data_dir`` the run has not seen: ``(rows, manifest, already known, conflicts)``."""
-    from duet.data.scan import scan
-
-    manifest = scan(data_dir, progress=progress)
-    fresh, same, conflicts = fresh_rows(run_dir, manifest)
-    return fresh, manifest, same, conflicts
-
-
-def fresh_rows(run_dir: Path, manifest: Any) -> tuple[list[Any], int, list[dict[str, str]]]:
-    """Usable rows of a scanned ``manifest`` the run has not seen: ``(rows, already known, conflicts)``."""
-    known = known_hashes(run_dir)
-    fresh, same, conflicts = [], 0, []
-    for row in manifest.usable():
-        if row.sha256 not in known:
-            fresh.append(row)
-        elif known[row.sha256] == row.label:
-            same += 1
-        else:
-            conflicts.append({"path": row.path, "label": row.label, "known_as": known[row.sha256]})
-    return fresh, same, conflicts
-
-
-def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool = True) -> MergeSummary:
-    """Build the challenger's data folder (``train/ val/ [test/]`` of links) at ``dest``."""
-    from duet.data.scan import read_manifest
-    from duet.data.split import assign_splits
-    from duet.runs import load_run, read_config
-
-    run = load_run(champion_run)
-    config = read_config(run.paths)
-    old = read_manifest(run.paths.manifest, run.data_dir)
-    fresh, new_manifest, same, conflicts = new_labelled_rows(run.paths.root, Path(new_data), progress=progress)
-    if not fresh:
-        raise DataError(f"no new images in '{new_data}': all {same + len(conflicts)} usable images are already in "
-                        f"the champion's data ({len(conflicts)} under another label); add new labelled images")
-    # The champion's rule for new files: hash of content + its seed and validation
-    # fraction; a test split only when the champion has one, then at its share
-    # (however few the new images: the merged test split must keep growing).
-    fresh_ids = {r.path for r in fresh}
-    has_test = any(r.split == "test" for r in old.usable())
-    split_new = assign_splits(new_manifest, val_fraction=float(config.get("val_split", 0.2)),
-                              test_fraction=float(config.get("test_split", 0.1)) if has_test else 0.0,
-                              seed=int(config.get("seed", 0)), test_min_per_class=0)
-    fresh = [r for r in split_new.usable() if r.path in fresh_ids]
-    if dest.exists():
-        raise DataError(f"'{dest}' already exists; choose another challenger --name")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    old_rows = old.usable()
-    for row in old_rows:
-        _link(old.data_dir / row.path, tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}")
-    per_split: dict[str, int] = {}
-    for row in fresh:
-        per_split[row.split] = per_split.get(row.split, 0) + 1
-        _link(new_manifest.data_dir / row.path,
-              tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}")
-    if not (tmp / "val").is_dir():  # the splits layout needs the folder even when it is empty
-        (tmp / "val").mkdir(parents=True)
-    os.replace(tmp, dest)
-    return MergeSummary(
-        data_dir=dest.resolve(),
-        old_images=len(old_rows),
-        new_images=len(fresh),
-        new_per_split=per_split,
-        already_known=same,
-        conflicts=conflicts,
-        labels_added=sorted({r.label for r in fresh} - set(run.labels)),
-        skipped=sum(1 for r in new_manifest.rows if r.status != "ok"),
-    )
-
-
-# --------------------------------------------------------------------------- comparison and gate
 
 
 def compare_runs(
@@ -175,14 +61,14 @@ def compare_runs(
     progress: bool = True,
 ) -> Comparison:
     """Evaluate both runs on the challenger's held-out split (test if any, else val)
-    and apply the gate (:func:`duet.monitor.gate.compare_predictions`). Labels are
+    and apply the gate (:func:`duet.lifecycle.gate.compare_predictions`). Labels are
     compared by name, so a challenger with a new class is graded fairly (the
     champion simply never predicts it)."""
+    from duet.artifacts.run_dir import load_run
     from duet.data.loaders import Sample
     from duet.data.scan import read_manifest
-    from duet.inference import load_model, predict_samples
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
+    from duet.evaluation.inference import load_model, predict_samples
+    from duet.system.device import resolve_device
 
     champion, challenger = load_run(champion_run), load_run(challenger_run)
     manifest = read_manifest(challenger.paths.manifest, challenger.data_dir)
@@ -316,9 +202,9 @@ def retrain(
         gate: the promotion rule.
         device, workers: override the champion's settings.
     """
-    from duet.config import TrainConfig, config_from_dict
+    from duet.artifacts.run_dir import RunPaths, load_run, read_config
     from duet.monitor.profile import profile_dir, write_profile
-    from duet.runs import RunPaths, load_run, read_config
+    from duet.train.config import TrainConfig, config_from_dict
     from duet.train.loop import train
 
     t0 = time.perf_counter()
@@ -420,197 +306,3 @@ def _export(run_dir: Path, *, progress: bool, log: Log) -> str:
     except DuetError as e:
         return f"its export failed ({e.message})"
     return ""
-
-
-# --------------------------------------------------------------------------- watch
-
-
-@dataclass
-class WatchDecision:
-    """One iteration of the loop: what was seen and what was done, in a sentence."""
-
-    iteration: int
-    time: str
-    champion: str
-    new_images: int
-    drift: bool | None
-    drift_sentence: str
-    action: str  # "none" | "wait_for_labels" | "retrain"
-    new_data: str = ""  # fingerprint of the new images (sha256 over their sorted hashes)
-    # no_data_folder | no_labelled_images | no_new_images | already_tried | no_live_images
-    # | insufficient | no_drift | drift
-    state: str = ""
-    promoted: bool | None = None
-    challenger: str | None = None
-    reasons: list[str] = field(default_factory=list)
-    sentence: str = ""
-
-
-def watch(
-    data_dir: Path,
-    *,
-    registry: Registry,
-    live_dir: Path | None = None,
-    interval: float = 300.0,
-    iterations: int | None = None,
-    min_new: int = 1,
-    drift_settings: Any = None,
-    gate: GateSettings = GateSettings(),
-    out: Path = Path("runs"),
-    epochs: int | None = None,
-    device: str = "auto",
-    workers: int | None = None,
-    progress: bool = False,
-    log: Log = print,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[WatchDecision]:
-    """The closed loop: check, and when drift meets new labels, retrain -> gate -> promote.
-
-    Each iteration reads the registry's champion, counts the images in
-    ``data_dir`` (labelled) it has not trained on, and tests for drift the
-    images of ``live_dir`` (unlabelled recent traffic) or, without it, those
-    new labelled images. Drift and at least ``min_new`` new labelled images ->
-    ``retrain``; drift without them -> a request for labels; no drift ->
-    nothing. A ``data_dir`` (or ``live_dir``) that does not exist yet or holds
-    no images is waited for, not an error. Every decision is logged and
-    appended to ``registry/events.jsonl``, except that a waiting state in which
-    nothing was checked (no folder, no labels, nothing new) is announced once
-    when the loop enters it, not at every tick.
-
-    Args:
-        iterations: stop after this many (None: run until interrupted).
-        interval: seconds between iterations.
-    """
-    from duet.monitor.check import drift_check
-
-    def check(run: Path, source: Path) -> Any:
-        return drift_check(run, source, settings=drift_settings, device=device, workers=workers, progress=progress,
-                           log=log)
-
-    def retrain_champion(run: Path) -> RetrainResult:
-        return retrain(run, Path(data_dir), registry=registry, out=out, epochs=epochs, gate=gate,
-                       device=device if device != "auto" else None, workers=workers, progress=progress, log=log)
-
-    # Unbounded, the loop keeps only its last 1000 decisions (the events keep every announced one).
-    decisions: deque[WatchDecision] = deque(maxlen=None if iterations is not None else 1000)
-    said: tuple[str, str, str] | None = None
-    i = 0
-    while iterations is None or i < iterations:
-        i += 1
-        champion = registry.champion()
-        if champion is None:
-            raise RegistryError(f"registry '{registry.root}' has no champion to watch; "
-                                "`duet registry promote RUN` first")
-        d = _watch_once(i, champion, Path(data_dir), None if live_dir is None else Path(live_dir), registry,
-                        min_new=min_new, check=check, retrain_champion=retrain_champion, progress=progress)
-        state = (d.state, d.champion, d.new_data)
-        if d.state not in _SAID_ONCE or state != said:
-            registry.log("watch", **asdict(d))
-            log(d.sentence)
-        said = state
-        decisions.append(d)
-        if iterations is None or i < iterations:
-            sleep(interval)
-    return list(decisions)
-
-
-# States in which nothing was checked: announced (logged, and written to the
-# events) when the loop enters them, not again at every tick while it waits.
-_SAID_ONCE = frozenset({"no_data_folder", "no_labelled_images", "no_new_images", "already_tried",
-                        "no_live_images"})
-
-
-def _labelled(data_dir: Path, progress: bool) -> tuple[Any, str]:
-    """``(scan of data_dir, "")``, or ``(None, why there is nothing to scan yet)``:
-    a folder that does not exist yet or holds no labelled image is something to
-    wait for, not an error (a path that is a file still is one)."""
-    from duet.data.scan import scan
-
-    if not data_dir.exists():
-        return None, "no_data_folder"
-    try:
-        return scan(data_dir, progress=progress), ""
-    except DataError:
-        if not data_dir.is_dir():
-            raise
-        return None, "no_labelled_images"  # the one error scan has left for an existing folder
-
-
-def _has_images(folder: Path) -> bool:
-    from duet.monitor.check import list_images
-
-    try:
-        list_images(folder)
-    except DataError:
-        return False
-    return True
-
-
-def _watch_once(i: int, champion: Any, data_dir: Path, live_dir: Path | None, registry: Registry, *, min_new: int,
-                check: Callable[[Path, Path], Any], retrain_champion: Callable[[Path], RetrainResult],
-                progress: bool) -> WatchDecision:
-    """One iteration of ``watch``: look, decide, act (retrain at most once)."""
-    v = champion.version
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    d = WatchDecision(i, now, v, 0, None, "", "none")
-    manifest, waiting = _labelled(data_dir, progress)
-    fresh = fresh_rows(champion.run, manifest)[0] if manifest is not None else []
-    d.new_images = len(fresh)
-    d.new_data = hashlib.sha256("".join(sorted(r.sha256 for r in fresh)).encode()).hexdigest()[:16] if fresh else ""
-    tried = fresh and any(e.get("event") == "watch" and e.get("action") == "retrain" and e.get("champion") == v
-                          and e.get("new_data") == d.new_data for e in registry.events())
-    source: Path | None = None
-    if tried:
-        d.state = "already_tried"
-        d.sentence = (f"{v}: these {len(fresh)} new images were already tried and the challenger was refused; "
-                      "waiting for more labelled data")
-    elif live_dir is not None:
-        source = live_dir if _has_images(live_dir) else None
-        d.state = "" if source is not None else "no_live_images"
-    elif fresh:
-        source = _fresh_folder(fresh, manifest.data_dir, registry.root / "watch" / f"{v}-{d.new_data}")
-    if source is None:
-        d.state = d.state or waiting or "no_new_images"
-        d.action = "wait_for_labels" if waiting else d.action
-        d.sentence = d.sentence or _idle_sentence(v, d.state, data_dir, live_dir)
-        return d
-    result = check(champion.run, source)
-    d.drift, d.drift_sentence = result.result.drift, result.result.sentence
-    if d.drift is None:  # too few images to judge
-        d.state = "insufficient"
-        d.sentence = f"{v}: {d.drift_sentence}; waiting for more images in {live_dir or data_dir}"
-    elif not d.drift:
-        d.state = "no_drift"
-        d.sentence = f"{v}: no drift ({d.drift_sentence}); nothing to do"
-    elif len(fresh) < min_new:
-        d.state, d.action = "drift", "wait_for_labels"
-        d.sentence = (f"{v}: drift detected but only {len(fresh)} new labelled images (need {min_new}); "
-                      f"label recent images into {data_dir}")
-    else:
-        d.state, d.action = "drift", "retrain"
-        done = retrain_champion(champion.run)
-        d.promoted, d.challenger, d.reasons = done.promoted, str(done.challenger_run), done.comparison.reasons
-        d.sentence = (f"{v}: drift and {len(fresh)} new labelled images -> retrained {done.challenger_run.name}: "
-                      + (f"promoted as {done.challenger_version}" if done.promoted else "kept the champion"))
-    return d
-
-
-def _idle_sentence(version: str, state: str, data_dir: Path, live_dir: Path | None) -> str:
-    if state == "no_data_folder":
-        return (f"{version}: '{data_dir}' does not exist yet; waiting for labelled images there "
-                "(one sub-folder per class)")
-    if state == "no_labelled_images":
-        return f"{version}: no labelled images in '{data_dir}' yet (one sub-folder per class); waiting for labels"
-    if state == "no_live_images":
-        return f"{version}: no images in '{live_dir}' yet (missing or empty); waiting for recent traffic"
-    return f"{version}: no new images in {data_dir}; nothing to do"
-
-
-def _fresh_folder(rows: list[Any], data_dir: Path, root: Path) -> Path:
-    """A folder of links to just the new images (drift is tested on them, not on all
-    of data_dir); named by their fingerprint, so the same images reuse one folder."""
-    for r in rows:
-        dest = root / r.label / f"{r.sha256[:20]}{Path(r.path).suffix.lower()}"
-        if not dest.exists():
-            _link(data_dir / r.path, dest)
-    return root

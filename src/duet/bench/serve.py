@@ -52,7 +52,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the ann
 
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.errors import ConfigError, DuetError
-from duet.export.package import read_package
+from duet.artifacts.model_package import read_package
 
 Log = Callable[[str], None]
 CEILING = "ceiling (decode + session.run, best batch)"
@@ -268,7 +268,7 @@ def _batch_stats(port: int) -> tuple[float, float]:
 
 
 def machine() -> dict[str, Any]:
-    from duet.cpu_caps import cpu_capabilities, summary  # the CPU's name, and what int8/bf16 can run on
+    from duet.system.cpu_caps import cpu_capabilities, summary  # the CPU's name, and what int8/bf16 can run on
 
     caps = cpu_capabilities()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -327,7 +327,7 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
                                          str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
         if naive:
             port = _free_port()
-            servers["naive (1 session.run per request)"] = (_start(["duet.serve.bench", "naive", str(package.root)], port), port)
+            servers["naive (1 session.run per request)"] = (_start(["duet.bench.serve", "naive", str(package.root)], port), port)
         for r in range(repeat):
             log(f"round {r + 1}/{repeat}: bare decode + session.run, batch 1")
             keep("bare (decode + session.run)", 1, bare(model, images, requests))
@@ -412,13 +412,13 @@ def naive_app(model: Path):
     return app
 
 
-if __name__ == "__main__":  # python -m duet.serve.bench naive MODEL --port P
+if __name__ == "__main__":  # python -m duet.bench.serve naive MODEL --port P
     import uvicorn
 
-    from duet.runtime import tune_process
+    from duet.system.process import tune_process
 
     tune_process()  # the same process tuning `duet serve` gets from the CLI, so both servers run alike
 
     if len(sys.argv) != 5 or sys.argv[1] != "naive" or sys.argv[3] != "--port":
-        sys.exit("usage: python -m duet.serve.bench naive MODEL --port PORT")
+        sys.exit("usage: python -m duet.bench.serve naive MODEL --port PORT")
     uvicorn.run(naive_app(Path(sys.argv[2])), host="127.0.0.1", port=int(sys.argv[4]), log_level="warning")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import shlex
 
-from duet.runtime import tune_process
+from duet.system.process import tune_process
 
-tune_process()  # before anything imports torch: see duet/runtime.py
+tune_process()  # before anything imports torch: see duet/system/process.py
 import sys
 import traceback
 from pathlib import Path
@@ -24,8 +24,8 @@ from rich.table import Table
 
 import duet
 from duet.errors import ConfigError, DataError, DuetError
-from duet.cli_common import pct, print_json, stderr_log
-from duet.progress import console
+from duet.cli.common import pct, print_json, stderr_log
+from duet.system.progress import console
 
 if TYPE_CHECKING:
     from duet.train.loop import TrainResult
@@ -105,7 +105,7 @@ def train(
     (a finished one too); the LR schedule is re-planned for it from that point.
     """
     ignored = _flags_resume_cannot_change(dict(locals()))
-    from duet.config import build_config
+    from duet.train.config import build_config
 
     log = _log(quiet or as_json)
     if resume is not None:
@@ -127,7 +127,7 @@ def train(
             "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
             "recipe": recipe, "ema": ema, "patience": patience,
         })
-        from duet.netprobe import start_for_hub_weights
+        from duet.system.netprobe import start_for_hub_weights
 
         start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
         from duet.train.loop import train as train_run
@@ -219,7 +219,7 @@ def lr_find_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Learning-rate range test: a plot of loss vs LR and a suggested --lr."""
-    from duet.config import build_config
+    from duet.train.config import build_config
     from duet.train.lr_find import lr_find
 
     if not (0 < start < end):
@@ -252,8 +252,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and a confusion matrix, written to RUN/eval/."""
-    from duet.evaluate import evaluate as evaluate_run
-    from duet.report import format_summary
+    from duet.evaluation.evaluate import evaluate as evaluate_run
+    from duet.evaluation.report import format_summary
 
     if split is not None and split not in ("train", "val", "test"):
         raise DuetError(f"`--split` must be one of train, val, test. Received: --split={split}")
@@ -285,10 +285,10 @@ def predict(
 ) -> None:
     """Top-k labels with probabilities for each FILE (a folder: every image under it, sorted). Exits 1 if any file cannot be read."""
     from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
-    from duet.inference import load_model, predict_file, top_k
-    from duet.precision import recorded_or
-    from duet.runs import load_run
-    from duet.train.loop import resolve_device
+    from duet.evaluation.inference import load_model, predict_file, top_k
+    from duet.train.precision import recorded_or
+    from duet.artifacts.run_dir import load_run
+    from duet.system.device import resolve_device
 
     files = _expand_folders(files)
     info = load_run(run)
@@ -385,7 +385,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on bundled real data (1,797 handwritten digits): scan, split,
     train, evaluate, predict. About 70 s on 2 CPU cores (README: measured)."""
-    from duet.demo import run_demo
+    from duet.api.demo import run_demo
 
     res = run_demo(workdir, epochs=epochs, device=device, precision=precision, progress=not quiet,
                    log=_log(quiet or as_json))
@@ -425,9 +425,9 @@ def demo(
 def _register_stage_commands() -> None:
     """Commands of later stages live in their own modules (each registers itself
     on ``app`` with lazy imports, so `duet --help` stays fast)."""
-    from duet import cli_bench, cli_monitor, cli_serve
+    from duet.cli import bench, monitor, serve
 
-    for module in (cli_serve, cli_bench, cli_monitor):
+    for module in (serve, bench, monitor):
         module.register(app)
 
 
@@ -454,7 +454,7 @@ def main() -> None:
         console.print("aborted")
         sys.exit(1)
     except ModuleNotFoundError as e:  # a lean install (duet[serve]) has no torch: say which extra to add
-        from duet.extras import missing_extra
+        from duet.system.extras import missing_extra
 
         error = missing_extra(e)
         if error is None or _state["debug"]:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from duet.export.package import PROFILE_DIR, ModelPackage
+from duet.artifacts.model_package import PROFILE_DIR, ModelPackage
 
 log = logging.getLogger("duet.serve")
 

@@ -12,9 +12,9 @@ EXPORT_DIR/                 (by default RUN/export/)
 
 ``model.json`` (``"schema": "duet.model/1"``) is plain JSON with these keys:
 
-- ``name``, ``created`` (UTC ISO 8601), ``architecture`` (duet.models name),
+- ``name``, ``created`` (UTC ISO 8601), ``architecture`` (duet.train.models name),
   ``labels`` (index -> label), ``num_classes``;
-- ``preprocess``: the run's :class:`~duet.preprocess.PreprocessSpec` as a dict
+- ``preprocess``: the run's :class:`~duet.data.preprocess.PreprocessSpec` as a dict
   (``image_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``,
   ``load_size``). The graph normalises with ``mean``/``std`` itself: a client
   sends the uint8 centre crop, never floats;
@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from duet.errors import ModelError
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 
 SCHEMA = "duet.model/1"
 MANIFEST = "model.json"

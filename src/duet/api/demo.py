@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from duet.config import build_config
+from duet.train.config import build_config
 from duet.data.digits import write_digits
 from duet.data.scan import read_manifest
-from duet.evaluate import EvalResult, evaluate
-from duet.inference import load_model, predict_file, top_k
-from duet.precision import recorded_or
-from duet.runs import load_run
-from duet.train.loop import Log, TrainResult, resolve_device, train
+from duet.evaluation.evaluate import EvalResult, evaluate
+from duet.evaluation.inference import load_model, predict_file, top_k
+from duet.train.precision import recorded_or
+from duet.artifacts.run_dir import load_run
+from duet.system.device import resolve_device
+from duet.train.loop import Log, TrainResult, train
 
 # Measured on 2 CPU cores (see README): resnet18 from scratch at 32 px, digits
 # need no flips (a mirrored 3 is not a 3) and only mild crops.

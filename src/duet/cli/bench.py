@@ -15,7 +15,7 @@ bench_app = typer.Typer(help="Measure duet beside the peers, same files, same ru
 
 
 def _device(name: str):
-    from duet.train.loop import resolve_device
+    from duet.system.device import resolve_device
 
     return resolve_device(name)
 
@@ -121,7 +121,7 @@ def bench_monitor_cmd(
 ) -> None:
     """Drift detection and label-free accuracy estimates on shifted images, against true labels
     (about 2 minutes on 2 CPU cores with the defaults, after ~20 s to train the digits champion once)."""
-    from duet.atomic import write_json_atomic, write_text_atomic
+    from duet.system.atomic import write_json_atomic, write_text_atomic
     from duet.bench.monitor import bench_monitor, markdown
     from duet.errors import ConfigError
 

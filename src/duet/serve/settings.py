@@ -15,7 +15,7 @@ from pathlib import Path
 from duet.errors import ConfigError
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
-MODEL_VARIANTS = ("fp32", "int8")  # duet.export.package.VARIANTS: model.onnx, model.int8.onnx
+MODEL_VARIANTS = ("fp32", "int8")  # duet.artifacts.model_package.VARIANTS: model.onnx, model.int8.onnx
 DEVICES = ("auto", "cpu", "cuda")
 API_KEY_ENV = "DUET_API_KEY"
 API_KEY_FILE_ENV = "DUET_API_KEY_FILE"

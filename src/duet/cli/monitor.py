@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from duet.errors import ConfigError
-from duet.cli_common import pct, print_json, stderr_log
+from duet.cli.common import pct, print_json, stderr_log
 
 out = Console()  # results on stdout; progress and logs on stderr
 REGISTRY_HELP = "Registry folder (versions + champion pointer)."
@@ -173,7 +173,7 @@ registry_app = typer.Typer(
 
 
 def _registry(path: Path):
-    from duet.registry import Registry
+    from duet.lifecycle.registry import Registry
 
     return Registry(path)
 
@@ -264,7 +264,7 @@ def registry_rollback(
 
 
 def _gate(margin: float, tolerance: float, drop_margin: float = 0.02):
-    from duet.monitor.gate import GateSettings
+    from duet.lifecycle.gate import GateSettings
 
     return GateSettings(tolerance=tolerance, drop_margin=drop_margin, class_margin=margin)
 
@@ -299,7 +299,7 @@ def retrain_cmd(
 
     Example: duet retrain runs/digits --data labelled/2024-06/
     """
-    from duet.retrain import retrain
+    from duet.lifecycle.retrain import retrain
 
     reg = None if no_registry else _registry(registry)
     if device is not None and device not in ("auto", "cpu", "cuda"):
@@ -357,7 +357,7 @@ def watch_cmd(
 
     Example: duet watch --data labelled/ --live traffic/ --interval 3600
     """
-    from duet.retrain import watch
+    from duet.lifecycle.watch import watch
 
     decisions = watch(data, registry=_registry(registry), live_dir=live, interval=interval, iterations=iterations,
                       min_new=min_new, gate=_gate(margin, tolerance, drop_margin), out=out_dir, epochs=epochs, device=device,

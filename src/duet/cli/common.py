@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from duet.progress import console
+from duet.system.progress import console
 
 
 def stderr_log(quiet: bool) -> Callable[[str], None]:

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from duet.atomic import write_json_atomic, write_text_atomic
+from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.errors import RunError
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ any ``tf.data.Dataset`` as duet training batches.
 labels and duet's preprocessing, decoded by the same pipeline as the "tf"
 backend (``duet.data.tfdata``)::
 
-    from duet.data import tf_dataset
+    from duet import tf_dataset
     train = tf_dataset("runs/cats", "train", batch_size=32)   # uint8 256x256x3, int64 label
     val = tf_dataset("runs/cats", "val", batch_size=32)       # uint8 224x224x3 (the eval crop)
     keras_model.fit(train.map(lambda x, y: (tf.cast(x, "float32") / 255, y)), validation_data=...)
@@ -13,13 +13,13 @@ backend (``duet.data.tfdata``)::
 ``from_tf_dataset(ds, spec, device)`` goes the other way: a pipeline you already
 have, yielding ``(image, label)``, feeds duet's PyTorch training loop::
 
-    from duet.data import from_tf_dataset
+    from duet import from_tf_dataset
     loader = from_tf_dataset(my_ds, spec, torch.device("cuda"), batch_size=64)
     for batch in loader:               # duet.data.loaders.Batch, uint8 NCHW load squares
         x = augment.train_batch(batch.images, spec, ...)
 
 Importing this module imports TensorFlow (safely, see ``tfdata.import_tensorflow``);
-``duet.data`` re-exports both functions lazily, so ``import duet.data`` does not.
+``duet`` re-exports both functions lazily, so ``import duet`` does not.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from duet.data.loaders import Batch, default_workers
 from duet.data.scan import SPLIT_NAMES, Manifest, read_manifest
 from duet.data.tfdata import file_dataset, make_decoder, tf, to_torch
 from duet.errors import ConfigError, DataError, RunError
-from duet.preprocess import PreprocessSpec, centre_offset, to_load_square
-from duet.runs import RunInfo, RunPaths
+from duet.data.preprocess import PreprocessSpec, centre_offset, to_load_square
+from duet.artifacts.run_dir import RunInfo, RunPaths
 
 SIZES = ("load", "eval")
 

@@ -1,6 +1,6 @@
 """CLI commands of the export and serve stages: ``duet export``, ``duet serve``, ``duet bench serve``.
 
-``duet.cli`` calls :func:`register`; every import of torch, onnx, fastapi or
+``duet.cli.main`` calls :func:`register`; every import of torch, onnx, fastapi or
 uvicorn happens inside a command, so ``duet --help`` stays fast.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from duet.progress import console
+from duet.system.progress import console
 
 
 def _print_json(obj: Any) -> None:
@@ -137,7 +137,7 @@ def serve(
     """
     from duet.errors import ConfigError
     from duet.serve.app import serve as run_server
-    from duet.serve.config import Limits, ServeConfig, api_key_from_env
+    from duet.serve.settings import Limits, ServeConfig, api_key_from_env
 
     if (model is None) == (registry is None):
         raise ConfigError("give a model folder (RUN or EXPORT_DIR) or --registry DIR, not both" if model is not None
@@ -175,7 +175,7 @@ def serve(
 def _print_check(config: Any) -> None:
     """`duet serve --check`: verify and load what would be served, print it as JSON."""
     from duet.serve.app import follow_registry, load
-    from duet.serve.drift import profile_dir
+    from duet.serve.drift_watch import profile_dir
 
     config, _ = follow_registry(config)
     package, rt = load(config)
@@ -204,7 +204,7 @@ def bench_serve(
 
     Example: duet bench serve runs/pets-r50 --concurrency 1,8,32
     """
-    from duet.serve.bench import run_bench
+    from duet.bench.serve import run_bench
 
     levels = [int(x) for x in concurrency.split(",") if x.strip()]
     if not levels or min(levels) < 1:
@@ -250,7 +250,7 @@ def bench_serve(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `export`, `serve` and `bench serve` to the duet CLI (`bench` is shared with duet.cli_bench)."""
+    """Add `export`, `serve` and `bench serve` to the duet CLI (`bench` is shared with duet.cli.bench)."""
     app.command("export")(export)
     app.command("serve")(serve)
     for info in app.registered_groups:  # join a `bench` group another stage registered already

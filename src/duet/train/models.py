@@ -12,7 +12,7 @@ resampled); one that cannot be is refused with the size it takes.
 any other size a model cannot take is a one-line error, not a traceback.
 
 ImageNet weights offline: with ``HF_HUB_OFFLINE`` set only the local cache is
-used; otherwise one HEAD request to the weights' host (``duet.netprobe``,
+used; otherwise one HEAD request to the weights' host (``duet.system.netprobe``,
 bounded at ``PROBE_SECONDS`` including the name lookup, and begun by the CLI
 before the heavy imports) decides: no answer means cache only, so an offline
 machine fails in seconds instead of spending ~50 s in the hub client's retries.
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from duet.errors import ModelError
-from duet.netprobe import reachable
+from duet.system.netprobe import reachable
 
 TORCHVISION_PREFIX = "torchvision:"
 

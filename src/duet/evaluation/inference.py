@@ -17,11 +17,11 @@ import torch
 from duet.data import augment
 from duet.data.imageio import DecodeError, decode
 from duet.data.loaders import Sample, TorchLoader, default_workers
-from duet.models import build
-from duet.precision import FP32, Precision, autocast
-from duet.preprocess import to_load_square
-from duet.progress import make_progress
-from duet.runs import RunInfo
+from duet.train.models import build
+from duet.train.precision import FP32, Precision, autocast
+from duet.data.preprocess import to_load_square
+from duet.system.progress import make_progress
+from duet.artifacts.run_dir import RunInfo
 from duet.train.checkpoint import load_weights
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from duet.atomic import write_json_atomic, write_text_atomic
+from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.monitor.drift import DriftResult, Observations
 from duet.monitor.imagestats import STAT_DESCRIPTIONS
 from duet.monitor.profile import ReferenceProfile

@@ -22,11 +22,11 @@ from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
-from duet.inference import load_model, predict_samples
-from duet.precision import recorded_or
-from duet.report import compute_metrics, write_report
-from duet.runs import RunInfo, _slug, load_run
-from duet.train.loop import resolve_device
+from duet.evaluation.inference import load_model, predict_samples
+from duet.train.precision import recorded_or
+from duet.evaluation.report import compute_metrics, write_report
+from duet.artifacts.run_dir import RunInfo, _slug, load_run
+from duet.system.device import resolve_device
 
 
 SPLIT_MEANINGS = {

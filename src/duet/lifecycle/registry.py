@@ -52,8 +52,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from duet.atomic import write_json_atomic
 from duet.errors import DuetError, RunError
+from duet.system.atomic import write_json_atomic
 
 DEFAULT_REGISTRY = Path("registry")
 HISTORY_KEPT = 50  # champions kept in champion.json's history; events.jsonl keeps them all
@@ -61,7 +61,7 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 _SWITCH_EVENTS = ("promote", "rollback", "switch_interrupted")
 
 
-log = logging.getLogger("duet.registry")
+log = logging.getLogger("duet.lifecycle.registry")
 
 
 class RegistryError(DuetError):
@@ -315,7 +315,9 @@ class Registry:
             RunError: the run did not finish training (unless ``force``; the
                 record's ``training.forced`` then says it was forced).
         """
-        from duet.runs import load_run  # no torch: runs imports only the preprocess spec
+        from duet.artifacts.run_dir import (
+            load_run,  # no torch: runs imports only the preprocess spec
+        )
 
         run = load_run(run_dir)
         root = run.paths.root.resolve()
@@ -439,7 +441,7 @@ def check_finished(root: Path, best: dict[str, Any], *, force: bool = False) -> 
     early on patience; the loop writes both after each epoch. Anything else was
     stopped part-way (killed, crashed, interrupted) and raises :class:`RunError`
     unless ``force``."""
-    from duet.runs import RunPaths, read_config
+    from duet.artifacts.run_dir import RunPaths, read_config
 
     epochs = read_config(RunPaths(root)).get("epochs")
     done = int(best.get("epochs_done") or 0)

@@ -14,8 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from duet.data.imageio import DEFAULT_MAX_PIXELS
+from duet.data.cache_dir import default_cache_dir
 from duet.errors import ConfigError
-from duet.preprocess import PreprocessSpec
+from duet.data.preprocess import PreprocessSpec
 
 
 class AugmentConfig(BaseModel):
@@ -66,7 +67,7 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="forward-pass precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
-        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.precision)")
+        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.train.precision)")
     workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")
     data_backend: Literal["auto", "torch", "cache", "tf"] = Field(
         "auto",
@@ -116,13 +117,6 @@ class TrainConfig(BaseModel):
     def to_yaml_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         return d
-
-
-def default_cache_dir(env: Mapping[str, str]) -> Path:
-    """$DUET_CACHE_DIR, else $XDG_CACHE_HOME/duet, else ~/.cache/duet."""
-    if env.get("DUET_CACHE_DIR"):
-        return Path(env["DUET_CACHE_DIR"])
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duet"
 
 
 def _one_line(err: ValidationError, source: str) -> str:

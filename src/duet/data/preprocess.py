@@ -11,7 +11,7 @@ image_size" (timm's and torchvision's eval transform), and training crops are ta
 from the same ``load_size`` square, so the two never disagree about scale.
 
 This module does not import torch: a server running the ONNX runtime uses it
-(and ``duet.resample``, the NumPy twin of torch's uint8 resize) without
+(and ``duet.data.resample``, the NumPy twin of torch's uint8 resize) without
 loading PyTorch. Where torch is already loaded (training, evaluation), the
 same resize runs on torch's faster kernel; both give identical pixels.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from duet.resample import MODES, resize_crop
+from duet.data.resample import MODES, resize_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,7 +82,7 @@ def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     resize, and about 3.5x faster, which is most of the cost of building the
     decode cache. Every stage (training backends, evaluation, export parity,
     serving, drift) calls this one function, so they never disagree. Without
-    torch in the process (an ONNX server), ``duet.resample.resize_crop``
+    torch in the process (an ONNX server), ``duet.data.resample.resize_crop``
     computes the same integers in NumPy (about 10x slower on a 640x480
     image, 5 ms here; JPEGs are decoded at a reduced scale first)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

@@ -34,7 +34,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from duet.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from duet.system.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 MOST_CONFUSED = 5
 MD_MATRIX_MAX_CLASSES = 30

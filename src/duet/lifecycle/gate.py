@@ -3,7 +3,7 @@
 Pure functions over both models' predictions on the same held-out images
 (numpy + scipy, no torch): :func:`compare_predictions` scores both, runs the
 checks and returns a :class:`Comparison` with the decision and its reasons;
-:func:`markdown` renders it. ``duet.retrain`` feeds it the predictions.
+:func:`markdown` renders it. ``duet.lifecycle.retrain`` feeds it the predictions.
 
 The rule (:class:`GateSettings` holds every number):
 
