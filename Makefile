@@ -14,11 +14,13 @@ DEV_STAMP   := $(VENV)/.duet-dev
 # machines; hide only those lines, keep every real error.
 QUIET_PIP := grep -v "^WARNING: Location '.*' is ignored" || true
 
-.PHONY: setup setup-dev demo test clean help
+.PHONY: setup setup-dev demo test test-fast lint clean help
 
 help:
 	@echo "make demo   set up .venv and run the whole pipeline on bundled real data (about 70 s on 2 CPU cores once set up)"
-	@echo "make test   set up .venv with the test tools and run the test suite"
+	@echo "make test   set up .venv with the test tools, check lint, layers and types, run the test suite"
+	@echo "make test-fast  the unit tier only (no training, no servers): under a minute"
+	@echo "make lint   ruff, import-linter (the layers of docs/architecture.md) and mypy"
 	@echo "make clean  remove .venv and demo/ (never touches your data or runs/)"
 
 $(VENV)/bin/python:
@@ -50,8 +52,19 @@ setup-dev: $(DEV_STAMP)
 demo: setup
 	$(BIN)/duet demo --dir demo
 
-test: setup-dev
+# The architecture's rules (import-linter: layers, no cycles), lint and format (ruff)
+# and types (mypy), then the tests. `make test-fast` runs the unit tier only.
+lint: setup-dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
+
+test-fast: setup-dev
+	$(BIN)/python -m pytest -m "not e2e"
 
 clean:
 	rm -rf $(VENV) demo

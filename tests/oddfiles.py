@@ -140,12 +140,7 @@ def huge_header_png_bytes(width: int = 50_000, height: int = 50_000) -> bytes:
     tiny IDAT: a decompression bomb's shape, a few dozen bytes on disk."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def write_huge_header_png(path: Path) -> Path:

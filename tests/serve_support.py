@@ -30,8 +30,19 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = root / "runs" / "digits"
     if not (run / "checkpoints" / "best.safetensors").is_file():
         data = write_digit_folder(root / "data", classes=(0, 1, 7), per_class=30)
-        proc = run_cli("train", str(data), "--epochs", "1", "--out", str(root / "runs"), "--name", "digits",
-                       "--device", "cpu", *FAST)
+        proc = run_cli(
+            "train",
+            str(data),
+            "--epochs",
+            "1",
+            "--out",
+            str(root / "runs"),
+            "--name",
+            "digits",
+            "--device",
+            "cpu",
+            *FAST,
+        )
         assert proc.returncode == 0, proc.stderr
     return run
 
@@ -75,8 +86,9 @@ class Server:
 
 
 @contextmanager
-def running_server(model: Path | None, log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                   timeout: float = 90) -> Iterator[Server]:
+def running_server(
+    model: Path | None, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> Iterator[Server]:
     """`python -m duet serve MODEL --port P ARGS` until the block ends (then SIGTERM).
     With ``model=None`` the ARGS say what to serve (e.g. ``--registry DIR``)."""
     port = free_port()
@@ -85,8 +97,12 @@ def running_server(model: Path | None, log_dir: Path, *args: str, env: dict[str,
     full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
     with log.open("wb") as out:
         target = [] if model is None else [str(model)]
-        proc = subprocess.Popen([sys.executable, "-m", "duet", "serve", *target, "--port", str(port), *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "duet", "serve", *target, "--port", str(port), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
     server = Server(f"http://127.0.0.1:{port}", port, proc, log)
     try:
         deadline = time.monotonic() + timeout

@@ -7,15 +7,18 @@ import pytest
 from duet.data.loaders import batch_plan, plan_sizes, rank_slice
 
 
-@pytest.mark.parametrize("n, batch, sizes", [
-    (171, 64, [64, 64, 43]),   # the issue's case: 43 images used to be dropped every epoch
-    (129, 64, [64, 33, 32]),   # one left over: pooled with the batch before, split evenly
-    (150, 64, [64, 43, 43]),
-    (3, 2, [3]),               # batch 2: one batch of 3, never 2 + 1
-    (128, 64, [64, 64]),
-    (5, 64, [5]),
-    (1, 64, [1]),
-])
+@pytest.mark.parametrize(
+    "n, batch, sizes",
+    [
+        (171, 64, [64, 64, 43]),  # the issue's case: 43 images used to be dropped every epoch
+        (129, 64, [64, 33, 32]),  # one left over: pooled with the batch before, split evenly
+        (150, 64, [64, 43, 43]),
+        (3, 2, [3]),  # batch 2: one batch of 3, never 2 + 1
+        (128, 64, [64, 64]),
+        (5, 64, [5]),
+        (1, 64, [1]),
+    ],
+)
 def test_every_image_is_in_every_epoch(n: int, batch: int, sizes: list[int]) -> None:
     assert plan_sizes(n, batch_size=batch, drop_last=False) == sizes
     for epoch in (1, 2):
@@ -41,8 +44,10 @@ def test_ranks_split_every_global_batch_and_none_gets_a_batch_of_one(n: int, wor
     rank gets at least 2 images of every batch (BatchNorm trains on each)."""
     batch = 64
     one = batch_plan(n, batch_size=batch, shuffle=True, seed=1, epoch=3, drop_last=False)
-    ranks = [batch_plan(n, batch_size=batch, shuffle=True, seed=1, epoch=3, drop_last=False, rank=r, world=world)
-             for r in range(world)]
+    ranks = [
+        batch_plan(n, batch_size=batch, shuffle=True, seed=1, epoch=3, drop_last=False, rank=r, world=world)
+        for r in range(world)
+    ]
     for b, whole in enumerate(one):
         assert [i for r in range(world) for i in ranks[r][b]] == whole
         assert min(len(ranks[r][b]) for r in range(world)) >= 2

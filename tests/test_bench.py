@@ -20,13 +20,31 @@ def test_sample_data_is_reproducible(tmp_path: Path) -> None:
 
 def test_bench_data_reports_every_pipeline_on_the_same_files(tmp_path: Path) -> None:
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "24", "--classes", "2").returncode == 0
-    proc = run_cli("bench", "data", str(tmp_path / "d"), "--batch-size", "8", "--image-size", "32", "--workers", "1",
-                   "--later-epochs", "1", "--no-tf", "--json", "--quiet")
+    proc = run_cli(
+        "bench",
+        "data",
+        str(tmp_path / "d"),
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+        "--later-epochs",
+        "1",
+        "--no-tf",
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     names = [r["name"] for r in result["rows"]]
-    assert names == ["torchvision ImageFolder + DataLoader", 'duet "torch"',
-                     'duet "cache", first epoch (build included)', 'duet "cache", later epochs']
+    assert names == [
+        "torchvision ImageFolder + DataLoader",
+        'duet "torch"',
+        'duet "cache", first epoch (build included)',
+        'duet "cache", later epochs',
+    ]
     assert all(r["images"] == 24 and r["images_per_s"] > 0 for r in result["rows"])
     assert result["rows"][0]["vs_imagefolder"] == 1.0
     assert {"date", "machine", "torch"} <= set(result["environment"])
@@ -36,8 +54,21 @@ def test_bench_data_on_too_few_images_says_its_ratios_are_noise(tmp_path: Path) 
     """24 images finish every row in well under a second: the numbers are printed
     but flagged, in the JSON, the table and on stderr, never passed off as a speed-up."""
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "24", "--classes", "2").returncode == 0
-    args = ["bench", "data", str(tmp_path / "d"), "--batch-size", "8", "--image-size", "32", "--workers", "1",
-            "--later-epochs", "1", "--no-tf", "--quiet"]
+    args = [
+        "bench",
+        "data",
+        str(tmp_path / "d"),
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+        "--later-epochs",
+        "1",
+        "--no-tf",
+        "--quiet",
+    ]
     as_json = run_cli(*args, "--json")
     assert as_json.returncode == 0, as_json.stderr
     warnings = json.loads(as_json.stdout)["warnings"]
@@ -53,15 +84,35 @@ def test_bench_train_reports_the_limit_in_fp32_and_bf16_beside_end_to_end(tmp_pa
     limits are measured, and each end-to-end row is judged against the limit of
     its own precision and against the fp32 one."""
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "16", "--classes", "2").returncode == 0
-    proc = run_cli("bench", "train", str(tmp_path / "d"), "--batch-size", "4", "--image-size", "32", "--steps", "2",
-                   "--warmup", "1", "--workers", "1", "--precision", "bf16", "--json", "--quiet")
+    proc = run_cli(
+        "bench",
+        "train",
+        str(tmp_path / "d"),
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--workers",
+        "1",
+        "--precision",
+        "bf16",
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     rows = result["rows"]
     assert [(r["name"].split(" (")[0], r["precision"]) for r in rows] == [
-        ("synthetic tensors on the device", "fp32"), ("synthetic tensors on the device, bf16 autocast", "bf16"),
-        ('duet "cache" end to end', "bf16"), ('duet "torch" end to end', "bf16"),
-        ("torchvision ImageFolder + DataLoader end to end", "bf16")]
+        ("synthetic tensors on the device", "fp32"),
+        ("synthetic tensors on the device, bf16 autocast", "bf16"),
+        ('duet "cache" end to end', "bf16"),
+        ('duet "torch" end to end', "bf16"),
+        ("torchvision ImageFolder + DataLoader end to end", "bf16"),
+    ]
     assert all(r["images"] == 8 and r["first_step_s"] > 0 for r in rows)
     assert rows[0]["vs_synthetic"] == 1.0 and rows[1]["vs_synthetic"] == 1.0 and rows[0]["vs_fp32_limit"] == 1.0
     fp32_limit, bf16_limit = rows[0]["images_per_s"], rows[1]["images_per_s"]
@@ -76,9 +127,26 @@ def test_bench_train_reports_the_limit_in_fp32_and_bf16_beside_end_to_end(tmp_pa
 
 def test_bench_train_table_shows_the_precision_ratio_and_the_capabilities(tmp_path: Path) -> None:
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "8", "--classes", "2").returncode == 0
-    proc = run_cli("bench", "train", str(tmp_path / "d"), "--batch-size", "4", "--image-size", "32", "--steps", "1",
-                   "--warmup", "1", "--workers", "1", "--precision", "fp32", "--no-imagefolder", "--no-inference",
-                   "--quiet")
+    proc = run_cli(
+        "bench",
+        "train",
+        str(tmp_path / "d"),
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--workers",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-imagefolder",
+        "--no-inference",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert '| duet "cache" end to end (fp32) |' in proc.stdout and "| vs fp32 limit |" in proc.stdout
     assert "| training images/s (AdamW step) |" in proc.stdout and "inference images/s" not in proc.stdout
@@ -94,11 +162,14 @@ def test_cpu_capabilities_are_booleans_and_a_name(tmp_path: Path) -> None:
     assert all(isinstance(caps[k], bool) for k in ("amx", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2"))
     # A Sapphire Rapids line (flags trimmed), then a machine without /proc/cpuinfo.
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
-                       "flags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n"
+    )
     spr = cpu_capabilities(cpuinfo)
     assert spr["cpu"] == "Intel(R) Xeon(R) Platinum 8480+" and spr["amx"] and not spr["avx512_bf16"]
-    assert summary(spr) == "AMX yes, AVX-512-BF16 no, VNNI yes" + (f" (torch {spr['torch_capability']})"
-                                                                 if spr["torch_capability"] else "")
+    assert summary(spr) == "AMX yes, AVX-512-BF16 no, VNNI yes" + (
+        f" (torch {spr['torch_capability']})" if spr["torch_capability"] else ""
+    )
     bare = cpu_capabilities(tmp_path / "missing")
     assert not (bare["amx"] or bare["avx512_bf16"] or bare["avx512_vnni"]) and bare["cpu"]

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import run_cli
-from test_drift import digits_champion  # the same champion, trained once per session
-
 from duet.bench.monitor import MIX_KINDS, Prepared, Scenario, markdown, measure, prepare, scenarios, summarise
 from duet.bench.shifts import SHIFTS, photo_crops, write_shifted
 from duet.monitor.estimate import METHODS
+from helpers import run_cli
+from test_drift import digits_champion  # the same champion, trained once per session
 
 POOL_IMAGES = 120
 WINDOWS = (30, 60)
@@ -26,7 +25,7 @@ TRIALS = 6
 def digit_like(size: int = 16) -> Image.Image:
     """Dark ink on white paper: a filled square in the middle."""
     a = np.full((size, size, 3), 255, np.uint8)
-    a[size // 4:3 * size // 4, size // 4:3 * size // 4] = 20
+    a[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 20
     return Image.fromarray(a)
 
 
@@ -104,8 +103,11 @@ def test_alarms_on_clean_windows_are_counted_as_false_alarms(prepared: Prepared)
     fake = replace(prepared, pools={**prepared.pools, "clean": prepared.pools["contrast"]})
     rows = measure(fake, windows=(30,), trials=4, only=[Scenario("clean")])
     assert [(r["scenario"], r["verdict"]) for r in rows] == [("clean", 1.0)]
-    row = next(line for line in markdown(summarise(fake, rows, trials=4, seed=0)).splitlines()
-               if line.startswith("| clean | 30 |"))
+    row = next(
+        line
+        for line in markdown(summarise(fake, rows, trials=4, seed=0)).splitlines()
+        if line.startswith("| clean | 30 |")
+    )
     assert row.split("|")[4].strip() == "100%"  # the verdict column
     quiet = measure(prepared, windows=(30,), trials=4, only=[Scenario("clean")])
     assert quiet[0]["verdict"] <= 0.5  # the real clean pool: calibrated for ~4 %
@@ -119,12 +121,29 @@ def test_scaled_digits_lower_the_true_accuracy_and_every_estimate(measured: dict
         assert scaled["estimates"][m]["mean_estimate"] < clean["estimates"][m]["mean_estimate"]
 
 
-def test_the_command_writes_json_and_markdown_and_refuses_half_a_setup(tmp_path: Path,
-                                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_the_command_writes_json_and_markdown_and_refuses_half_a_setup(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     run, pool = digits_champion(tmp_path_factory.getbasetemp() / "digits-champion")
     out = tmp_path / "m.json"
-    proc = run_cli("bench", "monitor", "--run", str(run), "--pool", str(pool), "--work", str(tmp_path / "w"),
-                   "--windows", "30", "--trials", "2", "--max-images", "60", "--out", str(out))
+    proc = run_cli(
+        "bench",
+        "monitor",
+        "--run",
+        str(run),
+        "--pool",
+        str(pool),
+        "--work",
+        str(tmp_path / "w"),
+        "--windows",
+        "30",
+        "--trials",
+        "2",
+        "--max-images",
+        "60",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["command"].startswith("duet bench monitor --run") and doc["environment"]["machine"]

@@ -39,7 +39,8 @@ def _epochs(loader, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, l
 
 @pytest.mark.parametrize("n, sizes", [(13, [5, 5, 3]), (11, [5, 3, 3]), (10, [5, 5])])
 def test_cache_and_torch_backends_give_identical_batches_with_every_image_each_epoch(
-        tmp_path: Path, n: int, sizes: list[int]) -> None:
+    tmp_path: Path, n: int, sizes: list[int]
+) -> None:
     """13 images at batch 5: the short last batch of 3 is kept; 11: the 1 left
     over is pooled with the batch before and split evenly (never a batch of one)."""
     samples = _samples(tmp_path / "img", n)
@@ -106,8 +107,9 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path: Path, damage: str) -> N
 def test_file_unreadable_at_build_time_is_reported_per_sample(tmp_path: Path) -> None:
     samples = _samples(tmp_path / "img", 6)
     samples[2].path.write_bytes(b"gone bad after the scan")
-    loader = CacheLoader(samples, SPEC, batch_size=6, shuffle=False, device=CPU, workers=0,
-                         cache_dir=tmp_path / "c", progress=False)
+    loader = CacheLoader(
+        samples, SPEC, batch_size=6, shuffle=False, device=CPU, workers=0, cache_dir=tmp_path / "c", progress=False
+    )
     (batch,) = list(loader)
     assert batch.labels.tolist()[2] == -1 and batch.errors[2]
     assert all(label >= 0 for i, label in enumerate(batch.labels.tolist()) if i != 2)
@@ -118,11 +120,35 @@ def test_cache_and_torch_training_runs_are_identical(tmp_path: Path) -> None:
     data = write_digit_folder(tmp_path / "d", classes=(2, 5), per_class=16)
     rows = {}
     for backend in ("torch", "cache"):
-        proc = run_cli("train", str(data), "--data-backend", backend, "--epochs", "2", "--seed", "1",
-                       "--image-size", "20", "--batch-size", "8", "--workers", "0", "--quiet", "--device", "cpu",
-                       "--out", str(tmp_path / "runs"), "--name", backend, "--cache-dir", str(tmp_path / "c"))
+        proc = run_cli(
+            "train",
+            str(data),
+            "--data-backend",
+            backend,
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            "--image-size",
+            "20",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "runs"),
+            "--name",
+            backend,
+            "--cache-dir",
+            str(tmp_path / "c"),
+        )
         assert proc.returncode == 0, proc.stderr
         text = (tmp_path / "runs" / backend / "metrics.jsonl").read_text()
-        rows[backend] = [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in map(json.loads, text.splitlines())]
+        rows[backend] = [
+            (r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in map(json.loads, text.splitlines())
+        ]
     assert rows["torch"] == rows["cache"]
     assert any((tmp_path / "c").iterdir())

@@ -33,8 +33,21 @@ def test_version_help_and_python_dash_m() -> None:
     assert v.returncode == 0 and v.stdout.startswith("duet ")
     h = run_cli("train", "--help")
     assert h.returncode == 0
-    for flag in ("--model", "--epochs", "--batch-size", "--lr", "--image-size", "--val-split", "--seed",
-                 "--weights", "--device", "--out", "--name", "--config", "--resume"):
+    for flag in (
+        "--model",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--image-size",
+        "--val-split",
+        "--seed",
+        "--weights",
+        "--device",
+        "--out",
+        "--name",
+        "--config",
+        "--resume",
+    ):
         assert flag in h.stdout, flag
 
 
@@ -73,8 +86,9 @@ def test_salted_folder_trains_reports_every_skipped_file_and_changes_nothing(tmp
     data = tmp_path / "salted"
     expected = write_salted_folder(data)
     before = snapshot(data)
-    proc = run_cli("train", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", "salted",
-                   "--json", *FAST)
+    proc = run_cli(
+        "train", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", "salted", "--json", *FAST
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     run = Path(summary["run"])
@@ -89,8 +103,15 @@ def test_salted_folder_trains_reports_every_skipped_file_and_changes_nothing(tmp
     assert "pixels" in skipped["b/huge_header.png"]
     assert "truncated" in skipped["a/truncated.jpg"]
 
-    for name in ("config.yaml", "run.json", "manifest.csv", "data_report.json", "metrics.jsonl",
-                 "checkpoints/last.pt", "checkpoints/best.safetensors"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "manifest.csv",
+        "data_report.json",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.safetensors",
+    ):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())
     assert info["labels"] == ["a", "b"]
@@ -103,8 +124,22 @@ def test_train_evaluate_predict_on_digits(tmp_path: Path) -> None:
     # Batch 8: 66 steps in 6 epochs, enough to reach the plateau (at batch 16 the
     # accuracy was still climbing at epoch 6, and landed anywhere from 0.72 to 1.0
     # depending on the CPU's kernels and the seed).
-    proc = run_cli("train", str(data), "--config", str(cfg), "--epochs", "6", "--out", str(tmp_path / "runs"),
-                   "--name", "d", "--json", *FAST, "--batch-size", "8")
+    proc = run_cli(
+        "train",
+        str(data),
+        "--config",
+        str(cfg),
+        "--epochs",
+        "6",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "d",
+        "--json",
+        *FAST,
+        "--batch-size",
+        "8",
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "d"
     summary = json.loads(proc.stdout)
@@ -164,8 +199,7 @@ def test_test_folder_of_the_splits_layout_is_evaluated_once_after_training(tmp_p
             (data / split / label).mkdir(parents=True)
             for f in chosen:
                 f.rename(data / split / label / f.name)
-    proc = run_cli("train", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", "s", "--json",
-                   *FAST)
+    proc = run_cli("train", str(data), "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", "s", "--json", *FAST)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (16, 6, 10)
@@ -180,8 +214,22 @@ def test_every_training_image_is_used_in_every_epoch_and_no_batch_is_of_one(tmp_
     over is pooled with the batch before: batches of 5 and 4, never a batch of one,
     on which ResNet-18's BatchNorm at 24 px (1 x 1 after the last stage) cannot train."""
     data = write_digit_folder(tmp_path / "d", classes=(1, 2, 3), per_class=3)
-    proc = run_cli("train", str(data), "--epochs", "2", "--val-split", "0", "--out", str(tmp_path / "runs"),
-                   "--name", "nine", "--json", *FAST, "--batch-size", "8")
+    proc = run_cli(
+        "train",
+        str(data),
+        "--epochs",
+        "2",
+        "--val-split",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "nine",
+        "--json",
+        *FAST,
+        "--batch-size",
+        "8",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "runs" / "nine" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_images"] for r in rows] == [9, 9]
@@ -200,8 +248,21 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path: Path) -> None:
     data = write_digit_folder(tmp_path / "d", classes=(3, 8), per_class=20)
     losses = []
     for name in ("a", "b"):
-        proc = run_cli("train", str(data), "--epochs", "2", "--seed", "7", "--out", str(tmp_path / "runs"),
-                       "--name", name, "--device", "cpu", *FAST)
+        proc = run_cli(
+            "train",
+            str(data),
+            "--epochs",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            str(tmp_path / "runs"),
+            "--name",
+            name,
+            "--device",
+            "cpu",
+            *FAST,
+        )
         assert proc.returncode == 0, proc.stderr
         rows = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
         losses.append([(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rows])
@@ -215,8 +276,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     full = run_cli("train", str(data), "--name", "full", *common)
     assert full.returncode == 0, full.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "duet", "train", str(data), "--name", "cut", *common],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duet", "train", str(data), "--name", "cut", *common],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and proc.poll() is None:

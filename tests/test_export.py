@@ -33,21 +33,35 @@ def test_export_writes_onnx_weights_manifest_and_card(run: Path, export_dir: Pat
     assert m["schema"] == "duet.model/1"
     assert m["labels"] == ["0", "1", "7"] and m["architecture"] == "resnet18"
     assert m["preprocess"]["image_size"] == 24 and m["preprocess"]["load_size"] == 27
-    assert m["inputs"] == [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 24, 24], "layout": "NCHW",
-                            "description": m["inputs"][0]["description"]}]
+    assert m["inputs"] == [
+        {
+            "name": "pixels",
+            "datatype": "UINT8",
+            "shape": [-1, 3, 24, 24],
+            "layout": "NCHW",
+            "description": m["inputs"][0]["description"],
+        }
+    ]
     assert [o["name"] for o in m["outputs"]] == ["logits", "probabilities"]
     for key in ("duet", "torch", "onnx", "onnxruntime"):
         assert m["versions"][key]
     # sha256 of every file, the model card and the drift reference profile among them
-    assert set(m["files"]) == {"model.onnx", "model.safetensors", "MODEL_CARD.md", "profile/profile.json",
-                               "profile/reference.npz"}
+    assert set(m["files"]) == {
+        "model.onnx",
+        "model.safetensors",
+        "MODEL_CARD.md",
+        "profile/profile.json",
+        "profile/reference.npz",
+    }
     for name, entry in m["files"].items():
         assert hashlib.sha256((export_dir / name).read_bytes()).hexdigest() == entry["sha256"], name
     # the safetensors are the run's best weights, byte for byte
     assert (export_dir / "model.safetensors").read_bytes() == (run / "checkpoints" / "best.safetensors").read_bytes()
     # the data fingerprint can be recomputed from the run's manifest
     with (run / "manifest.csv").open() as f:
-        rows = sorted((r["path"], r["label"], r["sha256"], r["split"]) for r in csv.DictReader(f) if r["status"] == "ok")
+        rows = sorted(
+            (r["path"], r["label"], r["sha256"], r["split"]) for r in csv.DictReader(f) if r["status"] == "ok"
+        )
     expected = hashlib.sha256("".join(f"{p}\t{lab}\t{h}\t{s}\n" for p, lab, h, s in rows).encode()).hexdigest()
     assert m["data"]["fingerprint"] == expected and m["data"]["images"] == len(rows)
     # the parity gate ran over the whole validation split and passed
@@ -64,10 +78,10 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
     import onnx
     import onnxruntime as ort
 
+    from duet.artifacts.run_dir import load_run
     from duet.data import augment
     from duet.evaluation.inference import load_model
     from duet.monitor.embed import FeatureExtractor
-    from duet.artifacts.run_dir import load_run
 
     graph = onnx.load(str(export_dir / "model.onnx")).graph
     (inp,) = graph.input
@@ -106,13 +120,19 @@ def test_existing_export_is_kept_unless_forced(run: Path, export_dir: Path) -> N
 def test_export_json_summary_is_the_only_stdout(run: Path, export_dir: Path) -> None:
     summary = json.loads((run.parent / "export-stdout.json").read_text())  # `duet export RUN --json`
     assert summary["parity"]["passed"] and Path(summary["export"]) == run / "export"
-    assert sorted(p.name for p in export_dir.iterdir()) == ["MODEL_CARD.md", "model.json", "model.onnx",
-                                                             "model.safetensors", "profile"]
+    assert sorted(p.name for p in export_dir.iterdir()) == [
+        "MODEL_CARD.md",
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+        "profile",
+    ]
     assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary folders were left behind"
 
 
-def test_parity_gate_fails_the_export_and_writes_nothing(run: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parity_gate_fails_the_export_and_writes_nothing(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A graph that differs from the PyTorch model (here: a shifted head bias, as a
     preprocessing or exporter bug would cause) must not ship."""
     from duet.export import exporter, onnx_graph
@@ -165,7 +185,10 @@ def test_the_onnx_file_alone_carries_labels_and_preprocessing(export_dir: Path) 
     assert json.loads(props["preprocess"]) == manifest["preprocess"]
     assert PreprocessSpec.from_dict(json.loads(props["preprocess"])).load_size == 27
     assert props["architecture"] == "resnet18" and "uint8 [N, 3, 24, 24]" in props["input"]
-    custom = ort.InferenceSession(str(export_dir / "model.onnx"),
-                                  providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    custom = (
+        ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map
+    )
     assert json.loads(custom["labels"]) == manifest["labels"]
     assert json.loads(custom["preprocess"]) == manifest["preprocess"]

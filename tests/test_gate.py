@@ -39,8 +39,9 @@ def champion_held_out(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return true, pred
 
 
-def challenger_from(true: np.ndarray, champion: np.ndarray, *, lose: list[int], gain: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def challenger_from(
+    true: np.ndarray, champion: np.ndarray, *, lose: list[int], gain: int, rng: np.random.Generator
+) -> np.ndarray:
     """The champion's predictions with the images at ``lose`` made wrong and ``gain``
     of its mistakes fixed."""
     pred = champion.copy()
@@ -67,8 +68,13 @@ def test_a_challenger_losing_a_third_of_one_class_is_refused_though_it_wins_over
     # 150 new held-out images whose (wrong) labels only the challenger learned: overall it looks better.
     new_true = np.array([CLASSES[i % 10] for i in range(150)], dtype=object)
     new_champ = np.array([CLASSES[(i + 3) % 10] for i in range(150)], dtype=object)
-    c = compare_predictions(np.concatenate([true, new_true]), np.concatenate([champ, new_champ]),
-                            np.concatenate([chall, new_true]), np.r_[np.ones(120, bool), np.zeros(150, bool)], GATE)
+    c = compare_predictions(
+        np.concatenate([true, new_true]),
+        np.concatenate([champ, new_champ]),
+        np.concatenate([chall, new_true]),
+        np.r_[np.ones(120, bool), np.zeros(150, bool)],
+        GATE,
+    )
     assert c.challenger["accuracy"] > c.champion["accuracy"]  # the point estimate alone would promote it
     assert not any(r["regressed"] for r in c.per_class_old)  # 4 of 12 is beyond any per-class test
     t = c.drop_test
@@ -79,7 +85,9 @@ def test_a_challenger_losing_a_third_of_one_class_is_refused_though_it_wins_over
     assert t["min_detectable_drop"] == pytest.approx(min_detectable_drop(120, gain_rate=1 / 120, margin=0.02))
 
 
-@pytest.mark.parametrize("lose, gain", [(0, 0), (3, 3), (2, 4)], ids=["identical", "equal-with-churn", "slightly-better"])
+@pytest.mark.parametrize(
+    "lose, gain", [(0, 0), (3, 3), (2, 4)], ids=["identical", "equal-with-churn", "slightly-better"]
+)
 def test_an_equal_or_slightly_better_challenger_passes(lose: int, gain: int) -> None:
     rng = np.random.default_rng(1)
     true, champ = champion_held_out(rng)
@@ -144,8 +152,16 @@ def test_the_minimum_detectable_drop_is_what_a_simulation_of_the_gate_measures(n
         u = rng.random((3000, n))
         champ = u >= gain  # champion wrong on the gains
         chall = (u < gain) | (u >= 2 * gain + drop)  # challenger wrong on the losses
-        return float(np.mean([drop_test(a, b, where="sim", level=GATE.significance, margin=GATE.drop_margin,
-                                        power=GATE.power).refused for a, b in zip(champ, chall)]))
+        return float(
+            np.mean(
+                [
+                    drop_test(
+                        a, b, where="sim", level=GATE.significance, margin=GATE.drop_margin, power=GATE.power
+                    ).refused
+                    for a, b in zip(champ, chall)
+                ]
+            )
+        )
 
     assert refused(mdd) == pytest.approx(0.80, abs=0.03)
     assert refused(mdd - 0.03) < 0.70
@@ -154,8 +170,14 @@ def test_the_minimum_detectable_drop_is_what_a_simulation_of_the_gate_measures(n
 
 def test_minimum_detectable_drop_at_the_sizes_users_have() -> None:
     """The numbers docs/monitoring.md quotes (margin 2 %, 5 %, 80 % power)."""
-    expected = {(120, 0.0): 5.5, (120, 0.02): 8.2, (500, 0.0): 2.7, (500, 0.02): 3.2, (2000, 0.0): 2.3,
-                (2000, 0.02): 2.5}
+    expected = {
+        (120, 0.0): 5.5,
+        (120, 0.02): 8.2,
+        (500, 0.0): 2.7,
+        (500, 0.02): 3.2,
+        (2000, 0.0): 2.3,
+        (2000, 0.02): 2.5,
+    }
     for (n, gain), points in expected.items():
         assert 100 * min_detectable_drop(n, gain_rate=gain, margin=0.02) == pytest.approx(points, abs=0.05)
     assert min_detectable_drop(3, level=0.05) is None  # 3 images: 0.5 ** 3 > 5 %, nothing is detectable

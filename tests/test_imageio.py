@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import oddfiles
 import pytest
 from PIL import Image
 
+import oddfiles
 from duet.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode
 
 

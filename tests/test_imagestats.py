@@ -20,7 +20,9 @@ def test_size_and_aspect_are_those_of_the_array() -> None:
 
 
 @pytest.mark.parametrize(("colour", "luma"), [((255, 0, 0), 0.299), ((0, 255, 0), 0.587), ((0, 0, 255), 0.114)])
-def test_pure_colours_have_bt601_luma_full_saturation_and_no_contrast(colour: tuple[int, int, int], luma: float) -> None:
+def test_pure_colours_have_bt601_luma_full_saturation_and_no_contrast(
+    colour: tuple[int, int, int], luma: float
+) -> None:
     s = stats(np.broadcast_to(np.array(colour, np.uint8), (20, 20, 3)).copy())
     assert s["brightness"] == pytest.approx(luma, abs=1e-6)
     assert s["saturation"] == pytest.approx(1.0) and s["contrast"] == pytest.approx(0.0, abs=1e-6)

@@ -24,7 +24,7 @@ def test_torchvision_name_replaces_fc_like_the_classic_fine_tune() -> None:
 
 
 def test_unknown_model_is_a_model_error_with_suggestions() -> None:
-    with pytest.raises(ModelError, match="unknown model 'resnet1'.*resnet1"):
+    with pytest.raises(ModelError, match=r"unknown model 'resnet1'.*resnet1"):
         build("resnet1", 2)
 
 

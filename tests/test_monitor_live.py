@@ -20,11 +20,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from duet.bench.shifts import write_photos
 from helpers import run_cli
 from serve_support import metric_value, running_server
 from test_drift import digits_champion
-
-from duet.bench.shifts import write_photos
 
 RULES = Path(__file__).parents[1] / "deploy" / "prometheus" / "drift_rules.yml"
 WINDOW = 100
@@ -42,7 +41,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pick = np.random.default_rng(3).permutation(len(files))
     clean = [files[i] for i in pick[:WINDOW]]
     shifted = []
-    for i in pick[WINDOW:WINDOW + 60]:
+    for i in pick[WINDOW : WINDOW + 60]:
         dest = base / "shifted" / f"inverted_{i}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(files[i]) as img:
@@ -56,9 +55,13 @@ def _feed(url: str, paths: list[Path]) -> list[dict]:
     """POST the images 10 per request; returns the predictions with their outlier fields."""
     out = []
     for i in range(0, len(paths), 10):
-        chunk = paths[i:i + 10]
-        r = httpx.post(f"{url}/v1/predict", params={"outliers": "true"}, timeout=30,
-                       files=[("file", (p.name, p.read_bytes(), "image/png")) for p in chunk])
+        chunk = paths[i : i + 10]
+        r = httpx.post(
+            f"{url}/v1/predict",
+            params={"outliers": "true"},
+            timeout=30,
+            files=[("file", (p.name, p.read_bytes(), "image/png")) for p in chunk],
+        )
         assert r.status_code == 200, r.text
         out += r.json()["predictions"]
     return out
@@ -71,8 +74,10 @@ def _scrape_after(url: str, images: int = WINDOW) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = httpx.get(f"{url}/metrics").text
-        if (metric_value(text, "duet_drift_evaluations_total") >= evaluations_before + 2
-                and metric_value(text, "duet_drift_window_images") == images):
+        if (
+            metric_value(text, "duet_drift_evaluations_total") >= evaluations_before + 2
+            and metric_value(text, "duet_drift_window_images") == images
+        ):
             return text
         time.sleep(0.2)
     pytest.fail(f"no drift verdict on {images} images within 30 s")
@@ -96,19 +101,30 @@ def _firing(scrape: str, tmp: Path) -> set[str]:
     (tmp / "rules.yml").write_text(yaml.safe_dump(groups))
     firing = set()
     for alert in ALERTS:
-        expected = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
-            "interval": "1m", "input_series": series,
-            "alert_rule_test": [{"eval_time": "60m", "alertname": alert, "exp_alerts": []}]}]}
+        expected = {
+            "rule_files": ["rules.yml"],
+            "evaluation_interval": "1m",
+            "tests": [
+                {
+                    "interval": "1m",
+                    "input_series": series,
+                    "alert_rule_test": [{"eval_time": "60m", "alertname": alert, "exp_alerts": []}],
+                }
+            ],
+        }
         (tmp / "test.yml").write_text(yaml.safe_dump(expected))
-        proc = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp, capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            ["promtool", "test", "rules", "test.yml"], cwd=tmp, capture_output=True, text=True, timeout=60
+        )
         if proc.returncode != 0:  # "expected no alerts" failed: the alert fires
             assert alert in proc.stdout + proc.stderr, proc.stdout + proc.stderr
             firing.add(alert)
     return firing
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+)
 def test_shifted_traffic_raises_every_drift_alert_and_clean_traffic_none(live: dict, tmp_path: Path) -> None:
     with running_server(live["export"], tmp_path, "--drift-window", str(WINDOW), "--drift-interval", "0.3") as server:
         _feed(server.url, live["clean"][:20])  # fewer than a detector needs: "insufficient", never a green verdict

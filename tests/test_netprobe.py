@@ -19,7 +19,7 @@ def counting_server() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_HEAD(self) -> None:
             seen.append(self.path)
             self.send_response(404)  # any status is an answer
             self.end_headers()

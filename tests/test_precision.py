@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from duet.train.config import build_config
 from duet.errors import ConfigError
+from duet.train.config import build_config
 from duet.train.precision import resolve_precision
 from helpers import run_cli, write_digit_folder
 
@@ -21,13 +21,16 @@ AMX = {**AVX512_BF16, "amx_tile": True, "amx_bf16": True}
 ARM = {"architecture": "aarch64"}
 
 
-@pytest.mark.parametrize(("caps", "name", "says"), [
-    (AMX, "bf16", "bf16: CPU has AMX-BF16"),
-    (AVX512_BF16, "fp32", "fp32: CPU has AVX-512-BF16 but no AMX"),
-    (AVX512, "fp32", "fp32: CPU has no native bf16 (AVX-512 without BF16)"),
-    (AVX2, "fp32", "fp32: CPU has no native bf16 (AVX2 only)"),
-    (ARM, "fp32", "fp32: CPU has no native bf16 (aarch64, no AVX2)"),
-])
+@pytest.mark.parametrize(
+    ("caps", "name", "says"),
+    [
+        (AMX, "bf16", "bf16: CPU has AMX-BF16"),
+        (AVX512_BF16, "fp32", "fp32: CPU has AVX-512-BF16 but no AMX"),
+        (AVX512, "fp32", "fp32: CPU has no native bf16 (AVX-512 without BF16)"),
+        (AVX2, "fp32", "fp32: CPU has no native bf16 (AVX2 only)"),
+        (ARM, "fp32", "fp32: CPU has no native bf16 (aarch64, no AVX2)"),
+    ],
+)
 def test_auto_on_the_cpu_follows_its_capabilities(caps: dict[str, object], name: str, says: str) -> None:
     p = resolve_precision("auto", "cpu", caps)
     assert (p.name, p.requested) == (name, "auto")
@@ -67,8 +70,29 @@ def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path: Pa
 
     data = write_digit_folder(tmp_path / "d", classes=(1, 7), per_class=20, size=16)
     runs = tmp_path / "runs"
-    r = run_cli("train", str(data), "--precision", "bf16", "--epochs", "1", "--image-size", "16", "--batch-size", "8",
-                "--workers", "0", "--device", "cpu", "--ema", "--out", str(runs), "--name", "b", "--json", "--quiet")
+    r = run_cli(
+        "train",
+        str(data),
+        "--precision",
+        "bf16",
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--ema",
+        "--out",
+        str(runs),
+        "--name",
+        "b",
+        "--json",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["precision"]["name"] == "bf16" and summary["precision"]["requested"] == "bf16"
@@ -80,8 +104,12 @@ def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path: Pa
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert last["precision"]["name"] == "bf16"
     floats = [t for t in [*last["model"].values(), *last["ema"].values()] if t.is_floating_point()]
-    floats += [t for s in last["optimizer"]["state"].values() for t in s.values()
-               if torch.is_tensor(t) and t.is_floating_point()]
+    floats += [
+        t
+        for s in last["optimizer"]["state"].values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.is_floating_point()
+    ]
     floats += [t for t in load_file(str(run / "checkpoints" / "best.safetensors")).values() if t.is_floating_point()]
     assert floats and {t.dtype for t in floats} == {torch.float32}
 
@@ -102,7 +130,9 @@ def test_a_resume_keeps_the_precision_its_checkpoint_recorded() -> None:
     from duet.train.loop import resumed_precision
 
     cpu = torch.device("cpu")
-    kept = resumed_precision({"precision": {"name": "bf16", "requested": "auto", "reason": "bf16: CPU has AMX-BF16"}}, cpu)
+    kept = resumed_precision(
+        {"precision": {"name": "bf16", "requested": "auto", "reason": "bf16: CPU has AMX-BF16"}}, cpu
+    )
     assert (kept.name, kept.requested) == ("bf16", "auto") and "kept on resume" in kept.reason
     assert resumed_precision({}, cpu).name == "fp32"  # checkpoints from before the setting: CPU trained fp32
 
@@ -118,11 +148,29 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
     runs = tmp_path / "runs"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"epochs": 2, "checkpoint_every": 2, "precision": "bf16"}))
-    common = ["train", str(data), "--config", str(cfg), "--out", str(runs), "--image-size", "16", "--batch-size", "8",
-              "--workers", "0", "--device", "cpu", "--seed", "5", "--quiet"]
+    common = [
+        "train",
+        str(data),
+        "--config",
+        str(cfg),
+        "--out",
+        str(runs),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+        "--quiet",
+    ]
     assert run_cli(*common, "--name", "full").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "duet", *common, "--name", "cut"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duet", *common, "--name", "cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     last = runs / "cut" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -149,8 +197,9 @@ def test_a_bf16_step_with_a_finite_loss_but_an_inf_gradient_is_skipped() -> None
     from duet.train.step import train_step
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 0, 1])
     model(x)  # materialise the lazy layer
     opt = torch.optim.AdamW(model.parameters(), 1e-2)

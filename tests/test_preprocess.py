@@ -31,8 +31,14 @@ def _torch_resize(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarr
 def test_numpy_resize_is_torch_resize_bit_for_bit(mode: str) -> None:
     """Down and up, odd and even sizes, aspect changes, smooth and noisy pixels, any crop."""
     rng = np.random.default_rng({"bilinear": 0, "bicubic": 1, "nearest": 2}[mode])
-    cases = [((480, 640), (256, 341)), ((8, 8), (37, 37)), ((1, 1), (5, 9)), ((375, 500), (256, 256)),
-             ((1200, 31), (2000, 256)), ((300, 300), (299, 301))]
+    cases = [
+        ((480, 640), (256, 341)),
+        ((8, 8), (37, 37)),
+        ((1, 1), (5, 9)),
+        ((375, 500), (256, 256)),
+        ((1200, 31), (2000, 256)),
+        ((300, 300), (299, 301)),
+    ]
     cases += [(tuple(rng.integers(1, 600, 2)), tuple(rng.integers(1, 400, 2))) for _ in range(40)]
     for (h, w), (nh, nw) in cases:
         noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -50,8 +56,10 @@ def test_load_square_is_the_same_with_and_without_torch_loaded(tmp_path: Path) -
     """``to_load_square`` in a process where torch cannot even be imported (an ONNX
     server) gives the pixels it gives here, where torch's kernel is used."""
     rng = np.random.default_rng(5)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(480, 640, 3), (33, 20, 3), (27, 27, 3),
-                                                                      (8, 8, 3), (701, 333, 3)]]
+    images = [
+        rng.integers(0, 256, shape, dtype=np.uint8)
+        for shape in [(480, 640, 3), (33, 20, 3), (27, 27, 3), (8, 8, 3), (701, 333, 3)]
+    ]
     np.savez(tmp_path / "in.npz", *images)
     spec = PreprocessSpec(image_size=24)
     script = f"""
@@ -67,8 +75,12 @@ spec = PreprocessSpec.from_dict({json.dumps(spec.to_dict())})
 images = np.load(sys.argv[1])
 np.savez(sys.argv[2], *[to_load_square(images[f"arr_{{i}}"], spec) for i in range(len(images.files))])
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     without = np.load(tmp_path / "out.npz")
     for i, rgb in enumerate(images):

@@ -31,8 +31,9 @@ def int8_export(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     flips), so it passes on any CPU's int8 kernels (VNNI or not) and still refuses
     a broken graph. The default of 1 point is measured on the demo (docs/serving.md)."""
     out = tmp_path_factory.mktemp("int8") / "export"
-    proc = run_cli("export", str(run), "--out", str(out), "--quantize", "int8", "--int8-tolerance", str(TOLERANCE),
-                   "--json")
+    proc = run_cli(
+        "export", str(run), "--out", str(out), "--quantize", "int8", "--int8-tolerance", str(TOLERANCE), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     return out, json.loads(proc.stdout)
 
@@ -96,15 +97,23 @@ def test_a_failed_int8_gate_fails_the_export_and_writes_nothing(run: Path, tmp_p
     assert list(tmp_path.iterdir()) == [], "a failed int8 gate left files behind"
 
 
-def test_serve_int8_answers_like_fp32_and_keeps_drift_features(int8_export: tuple[Path, dict], run: Path,
-                                                               tmp_path: Path) -> None:
+def test_serve_int8_answers_like_fp32_and_keeps_drift_features(
+    int8_export: tuple[Path, dict], run: Path, tmp_path: Path
+) -> None:
     out, _ = int8_export
     images = [p.read_bytes() for p, _ in val_files(run)]
     labels: dict[str, list[str]] = {}
     for variant in ("fp32", "int8"):
         with running_server(out, tmp_path, "--model-variant", variant) as server:
-            answers = [httpx.post(f"{server.url}/v1/predict?outliers=true", content=body,
-                                  headers={"Content-Type": "image/png"}, timeout=30) for body in images]
+            answers = [
+                httpx.post(
+                    f"{server.url}/v1/predict?outliers=true",
+                    content=body,
+                    headers={"Content-Type": "image/png"},
+                    timeout=30,
+                )
+                for body in images
+            ]
             assert all(r.status_code == 200 for r in answers), answers[0].text
             # the int8 graph still gives the features drift monitoring reads
             assert all("outlier" in r.json()["predictions"][0] for r in answers)
@@ -118,16 +127,26 @@ def test_serve_int8_answers_like_fp32_and_keeps_drift_features(int8_export: tupl
 
 def test_serving_a_variant_the_folder_lacks_is_aone_line_error(tmp_path_factory: pytest.TempPathFactory) -> None:
     export_dir = shared_export(tmp_path_factory)  # exported without --quantize
-    one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int8", "--check"), 4,
-                    "has no int8 variant", "--quantize int8")
-    one_line_error(run_cli("serve", str(export_dir), "--model-variant", "int4", "--check"), 2,
-                    "`--model-variant` must be one of fp32, int8")
+    one_line_error(
+        run_cli("serve", str(export_dir), "--model-variant", "int8", "--check"),
+        4,
+        "has no int8 variant",
+        "--quantize int8",
+    )
+    one_line_error(
+        run_cli("serve", str(export_dir), "--model-variant", "int4", "--check"),
+        2,
+        "`--model-variant` must be one of fp32, int8",
+    )
     one_line_error(run_cli("bench", "serve", str(export_dir), "--variants", "fp32,int8"), 4, "has no int8 variant")
 
 
 def test_quantize_accepts_only_int8(run: Path, tmp_path: Path) -> None:
-    one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "x"), "--quantize", "int4", "--quiet"), 2,
-                    "`--quantize` must be int8")
+    one_line_error(
+        run_cli("export", str(run), "--out", str(tmp_path / "x"), "--quantize", "int4", "--quiet"),
+        2,
+        "`--quantize` must be int8",
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -150,14 +169,28 @@ def test_calibration_draws_seeded_training_images_only(run: Path) -> None:
 
 def test_bench_serve_measures_int8_beside_fp32(int8_export: tuple[Path, dict]) -> None:
     out, _ = int8_export
-    proc = run_cli("bench", "serve", str(out), "--variants", "fp32,int8", "--concurrency", "4", "--requests", "40",
-                   "--no-naive", "--json", timeout=400)
+    proc = run_cli(
+        "bench",
+        "serve",
+        str(out),
+        "--variants",
+        "fp32,int8",
+        "--concurrency",
+        "4",
+        "--requests",
+        "40",
+        "--no-naive",
+        "--json",
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     rows = {(row["server"], row["concurrency"]): row for row in result["rows"]}
     fp32, int8 = rows[("duet serve (batcher)", 4)], rows[("duet serve --model-variant int8", 4)]
-    ceiling, ceiling_int8 = (rows[("ceiling (decode + session.run, best batch)", 1)],
-                             rows[("ceiling int8 (decode + session.run, best batch)", 1)])
+    ceiling, ceiling_int8 = (
+        rows[("ceiling (decode + session.run, best batch)", 1)],
+        rows[("ceiling int8 (decode + session.run, best batch)", 1)],
+    )
     assert int8["requests"] == fp32["requests"] == 40 and int8["mean_batch"] >= 1
     # the verdict: int8's throughput as a multiple of fp32's, served and in the runtime's ceiling
     v = result["verdict"]

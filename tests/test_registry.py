@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli, write_digit_folder
-
-from duet.train.config import build_config
 from duet.lifecycle.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
+from duet.train.config import build_config
 from duet.train.loop import train
+from helpers import run_cli, write_digit_folder
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = write_digit_folder(base / "data", classes=(0, 1), per_class=12, size=16)
     made = []
     for seed in (0, 1):
-        cfg = build_config(None, {"data_dir": data, "model": "test_resnet", "image_size": 16, "batch_size": 8,
-                                  "epochs": 1, "workers": 0, "seed": seed, "out": base / "runs", "name": f"r{seed}"})
+        cfg = build_config(
+            None,
+            {
+                "data_dir": data,
+                "model": "test_resnet",
+                "image_size": 16,
+                "batch_size": 8,
+                "epochs": 1,
+                "workers": 0,
+                "seed": seed,
+                "out": base / "runs",
+                "name": f"r{seed}",
+            },
+        )
         made.append(train(cfg, progress=False, log=lambda _m: None).run_dir)
     return made[0], made[1]
 
@@ -147,10 +158,34 @@ def _killed_mid_training(tmp_path: Path) -> Path:
     and run.json), with 200 epochs to go: what `kill -9` during a retrain leaves."""
     data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=12, size=16)
     run = tmp_path / "runs" / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "duet", "train", str(data), "--model", "test_resnet",
-                             "--image-size", "16", "--batch-size", "8", "--epochs", "200", "--workers", "0",
-                             "--device", "cpu", "--out", str(tmp_path / "runs"), "--name", "cut", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duet",
+            "train",
+            str(data),
+            "--model",
+            "test_resnet",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "200",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "runs"),
+            "--name",
+            "cut",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -192,13 +227,19 @@ def test_a_run_killed_mid_training_is_refused_unless_forced(tmp_path: Path) -> N
 
 def test_a_finished_run_records_that_it_finished(runs: tuple[Path, Path], tmp_path: Path) -> None:
     version = Registry(tmp_path / "registry").register(runs[0])
-    assert version.record["training"] == {"finished": True, "epochs_done": 1, "epochs": 1, "stopped_early": False,
-                                          "forced": False}
+    assert version.record["training"] == {
+        "finished": True,
+        "epochs_done": 1,
+        "epochs": 1,
+        "stopped_early": False,
+        "forced": False,
+    }
     assert version.unfinished == ""
 
 
-def test_a_run_killed_between_its_last_checkpoint_and_run_json_is_caught_up_by_resume(runs: tuple[Path, Path],
-                                                                                       tmp_path: Path) -> None:
+def test_a_run_killed_between_its_last_checkpoint_and_run_json_is_caught_up_by_resume(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     """The narrow window: the last epoch's checkpoint is saved, run.json (and the profile) are
     not yet rewritten. The registry refuses such a run; `duet train --resume` says the run is
     finished and brings its records up to the checkpoint, after which it can be promoted."""
@@ -219,8 +260,9 @@ def test_a_run_killed_between_its_last_checkpoint_and_run_json_is_caught_up_by_r
     assert promoted.returncode == 0, promoted.stderr
 
 
-def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(runs: tuple[Path, Path],
-                                                                         tmp_path: Path) -> None:
+def test_temp_files_a_killed_writer_left_are_removed_by_the_next_writer(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     reg = Registry(tmp_path / "registry")
     reg.promote(runs[0])
     # What SIGKILL between mkstemp and os.replace leaves (the names write_json_atomic uses).
@@ -278,10 +320,10 @@ def test_a_damaged_event_line_is_skipped_not_fatal(runs: tuple[Path, Path], tmp_
     reg = Registry(tmp_path / "registry")
     reg.promote(reg.register(runs[0]).version)
     with reg.events_file.open("a", encoding="utf-8") as f:
-        f.write('{"event": "promote", "seq"\n')   # cut off by a crash, then appended after
+        f.write('{"event": "promote", "seq"\n')  # cut off by a crash, then appended after
     reg.promote(reg.register(runs[1]).version)
     with reg.events_file.open("a", encoding="utf-8") as f:
-        f.write('{"event": "prom')                  # being appended right now: no newline yet
+        f.write('{"event": "prom')  # being appended right now: no newline yet
     events = reg.events()
     assert [e["event"] for e in events].count("promote") == 2 and events[-1]["seq"] == 2
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli, write_digit_folder
-
 from duet.evaluation.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
+from helpers import run_cli, write_digit_folder
 
 LABELS = ["cat", "dog", "fox"]
 # true:      cat  cat  cat  dog  dog  fox
@@ -164,7 +163,6 @@ def test_confusion_png_labels_both_axes_and_names_the_split() -> None:
     assert "test split" in ax.get_title()
 
 
-
 # --------------------------------------------------------------------------- the drift report page
 
 
@@ -197,22 +195,35 @@ def same_images_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[_Page,
     """A real run's drift report on its own reference images: 16 px greyscale digits
     (width, height, aspect ratio and saturation each take one value), and the
     same embeddings on both sides, so the unbiased MMD² is below 0 by construction."""
-    from duet.train.config import build_config
     from duet.monitor.check import drift_check
+    from duet.train.config import build_config
     from duet.train.loop import train
 
     base = tmp_path_factory.mktemp("drift-report")
     data = write_digit_folder(base / "data", classes=(0, 1), per_class=40, size=16)
-    cfg = build_config(None, {"data_dir": data, "model": "test_resnet", "image_size": 16, "batch_size": 16,
-                              "epochs": 1, "workers": 0, "val_split": 0.5, "out": base / "runs", "name": "r"})
+    cfg = build_config(
+        None,
+        {
+            "data_dir": data,
+            "model": "test_resnet",
+            "image_size": 16,
+            "batch_size": 16,
+            "epochs": 1,
+            "workers": 0,
+            "val_split": 0.5,
+            "out": base / "runs",
+            "name": "r",
+        },
+    )
     run = train(cfg, progress=False, log=lambda _m: None).run_dir
     with open(run / "manifest.csv", newline="") as f:
         held_out = [r["path"] for r in csv.DictReader(f) if r["split"] == "val" and r["status"] == "ok"]
     for rel in held_out:
         (base / "same" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(data / rel, base / "same" / rel)
-    checked = drift_check(run, base / "same", out_dir=base / "report", device="cpu", workers=0, progress=False,
-                          log=lambda _m: None)
+    checked = drift_check(
+        run, base / "same", out_dir=base / "report", device="cpu", workers=0, progress=False, log=lambda _m: None
+    )
     page = _Page()
     page.feed(checked.files["html"].read_text(encoding="utf-8"))
     return page, json.loads(checked.files["json"].read_text(encoding="utf-8")), run, base / "same"
@@ -225,8 +236,19 @@ def test_a_negative_mmd2_is_shown_as_about_zero_and_kept_raw_in_the_json(same_im
     text = " ".join(page.text)
     assert "MMD² ≈ 0" in text and "below 0" in text
     assert not re.search(r"MMD²\s*=?\s*[-\u2212]\s*\d", text), re.findall(r"MMD².{0,12}", text)
-    terminal = run_cli("drift", str(run), "--data", str(same), "--out", str(same.parent / "cli-report"),
-                       "--device", "cpu", "--workers", "0", "--quiet")
+    terminal = run_cli(
+        "drift",
+        str(run),
+        "--data",
+        str(same),
+        "--out",
+        str(same.parent / "cli-report"),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert terminal.returncode == 0, terminal.stderr
     assert "MMD² ≈ 0" in terminal.stdout and not re.search(r"MMD²\s*=?\s*-\d", terminal.stdout), terminal.stdout
 
@@ -234,8 +256,12 @@ def test_a_negative_mmd2_is_shown_as_about_zero_and_kept_raw_in_the_json(same_im
 def test_a_constant_image_statistic_is_stated_not_drawn_as_an_empty_block(same_images_report: tuple) -> None:
     page = same_images_report[0]
     note = " ".join(text for text, classes in page.runs if "constant" in classes)
-    for stat, value in (("width", "all images: 16 px"), ("height", "all images: 16 px"),
-                        ("aspect_ratio", "all images: 1.00"), ("saturation", "all images: 0")):
+    for stat, value in (
+        ("width", "all images: 16 px"),
+        ("height", "all images: 16 px"),
+        ("aspect_ratio", "all images: 1.00"),
+        ("saturation", "all images: 0"),
+    ):
         assert stat in note and value in note, note
     assert "brightness" not in note  # it varies: drawn as histograms
 
@@ -247,6 +273,5 @@ def test_numbers_in_image_captions_never_break_inside(same_images_report: tuple)
     rules = {k.strip(): v for k, v in rules.items()}
     assert "break-all" not in page.css
     assert "white-space:nowrap" in rules[".n"].replace(" ", "")
-    percentages = [(text, classes) for text, classes in page.runs if re.search(r"\d%", text)
-                   and "card" in classes]
+    percentages = [(text, classes) for text, classes in page.runs if re.search(r"\d%", text) and "card" in classes]
     assert percentages and all(classes[-1] == "n" for _, classes in percentages), percentages

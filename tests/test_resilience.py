@@ -89,8 +89,9 @@ def test_kill_and_signals_mid_epoch_resume_to_the_same_result(data: Path, tmp_pa
 
 def test_nan_losses_are_skipped_then_rolled_back_with_a_lower_lr(data: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=2, checkpoint_every=2, rollback_after=3, inject_faults={"nan": [7, 8, 9]})
-    proc = run_cli("train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "nan",
-                   "--json", *BASE)
+    proc = run_cli(
+        "train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "nan", "--json", *BASE
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert any("rolled back" in e and "x0.5" in e for e in summary["events"]), summary["events"]
@@ -108,8 +109,9 @@ def test_persistent_nan_stops_the_run_with_its_own_exit_code(data: Path, tmp_pat
 
 def test_out_of_memory_halves_the_micro_batch_and_finishes(data: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=1, inject_faults={"oom": [2]})
-    proc = run_cli("train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "oom",
-                   "--json", *BASE)
+    proc = run_cli(
+        "train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "oom", "--json", *BASE
+    )
     assert proc.returncode == 0, proc.stderr
     assert any("2 micro-batches" in e for e in json.loads(proc.stdout)["events"])
     row = json.loads((tmp_path / "runs" / "oom" / "metrics.jsonl").read_text().splitlines()[0])
@@ -159,8 +161,9 @@ def test_too_many_broken_files_stop_the_run_with_a_clear_error(tmp_path: Path) -
 
 def test_early_stopping_ends_the_run_when_val_stops_improving(data: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=6, patience=1, lr=1e-9, warmup_epochs=0)
-    proc = run_cli("train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "es",
-                   "--json", *BASE)
+    proc = run_cli(
+        "train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "es", "--json", *BASE
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["stopped_early"] is True
@@ -172,8 +175,27 @@ def test_finetune_recipe_from_local_weights_with_ema(data: Path, tmp_path: Path)
     base = run_cli("train", str(data), "--epochs", "1", "--out", str(runs), "--name", "base", *BASE)
     assert base.returncode == 0, base.stderr
     weights = runs / "base" / "checkpoints" / "best.safetensors"
-    proc = run_cli("train", str(data), "--weights", str(weights), "--epochs", "2", "--ema", "--out", str(runs),
-                   "--name", "ft", "--image-size", "20", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+    proc = run_cli(
+        "train",
+        str(data),
+        "--weights",
+        str(weights),
+        "--epochs",
+        "2",
+        "--ema",
+        "--out",
+        str(runs),
+        "--name",
+        "ft",
+        "--image-size",
+        "20",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "recipe finetune: head only for 1 epoch(s)" in proc.stderr
     assert yaml.safe_load((runs / "ft" / "config.yaml").read_text())["ema"] is True
@@ -181,8 +203,22 @@ def test_finetune_recipe_from_local_weights_with_ema(data: Path, tmp_path: Path)
 
 def test_lr_find_writes_a_plot_and_suggests_a_rate(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "lr.png"
-    proc = run_cli("lr-find", str(data), "--steps", "12", "--image-size", "20", "--batch-size", "8",
-                   "--workers", "0", "--out", str(out), "--json", "--quiet")
+    proc = run_cli(
+        "lr-find",
+        str(data),
+        "--steps",
+        "12",
+        "--image-size",
+        "20",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert 1e-7 <= result["suggestion"] <= 10
@@ -228,11 +264,41 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data: Pa
     losses within 1e-4, identical accuracy. (With BatchNorm, statistics are per
     process under DDP and results agree only approximately.)"""
     runs = tmp_path / "runs"
-    args = ["-m", "duet", "train", str(data), "--epochs", "2", "--out", str(runs), "--model", "convnext_atto",
-            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--seed", "5", "--quiet"]
+    args = [
+        "-m",
+        "duet",
+        "train",
+        str(data),
+        "--epochs",
+        "2",
+        "--out",
+        str(runs),
+        "--model",
+        "convnext_atto",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+        "--quiet",
+    ]
     for n, name in ((1, "one"), (2, "two")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), *args,
-               "--name", name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(n),
+            *args,
+            "--name",
+            name,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _metrics(runs / "one"), _metrics(runs / "two")

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from duet.lifecycle.registry import ChampionWatcher, Registry
 from helpers import run_cli, write_digit_folder
 from test_drift import digits_champion  # the same champion, trained once per session
-
-from duet.lifecycle.registry import ChampionWatcher, Registry
 
 NEW_IMAGES = 300
 # Shuffled labels must outnumber the champion's ~35 training images per class to
@@ -50,13 +49,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         dest = inverted / f.parent.name / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(255 - np.asarray(Image.open(f).convert("RGB"))).save(dest)
-    for i in order[NEW_IMAGES:NEW_IMAGES + SHUFFLED_IMAGES]:
+    for i in order[NEW_IMAGES : NEW_IMAGES + SHUFFLED_IMAGES]:
         f = files[i]
         dest = shuffled / str((int(f.parent.name) + 3) % 10) / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dest)
-    return {"champion": run, "inverted": inverted, "shuffled": shuffled, "registry": base / "registry",
-            "runs": base / "runs"}
+    return {
+        "champion": run,
+        "inverted": inverted,
+        "shuffled": shuffled,
+        "registry": base / "registry",
+        "runs": base / "runs",
+    }
 
 
 def _splits(run: Path) -> dict[str, str]:
@@ -65,8 +69,18 @@ def _splits(run: Path) -> dict[str, str]:
 
 
 def test_retrain_on_shuffled_labels_is_refused_by_the_gate(setup: dict[str, Path]) -> None:
-    proc = run_cli("retrain", str(setup["champion"]), "--data", str(setup["shuffled"]), "--registry",
-                   str(setup["registry"]), "--out", str(setup["runs"]), "--json", *CHALLENGER)
+    proc = run_cli(
+        "retrain",
+        str(setup["champion"]),
+        "--data",
+        str(setup["shuffled"]),
+        "--registry",
+        str(setup["registry"]),
+        "--out",
+        str(setup["runs"]),
+        "--json",
+        *CHALLENGER,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["promoted"] is False and result["decision"] == "kept champion", result["reasons"]
@@ -92,8 +106,21 @@ def test_watch_retrains_on_drift_with_new_labels_and_promotes_the_better_challen
     Iteration 2: nothing new since the promotion -> nothing to do."""
     watcher = ChampionWatcher(Registry(setup["registry"]))
     assert watcher.poll().version == "v1"
-    proc = run_cli("watch", "--data", str(setup["inverted"]), "--registry", str(setup["registry"]), "--out",
-                   str(setup["runs"]), "--iterations", "2", "--interval", "0", "--json", *CHALLENGER)
+    proc = run_cli(
+        "watch",
+        "--data",
+        str(setup["inverted"]),
+        "--registry",
+        str(setup["registry"]),
+        "--out",
+        str(setup["runs"]),
+        "--iterations",
+        "2",
+        "--interval",
+        "0",
+        "--json",
+        *CHALLENGER,
+    )
     assert proc.returncode == 0, proc.stderr
     first, second = json.loads(proc.stdout)
     assert first["drift"] is True and first["action"] == "retrain" and first["new_images"] == NEW_IMAGES
@@ -117,7 +144,11 @@ def test_watch_retrains_on_drift_with_new_labels_and_promotes_the_better_challen
     old, new = _splits(setup["champion"]), _splits(challenger)
     assert all(new[sha] == split for sha, split in old.items())
     assert len(new) == len(old) + comparison["merge"]["new_images"] and comparison["merge"]["new_images"] > 290
-    assert [e["event"] for e in reg.events() if e["event"] in ("watch", "retrain")][-3:] == ["retrain", "watch", "watch"]
+    assert [e["event"] for e in reg.events() if e["event"] in ("watch", "retrain")][-3:] == [
+        "retrain",
+        "watch",
+        "watch",
+    ]
 
 
 def _lines(stream) -> queue.Queue[str]:
@@ -126,8 +157,9 @@ def _lines(stream) -> queue.Queue[str]:
     return q
 
 
-def _wait_for_line(q: queue.Queue[str], needle: str, seen: list[str], proc: subprocess.Popen[str],
-                   timeout: float = 60) -> None:
+def _wait_for_line(
+    q: queue.Queue[str], needle: str, seen: list[str], proc: subprocess.Popen[str], timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -150,17 +182,48 @@ def test_watch_waits_for_a_missing_then_empty_data_folder_and_says_so_once(tmp_p
     from duet.train.loop import train
 
     data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=12, size=16)
-    cfg = build_config(None, {"data_dir": data, "model": "test_resnet", "image_size": 16, "batch_size": 8,
-                              "epochs": 1, "workers": 0, "out": tmp_path / "runs", "name": "champ"})
+    cfg = build_config(
+        None,
+        {
+            "data_dir": data,
+            "model": "test_resnet",
+            "image_size": 16,
+            "batch_size": 8,
+            "epochs": 1,
+            "workers": 0,
+            "out": tmp_path / "runs",
+            "name": "champ",
+        },
+    )
     run = train(cfg, progress=False, log=lambda _m: None).run_dir
     registry = tmp_path / "registry"
     Registry(registry).promote(run)
     incoming = tmp_path / "incoming"
     iterations = 40
-    proc = subprocess.Popen([sys.executable, "-m", "duet", "watch", "--data", str(incoming), "--registry",
-                             str(registry), "--interval", "0.25", "--iterations", str(iterations), "--workers", "0",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "400"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duet",
+            "watch",
+            "--data",
+            str(incoming),
+            "--registry",
+            str(registry),
+            "--interval",
+            "0.25",
+            "--iterations",
+            str(iterations),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     seen: list[str] = []
     try:
         q = _lines(proc.stderr)

@@ -5,7 +5,6 @@ Each case is a real `duet train` subprocess; after it, the same --name is free."
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -66,8 +65,9 @@ def test_imagenet_weights_offline_fail_fast_and_leave_no_folder(data: Path, tmp_
     else:
         env = _offline_env(tmp_path, HF_HUB_OFFLINE="", HF_ENDPOINT="https://duet-test.invalid")
     t0 = time.monotonic()
-    proc = run_cli("train", str(data), "--weights", "imagenet", "--out", str(tmp_path / "runs"), "--name", "x",
-                   *TINY, env=env)
+    proc = run_cli(
+        "train", str(data), "--weights", "imagenet", "--out", str(tmp_path / "runs"), "--name", "x", *TINY, env=env
+    )
     seconds = time.monotonic() - t0
     why = "HF_HUB_OFFLINE is set" if how == "HF_HUB_OFFLINE=1" else "duet-test.invalid is not reachable"
     _refused(proc, 4, why)
@@ -78,8 +78,22 @@ def test_imagenet_weights_offline_fail_fast_and_leave_no_folder(data: Path, tmp_
 
 def test_fixed_size_model_that_cannot_take_the_size_is_refused_up_front(data: Path, tmp_path: Path) -> None:
     """torchvision's ViT asserts its 224 px input size: one line naming it, no folder."""
-    proc = run_cli("train", str(data), "--model", "torchvision:vit_b_16", "--image-size", "32",
-                   "--out", str(tmp_path / "runs"), "--name", "x", *TINY[:2], "--workers", "0", "--quiet")
+    proc = run_cli(
+        "train",
+        str(data),
+        "--model",
+        "torchvision:vit_b_16",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "x",
+        *TINY[:2],
+        "--workers",
+        "0",
+        "--quiet",
+    )
     _refused(proc, 4, "cannot take 32x32 images")
     assert "--image-size 224" in proc.stderr
     assert not (tmp_path / "runs" / "x").exists()
@@ -90,8 +104,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_folder(data: P
     cfg = tmp_path / "nan.yaml"
     cfg.write_text(yaml.safe_dump({"max_bad_steps": 0, "inject_faults": {"nan": [0, 1, 2]}}))
     runs = tmp_path / "runs"
-    proc = run_cli("train", str(data), "--config", str(cfg), "--out", str(runs), "--name", "x", "--device", "cpu",
-                   *TINY[:-1])
+    proc = run_cli(
+        "train", str(data), "--config", str(cfg), "--out", str(runs), "--name", "x", "--device", "cpu", *TINY[:-1]
+    )
     assert proc.returncode == 6, proc.stderr
     assert "no checkpoint had been written yet" in proc.stderr and f"removed {runs / 'x'}" in proc.stderr
     assert not (runs / "x").exists() and runs.is_dir()  # only the run's own folder went
@@ -100,8 +115,26 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_folder(data: P
 @pytest.fixture(scope="module")
 def vit_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("vit") / "runs"
-    proc = run_cli("train", str(data), "--model", "vit_tiny_patch16_224", "--image-size", "32", "--out", str(runs),
-                   "--name", "vit", "--device", "cpu", *TINY[:2], "--batch-size", "8", "--workers", "0", "--quiet")
+    proc = run_cli(
+        "train",
+        str(data),
+        "--model",
+        "vit_tiny_patch16_224",
+        "--image-size",
+        "32",
+        "--out",
+        str(runs),
+        "--name",
+        "vit",
+        "--device",
+        "cpu",
+        *TINY[:2],
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return runs / "vit"
 

@@ -60,18 +60,28 @@ print("steps", len(losses), all(l == l for l in losses))
 
 def _notebook(duet_import: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-c", _NOTEBOOK.format(duet_import=duet_import)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", _NOTEBOOK.format(duet_import=duet_import)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("duet_import", [
-    "import duet.train.loop",  # training
-    "from duet.data.tfdata import import_tensorflow; import_tensorflow()",  # the tf backend: guarded, not "too late"
-])
+@pytest.mark.parametrize(
+    "duet_import",
+    [
+        "import duet.train.loop",  # training
+        "from duet.data.tfdata import import_tensorflow; import_tensorflow()",  # the tf backend: guarded, not "too late"
+    ],
+)
 def test_tensorflow_imported_first_then_duet_trains_without_crashing(duet_import: str) -> None:
     """The notebook order: import tensorflow; import duet...; AdamW steps. Without the
     guard triton's LLVM binds to TensorFlow's and the process dies with SIGSEGV."""
-    if importlib.util.find_spec("tensorflow") is None:  # never import it here: the test process would then crash later tests
+    if (
+        importlib.util.find_spec("tensorflow") is None
+    ):  # never import it here: the test process would then crash later tests
         pytest.skip("tensorflow is not installed")
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed: nothing can crash")

@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-import oddfiles
 import pytest
 
+import oddfiles
 from duet.data.scan import (
     STATUS_CONFLICT,
     STATUS_DUPLICATE,

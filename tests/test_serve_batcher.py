@@ -139,4 +139,3 @@ def test_the_delay_is_paid_only_while_more_images_are_on_their_way() -> None:
         await b.close()
 
     run(main())
-

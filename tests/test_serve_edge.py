@@ -23,7 +23,7 @@ from helpers import run_cli
 from serve_support import Server, metric_value, running_server, shared_export, val_files
 
 DEADLINE = 1.0  # --header-timeout and --body-timeout of the guarded server
-SLACK = 2.0     # scheduling on a loaded 2-core machine
+SLACK = 2.0  # scheduling on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,18 @@ def image(export: Path) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Iterator[Server]:
     """Short read deadlines; a pixel budget the tests can reach with small images."""
-    with running_server(export, tmp_path_factory.mktemp("edge-logs"), "--header-timeout", str(DEADLINE),
-                        "--body-timeout", str(DEADLINE), "--max-images", "64",
-                        "--max-request-pixels", "150000000") as s:
+    with running_server(
+        export,
+        tmp_path_factory.mktemp("edge-logs"),
+        "--header-timeout",
+        str(DEADLINE),
+        "--body-timeout",
+        str(DEADLINE),
+        "--max-images",
+        "64",
+        "--max-request-pixels",
+        "150000000",
+    ) as s:
         yield s
 
 
@@ -69,8 +78,10 @@ def _status_and_body(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def _post_head(path: str, length: int, content_type: str = "image/png") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 def _open_fds(server: Server) -> int:
@@ -84,14 +95,15 @@ def _five_xx(metrics: str) -> float:
 # ----------------------------------------------------------------- item 1: read deadlines
 
 
-def test_slow_clients_are_cut_at_the_read_deadlines_while_a_normal_client_is_served(server: Server,
-                                                                                    image: bytes) -> None:
+def test_slow_clients_are_cut_at_the_read_deadlines_while_a_normal_client_is_served(
+    server: Server, image: bytes
+) -> None:
     fds_before = _open_fds(server)
-    idle = [_connect(server) for _ in range(5)]                  # connect, send nothing
-    half_headers = [_connect(server) for _ in range(20)]         # slowloris
+    idle = [_connect(server) for _ in range(5)]  # connect, send nothing
+    half_headers = [_connect(server) for _ in range(20)]  # slowloris
     for sock in half_headers:
         sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
-    half_body = _connect(server)                                  # a stalled upload
+    half_body = _connect(server)  # a stalled upload
     half_body.sendall(_post_head("/v1/predict", len(image)) + image[: len(image) // 2])
     sent = time.monotonic()
 
@@ -100,8 +112,9 @@ def test_slow_clients_are_cut_at_the_read_deadlines_while_a_normal_client_is_ser
     def normal_client() -> None:  # keeps being served while the slow ones hang
         with httpx.Client(base_url=server.url, timeout=10) as client:
             while time.monotonic() - sent < DEADLINE + 0.5:
-                served.append(client.post("/v1/predict", content=image,
-                                          headers={"Content-Type": "image/png"}).status_code)
+                served.append(
+                    client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"}).status_code
+                )
 
     t = threading.Thread(target=normal_client)
     t.start()
@@ -169,14 +182,17 @@ def test_a_client_hanging_up_mid_upload_is_a_499_in_one_log_line(server: Server,
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{server.url}/metrics").text
-        if metric_value(metrics, "duet_requests_total", code="499") - metric_value(before, "duet_requests_total",
-                                                                                    code="499") >= 3:
+        if (
+            metric_value(metrics, "duet_requests_total", code="499")
+            - metric_value(before, "duet_requests_total", code="499")
+            >= 3
+        ):
             break
         time.sleep(0.1)
     counted = metric_value(metrics, "duet_requests_total", route="/v1/predict", code="499")
     assert counted - metric_value(before, "duet_requests_total", route="/v1/predict", code="499") == 3, metrics
     assert _five_xx(metrics) == 0
-    new_log = server.log_text()[len(log_before):]
+    new_log = server.log_text()[len(log_before) :]
     assert new_log.count("hung up") == 3 and "Traceback" not in new_log, new_log[-3000:]
     assert len(new_log.splitlines()) <= 6, new_log
 
@@ -272,8 +288,9 @@ def test_docs_page_loads_only_local_assets(server: Server) -> None:
 # ----------------------------------------------------------------- item 4: drain deadline
 
 
-def test_requests_cut_by_the_drain_deadline_get_503_json_with_retry_after(export: Path, tmp_path: Path,
-                                                                          image: bytes) -> None:
+def test_requests_cut_by_the_drain_deadline_get_503_json_with_retry_after(
+    export: Path, tmp_path: Path, image: bytes
+) -> None:
     with running_server(export, tmp_path, "--drain-seconds", "1") as server:
         sock = _connect(server)
         sock.sendall(_post_head("/v1/predict", len(image)) + image[:100])  # the rest never comes

@@ -39,8 +39,9 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, export: Path) -> Iterator[Server]:
     key_file = tmp_path_factory.mktemp("secrets") / "key"
     key_file.write_text(KEY + "\n")
-    with running_server(export, tmp_path_factory.mktemp("logs"), *LIMITS,
-                        env={"DUET_API_KEY_FILE": str(key_file)}) as s:
+    with running_server(
+        export, tmp_path_factory.mktemp("logs"), *LIMITS, env={"DUET_API_KEY_FILE": str(key_file)}
+    ) as s:
         yield s
 
 
@@ -174,7 +175,11 @@ def bad_requests(image: bytes) -> list[tuple[str, str, dict]]:
         ("POST", "/v1/predict", {"files": [("file", (f"{i}.png", image, "image/png")) for i in range(5)]}),
         ("POST", "/v1/predict", {"files": [("file", ("a.png", b"", "image/png"))]}),
         ("POST", "/v1/predict", {"data": {"field": "value"}, "files": {}}),
-        ("POST", "/v1/predict", {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}),
+        (
+            "POST",
+            "/v1/predict",
+            {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+        ),
         ("POST", "/v1/predict?top_k=0", {"content": image, "headers": {"Content-Type": "image/png"}}),
         ("POST", "/v1/predict?top_k=abc", {"content": image, "headers": {"Content-Type": "image/png"}}),
         ("GET", "/v1/predict", {}),
@@ -188,9 +193,27 @@ def bad_requests(image: bytes) -> list[tuple[str, str, dict]]:
         ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64]}]}}),
         ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "UINT8", "data": [1]}]}}),
         ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["***"]}]}}),
-        ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                               "data": [base64.b64encode(b"GIF89a-nope").decode()]}]}}),
-        ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": [b64] * 5}]}}),
+        (
+            "POST",
+            infer,
+            {
+                "json": {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [base64.b64encode(b"GIF89a-nope").decode()],
+                        }
+                    ]
+                }
+            },
+        ),
+        (
+            "POST",
+            infer,
+            {"json": {"inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": [b64] * 5}]}},
+        ),
         ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": [-1], "datatype": "BYTES", "data": [b64]}]}}),
         ("POST", infer, {"json": {"inputs": [{"name": "image", "shape": "1", "datatype": "BYTES", "data": [b64]}]}}),
         ("POST", infer, {"json": {"inputs": [{**px, "datatype": "FP32", "data": [0.0] * 1728}]}}),
@@ -199,22 +222,99 @@ def bad_requests(image: bytes) -> list[tuple[str, str, dict]]:
         ("POST", infer, {"json": {"inputs": [{**px, "data": [0] * 1727}]}}),
         ("POST", infer, {"json": {"inputs": [{**px, "data": [True] * 1728}]}}),
         ("POST", infer, {"json": {"inputs": [{**px, "data": [0] * 1728}], "outputs": [{"name": "nope"}]}}),
-        ("POST", infer, {"json": {"inputs": [{**px, "data": [0] * 1728}],
-                                  "outputs": [{"name": "probabilities", "parameters": {"classification": -1}}]}}),
-        ("POST", infer, {"json": {"inputs": [{**px, "data": [0] * 1728}], "parameters": {"binary_data_output": "yes"}}}),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 100)))),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 1800)))),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{**px, "parameters": {"binary_data_size": 100}}]}, b"\x00" * 100)))),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 1728, header_length=10**9)))),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 1728, header_length=-5)))),
-        ("POST", infer, dict(zip(("content", "headers"), _binary_infer(
-            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]},
-            struct.pack("<I", 4_000_000) + b"abcd")))),
+        (
+            "POST",
+            infer,
+            {
+                "json": {
+                    "inputs": [{**px, "data": [0] * 1728}],
+                    "outputs": [{"name": "probabilities", "parameters": {"classification": -1}}],
+                }
+            },
+        ),
+        (
+            "POST",
+            infer,
+            {"json": {"inputs": [{**px, "data": [0] * 1728}], "parameters": {"binary_data_output": "yes"}}},
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer({"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 100),
+                )
+            ),
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer({"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 1800),
+                )
+            ),
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer({"inputs": [{**px, "parameters": {"binary_data_size": 100}}]}, b"\x00" * 100),
+                )
+            ),
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer(
+                        {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]},
+                        b"\x00" * 1728,
+                        header_length=10**9,
+                    ),
+                )
+            ),
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer(
+                        {"inputs": [{**px, "parameters": {"binary_data_size": 1728}}]}, b"\x00" * 1728, header_length=-5
+                    ),
+                )
+            ),
+        ),
+        (
+            "POST",
+            infer,
+            dict(
+                zip(
+                    ("content", "headers"),
+                    _binary_infer(
+                        {
+                            "inputs": [
+                                {
+                                    "name": "image",
+                                    "shape": [1],
+                                    "datatype": "BYTES",
+                                    "parameters": {"binary_data_size": 8},
+                                }
+                            ]
+                        },
+                        struct.pack("<I", 4_000_000) + b"abcd",
+                    ),
+                )
+            ),
+        ),
         ("POST", "/v2/models/other/infer", {"json": {"inputs": [{**px, "data": [0] * 1728}]}}),
         ("POST", "/v2/models/digits/versions/7/infer", {"json": {"inputs": [{**px, "data": [0] * 1728}]}}),
         ("GET", "/v2/models/other", {}),
@@ -253,14 +353,19 @@ def test_every_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(se
             r = client.request(method, path, headers=headers, **kwargs)
             assert 400 <= r.status_code < 500 and _is_json_error(r), (method, path, r.status_code, r.text[:300])
         specific = {
-            "too many pixels": client.post("/v1/predict", content=huge_header_png_bytes(),
-                                           headers={"Content-Type": "image/png"}),
-            "body too large": client.post("/v1/predict", content=b"\x00" * 300_001,
-                                          headers={"Content-Type": "image/png"}),
-            "truncated": client.post("/v1/predict", content=truncated_jpeg_bytes(),
-                                     headers={"Content-Type": "image/jpeg"}),
+            "too many pixels": client.post(
+                "/v1/predict", content=huge_header_png_bytes(), headers={"Content-Type": "image/png"}
+            ),
+            "body too large": client.post(
+                "/v1/predict", content=b"\x00" * 300_001, headers={"Content-Type": "image/png"}
+            ),
+            "truncated": client.post(
+                "/v1/predict", content=truncated_jpeg_bytes(), headers={"Content-Type": "image/jpeg"}
+            ),
         }
-        assert specific["too many pixels"].status_code == 413 and "pixels" in specific["too many pixels"].json()["error"]
+        assert (
+            specific["too many pixels"].status_code == 413 and "pixels" in specific["too many pixels"].json()["error"]
+        )
         assert specific["body too large"].status_code == 413
         assert "truncated" in specific["truncated"].json()["error"]
         ok = client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"})
@@ -310,8 +415,9 @@ def test_bounded_fuzz_finds_no_5xx(server: Server, image: bytes) -> None:
             assert r.status_code < 500, (path, r.status_code, r.text[:300])
             if r.status_code >= 400:
                 assert _is_json_error(r), (path, r.text[:300])
-        assert client.post("/v1/predict", content=image,
-                           headers={**AUTH, "Content-Type": "image/png"}).status_code == 200
+        assert (
+            client.post("/v1/predict", content=image, headers={**AUTH, "Content-Type": "image/png"}).status_code == 200
+        )
     assert sum(400 <= s < 500 for s in statuses) > 100  # the damage was mostly refused, not ignored
 
 
@@ -329,7 +435,10 @@ def test_soak_has_no_memory_growth(server: Server, image: bytes) -> None:
                 r = client.post("/v1/models/digits:predict", json={"instances": [{"b64": b64}] * 2})
             assert r.status_code == 200, r.text
             if i % 10 == 0:  # bad requests too: their error paths must not leak either
-                assert client.post("/v1/predict", content=b"junk", headers={"Content-Type": "image/png"}).status_code == 400
+                assert (
+                    client.post("/v1/predict", content=b"junk", headers={"Content-Type": "image/png"}).status_code
+                    == 400
+                )
 
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
         burst(90, client)  # warm-up: allocator pools, thread stacks, caches
@@ -356,8 +465,9 @@ def test_sigterm_drains_in_flight_requests(export: Path, tmp_path: Path, image: 
             yield image[100:]
 
         def call() -> None:
-            result["r"] = httpx.post(f"{server.url}/v1/predict", content=slow_body(),
-                                     headers={"Content-Type": "image/png"}, timeout=30)
+            result["r"] = httpx.post(
+                f"{server.url}/v1/predict", content=slow_body(), headers={"Content-Type": "image/png"}, timeout=30
+            )
 
         t = threading.Thread(target=call)
         t.start()

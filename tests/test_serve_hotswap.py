@@ -26,8 +26,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     first = shared_export(tmp_path_factory).parent
     info = json.loads((first / "run.json").read_text())
     base = tmp_path_factory.mktemp("hotswap-runs")
-    proc = run_cli("train", info["data_dir"], "--epochs", "1", "--seed", "1", "--out", str(base), "--name", "digits2",
-                   "--device", "cpu", *FAST)
+    proc = run_cli(
+        "train",
+        info["data_dir"],
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(base),
+        "--name",
+        "digits2",
+        "--device",
+        "cpu",
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr
     second = base / "digits2"
     proc = run_cli("export", str(second), "--json")
@@ -37,8 +50,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def registry_server(registry: Path, log_dir: Path, *args: str, timeout: float = 90):
     """`python -m duet serve --registry REGISTRY --port P ARGS` until the block ends (then SIGTERM)."""
-    return running_server(None, log_dir, "--registry", str(registry), "--poll-interval", POLL, *args,
-                          timeout=timeout)
+    return running_server(None, log_dir, "--registry", str(registry), "--poll-interval", POLL, *args, timeout=timeout)
 
 
 class Stream:
@@ -62,8 +74,17 @@ class Stream:
             return body["model_version"]
         import base64
 
-        req = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                           "data": [base64.b64encode(self.image).decode()], "parameters": {"content_type": "base64"}}]}
+        req = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(self.image).decode()],
+                    "parameters": {"content_type": "base64"},
+                }
+            ]
+        }
         r = client.post(f"{self.url}/v2/models/{self.name}/infer", json=req)
         assert r.status_code == 200, (r.status_code, r.text)
         assert r.json()["model_version"] == r.headers["X-Duet-Model-Version"]
@@ -78,7 +99,7 @@ class Stream:
                 start = time.monotonic()
                 try:
                     version = self._one(client, i)
-                except Exception as e:  # noqa: BLE001 -- every failure is a test failure, reported below
+                except Exception as e:
                     with self._lock:
                         self.failures.append(f"{type(e).__name__}: {e}")
                 else:
@@ -86,7 +107,7 @@ class Stream:
                         self.results.append((start, time.monotonic(), version))
                 time.sleep(0.01)
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         for t in self._threads:
             t.start()
         return self
@@ -129,7 +150,9 @@ def _swap_under_load(server: Server, image: bytes, name: str, old: str, new: str
     early = [v for _, end, v in stream.results if end < t0]
     assert early and set(early) == {old}
     assert len(stream.results) <= stream.cap
-    print(f'\n{old}->{new}: {len(stream.results)} requests, first {new} answer {switched - t0:.2f}s after the command started')
+    print(
+        f"\n{old}->{new}: {len(stream.results)} requests, first {new} answer {switched - t0:.2f}s after the command started"
+    )
     return stream
 
 
@@ -149,8 +172,9 @@ def test_promote_and_rollback_swap_the_served_model_without_failing_a_request(
         metrics = httpx.get(f"{server.url}/metrics").text
         assert metric_value(metrics, "duet_model_info", version="v1") == 1
 
-        stream = _swap_under_load(server, image, "digits", "v1", "v2",
-                                  ["registry", "promote", "v2", "--registry", str(reg)])
+        stream = _swap_under_load(
+            server, image, "digits", "v1", "v2", ["registry", "promote", "v2", "--registry", str(reg)]
+        )
         assert len(stream.results) >= 20
         metrics = httpx.get(f"{server.url}/metrics").text
         assert metric_value(metrics, "duet_model_info", version="v2") == 1
@@ -158,8 +182,10 @@ def test_promote_and_rollback_swap_the_served_model_without_failing_a_request(
         assert metric_value(metrics, "duet_model_load_failures_total") == 0
         # The KServe V2 metadata and TF Serving status name the served version too.
         assert httpx.get(f"{server.url}/v2/models/digits").json()["versions"] == ["v2"]
-        tf = httpx.post(f"{server.url}/v1/models/digits:predict",
-                        json={"instances": [{"b64": __import__("base64").b64encode(image).decode()}]})
+        tf = httpx.post(
+            f"{server.url}/v1/models/digits:predict",
+            json={"instances": [{"b64": __import__("base64").b64encode(image).decode()}]},
+        )
         assert tf.status_code == 200 and tf.headers["X-Duet-Model-Version"] == "v2"
 
         _swap_under_load(server, image, "digits", "v2", "v1", ["registry", "rollback", "--registry", str(reg)])

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from helpers import run_cli
@@ -74,8 +73,9 @@ def test_the_onnx_server_never_maps_libtorch(server: Server, export: Path) -> No
     assert _rss_mb(server.process.pid) < 500  # ...and PyTorch alone would add ~800 MB (docs/serving.md)
 
 
-def test_serving_works_where_torch_cannot_be_imported(export: Path, no_torch_env: dict[str, str],
-                                                      server: Server, tmp_path: Path) -> None:
+def test_serving_works_where_torch_cannot_be_imported(
+    export: Path, no_torch_env: dict[str, str], server: Server, tmp_path: Path
+) -> None:
     """The same answers from a server that could not import torch if it tried (a
     duet[serve] install), byte-level pixels included: its resize is NumPy's."""
     files = [p for p, _ in val_files(export.parent)[:6]]
@@ -91,10 +91,15 @@ def test_serving_works_where_torch_cannot_be_imported(export: Path, no_torch_env
 
 
 def test_training_commands_without_torch_name_the_extra_in_one_line(
-        export: Path, no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    export: Path, no_torch_env: dict[str, str], tmp_path: Path
+) -> None:
     run = export.parent
-    for args in (["train", str(tmp_path)], ["evaluate", str(run)], ["export", str(run), "--out", str(tmp_path / "x")],
-                 ["serve", str(export), "--runtime", "torch", "--port", "0"]):
+    for args in (
+        ["train", str(tmp_path)],
+        ["evaluate", str(run)],
+        ["export", str(run), "--out", str(tmp_path / "x")],
+        ["serve", str(export), "--runtime", "torch", "--port", "0"],
+    ):
         proc = run_cli(*args, env=no_torch_env)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, proc.stderr

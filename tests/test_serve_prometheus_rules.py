@@ -11,8 +11,9 @@ import pytest
 
 DEPLOY = Path(__file__).parents[1] / "deploy" / "prometheus"
 
-pytestmark = pytest.mark.skipif(shutil.which("promtool") is None,
-                                reason="promtool not installed (Debian: apt-get install prometheus)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+)
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:

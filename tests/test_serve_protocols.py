@@ -11,12 +11,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from serve_support import Server, metric_value, running_server, shared_export, shared_run, val_files
-
-import httpx
 
 TOL = 1e-4
 
@@ -39,9 +38,9 @@ def offline(run: Path) -> dict[str, np.ndarray]:
     """Probabilities of every validation image from duet.evaluation.inference (PyTorch, CPU)."""
     import torch
 
+    from duet.artifacts.run_dir import load_run
     from duet.data.loaders import Sample
     from duet.evaluation.inference import load_model, predict_samples
-    from duet.artifacts.run_dir import load_run
 
     info = load_run(run)
     files = val_files(run)
@@ -63,15 +62,21 @@ def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) 
     evaluation feeds the model (same decode, same load square, same crop)."""
     import torch
 
+    from duet.artifacts.run_dir import load_run
     from duet.data import augment
     from duet.data.loaders import Sample, TorchLoader
-    from duet.artifacts.run_dir import load_run
     from duet.serve.images import pixels_from_bytes
 
     info = load_run(run)
     files = val_files(run)
-    loader = TorchLoader([Sample(p, 0) for p, _ in files], info.preprocess, batch_size=64, shuffle=False,
-                         device=torch.device("cpu"), workers=0)
+    loader = TorchLoader(
+        [Sample(p, 0) for p, _ in files],
+        info.preprocess,
+        batch_size=64,
+        shuffle=False,
+        device=torch.device("cpu"),
+        workers=0,
+    )
     (batch,) = list(loader)
     expected = augment.centre_crop(batch.images, info.preprocess).numpy()
     served = np.stack([pixels_from_bytes(p.read_bytes(), info.preprocess, 10**7) for p, _ in files])
@@ -86,9 +91,9 @@ def test_server_preprocessing_without_torch_is_the_evaluation_path_pixel_for_pix
 
     import torch
 
+    from duet.artifacts.run_dir import load_run
     from duet.data import augment
     from duet.data.loaders import Sample, TorchLoader
-    from duet.artifacts.run_dir import load_run
 
     info = load_run(run)
     files = val_files(run)
@@ -109,11 +114,18 @@ files = json.loads(Path(sys.argv[2], "files.json").read_text())
 np.save(Path(sys.argv[2], "served.npy"), np.stack([pixels_from_bytes(Path(f).read_bytes(), spec, 10**7) for f in files]))
 assert "torch" not in sys.modules
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(run), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    loader = TorchLoader([Sample(p, 0) for p, _ in files], info.preprocess, batch_size=64, shuffle=False,
-                         device=torch.device("cpu"), workers=0)
+    loader = TorchLoader(
+        [Sample(p, 0) for p, _ in files],
+        info.preprocess,
+        batch_size=64,
+        shuffle=False,
+        device=torch.device("cpu"),
+        workers=0,
+    )
     (batch,) = list(loader)
     expected = augment.centre_crop(batch.images, info.preprocess).numpy()
     served = np.load(tmp_path / "served.npy")
@@ -121,7 +133,8 @@ assert "torch" not in sys.modules
 
 
 def test_v1_predict_multipart_equals_offline_for_every_validation_image(
-        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    server: Server, run: Path, offline: dict[str, np.ndarray]
+) -> None:
     files = val_files(run)
     labels = json.loads((run / "run.json").read_text())["labels"]
     for start in range(0, len(files), 6):
@@ -142,16 +155,21 @@ def test_v1_predict_multipart_equals_offline_for_every_validation_image(
 
 def test_v1_predict_raw_body(server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
     path, _ = val_files(run)[0]
-    r = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"},
-                   params={"top_k": 1})
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        content=path.read_bytes(),
+        headers={"Content-Type": "image/png"},
+        params={"top_k": 1},
+    )
     assert r.status_code == 200, r.text
     (pred,) = r.json()["predictions"]
     assert len(pred["top"]) == 1 and pred["file"] is None
     assert abs(pred["probability"] - float(offline[str(path)].max())) <= TOL
 
 
-def test_tritonclient_with_its_defaults_equals_offline(server: Server, run: Path,
-                                                       offline: dict[str, np.ndarray]) -> None:
+def test_tritonclient_with_its_defaults_equals_offline(
+    server: Server, run: Path, offline: dict[str, np.ndarray]
+) -> None:
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
@@ -204,8 +222,12 @@ def test_tritonclient_gets_errors_as_exceptions(server: Server) -> None:
 
 def test_kserve_v2_json_with_base64_images(server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
     path, _ = val_files(run)[1]
-    body = {"id": "r-1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                      "data": [base64.b64encode(path.read_bytes()).decode()]}]}
+    body = {
+        "id": "r-1",
+        "inputs": [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(path.read_bytes()).decode()]}
+        ],
+    }
     r = httpx.post(f"{server.url}/v2/models/digits/versions/1/infer", json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
     out = {o["name"]: o for o in r.json()["outputs"]}
@@ -228,11 +250,13 @@ def test_tf_serving_rest(server: Server, run: Path, offline: dict[str, np.ndarra
         _assert_same(np.array(pred["probabilities"], dtype=np.float32), offline[str(path)], str(path))
         assert pred["label"] == ["0", "1", "7"][pred["label_index"]]
 
-    named = httpx.post(f"{server.url}/v1/models/digits/versions/1:predict",
-                       json={"signature_name": "serving_default",
-                             "instances": [{"image_bytes": {"b64": b}} for b in b64]})
-    columnar = httpx.post(f"{server.url}/v1/models/digits:predict",
-                          json={"inputs": {"image_bytes": [{"b64": b} for b in b64]}})
+    named = httpx.post(
+        f"{server.url}/v1/models/digits/versions/1:predict",
+        json={"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": b}} for b in b64]},
+    )
+    columnar = httpx.post(
+        f"{server.url}/v1/models/digits:predict", json={"inputs": {"image_bytes": [{"b64": b} for b in b64]}}
+    )
     assert named.status_code == columnar.status_code == 200, (named.text, columnar.text)
     assert [p["probabilities"] for p in named.json()["predictions"]] == columnar.json()["outputs"]["probabilities"]
 
@@ -248,9 +272,18 @@ def test_metrics_follow_prometheus_naming(server: Server) -> None:
     httpx.get(f"{server.url}/v2/models/nope")  # a 404 to count
     text = httpx.get(f"{server.url}/metrics").text
     names = set(re.findall(r"^(duet_\w+?)(?:_bucket|_count|_sum|_created)?[{ ]", text, flags=re.M))
-    for name in ("duet_requests_total", "duet_request_duration_seconds", "duet_batch_size_images",
-                 "duet_inference_duration_seconds", "duet_predictions_total", "duet_prediction_confidence_ratio",
-                 "duet_model_info", "duet_model_loaded", "duet_queue_images", "duet_requests_in_flight"):
+    for name in (
+        "duet_requests_total",
+        "duet_request_duration_seconds",
+        "duet_batch_size_images",
+        "duet_inference_duration_seconds",
+        "duet_predictions_total",
+        "duet_prediction_confidence_ratio",
+        "duet_model_info",
+        "duet_model_loaded",
+        "duet_queue_images",
+        "duet_requests_in_flight",
+    ):
         assert name in names, name
     assert metric_value(text, "duet_requests_total", route="/v2/models/{name}/infer", code="200") >= 1
     assert metric_value(text, "duet_requests_total", route="/v2/models/{name}", code="404") >= 1
@@ -284,16 +317,25 @@ def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
     recent requests and answers GET /v1/monitor with the verdict (and metrics)."""
     files = val_files(run)[:12]
     for _ in range(2):  # 24 + 12 images: more than the 30 every detector needs
-        r = httpx.post(f"{server.url}/v1/predict", files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files])
+        r = httpx.post(
+            f"{server.url}/v1/predict", files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files]
+        )
         assert r.status_code == 200, r.text
-    r = httpx.post(f"{server.url}/v1/predict", params={"outliers": "true"},
-                   files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files])
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        params={"outliers": "true"},
+        files=[("file", (p.name, p.read_bytes(), "image/png")) for p, _ in files],
+    )
     assert r.status_code == 200, r.text
     for prediction in r.json()["predictions"]:  # opt-in per-image outlier fields
         o = prediction["outlier"]
         assert set(o) == {"score", "p_value", "flagged"} and 0 < o["p_value"] <= 1 and isinstance(o["flagged"], bool)
-    assert "outlier" not in httpx.post(f"{server.url}/v1/predict", content=files[0][0].read_bytes(),
-                                       headers={"Content-Type": "image/png"}).json()["predictions"][0]
+    assert (
+        "outlier"
+        not in httpx.post(
+            f"{server.url}/v1/predict", content=files[0][0].read_bytes(), headers={"Content-Type": "image/png"}
+        ).json()["predictions"][0]
+    )
     verdict = httpx.get(f"{server.url}/v1/monitor").json()
     assert verdict["status"] in ("drift", "no_drift") and isinstance(verdict["drift"], bool), verdict
     assert verdict["n_current"] >= 36, verdict
@@ -304,18 +346,25 @@ def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
     text = httpx.get(f"{server.url}/metrics").text
     assert metric_value(text, "duet_drift_window_images") == verdict["n_current"]
     assert metric_value(text, "duet_drift_evaluations_total") >= 1
-    assert metric_value(text, "duet_drift_score", detector="embedding") == pytest.approx(detectors["embedding"]["statistic"])
+    assert metric_value(text, "duet_drift_score", detector="embedding") == pytest.approx(
+        detectors["embedding"]["statistic"]
+    )
     assert metric_value(text, "duet_drift_outlier_rate") == pytest.approx(detectors["outlier_rate"]["statistic"])
     assert metric_value(text, "duet_drift_insufficient") == 0
 
 
-def test_outlier_fields_are_refused_up_front_when_drift_is_off(tmp_path_factory: pytest.TempPathFactory,
-                                                                 run: Path) -> None:
+def test_outlier_fields_are_refused_up_front_when_drift_is_off(
+    tmp_path_factory: pytest.TempPathFactory, run: Path
+) -> None:
     """?outliers=true on a server without monitoring: 409 with the reason, before any image is decoded."""
     with running_server(shared_export(tmp_path_factory), tmp_path_factory.mktemp("logs"), "--no-drift") as s:
         p, _ = val_files(run)[0]
-        r = httpx.post(f"{s.url}/v1/predict", params={"outliers": "true"}, content=p.read_bytes(),
-                       headers={"Content-Type": "image/png"})
+        r = httpx.post(
+            f"{s.url}/v1/predict",
+            params={"outliers": "true"},
+            content=p.read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
         assert r.status_code == 409 and r.json()["code"] == "outliers_unavailable", r.text
         assert "--no-drift" in r.json()["error"]
         ok = httpx.post(f"{s.url}/v1/predict", content=p.read_bytes(), headers={"Content-Type": "image/png"})
@@ -339,8 +388,7 @@ def test_alert_rules_use_metrics_the_server_exports(server: Server) -> None:
 
 def test_openapi_docs(server: Server) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    for path in ("/v1/predict", "/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready",
-                 "/metrics"):
+    for path in ("/v1/predict", "/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready", "/metrics"):
         assert path in spec["paths"], path
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
@@ -363,14 +411,21 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     from helpers import run_cli
 
     export = shared_export(tmp_path_factory)
-    proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--drift-cost",
-                   "--json")
+    proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--drift-cost", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     short = {"duet serve --no-drift": "no-drift"}
     rows = {(short.get(r["server"], r["server"].split()[0]), r["concurrency"]): r for r in result["rows"]}
-    assert set(rows) == {("bare", 1), ("ceiling", 1), ("duet", 1), ("duet", 3), ("naive", 1), ("naive", 3),
-                         ("no-drift", 1), ("no-drift", 3)}
+    assert set(rows) == {
+        ("bare", 1),
+        ("ceiling", 1),
+        ("duet", 1),
+        ("duet", 3),
+        ("naive", 1),
+        ("naive", 3),
+        ("no-drift", 1),
+        ("no-drift", 3),
+    }
     assert result["settings"]["drift_profile"]  # the shared export carries its run's profile: drift is on
     ceiling = rows.pop(("ceiling", 1))
     assert all(r["requests"] == 12 and r["p50_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
@@ -383,8 +438,9 @@ def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempP
     assert verdict["share_of_ceiling"] == rows[("duet", 3)]["throughput"] / ceiling["throughput"]
     assert verdict["p99_vs_naive"] == rows[("duet", 3)]["p99_ms"] / rows[("naive", 3)]["p99_ms"]
     # What drift monitoring costs: duet with it vs duet --no-drift, at each level.
-    assert verdict["drift_cost"] == {str(c): 1 - rows[("duet", c)]["throughput"] / rows[("no-drift", c)]["throughput"]
-                                     for c in (1, 3)}
+    assert verdict["drift_cost"] == {
+        str(c): 1 - rows[("duet", c)]["throughput"] / rows[("no-drift", c)]["throughput"] for c in (1, 3)
+    }
 
 
 # --- protocol fidelity: each checked with the real client or the real protobuf ---
@@ -416,23 +472,32 @@ print(json.dumps({"name": meta.model_spec.name, "version": meta.model_spec.versi
                   "prob_dims": [d.size for d in default.outputs["probabilities"].tensor_shape.dim],
                   "status": [[v.version, v.state] for v in status.model_version_status]}))
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert parsed["name"] == "digits" and parsed["version"] == 1
-    assert parsed["signatures"] == {"serving_default": "tensorflow/serving/predict",
-                                    "classify": "tensorflow/serving/classify"}
+    assert parsed["signatures"] == {
+        "serving_default": "tensorflow/serving/predict",
+        "classify": "tensorflow/serving/classify",
+    }
     assert parsed["image_dtype"] == 7 and parsed["prob_dims"] == [-1, 3]  # DT_STRING; [batch, classes]
     assert parsed["status"] == [[1, 30]]  # ModelVersionStatus.AVAILABLE
 
 
 def test_tf_serving_classify_answers_results_and_regress_is_a_clear_400(
-        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    server: Server, run: Path, offline: dict[str, np.ndarray]
+) -> None:
     files = val_files(run)[:3]
     labels = ["0", "1", "7"]
-    examples = [{"image_bytes": {"b64": base64.b64encode(p.read_bytes()).decode()}, "caption": "ignored"}
-                for p, _ in files]
+    examples = [
+        {"image_bytes": {"b64": base64.b64encode(p.read_bytes()).decode()}, "caption": "ignored"} for p, _ in files
+    ]
     for url in (f"{server.url}/v1/models/digits:classify", f"{server.url}/v1/models/digits/versions/1:classify"):
         r = httpx.post(url, json={"signature_name": "serving_default", "examples": examples})
         assert r.status_code == 200, r.text
@@ -447,8 +512,10 @@ def test_tf_serving_classify_answers_results_and_regress_is_a_clear_400(
 
     # a feature shared by every example may come in "context", as TF Serving allows
     one = examples[0]["image_bytes"]
-    shared = httpx.post(f"{server.url}/v1/models/digits:classify",
-                        json={"context": {"image_bytes": [one]}, "examples": [{"caption": "a"}]})
+    shared = httpx.post(
+        f"{server.url}/v1/models/digits:classify",
+        json={"context": {"image_bytes": [one]}, "examples": [{"caption": "a"}]},
+    )
     assert shared.status_code == 200 and shared.json()["results"][0] == results[0], shared.text
 
     regress = httpx.post(f"{server.url}/v1/models/digits:regress", json={"examples": examples})
@@ -458,7 +525,8 @@ def test_tf_serving_classify_answers_results_and_regress_is_a_clear_400(
 
 
 def test_unpadded_base64_is_accepted_as_tf_serving_accepts_it(
-        server: Server, run: Path, offline: dict[str, np.ndarray]) -> None:
+    server: Server, run: Path, offline: dict[str, np.ndarray]
+) -> None:
     path = next(p for p, _ in val_files(run) if len(base64.b64encode(p.read_bytes()).rstrip(b"=")) % 4)
     unpadded = base64.b64encode(path.read_bytes()).decode().rstrip("=")
     tf = httpx.post(f"{server.url}/v1/models/digits:predict", json={"instances": [{"b64": unpadded}]})
@@ -472,8 +540,9 @@ def test_unpadded_base64_is_accepted_as_tf_serving_accepts_it(
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_tritonclient_request_compression(server: Server, run: Path, offline: dict[str, np.ndarray],
-                                          algorithm: str) -> None:
+def test_tritonclient_request_compression(
+    server: Server, run: Path, offline: dict[str, np.ndarray], algorithm: str
+) -> None:
     import tritonclient.http as triton
 
     files = val_files(run)[:4]
@@ -482,8 +551,9 @@ def test_tritonclient_request_compression(server: Server, run: Path, offline: di
         data = [p.read_bytes() if binary else base64.b64encode(p.read_bytes()) for p, _ in files]
         inp = triton.InferInput("image", [len(files)], "BYTES")
         inp.set_data_from_numpy(np.array(data, dtype=np.object_), binary_data=binary)
-        result = client.infer("digits", [inp], request_compression_algorithm=algorithm,
-                              response_compression_algorithm=algorithm)
+        result = client.infer(
+            "digits", [inp], request_compression_algorithm=algorithm, response_compression_algorithm=algorithm
+        )
         for (path, _), row in zip(files, result.as_numpy("probabilities")):
             _assert_same(row, offline[str(path)], f"{algorithm} {path}")
 
@@ -509,8 +579,12 @@ def test_a_gzip_bomb_is_refused_by_the_body_limit_after_decompression(server: Se
     limit = 16 * 1024 * 1024  # the default --max-body-bytes
     bomb = gzip.compress(b"[" + b" " * (limit + 1024) + b"]", compresslevel=9)
     assert len(bomb) < 100_000  # tiny on the wire: only the decompressed size can catch it
-    r = httpx.post(f"{server.url}/v1/models/digits:predict", content=bomb,
-                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{server.url}/v1/models/digits:predict",
+        content=bomb,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 413 and r.json()["code"] == "body_too_large", r.text
     assert "decompresses" in r.json()["error"]
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
@@ -522,11 +596,13 @@ def test_one_multipart_file_over_the_limit_gets_the_documented_413(server: Serve
     over = httpx.post(f"{server.url}/v1/predict", files=[("file", (f"{i}.png", data, "image/png")) for i in range(65)])
     assert over.status_code == 413 and over.json()["code"] == "too_many_images", over.text
     assert "64" in over.json()["error"]
-    far_over = httpx.post(f"{server.url}/v1/predict",
-                          files=[("file", (f"{i}.png", data, "image/png")) for i in range(70)])
+    far_over = httpx.post(
+        f"{server.url}/v1/predict", files=[("file", (f"{i}.png", data, "image/png")) for i in range(70)]
+    )
     assert far_over.status_code == 413 and far_over.json()["code"] == "too_many_images", far_over.text
-    at_limit = httpx.post(f"{server.url}/v1/predict",
-                          files=[("file", (f"{i}.png", data, "image/png")) for i in range(64)], timeout=60)
+    at_limit = httpx.post(
+        f"{server.url}/v1/predict", files=[("file", (f"{i}.png", data, "image/png")) for i in range(64)], timeout=60
+    )
     assert at_limit.status_code == 200 and len(at_limit.json()["predictions"]) == 64, at_limit.text
 
 

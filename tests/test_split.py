@@ -82,8 +82,9 @@ def test_per_class_counts_are_exact() -> None:
 
 
 def test_counts_round_half_up_per_class() -> None:
-    result = assign_splits(_manifest(_classes({"a": 25, "b": 33, "c": 7})), val_fraction=0.2,
-                           test_fraction=0.1, test_min_per_class=0)
+    result = assign_splits(
+        _manifest(_classes({"a": 25, "b": 33, "c": 7})), val_fraction=0.2, test_fraction=0.1, test_min_per_class=0
+    )
     expected = {"a": (5, 3), "b": (7, 3), "c": (1, 1)}  # 5.0/2.5, 6.6/3.3, 1.4/0.7
     for label, (val, test) in expected.items():
         splits = [r.split for r in result.rows if r.label == label]

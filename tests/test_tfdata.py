@@ -25,12 +25,14 @@ if importlib.util.find_spec("torchvision") is not None:
     import torchvision  # noqa: F401  (before TensorFlow: see duet.data.tfdata.import_tensorflow)
 pytest.importorskip("tensorflow", reason="TensorFlow is not importable (pip install 'duet[tf]')", exc_type=ImportError)
 
-from duet.data import augment  # noqa: E402
-from duet.data import tfdata  # noqa: E402
-from duet.data.loaders import Sample, TorchLoader  # noqa: E402
-from duet.data.preprocess import PreprocessSpec  # noqa: E402
-from helpers import run_cli, write_digit_folder  # noqa: E402
-from oddfiles import (  # noqa: E402
+from duet.data import (
+    augment,
+    tfdata,
+)
+from duet.data.loaders import Sample, TorchLoader
+from duet.data.preprocess import PreprocessSpec
+from helpers import run_cli, write_digit_folder
+from oddfiles import (
     cmyk_jpeg_bytes,
     encode,
     exif_rotated_jpeg_bytes,
@@ -64,18 +66,20 @@ def test_tensorflow_then_torchvision_does_not_crash_through_duet() -> None:
     """On this stack `import tensorflow; import torchvision` kills the process with
     SIGSEGV (triton's bundled LLVM loaded after TensorFlow's). duet imports torch,
     torchvision and triton first; after that the user's order no longer matters."""
-    code = "\n".join([
-        "import sys",
-        "import duet, duet.data",
-        "assert 'tensorflow' not in sys.modules, 'import duet imported TensorFlow'",
-        "from duet import tf_dataset  # imports TensorFlow, the safe way",
-        "import tensorflow as tf",
-        "import torchvision, torchvision.transforms",
-        "import importlib.util",
-        "if importlib.util.find_spec('triton'):",
-        "    import triton",
-        "print('ok', tf.__version__)",
-    ])
+    code = "\n".join(
+        [
+            "import sys",
+            "import duet, duet.data",
+            "assert 'tensorflow' not in sys.modules, 'import duet imported TensorFlow'",
+            "from duet import tf_dataset  # imports TensorFlow, the safe way",
+            "import tensorflow as tf",
+            "import torchvision, torchvision.transforms",
+            "import importlib.util",
+            "if importlib.util.find_spec('triton'):",
+            "    import triton",
+            "print('ok', tf.__version__)",
+        ]
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.startswith("ok ")
@@ -93,10 +97,15 @@ def test_eval_tensors_of_the_tf_path_match_the_torch_path(tmp_path: Path) -> Non
         fast.append(_write(tmp_path / f"p{k}_progressive.jpg", encode(img, "JPEG", quality=85, progressive=True)))
         fast.append(_write(tmp_path / f"p{k}_grey.jpg", encode(img.convert("L"), "JPEG", quality=90)))
         fast.append(_write(tmp_path / f"p{k}_palette.png", encode(img.convert("P"), "PNG")))
-    for name, data in {"cmyk.jpg": cmyk_jpeg_bytes(), "sixteen.png": sixteen_bit_png_bytes(),
-                       "rgba.png": rgba_png_bytes(), "exif6.jpg": exif_rotated_jpeg_bytes(),
-                       "palette_transparent.png": palette_transparent_png_bytes(),
-                       "gif.gif": encode(varied_image(3), "GIF"), "webp.webp": encode(varied_image(4), "WEBP")}.items():
+    for name, data in {
+        "cmyk.jpg": cmyk_jpeg_bytes(),
+        "sixteen.png": sixteen_bit_png_bytes(),
+        "rgba.png": rgba_png_bytes(),
+        "exif6.jpg": exif_rotated_jpeg_bytes(),
+        "palette_transparent.png": palette_transparent_png_bytes(),
+        "gif.gif": encode(varied_image(3), "GIF"),
+        "webp.webp": encode(varied_image(4), "WEBP"),
+    }.items():
         odd.append(_write(tmp_path / name, data))
     # The comparison must exercise TensorFlow's decoders, not only duet's fallback.
     routes = {p.name: tfdata._route(p.read_bytes(), spec.load_size, 89_478_485) for p in fast + odd}
@@ -155,8 +164,10 @@ def test_same_batches_as_torch_and_files_broken_after_the_scan_are_reported_not_
     failed_a = {i: r for i, (_, y, r) in a.items() if y == -1}
     failed_b = {i: r for i, (_, y, r) in b.items() if y == -1}
     assert failed_b == failed_a
-    assert failed_b == {i: ("truncated image" if how == "truncated" else "cannot read file: No such file or directory")
-                        for i, how in broken.items()}
+    assert failed_b == {
+        i: ("truncated image" if how == "truncated" else "cannot read file: No such file or directory")
+        for i, how in broken.items()
+    }
     assert all(torch.equal(a[i][0], b[i][0]) for i in a if i not in broken)
 
 
@@ -171,10 +182,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = {}
     for backend in ("tf", "torch"):
         cfg = root / f"{backend}.yaml"
-        cfg.write_text(f"data_backend: {backend}\nepochs: 2\nlr: 0.003\nimage_size: 24\nbatch_size: 16\n"
-                       "workers: 0\nseed: 3\naugment:\n  hflip: false\n  scale: [0.7, 1.0]\n")
-        proc = run_cli("train", str(data), "--config", str(cfg), "--out", str(root / "runs"), "--name", backend,
-                       "--json", "--quiet")
+        cfg.write_text(
+            f"data_backend: {backend}\nepochs: 2\nlr: 0.003\nimage_size: 24\nbatch_size: 16\n"
+            "workers: 0\nseed: 3\naugment:\n  hflip: false\n  scale: [0.7, 1.0]\n"
+        )
+        proc = run_cli(
+            "train",
+            str(data),
+            "--config",
+            str(cfg),
+            "--out",
+            str(root / "runs"),
+            "--name",
+            backend,
+            "--json",
+            "--quiet",
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr and "oneDNN" not in proc.stderr
         runs[backend] = Path(json.loads(proc.stdout)["run"])
@@ -198,8 +221,8 @@ def test_training_with_the_tf_backend_matches_the_torch_backend(trained: dict[st
 def test_tf_dataset_gives_the_runs_labels_and_preprocessing(trained: dict[str, Path]) -> None:
     from duet import tf_dataset
     from duet.data.imageio import decode
-    from duet.data.scan import read_manifest
     from duet.data.preprocess import centre_offset, to_load_square
+    from duet.data.scan import read_manifest
 
     run = trained["tf"]
     info = json.loads((run / "run.json").read_text())
@@ -229,20 +252,26 @@ def test_from_tf_dataset_feeds_a_training_step(trained: dict[str, Path], tmp_pat
     spec = PreprocessSpec.from_dict(info["preprocess"])
     # A Keras user's own pipeline: float32 0..255, batched, channels last, 32x32 (not duet's size).
     folder = write_digit_folder(tmp_path / "user", classes=(0, 1, 7), per_class=8, size=32)
-    user_ds = keras.utils.image_dataset_from_directory(str(folder), image_size=(32, 32), batch_size=8,
-                                                       shuffle=True, seed=0, verbose=False)
+    user_ds = keras.utils.image_dataset_from_directory(
+        str(folder), image_size=(32, 32), batch_size=8, shuffle=True, seed=0, verbose=False
+    )
     loader = from_tf_dataset(user_ds, spec, CPU)
     assert len(loader) == 3
     batch = next(iter(loader))
     assert batch.images.shape == (8, 3, spec.load_size, spec.load_size) and batch.images.dtype == torch.uint8
     assert batch.labels.dtype == torch.int64 and batch.errors == [""] * 8
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(8, len(info["labels"])))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, len(info["labels"])),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
-    x = augment.train_batch(batch.images, spec, scale=(0.7, 1.0), ratio=(0.9, 1.1), hflip=False,
-                            generator=torch.Generator().manual_seed(0))
+    x = augment.train_batch(
+        batch.images, spec, scale=(0.7, 1.0), ratio=(0.9, 1.1), hflip=False, generator=torch.Generator().manual_seed(0)
+    )
     loss = torch.nn.functional.cross_entropy(model(x), batch.labels)
     loss.backward()
     opt.step()

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from duet.train.config import build_config
+from duet.artifacts.run_dir import load_run
 from duet.data.digits import write_digits
 from duet.data.scan import read_manifest
 from duet.evaluation.evaluate import EvalResult, evaluate
 from duet.evaluation.inference import load_model, predict_file, top_k
-from duet.train.precision import recorded_or
-from duet.artifacts.run_dir import load_run
 from duet.system.device import resolve_device
+from duet.train.config import build_config
 from duet.train.loop import Log, TrainResult, train
+from duet.train.precision import recorded_or
 
 # Measured on 2 CPU cores (see README): resnet18 from scratch at 32 px, digits
 # need no flips (a mirrored 3 is not a 3) and only mild crops.
@@ -48,14 +48,28 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(workdir: Path, *, epochs: int | None = None, seed: int = 0, device: str = "auto",
-             precision: str = "auto", progress: bool = True, log: Log = print) -> DemoResult:
+def run_demo(
+    workdir: Path,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+    log: Log = print,
+) -> DemoResult:
     t0 = time.perf_counter()
     workdir = Path(workdir)
     data = write_digits(workdir / "digits", size=32, progress=progress)
     log(f"data: {data['num_images']} real handwritten digits in {data['num_classes']} class folders at {data['dir']}")
-    overrides = {**DEMO_SETTINGS, "data_dir": workdir / "digits", "out": workdir / "runs", "seed": seed,
-                 "device": device, "precision": precision}
+    overrides = {
+        **DEMO_SETTINGS,
+        "data_dir": workdir / "digits",
+        "out": workdir / "runs",
+        "seed": seed,
+        "device": device,
+        "precision": precision,
+    }
     if epochs is not None:
         overrides["epochs"] = epochs
     config = build_config(overrides=overrides, source="demo settings")

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from duet.artifacts.run_dir import RunInfo, RunPaths
 from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.loaders import Batch, default_workers
+from duet.data.preprocess import PreprocessSpec, centre_offset, to_load_square
 from duet.data.scan import SPLIT_NAMES, Manifest, read_manifest
 from duet.data.tfdata import file_dataset, make_decoder, tf, to_torch
 from duet.errors import ConfigError, DataError, RunError
-from duet.data.preprocess import PreprocessSpec, centre_offset, to_load_square
-from duet.artifacts.run_dir import RunInfo, RunPaths
 
 SIZES = ("load", "eval")
 
@@ -111,9 +111,14 @@ def tf_dataset(
         raise DataError(f"split '{split}' has no usable image (usable images per split: {found}); pick another split")
     paths = [str(manifest.data_dir / r.path) for r in rows]
     decoder = make_decoder(spec, DEFAULT_MAX_PIXELS)
-    ds = file_dataset(paths, [index[r.label] for r in rows], list(range(len(rows))), decoder,
-                      workers=default_workers() if workers is None else workers,
-                      shuffle_seed=seed if shuffle else None)
+    ds = file_dataset(
+        paths,
+        [index[r.label] for r in rows],
+        list(range(len(rows))),
+        decoder,
+        workers=default_workers() if workers is None else workers,
+        shuffle_seed=seed if shuffle else None,
+    )
     o, s = centre_offset(spec), spec.image_size
     if size == "eval":
         ds = ds.map(lambda x, y, i: (x[o : o + s, o : o + s, :], y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -156,8 +161,17 @@ def _open(source: str | Path | RunInfo | Manifest) -> tuple[Manifest, list[str],
 class TfDatasetLoader:
     """Batches from a user's ``tf.data.Dataset`` of (image, label); see :func:`from_tf_dataset`."""
 
-    def __init__(self, ds: Any, spec: PreprocessSpec, device: torch.device, *, batch_size: int | None,
-                 value_range: tuple[float, float], steps: int | None, workers: int) -> None:
+    def __init__(
+        self,
+        ds: Any,
+        spec: PreprocessSpec,
+        device: torch.device,
+        *,
+        batch_size: int | None,
+        value_range: tuple[float, float],
+        steps: int | None,
+        workers: int,
+    ) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.epoch = 0
@@ -221,18 +235,19 @@ class TfDatasetLoader:
             x = to_torch(images).permute(0, 3, 1, 2)  # NHWC -> NCHW view, no copy
             y = torch.from_numpy(labels.numpy())
             n = int(y.shape[0])
-            yield Batch(x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking),
-                        torch.arange(seen, seen + n), [""] * n)
+            yield Batch(
+                x.to(self.device, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking),
+                torch.arange(seen, seen + n),
+                [""] * n,
+            )
             seen += n
 
 
 def _element_specs(ds: Any) -> tuple[Any, Any]:
     spec = getattr(ds, "element_spec", None)
     if not isinstance(spec, tuple) or len(spec) != 2:
-        raise ConfigError(
-            "`ds` must be a tf.data.Dataset of (image, label) pairs. "
-            f"Received: element_spec={spec!r}"
-        )
+        raise ConfigError(f"`ds` must be a tf.data.Dataset of (image, label) pairs. Received: element_spec={spec!r}")
     image, label = spec
     if image.shape.rank not in (3, 4) or image.shape[-1] not in (1, 3):
         raise ConfigError(
@@ -289,5 +304,12 @@ def from_tf_dataset(
         raise ConfigError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
     if not value_range[1] > value_range[0]:
         raise ConfigError(f"`value_range` must be (low, high) with high > low. Received: value_range={value_range!r}")
-    return TfDatasetLoader(ds, spec, torch.device(device), batch_size=batch_size, value_range=value_range,
-                           steps=steps, workers=default_workers() if workers is None else workers)
+    return TfDatasetLoader(
+        ds,
+        spec,
+        torch.device(device),
+        batch_size=batch_size,
+        value_range=value_range,
+        steps=steps,
+        workers=default_workers() if workers is None else workers,
+    )

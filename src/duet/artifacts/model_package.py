@@ -45,14 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from duet.errors import ModelError
 from duet.data.preprocess import PreprocessSpec
+from duet.errors import ModelError
 
 SCHEMA = "duet.model/1"
 MANIFEST = "model.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the int8 variant (duet export --quantize int8)
-VARIANTS = ("fp32", "int8")     # what `duet serve --model-variant` accepts
+VARIANTS = ("fp32", "int8")  # what `duet serve --model-variant` accepts
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 PROFILE_DIR = "profile"  # the run's drift reference (duet.monitor), when it has one
@@ -85,21 +85,30 @@ def data_fingerprint(rows: Iterable[tuple[str, str, str, str]]) -> str:
     same fingerprint, whatever folder they were read from."""
     h = hashlib.sha256()
     for path, label, digest, split in sorted(rows):
-        h.update(f"{path}\t{label}\t{digest}\t{split}\n".encode("utf-8"))
+        h.update(f"{path}\t{label}\t{digest}\t{split}\n".encode())
     return h.hexdigest()
 
 
 def signature(spec: PreprocessSpec, num_classes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The graph's inputs and outputs, as model.json and KServe V2 metadata list them."""
     s = spec.image_size
-    inputs = [{
-        "name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 3, s, s], "layout": "NCHW",
-        "description": f"RGB centre crops, 0..255, {s}x{s}; normalised inside the graph",
-    }]
+    inputs = [
+        {
+            "name": INPUT_NAME,
+            "datatype": "UINT8",
+            "shape": [-1, 3, s, s],
+            "layout": "NCHW",
+            "description": f"RGB centre crops, 0..255, {s}x{s}; normalised inside the graph",
+        }
+    ]
     outputs = [
         {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes],
-         "description": "softmax of logits, in label order"},
+        {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [-1, num_classes],
+            "description": "softmax of logits, in label order",
+        },
     ]
     return inputs, outputs
 
@@ -141,10 +150,12 @@ class ModelPackage:
             return self.onnx_path
         entry = (self.manifest.get("variants") or {}).get(variant)
         if variant not in VARIANTS or not isinstance(entry, dict) or entry.get("file") not in self.manifest["files"]:
-            have = ", ".join(["fp32", *sorted((self.manifest.get("variants") or {}))])
-            raise ArtifactError(f"model folder '{self.root}' has no {variant} variant (it has: {have}); "
-                                f"export one with `duet export RUN --quantize {variant} --force`, "
-                                "or serve --model-variant fp32")
+            have = ", ".join(["fp32", *sorted(self.manifest.get("variants") or {})])
+            raise ArtifactError(
+                f"model folder '{self.root}' has no {variant} variant (it has: {have}); "
+                f"export one with `duet export RUN --quantize {variant} --force`, "
+                "or serve --model-variant fp32"
+            )
         return self.root / str(entry["file"])
 
     @property
@@ -166,8 +177,12 @@ def resolve_export_dir(path: str | Path) -> Path:
     if (p / "run.json").is_file():
         raise ArtifactError(f"run '{p}' has not been exported yet; run `duet export {p}` first")
     if not p.exists():
-        raise ArtifactError(f"'{p}' does not exist; pass a run folder (runs/<name>) or an export folder with model.json")
-    raise ArtifactError(f"'{p}' holds no model.json; pass a run folder exported with `duet export` or its export/ folder")
+        raise ArtifactError(
+            f"'{p}' does not exist; pass a run folder (runs/<name>) or an export folder with model.json"
+        )
+    raise ArtifactError(
+        f"'{p}' holds no model.json; pass a run folder exported with `duet export` or its export/ folder"
+    )
 
 
 def read_package(path: str | Path, *, verify: bool = True) -> ModelPackage:
@@ -192,8 +207,15 @@ def _schema_problem(m: Any) -> str:
         return "not a JSON object"
     if m.get("schema") != SCHEMA:
         return f"schema is {m.get('schema')!r}, expected {SCHEMA!r}"
-    for key, kind in (("name", str), ("architecture", str), ("labels", list), ("preprocess", dict),
-                      ("files", dict), ("inputs", list), ("outputs", list)):
+    for key, kind in (
+        ("name", str),
+        ("architecture", str),
+        ("labels", list),
+        ("preprocess", dict),
+        ("files", dict),
+        ("inputs", list),
+        ("outputs", list),
+    ):
         if not isinstance(m.get(key), kind):
             return f"missing or malformed '{key}'"
     if len(m["labels"]) < 2:

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from duet.system.atomic import write_json_atomic, write_text_atomic
-from duet.errors import RunError
 from duet.data.preprocess import PreprocessSpec
+from duet.errors import RunError
+from duet.system.atomic import write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ import torch
 
 from duet.data import augment
 from duet.data.loaders import Sample, TorchLoader, default_workers
-from duet.data.scan import scan
 from duet.data.preprocess import PreprocessSpec
+from duet.data.scan import scan
 
 
 @dataclass
@@ -70,24 +70,40 @@ def _timed(name: str, device: torch.device, make: Callable[[], Iterable[torch.Te
     return Row(name, n, time.perf_counter() - t0, note)
 
 
-def imagefolder_epoch(root: Path, samples: list[Sample], spec: PreprocessSpec, batch_size: int, workers: int,
-                      device: torch.device, seed: int) -> Iterable[torch.Tensor]:
+def imagefolder_epoch(
+    root: Path,
+    samples: list[Sample],
+    spec: PreprocessSpec,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+) -> Iterable[torch.Tensor]:
     """The standard torchvision pipeline over exactly ``samples``."""
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([
-        transforms.RandomResizedCrop(spec.image_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(spec.image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
     ds = datasets.ImageFolder(str(root), transform=tf)
     keep = {str(s.path) for s in samples}
     ds.samples = [s for s in ds.samples if s[0] in keep]
     ds.targets = [t for _, t in ds.samples]
     g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda", generator=g, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=g,
+        drop_last=True,
+    )
     for x, _ in loader:
         yield x.to(device, non_blocking=True)
 
@@ -99,8 +115,9 @@ def duet_epoch(loader, spec: PreprocessSpec, seed: int, epoch: int) -> Iterable[
         yield augment.train_batch(b.images, spec, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True, generator=g)
 
 
-def bench_samples(data_dir: Path, *, max_images: int | None = None,
-                  progress: bool = True) -> tuple[Path, list[str], list[Sample]]:
+def bench_samples(
+    data_dir: Path, *, max_images: int | None = None, progress: bool = True
+) -> tuple[Path, list[str], list[Sample]]:
     """The benchmark's images: the usable files of DIR (of DIR/train/ in the
     splits layout), as (ImageFolder root, labels, samples)."""
     manifest = scan(data_dir, progress=progress)
@@ -127,22 +144,28 @@ def bench_data(
 ) -> dict[str, object]:
     spec = PreprocessSpec(image_size=image_size)
     workers = default_workers() if workers is None else workers
-    root, labels, samples = bench_samples(data_dir, max_images=max_images, progress=progress)
+    root, _labels, samples = bench_samples(data_dir, max_images=max_images, progress=progress)
     rows: list[Row] = []
 
     def add(row: Row) -> None:
         rows.append(row)
         log(f"{row.name:<46} {row.images_per_s:>9.0f} img/s  ({row.images} images, {row.seconds:.1f}s)")
 
-    add(_timed("torchvision ImageFolder + DataLoader", device,
-               lambda: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed)))
+    add(
+        _timed(
+            "torchvision ImageFolder + DataLoader",
+            device,
+            lambda: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed),
+        )
+    )
     if include_tf and importlib.util.find_spec("tensorflow") is not None:
         from duet.bench import tf_peers
 
         for row in tf_peers.rows(samples, spec, batch_size=batch_size, workers=workers, device=device, seed=seed):
             add(Row(row["name"], int(row["images"]), float(row["seconds"]), str(row.get("note", ""))))
-    torch_loader = TorchLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device,
-                               workers=workers, seed=seed, drop_last=True)
+    torch_loader = TorchLoader(
+        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
+    )
     add(_timed('duet "torch"', device, lambda: duet_epoch(torch_loader, spec, seed, 1)))
 
     from duet.data.cache import CacheLoader
@@ -152,16 +175,33 @@ def bench_data(
         holder: dict[str, CacheLoader] = {}
 
         def first_epoch() -> Iterable[torch.Tensor]:
-            holder["loader"] = CacheLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device,
-                                           workers=workers, seed=seed, drop_last=True, cache_dir=cache_dir,
-                                           progress=False)
+            holder["loader"] = CacheLoader(
+                samples,
+                spec,
+                batch_size=batch_size,
+                shuffle=True,
+                device=device,
+                workers=workers,
+                seed=seed,
+                drop_last=True,
+                cache_dir=cache_dir,
+                progress=False,
+            )
             yield from duet_epoch(holder["loader"], spec, seed, 1)
 
         add(_timed('duet "cache", first epoch (build included)', device, first_epoch))
-        later = [_timed("", device, lambda e=e: duet_epoch(holder["loader"], spec, seed, e))
-                 for e in range(2, 2 + later_epochs)]
-        add(Row('duet "cache", later epochs', sum(r.images for r in later), sum(r.seconds for r in later),
-                f"mean of {later_epochs} epochs"))
+        later = [
+            _timed("", device, lambda e=e: duet_epoch(holder["loader"], spec, seed, e))
+            for e in range(2, 2 + later_epochs)
+        ]
+        add(
+            Row(
+                'duet "cache", later epochs',
+                sum(r.images for r in later),
+                sum(r.seconds for r in later),
+                f"mean of {later_epochs} epochs",
+            )
+        )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
@@ -225,9 +265,11 @@ def timing_warnings(rows: list[Row], images: int, batch_size: int) -> list[str]:
     if not short:
         return []
     names = ", ".join(f"{r.name} ({r.seconds:.2f} s)" for r in short)
-    return [f"{len(short)} of {len(rows)} rows took under {MIN_ROW_SECONDS:g} s on {images} images "
-            f"(batch {batch_size}): {names}. Their images/s and ratios are noise, not measurements; "
-            "use more images (`duet bench sample-data DIR` makes 4,000) or more --later-epochs."]
+    return [
+        f"{len(short)} of {len(rows)} rows took under {MIN_ROW_SECONDS:g} s on {images} images "
+        f"(batch {batch_size}): {names}. Their images/s and ratios are noise, not measurements; "
+        "use more images (`duet bench sample-data DIR` makes 4,000) or more --later-epochs."
+    ]
 
 
 def markdown(result: dict[str, object]) -> str:

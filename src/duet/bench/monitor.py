@@ -50,17 +50,35 @@ from duet.monitor.profile import ReferenceProfile
 
 TRAIN_IMAGES = 500
 DIGITS_SIZE = 16
-CHAMPION_ARGS = ["--model", "test_resnet", "--image-size", str(DIGITS_SIZE), "--batch-size", "32", "--workers", "0",
-                 "--epochs", "6", "--lr", "0.005", "--val-split", "0.3", "--test-split", "0", "--no-hflip", "--quiet"]
+CHAMPION_ARGS = [
+    "--model",
+    "test_resnet",
+    "--image-size",
+    str(DIGITS_SIZE),
+    "--batch-size",
+    "32",
+    "--workers",
+    "0",
+    "--epochs",
+    "6",
+    "--lr",
+    "0.005",
+    "--val-split",
+    "0.3",
+    "--test-split",
+    "0",
+    "--no-hflip",
+    "--quiet",
+]
 # --test-split 0: the ~150 held-out images stay one validation split (the reference
 # profile), and test_retrain's gate grades on ~15 of the champion's own per class.
 WINDOWS = (30, 100, 300)
 TRIALS = 100
 MIX_FRACTIONS = (0.10, 0.25)
 MIX_KINDS = ("photo", "scale")
-PRIOR_CLASSES = 3   # the prior-shift windows draw the first PRIOR_CLASSES labels ...
-PRIOR_BOOST = 4.0   # ... this many times as often as the others
-NO_LABEL = -1       # true label of a photo crop: every prediction on it is wrong
+PRIOR_CLASSES = 3  # the prior-shift windows draw the first PRIOR_CLASSES labels ...
+PRIOR_BOOST = 4.0  # ... this many times as often as the others
+NO_LABEL = -1  # true label of a photo crop: every prediction on it is wrong
 
 
 def _duet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -90,12 +108,25 @@ def digits_champion(base: Path, *, seed: int = 0, log: Callable[[str], None] | N
         dest.parent.mkdir(parents=True, exist_ok=True)
         f.rename(dest)
     say(f"training the digits champion on {TRAIN_IMAGES} images under {base}")
-    for args in (("train", str(base / "train"), *CHAMPION_ARGS, "--seed", str(seed), "--out", str(base / "runs"), "--name", "champ"),
-                 ("profile", str(run), "--workers", "0", "--quiet", "--json")):
+    for args in (
+        (
+            "train",
+            str(base / "train"),
+            *CHAMPION_ARGS,
+            "--seed",
+            str(seed),
+            "--out",
+            str(base / "runs"),
+            "--name",
+            "champ",
+        ),
+        ("profile", str(run), "--workers", "0", "--quiet", "--json"),
+    ):
         proc = _duet(*args)
         if proc.returncode != 0:
-            raise RunError(f"`duet {args[0]}` failed while building the digits champion under {base}: "
-                           f"{proc.stderr.strip()[-500:]}")
+            raise RunError(
+                f"`duet {args[0]}` failed while building the digits champion under {base}: {proc.stderr.strip()[-500:]}"
+            )
     done.write_text("ok")
     return run, pool
 
@@ -126,26 +157,32 @@ def concat(parts: Sequence[Observations]) -> Observations:
     return Observations(**kw)
 
 
-def observe_pool(run_dir: Path, paths: Sequence[Path], labels: np.ndarray, profile: ReferenceProfile,
-                 model: Any, device: Any) -> Pool:
+def observe_pool(
+    run_dir: Path, paths: Sequence[Path], labels: np.ndarray, profile: ReferenceProfile, model: Any, device: Any
+) -> Pool:
     """One forward pass for the drift observations (``observe_files``, exactly what
     ``duet drift`` computes) and one for the probabilities (``embed_files``)."""
+    from duet.artifacts.run_dir import load_run
     from duet.monitor.check import observe_files
     from duet.monitor.embed import embed_files
-    from duet.artifacts.run_dir import load_run
 
-    obs, kept, failed = observe_files(run_dir, paths, profile, device=str(device), workers=0, progress=False,
-                                      model=model)
+    obs, _kept, failed = observe_files(
+        run_dir, paths, profile, device=str(device), workers=0, progress=False, model=model
+    )
     if failed:
-        raise DataError(f"{len(failed)} pool images could not be read (e.g. {failed[0]['path']}: {failed[0]['reason']})")
+        raise DataError(
+            f"{len(failed)} pool images could not be read (e.g. {failed[0]['path']}: {failed[0]['reason']})"
+        )
     got = embed_files(model, load_run(run_dir), list(paths), device, workers=0, progress=False)
     return Pool(obs, got.probabilities, np.asarray(labels, dtype=np.int64))
 
 
-def reference_sample(run_dir: Path, profile: ReferenceProfile, model: Any, device: Any) -> tuple[np.ndarray, np.ndarray]:
+def reference_sample(
+    run_dir: Path, profile: ReferenceProfile, model: Any, device: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities, labels)`` of the profile's reference images (the estimators' fit sample)."""
-    from duet.monitor.embed import embed_files
     from duet.artifacts.run_dir import load_run
+    from duet.monitor.embed import embed_files
 
     root = Path(profile.meta["data_dir"])
     got = embed_files(model, load_run(run_dir), [root / f for f in profile.files], device, workers=0, progress=False)
@@ -159,15 +196,26 @@ def pool_labels(paths: Sequence[Path], root: Path, labels: Sequence[str]) -> np.
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted({Path(p).relative_to(root).parts[0] for p in paths} - set(index))
     if unknown or any(len(Path(p).relative_to(root).parts) < 2 for p in paths):
-        raise DataError(f"the pool's images must sit in class folders named like the run's labels "
-                        f"({', '.join(labels)}); found {', '.join(unknown) or 'images outside class folders'} "
-                        f"in {root}")
+        raise DataError(
+            f"the pool's images must sit in class folders named like the run's labels "
+            f"({', '.join(labels)}); found {', '.join(unknown) or 'images outside class folders'} "
+            f"in {root}"
+        )
     return np.array([index[Path(p).relative_to(root).parts[0]] for p in paths], dtype=np.int64)
 
 
-def build_pools(run_dir: Path, pool_dir: Path, work_dir: Path, profile: ReferenceProfile, model: Any, device: Any,
-                *, max_images: int | None = None, seed: int = 0,
-                log: Callable[[str], None] | None = None) -> dict[str, Pool]:
+def build_pools(
+    run_dir: Path,
+    pool_dir: Path,
+    work_dir: Path,
+    profile: ReferenceProfile,
+    model: Any,
+    device: Any,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Pool]:
     """``{"clean": ..., <each shift>: ..., "photo": ...}``, each observed once
     (at most ``max_images`` pool images, a seeded sample). Shifted images are
     written under ``work_dir`` (replaced on each call)."""
@@ -210,16 +258,21 @@ class Scenario:
 
 def scenarios(shifts: Sequence[str]) -> list[Scenario]:
     """clean, each shift and photo in full, the prior shift, then the mixtures."""
-    return [Scenario("clean"), *(Scenario(s, s) for s in (*shifts, "photo")), Scenario("prior", prior=True),
-            *(Scenario(f"mix{round(100 * f)}_{k}", k, f) for f in MIX_FRACTIONS for k in MIX_KINDS)]
+    return [
+        Scenario("clean"),
+        *(Scenario(s, s) for s in (*shifts, "photo")),
+        Scenario("prior", prior=True),
+        *(Scenario(f"mix{round(100 * f)}_{k}", k, f) for f in MIX_FRACTIONS for k in MIX_KINDS),
+    ]
 
 
 def _choose(n: int, k: int, rng: np.random.Generator, p: np.ndarray | None = None) -> np.ndarray:
     return rng.choice(n, k, replace=k > n, p=p)
 
 
-def draw_window(scenario: Scenario, pools: dict[str, Pool], size: int,
-                rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+def draw_window(
+    scenario: Scenario, pools: dict[str, Pool], size: int, rng: np.random.Generator
+) -> list[tuple[str, np.ndarray]]:
     """The window's rows as ``[(pool name, row indices), ...]``."""
     clean = pools["clean"]
     shifted = size if scenario.source == "clean" else round(scenario.fraction * size)
@@ -233,9 +286,18 @@ def draw_window(scenario: Scenario, pools: dict[str, Pool], size: int,
     return parts
 
 
-def measure_cell(scenario: Scenario, size: int, pools: dict[str, Pool], profile: ReferenceProfile,
-                 estimators: dict[str, AccuracyEstimator], scores: dict[str, dict[str, np.ndarray]], *,
-                 trials: int, settings: DriftSettings, rng: np.random.Generator) -> dict[str, Any]:
+def measure_cell(
+    scenario: Scenario,
+    size: int,
+    pools: dict[str, Pool],
+    profile: ReferenceProfile,
+    estimators: dict[str, AccuracyEstimator],
+    scores: dict[str, dict[str, np.ndarray]],
+    *,
+    trials: int,
+    settings: DriftSettings,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """``trials`` windows of ``size`` rows: detection shares, true accuracy and estimate errors."""
     verdict = insufficient = 0
     flagged: dict[str, int] = {}
@@ -256,24 +318,36 @@ def measure_cell(scenario: Scenario, size: int, pools: dict[str, Pool], profile:
             est[m].append(e.estimate(np.concatenate([scores[m][name][idx] for name, idx in parts]))["accuracy"])
     truth = np.array(true_acc)
     return {
-        "scenario": scenario.name, "window": size, "trials": trials,
-        "verdict": verdict / trials, "insufficient": insufficient / trials,
+        "scenario": scenario.name,
+        "window": size,
+        "trials": trials,
+        "verdict": verdict / trials,
+        "insufficient": insufficient / trials,
         "detectors": {k: v / trials for k, v in flagged.items()},
         "true_accuracy": float(truth.mean()),
-        "estimates": {m: {"mean_estimate": float(np.mean(v)), "bias": float(np.mean(v) - truth.mean()),
-                          "mean_abs_error": float(np.mean(np.abs(np.array(v) - truth))),
-                          "max_abs_error": float(np.max(np.abs(np.array(v) - truth)))} for m, v in est.items()},
+        "estimates": {
+            m: {
+                "mean_estimate": float(np.mean(v)),
+                "bias": float(np.mean(v) - truth.mean()),
+                "mean_abs_error": float(np.mean(np.abs(np.array(v) - truth))),
+                "max_abs_error": float(np.max(np.abs(np.array(v) - truth))),
+            }
+            for m, v in est.items()
+        },
     }
 
 
 # --------------------------------------------------------------------------- the bench
 
 
-def _check_args(run_dir: Path | None, pool_dir: Path | None, windows: Sequence[int], trials: int,
-                max_images: int | None) -> None:
+def _check_args(
+    run_dir: Path | None, pool_dir: Path | None, windows: Sequence[int], trials: int, max_images: int | None
+) -> None:
     if (run_dir is None) != (pool_dir is None):
-        raise ConfigError("`--run` and `--pool` come together (a run and a folder of labelled images it never saw); "
-                          f"received run={run_dir}, pool={pool_dir}. Pass both, or neither for the digits setup")
+        raise ConfigError(
+            "`--run` and `--pool` come together (a run and a folder of labelled images it never saw); "
+            f"received run={run_dir}, pool={pool_dir}. Pass both, or neither for the digits setup"
+        )
     if not windows or min(windows) < 2:
         raise ConfigError(f"`windows` must be sizes of at least 2, e.g. 30,100,300. Received: windows={list(windows)}")
     if trials < 1:
@@ -308,10 +382,10 @@ def prepare(
     log: Callable[[str], None] | None = None,
 ) -> Prepared:
     """Train the digits champion if no run is given, fit the estimators, observe the pools."""
+    from duet.artifacts.run_dir import load_run
     from duet.bench.data import environment
     from duet.evaluation.inference import load_model
     from duet.monitor.check import ensure_profile
-    from duet.artifacts.run_dir import load_run
     from duet.system.device import resolve_device
 
     say = log or (lambda _m: None)
@@ -325,15 +399,38 @@ def prepare(
     model = load_model(run, dev)
     ref_p, ref_y = reference_sample(run.paths.root, profile, model, dev)
     estimators = {m: AccuracyEstimator.fit(ref_p, ref_y, m) for m in METHODS}
-    pools = build_pools(run.paths.root, Path(pool_dir), Path(work_dir) / "shifted", profile, model, dev,
-                        max_images=max_images, seed=seed, log=say)
-    return Prepared(run.paths.root, Path(pool_dir).resolve(), profile, pools, estimators,
-                    None if given else setup_seed, environment(dev))
+    pools = build_pools(
+        run.paths.root,
+        Path(pool_dir),
+        Path(work_dir) / "shifted",
+        profile,
+        model,
+        dev,
+        max_images=max_images,
+        seed=seed,
+        log=say,
+    )
+    return Prepared(
+        run.paths.root,
+        Path(pool_dir).resolve(),
+        profile,
+        pools,
+        estimators,
+        None if given else setup_seed,
+        environment(dev),
+    )
 
 
-def measure(prepared: Prepared, *, windows: Sequence[int] = WINDOWS, trials: int = TRIALS, seed: int = 0,
-            settings: DriftSettings | None = None, only: Sequence[Scenario] | None = None,
-            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def measure(
+    prepared: Prepared,
+    *,
+    windows: Sequence[int] = WINDOWS,
+    trials: int = TRIALS,
+    seed: int = 0,
+    settings: DriftSettings | None = None,
+    only: Sequence[Scenario] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """One row per scenario (every one, or ``only``) and window size (``measure_cell``)."""
     from duet.bench.shifts import SHIFTS
 
@@ -348,22 +445,33 @@ def measure(prepared: Prepared, *, windows: Sequence[int] = WINDOWS, trials: int
         say(f"windows: {scenario.name}")
         for size in windows:
             rng = np.random.default_rng([seed, k, size])
-            rows.append(measure_cell(scenario, size, p.pools, p.profile, p.estimators, scores, trials=trials,
-                                     settings=settings, rng=rng))
+            rows.append(
+                measure_cell(
+                    scenario, size, p.pools, p.profile, p.estimators, scores, trials=trials, settings=settings, rng=rng
+                )
+            )
     return rows
 
 
-def summarise(prepared: Prepared, rows: list[dict[str, Any]], *, trials: int, seed: int,
-              settings: DriftSettings | None = None) -> dict[str, Any]:
+def summarise(
+    prepared: Prepared, rows: list[dict[str, Any]], *, trials: int, seed: int, settings: DriftSettings | None = None
+) -> dict[str, Any]:
     """The JSON-able result: environment, setup, the fitted estimators and the rows."""
     p = prepared
     return {
         "environment": {**p.environment, "time": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
-        "setup": {"run": str(p.run_dir), "pool": str(p.pool_dir), "pool_images": len(p.pools["clean"]),
-                  "reference_images": p.profile.n_reference,
-                  "reference_accuracy": next(iter(p.estimators.values())).reference_accuracy,
-                  "windows": sorted({r["window"] for r in rows}), "trials": trials, "seed": seed,
-                  "setup_seed": p.setup_seed, "settings": asdict(settings or DriftSettings())},
+        "setup": {
+            "run": str(p.run_dir),
+            "pool": str(p.pool_dir),
+            "pool_images": len(p.pools["clean"]),
+            "reference_images": p.profile.n_reference,
+            "reference_accuracy": next(iter(p.estimators.values())).reference_accuracy,
+            "windows": sorted({r["window"] for r in rows}),
+            "trials": trials,
+            "seed": seed,
+            "setup_seed": p.setup_seed,
+            "settings": asdict(settings or DriftSettings()),
+        },
         "estimators": {m: e.to_dict() for m, e in p.estimators.items()},
         "rows": rows,
     }
@@ -396,8 +504,16 @@ def bench_monitor(
         settings: drift detector settings [default: the calibrated defaults].
     """
     _check_args(run_dir, pool_dir, windows, trials, max_images)
-    prepared = prepare(run_dir, pool_dir, work_dir=work_dir, max_images=max_images, seed=seed,
-                       setup_seed=setup_seed, device=device, log=log)
+    prepared = prepare(
+        run_dir,
+        pool_dir,
+        work_dir=work_dir,
+        max_images=max_images,
+        seed=seed,
+        setup_seed=setup_seed,
+        device=device,
+        log=log,
+    )
     rows = measure(prepared, windows=windows, trials=trials, seed=seed, settings=settings, log=log)
     return summarise(prepared, rows, trials=trials, seed=seed, settings=settings)
 
@@ -410,25 +526,39 @@ def markdown(result: dict[str, Any]) -> str:
     """The detection table (every window size) and the estimate table (largest window)."""
     rows = result["rows"]
     detectors = list(dict.fromkeys(d for r in rows for d in r["detectors"]))
-    lines = ["Detection: share of windows flagged (clean: false alarms)", "",
-             "| scenario | window | true acc | verdict | " + " | ".join(detectors) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(detectors)]
+    lines = [
+        "Detection: share of windows flagged (clean: false alarms)",
+        "",
+        "| scenario | window | true acc | verdict | " + " | ".join(detectors) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(detectors),
+    ]
     for r in rows:
         cells = [_pct(r["detectors"][d]) if d in r["detectors"] else "-" for d in detectors]
         verdict = _pct(r["verdict"]) + (f" ({_pct(r['insufficient'])} insufficient)" if r["insufficient"] else "")
-        lines.append(f"| {r['scenario']} | {r['window']} | {_pct(r['true_accuracy'])} | {verdict} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['scenario']} | {r['window']} | {_pct(r['true_accuracy'])} | {verdict} | " + " | ".join(cells) + " |"
+        )
     largest = max(r["window"] for r in rows)
     methods = list(result["estimators"])
-    lines += ["", f"Estimated accuracy at window {largest}: mean / max |estimated - true| in points "
-              f"over {result['setup']['trials']} windows", "",
-              "| scenario | true acc | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
+    lines += [
+        "",
+        f"Estimated accuracy at window {largest}: mean / max |estimated - true| in points "
+        f"over {result['setup']['trials']} windows",
+        "",
+        "| scenario | true acc | " + " | ".join(methods) + " |",
+        "|---|---:|" + "---:|" * len(methods),
+    ]
     for r in (r for r in rows if r["window"] == largest):
-        cells = [f"{100 * r['estimates'][m]['mean_abs_error']:.1f} / {100 * r['estimates'][m]['max_abs_error']:.1f}"
-                 for m in methods]
+        cells = [
+            f"{100 * r['estimates'][m]['mean_abs_error']:.1f} / {100 * r['estimates'][m]['max_abs_error']:.1f}"
+            for m in methods
+        ]
         lines.append(f"| {r['scenario']} | {100 * r['true_accuracy']:.1f}% | " + " | ".join(cells) + " |")
     s = result["setup"]
     temperature = next(iter(result["estimators"].values()))["temperature"]
-    lines += ["", f"reference: {s['reference_images']} held-out images, accuracy {100 * s['reference_accuracy']:.1f}%, "
-              f"temperature {temperature:.2f}; pool: {s['pool_images']} unseen images"]
+    lines += [
+        "",
+        f"reference: {s['reference_images']} held-out images, accuracy {100 * s['reference_accuracy']:.1f}%, "
+        f"temperature {temperature:.2f}; pool: {s['pool_images']} unseen images",
+    ]
     return "\n".join(lines)

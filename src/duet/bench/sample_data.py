@@ -19,8 +19,9 @@ from duet.system.atomic import write_bytes_atomic
 from duet.system.progress import track
 
 
-def write_sample_photos(out_dir: Path, *, count: int = 4000, classes: int = 10, seed: int = 0,
-                        progress: bool = True) -> dict[str, object]:
+def write_sample_photos(
+    out_dir: Path, *, count: int = 4000, classes: int = 10, seed: int = 0, progress: bool = True
+) -> dict[str, object]:
     from sklearn.datasets import load_sample_images
 
     photos = [Image.fromarray(a) for a in load_sample_images().images]

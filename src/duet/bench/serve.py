@@ -40,7 +40,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -50,9 +49,9 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
+from duet.artifacts.model_package import read_package
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.errors import ConfigError, DuetError
-from duet.artifacts.model_package import read_package
 
 Log = Callable[[str], None]
 CEILING = "ceiling (decode + session.run, best batch)"
@@ -74,8 +73,9 @@ def synthetic_jpegs(n: int = 16, size: tuple[int, int] = (500, 375), seed: int =
     out = []
     for _ in range(n):
         base = rng.integers(0, 256, 3)
-        arr = (base + np.stack([xx * 200 // w, yy * 200 // h, (xx + yy) % 64], axis=2)
-               + rng.integers(-25, 26, (h, w, 3))) % 256
+        arr = (
+            base + np.stack([xx * 200 // w, yy * 200 // h, (xx + yy) % 64], axis=2) + rng.integers(-25, 26, (h, w, 3))
+        ) % 256
         buf = io.BytesIO()
         Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
@@ -122,8 +122,9 @@ def bare(model_dir: Path, images: list[bytes], requests: int) -> dict[str, float
     return _stats(latencies, time.perf_counter() - t0)
 
 
-def ceiling(model_dir: Path, images: list[bytes], max_batch_size: int, rounds: int = 3,
-            variant: str = "fp32") -> dict[str, Any]:
+def ceiling(
+    model_dir: Path, images: list[bytes], max_batch_size: int, rounds: int = 3, variant: str = "fp32"
+) -> dict[str, Any]:
     """Decode ``b`` images then one ``session.run`` on all ``b``, for ``b`` = 1, 2,
     4, ... up to ``max_batch_size``; the best batch size's throughput (best of
     ``rounds``) is returned: the runtime's ceiling on this machine, no HTTP.
@@ -149,13 +150,24 @@ def ceiling(model_dir: Path, images: list[bytes], max_batch_size: int, rounds: i
         per_size[b] = max(b / one(b, r * b) for r in range(rounds))
     best = max(per_size, key=per_size.__getitem__)
     seconds = best / per_size[best]
-    return {"requests": best, "p50_ms": seconds * 1000, "p99_ms": seconds * 1000, "mean_ms": seconds * 1000,
-            "throughput": per_size[best], "batch": best,
-            "by_batch": {str(b): v for b, v in per_size.items()}}
+    return {
+        "requests": best,
+        "p50_ms": seconds * 1000,
+        "p99_ms": seconds * 1000,
+        "mean_ms": seconds * 1000,
+        "throughput": per_size[best],
+        "batch": best,
+        "by_batch": {str(b): v for b, v in per_size.items()},
+    }
 
 
-async def _client(host: str, port: int, request: list[bytes], next_index: Callable[[], int | None],
-                  record: Callable[[int, float, float, int], None]) -> None:
+async def _client(
+    host: str,
+    port: int,
+    request: list[bytes],
+    next_index: Callable[[], int | None],
+    record: Callable[[int, float, float, int], None],
+) -> None:
     """One keep-alive connection: send, read the whole response, repeat."""
     reader, writer = await asyncio.open_connection(host, port)
     sock = writer.get_extra_info("socket")
@@ -184,8 +196,14 @@ def load(url: str, images: list[bytes], concurrency: int, requests: int, warmup:
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = [(f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in images]
+    request = [
+        (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for body in images
+    ]
     latencies: list[float] = []
     spans: list[tuple[float, float]] = []
     errors: list[int] = []
@@ -199,8 +217,9 @@ def load(url: str, images: list[bytes], concurrency: int, requests: int, warmup:
             spans.append((start, end))
 
     async def run() -> None:
-        await asyncio.gather(*(_client(host, port, request, lambda: next(counter, None), record)
-                               for _ in range(concurrency)))
+        await asyncio.gather(
+            *(_client(host, port, request, lambda: next(counter, None), record) for _ in range(concurrency))
+        )
 
     asyncio.run(asyncio.wait_for(run(), timeout=600))
     if errors:
@@ -227,8 +246,9 @@ def _get(url: str, timeout: float = 10) -> tuple[int, str]:
 
 
 def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -272,17 +292,33 @@ def machine() -> dict[str, Any]:
 
     caps = cpu_capabilities()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpus": cpus, "cpu": f"{caps['cpu']} ({summary(caps)})", "capabilities": caps,
-            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version()}
+    return {
+        "cpus": cpus,
+        "cpu": f"{caps['cpu']} ({summary(caps)})",
+        "capabilities": caps,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+    }
 
 
 NO_DRIFT = "duet serve --no-drift"
 
 
-def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], requests: int, max_batch_size: int,
-              max_delay_ms: float, naive: bool, log: Log, repeat: int = 1, drift_cost: bool = False,
-              variants: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
+def run_bench(
+    model: Path,
+    *,
+    images_dir: Path | None,
+    levels: list[int],
+    requests: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    naive: bool,
+    log: Log,
+    repeat: int = 1,
+    drift_cost: bool = False,
+    variants: tuple[str, ...] = ("fp32",),
+) -> dict[str, Any]:
     """Measure (see the module doc). With ``repeat`` > 1 every measurement is
     taken that many times, alternating between the servers, and the repeat with
     the best throughput is kept: on a shared machine the best of several runs
@@ -292,19 +328,29 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
     ``"int8"`` in ``variants`` a duet server on model.int8.onnx is measured too."""
     package = read_package(model)
     if "fp32" not in variants or not set(variants) <= {"fp32", "int8"}:
-        raise ConfigError("`--variants` must list fp32 (the baseline), optionally int8. "
-                          f"Received: {','.join(variants)}")
+        raise ConfigError(
+            f"`--variants` must list fp32 (the baseline), optionally int8. Received: {','.join(variants)}"
+        )
     int8 = "int8" in variants
     if int8:
         package.variant_path("int8")  # a one-line error now, not a server that fails to start
     images, source = _load_images(images_dir)
-    result: dict[str, Any] = {"model": package.name, "architecture": package.architecture,
-                              "image_size": package.spec.image_size, "images": source, "machine": machine(),
-                              "settings": {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms,
-                                           "requests_per_level": requests, "repeat": repeat,
-                                           "variants": list(variants),
-                                           "drift_profile": (package.root / "profile" / "profile.json").is_file()},
-                              "rows": []}
+    result: dict[str, Any] = {
+        "model": package.name,
+        "architecture": package.architecture,
+        "image_size": package.spec.image_size,
+        "images": source,
+        "machine": machine(),
+        "settings": {
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": max_delay_ms,
+            "requests_per_level": requests,
+            "repeat": repeat,
+            "variants": list(variants),
+            "drift_profile": (package.root / "profile" / "profile.json").is_file(),
+        },
+        "rows": [],
+    }
     warmup = max(10, requests // 10)
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     best: dict[tuple[str, int], dict[str, Any]] = {}
@@ -315,19 +361,64 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
 
     try:
         port = _free_port()
-        servers[DUET] = (_start(["duet", "serve", str(package.root), "--max-batch-size",
-                                 str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+        servers[DUET] = (
+            _start(
+                [
+                    "duet",
+                    "serve",
+                    str(package.root),
+                    "--max-batch-size",
+                    str(max_batch_size),
+                    "--max-delay-ms",
+                    str(max_delay_ms),
+                ],
+                port,
+            ),
+            port,
+        )
         if int8:
             port = _free_port()
-            servers[INT8] = (_start(["duet", "serve", str(package.root), "--model-variant", "int8", "--max-batch-size",
-                                     str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+            servers[INT8] = (
+                _start(
+                    [
+                        "duet",
+                        "serve",
+                        str(package.root),
+                        "--model-variant",
+                        "int8",
+                        "--max-batch-size",
+                        str(max_batch_size),
+                        "--max-delay-ms",
+                        str(max_delay_ms),
+                    ],
+                    port,
+                ),
+                port,
+            )
         if drift_cost:
             port = _free_port()
-            servers[NO_DRIFT] = (_start(["duet", "serve", str(package.root), "--no-drift", "--max-batch-size",
-                                         str(max_batch_size), "--max-delay-ms", str(max_delay_ms)], port), port)
+            servers[NO_DRIFT] = (
+                _start(
+                    [
+                        "duet",
+                        "serve",
+                        str(package.root),
+                        "--no-drift",
+                        "--max-batch-size",
+                        str(max_batch_size),
+                        "--max-delay-ms",
+                        str(max_delay_ms),
+                    ],
+                    port,
+                ),
+                port,
+            )
         if naive:
             port = _free_port()
-            servers["naive (1 session.run per request)"] = (_start(["duet.bench.serve", "naive", str(package.root)], port), port)
+            servers["naive (1 session.run per request)"] = (
+                _start(["duet.bench.serve", "naive", str(package.root)], port),
+                port,
+            )
         for r in range(repeat):
             log(f"round {r + 1}/{repeat}: bare decode + session.run, batch 1")
             keep("bare (decode + session.run)", 1, bare(model, images, requests))
@@ -336,7 +427,7 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
             if int8:
                 keep(CEILING_INT8, 1, ceiling(model, images, max_batch_size, variant="int8"))
             for c in levels:
-                for name, (proc, port) in servers.items():
+                for name, (_proc, port) in servers.items():
                     log(f"round {r + 1}/{repeat}: {name}, {c} concurrent clients")
                     s0, n0 = _batch_stats(port) if name.startswith("duet") else (0.0, 0.0)
                     row = load(f"http://127.0.0.1:{port}/v1/predict", images, c, requests, warmup)
@@ -347,8 +438,15 @@ def run_bench(model: Path, *, images_dir: Path | None, levels: list[int], reques
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    order = ["bare (decode + session.run)", CEILING, CEILING_INT8, DUET, INT8, NO_DRIFT,
-             "naive (1 session.run per request)"]
+    order = [
+        "bare (decode + session.run)",
+        CEILING,
+        CEILING_INT8,
+        DUET,
+        INT8,
+        NO_DRIFT,
+        "naive (1 session.run per request)",
+    ]
     result["rows"] = sorted(best.values(), key=lambda row: (order.index(row["server"]), row["concurrency"]))
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["verdict"] = verdict(result["rows"])
@@ -364,16 +462,22 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if top is None or (CEILING, 1) not in by:
         return {}
     duet_row, ceil = by[(DUET, top)], by[(CEILING, 1)]
-    out: dict[str, Any] = {"concurrency": top, "ceiling_batch": ceil["batch"],
-                           "share_of_ceiling": duet_row["throughput"] / ceil["throughput"]}
+    out: dict[str, Any] = {
+        "concurrency": top,
+        "ceiling_batch": ceil["batch"],
+        "share_of_ceiling": duet_row["throughput"] / ceil["throughput"],
+    }
     out["share_met"] = out["share_of_ceiling"] >= 0.9
     naive = by.get(("naive (1 session.run per request)", top))
     if naive is not None:
         out["p99_vs_naive"] = duet_row["p99_ms"] / naive["p99_ms"]
         out["p99_met"] = duet_row["p99_ms"] <= naive["p99_ms"]
     # Drift monitoring's cost: throughput with it vs without, at each level measured (goal <= 5 % at 8 clients).
-    costs = {c: 1 - by[(DUET, c)]["throughput"] / by[(NO_DRIFT, c)]["throughput"]
-             for name, c in by if name == NO_DRIFT and (DUET, c) in by}
+    costs = {
+        c: 1 - by[(DUET, c)]["throughput"] / by[(NO_DRIFT, c)]["throughput"]
+        for name, c in by
+        if name == NO_DRIFT and (DUET, c) in by
+    }
     if costs:
         out["drift_cost"] = {str(c): cost for c, cost in sorted(costs.items())}
     if (INT8, top) in by:  # int8 vs fp32, both served by duet at the highest concurrency (goal >= 2x on AMX/VNNI)

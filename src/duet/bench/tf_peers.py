@@ -36,13 +36,18 @@ import torch
 from duet.data import augment
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.data.loaders import Sample, default_workers
-from duet.data.tfdata import TfLoader, tf, to_torch
 from duet.data.preprocess import PreprocessSpec
+from duet.data.tfdata import TfLoader, tf, to_torch
 
 
 def _result(name: str, images: int, seconds: float, note: str) -> dict[str, Any]:
-    return {"name": name, "images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
-            "note": note}
+    return {
+        "name": name,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / max(seconds, 1e-9),
+        "note": note,
+    }
 
 
 def _drain(batches: Iterable[torch.Tensor], limit: int, device: torch.device) -> tuple[int, float]:
@@ -74,9 +79,16 @@ class KerasBatches(torch.utils.data.IterableDataset):
             yield torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
 
 
-def keras_imagedatagenerator(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
-                             interpolation: str = "nearest", device: torch.device = torch.device("cpu"),
-                             seed: int = 0) -> dict[str, Any]:
+def keras_imagedatagenerator(
+    data_dir: Path,
+    batch_size: int,
+    image_size: int,
+    batches: int,
+    *,
+    interpolation: str = "nearest",
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+) -> dict[str, Any]:
     """The tutorial's pipeline: ``ImageDataGenerator(rescale=1/255,
     horizontal_flip=True).flow_from_directory`` (Keras' default nearest-neighbour
     resize straight to ``image_size``), through a torch DataLoader."""
@@ -84,25 +96,42 @@ def keras_imagedatagenerator(data_dir: Path, batch_size: int, image_size: int, b
 
     generator = ImageDataGenerator(rescale=1 / 255, horizontal_flip=True)
     with contextlib.redirect_stdout(io.StringIO()):  # "Found N images belonging to K classes."
-        flow = generator.flow_from_directory(str(data_dir), target_size=(image_size, image_size),
-                                             batch_size=batch_size, class_mode="sparse", shuffle=True, seed=seed,
-                                             interpolation=interpolation)
+        flow = generator.flow_from_directory(
+            str(data_dir),
+            target_size=(image_size, image_size),
+            batch_size=batch_size,
+            class_mode="sparse",
+            shuffle=True,
+            seed=seed,
+            interpolation=interpolation,
+        )
     loader = torch.utils.data.DataLoader(KerasBatches(flow, batches), batch_size=None, num_workers=0)
     n, seconds = _drain((x.to(device) for x, _ in loader), batches, device)
-    return _result("Keras ImageDataGenerator -> torch (the tutorial)", n, seconds,
-                   f"1 thread, {interpolation} resize, rescale 1/255, flips")
+    return _result(
+        "Keras ImageDataGenerator -> torch (the tutorial)",
+        n,
+        seconds,
+        f"1 thread, {interpolation} resize, rescale 1/255, flips",
+    )
 
 
-def keras_image_dataset_from_directory(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
-                                       device: torch.device = torch.device("cpu"),
-                                       seed: int = 0) -> dict[str, Any]:
+def keras_image_dataset_from_directory(
+    data_dir: Path,
+    batch_size: int,
+    image_size: int,
+    batches: int,
+    *,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+) -> dict[str, Any]:
     """Keras' tf.data utility: parallel decode, bilinear resize (no antialias)
     straight to ``image_size``, batches handed over by DLPack, scaled to 0..1."""
     import keras
 
     with contextlib.redirect_stdout(io.StringIO()):  # "Found N files belonging to K classes."
-        ds = keras.utils.image_dataset_from_directory(str(data_dir), image_size=(image_size, image_size),
-                                                      batch_size=batch_size, shuffle=True, seed=seed)
+        ds = keras.utils.image_dataset_from_directory(
+            str(data_dir), image_size=(image_size, image_size), batch_size=batch_size, shuffle=True, seed=seed
+        )
     ds = ds.repeat().prefetch(tf.data.AUTOTUNE)
 
     def batches_nchw() -> Iterator[torch.Tensor]:
@@ -110,14 +139,26 @@ def keras_image_dataset_from_directory(data_dir: Path, batch_size: int, image_si
             yield to_torch(x).to(device).permute(0, 3, 1, 2).contiguous() / 255.0
 
     n, seconds = _drain(batches_nchw(), batches, device)
-    return _result("Keras image_dataset_from_directory + DLPack", n, seconds,
-                   "tf.data, bilinear resize without antialiasing, no crops")
+    return _result(
+        "Keras image_dataset_from_directory + DLPack",
+        n,
+        seconds,
+        "tf.data, bilinear resize without antialiasing, no crops",
+    )
 
 
-def duet_tf(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
-            samples: Sequence[Sample] | None = None, spec: PreprocessSpec | None = None,
-            workers: int | None = None, device: torch.device = torch.device("cpu"),
-            seed: int = 0) -> dict[str, Any]:
+def duet_tf(
+    data_dir: Path,
+    batch_size: int,
+    image_size: int,
+    batches: int,
+    *,
+    samples: Sequence[Sample] | None = None,
+    spec: PreprocessSpec | None = None,
+    workers: int | None = None,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+) -> dict[str, Any]:
     """duet's "tf" backend: training batches (random resized crop, flip,
     normalise on the device) over ``samples``, or over every image in the class
     folders of ``data_dir`` (not scanned: files are assumed readable). ``spec``
@@ -125,8 +166,9 @@ def duet_tf(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
     spec = spec or PreprocessSpec(image_size=image_size)
     samples = list(samples) if samples is not None else _folder_samples(Path(data_dir))
     workers = default_workers() if workers is None else workers
-    loader = TfLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers,
-                      seed=seed, drop_last=True)
+    loader = TfLoader(
+        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
+    )
     g = torch.Generator().manual_seed(seed)
 
     def epochs() -> Iterator[torch.Tensor]:
@@ -135,12 +177,14 @@ def duet_tf(data_dir: Path, batch_size: int, image_size: int, batches: int, *,
             epoch += 1
             loader.set_epoch(epoch)
             for b in loader:
-                yield augment.train_batch(b.images, spec, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True,
-                                          generator=g)
+                yield augment.train_batch(
+                    b.images, spec, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True, generator=g
+                )
 
     n, seconds = _drain(epochs(), batches, device)
-    return _result('duet "tf"', n, seconds,
-                   f"tf.data ({workers} threads) + duet resize; crops, flips, normalise on the device")
+    return _result(
+        'duet "tf"', n, seconds, f"tf.data ({workers} threads) + duet resize; crops, flips, normalise on the device"
+    )
 
 
 def _folder_samples(root: Path) -> list[Sample]:
@@ -153,8 +197,9 @@ def _folder_samples(root: Path) -> list[Sample]:
     ]
 
 
-def rows(samples: Sequence[Sample], spec: PreprocessSpec, *, batch_size: int, workers: int,
-         device: torch.device, seed: int) -> list[dict[str, Any]]:
+def rows(
+    samples: Sequence[Sample], spec: PreprocessSpec, *, batch_size: int, workers: int, device: torch.device, seed: int
+) -> list[dict[str, Any]]:
     """The TensorFlow rows for ``duet bench data``: one epoch's worth of batches
     each (``len(samples) // batch_size``). The Keras rows read the folder the
     samples live in themselves, as their users do."""
@@ -165,6 +210,15 @@ def rows(samples: Sequence[Sample], spec: PreprocessSpec, *, batch_size: int, wo
     return [
         keras_imagedatagenerator(root, batch_size, spec.image_size, batches, device=device, seed=seed),
         keras_image_dataset_from_directory(root, batch_size, spec.image_size, batches, device=device, seed=seed),
-        duet_tf(root, batch_size, spec.image_size, batches, samples=samples, spec=spec, workers=workers,
-                device=device, seed=seed),
+        duet_tf(
+            root,
+            batch_size,
+            spec.image_size,
+            batches,
+            samples=samples,
+            spec=spec,
+            workers=workers,
+            device=device,
+            seed=seed,
+        ),
     ]

@@ -40,9 +40,9 @@ import torch
 
 from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefolder_epoch
 from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.data.preprocess import PreprocessSpec
 from duet.train.models import build
 from duet.train.precision import Precision, autocast, resolve_precision
-from duet.data.preprocess import PreprocessSpec
 from duet.train.step import train_step
 
 PRECISIONS = ("fp32", "bf16")  # the limit is measured in both
@@ -68,8 +68,14 @@ def _cycle(make_epoch: Callable[[int], Iterable[torch.Tensor]]) -> Iterator[torc
         epoch += 1
 
 
-def _timed_loop(step: Callable[[torch.Tensor], None], batches: Iterator[torch.Tensor], *, warmup: int, steps: int,
-                device: torch.device) -> tuple[int, float, float]:
+def _timed_loop(
+    step: Callable[[torch.Tensor], None],
+    batches: Iterator[torch.Tensor],
+    *,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> tuple[int, float, float]:
     """Run ``warmup`` untimed then ``steps`` timed calls: (images timed, seconds, first call's seconds)."""
     n, t0, first = 0, 0.0, 0.0
     for i in range(warmup + steps):
@@ -88,8 +94,16 @@ def _timed_loop(step: Callable[[torch.Tensor], None], batches: Iterator[torch.Te
     return n, time.perf_counter() - t0, first
 
 
-def _train_steps(model: torch.nn.Module, batches: Iterator[torch.Tensor], num_classes: int, precision: Precision, *,
-                 warmup: int, steps: int, device: torch.device) -> tuple[int, float, float]:
+def _train_steps(
+    model: torch.nn.Module,
+    batches: Iterator[torch.Tensor],
+    num_classes: int,
+    precision: Precision,
+    *,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> tuple[int, float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator(device="cpu").manual_seed(0)
 
@@ -101,8 +115,15 @@ def _train_steps(model: torch.nn.Module, batches: Iterator[torch.Tensor], num_cl
     return _timed_loop(step, batches, warmup=warmup, steps=steps, device=device)
 
 
-def _inference_steps(model: torch.nn.Module, batches: Iterator[torch.Tensor], precision: Precision, *, warmup: int,
-                     steps: int, device: torch.device) -> tuple[int, float, float]:
+def _inference_steps(
+    model: torch.nn.Module,
+    batches: Iterator[torch.Tensor],
+    precision: Precision,
+    *,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> tuple[int, float, float]:
     def step(x: torch.Tensor) -> None:
         with torch.inference_mode(), autocast(precision, device):
             model(x).float().sum()
@@ -114,24 +135,38 @@ def _inference_steps(model: torch.nn.Module, batches: Iterator[torch.Tensor], pr
         model.train()
 
 
-def _limit_rows(model: torch.nn.Module, fixed: torch.Tensor, num_classes: int, *, inference: bool,
-                warmup: int, steps: int, device: torch.device,
-                log: Callable[[str], None]) -> tuple[list[PrecisionRow], list[PrecisionRow]]:
+def _limit_rows(
+    model: torch.nn.Module,
+    fixed: torch.Tensor,
+    num_classes: int,
+    *,
+    inference: bool,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[list[PrecisionRow], list[PrecisionRow]]:
     """The synthetic-data limits: training in fp32 and bf16, then (optionally) inference in both.
     bf16 is measured as asked on every CPU (where it is not native it is emulated, and the row says so)."""
     training: list[PrecisionRow] = []
     for name, label in zip(PRECISIONS, (LIMIT, LIMIT_BF16)):
         precision = resolve_precision(name, device)
-        n, secs, first = _train_steps(model, iter(lambda: fixed, None), num_classes, precision, warmup=warmup,
-                                      steps=steps, device=device)
+        n, secs, first = _train_steps(
+            model, iter(lambda: fixed, None), num_classes, precision, warmup=warmup, steps=steps, device=device
+        )
         training.append(_logged(PrecisionRow(label, n, secs, _note(precision), name, first), log))
     infer: list[PrecisionRow] = []
     for name in PRECISIONS if inference else ():
         precision = resolve_precision(name, device)
-        n, secs, first = _inference_steps(model, iter(lambda: fixed, None), precision, warmup=warmup,
-                                          steps=steps, device=device)
-        infer.append(_logged(PrecisionRow(f"inference, synthetic tensors ({name})", n, secs,
-                                          "eval mode, no autograd", name, first), log))
+        n, secs, first = _inference_steps(
+            model, iter(lambda: fixed, None), precision, warmup=warmup, steps=steps, device=device
+        )
+        infer.append(
+            _logged(
+                PrecisionRow(f"inference, synthetic tensors ({name})", n, secs, "eval mode, no autograd", name, first),
+                log,
+            )
+        )
     return training, infer
 
 
@@ -143,20 +178,35 @@ def _note(precision: Precision) -> str:
 
 
 def _logged(row: PrecisionRow, log: Callable[[str], None]) -> PrecisionRow:
-    log(f"{row.name:<62} {row.images_per_s:>9.1f} img/s  ({row.images} images, {row.seconds:.1f}s; "
-        f"first step {row.first_step_s:.1f}s)")
+    log(
+        f"{row.name:<62} {row.images_per_s:>9.1f} img/s  ({row.images} images, {row.seconds:.1f}s; "
+        f"first step {row.first_step_s:.1f}s)"
+    )
     return row
 
 
-def _end_to_end_rows(model: torch.nn.Module, precision: Precision, root: Path, samples: list[Sample],
-                     spec: PreprocessSpec, num_classes: int, *, batch_size: int, workers: int,
-                     include_imagefolder: bool, warmup: int, steps: int, device: torch.device, seed: int,
-                     progress: bool, log: Callable[[str], None]) -> list[PrecisionRow]:
+def _end_to_end_rows(
+    model: torch.nn.Module,
+    precision: Precision,
+    root: Path,
+    samples: list[Sample],
+    spec: PreprocessSpec,
+    num_classes: int,
+    *,
+    batch_size: int,
+    workers: int,
+    include_imagefolder: bool,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[PrecisionRow]:
     rows: list[PrecisionRow] = []
 
     def add(name: str, batches: Iterator[torch.Tensor], note: str = "") -> None:
-        n, secs, first = _train_steps(model, batches, num_classes, precision, warmup=warmup, steps=steps,
-                                      device=device)
+        n, secs, first = _train_steps(model, batches, num_classes, precision, warmup=warmup, steps=steps, device=device)
         rows.append(_logged(PrecisionRow(f"{name} ({precision.name})", n, secs, note, precision.name, first), log))
 
     cache_dir = Path(tempfile.mkdtemp(prefix="duet-bench-cache-"))
@@ -164,25 +214,48 @@ def _end_to_end_rows(model: torch.nn.Module, precision: Precision, root: Path, s
         from duet.data.cache import CacheLoader
 
         t0 = time.perf_counter()
-        cache = CacheLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers,
-                            seed=seed, drop_last=True, cache_dir=cache_dir, progress=progress)
+        cache = CacheLoader(
+            samples,
+            spec,
+            batch_size=batch_size,
+            shuffle=True,
+            device=device,
+            workers=workers,
+            seed=seed,
+            drop_last=True,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         build_s = time.perf_counter() - t0
-        add('duet "cache" end to end', _cycle(lambda e: duet_epoch(cache, spec, seed, e)),
-            f"cache built once in {build_s:.1f}s ({len(samples)} images)")
+        add(
+            'duet "cache" end to end',
+            _cycle(lambda e: duet_epoch(cache, spec, seed, e)),
+            f"cache built once in {build_s:.1f}s ({len(samples)} images)",
+        )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    loader = TorchLoader(samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers,
-                         seed=seed, drop_last=True)
+    loader = TorchLoader(
+        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
+    )
     add('duet "torch" end to end', _cycle(lambda e: duet_epoch(loader, spec, seed, e)))
     if include_imagefolder:
-        add("torchvision ImageFolder + DataLoader end to end",
-            _cycle(lambda e: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed + e)))
+        add(
+            "torchvision ImageFolder + DataLoader end to end",
+            _cycle(lambda e: imagefolder_epoch(root, samples, spec, batch_size, workers, device, seed + e)),
+        )
     return rows
 
 
 def _ratios(rows: list[PrecisionRow], limits: dict[str, float]) -> list[dict[str, object]]:
-    return [{**asdict(r), "images_per_s": r.images_per_s, "vs_synthetic": r.images_per_s / limits[r.precision],
-             "vs_fp32_limit": r.images_per_s / limits["fp32"]} for r in rows]
+    return [
+        {
+            **asdict(r),
+            "images_per_s": r.images_per_s,
+            "vs_synthetic": r.images_per_s / limits[r.precision],
+            "vs_fp32_limit": r.images_per_s / limits["fp32"],
+        }
+        for r in rows
+    ]
 
 
 def bench_train(
@@ -216,11 +289,26 @@ def bench_train(
     # In the layout the model is fastest with, so that the limit is a limit.
     fixed = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
     fixed = fixed.contiguous(memory_format=torch.channels_last)
-    limits, infer = _limit_rows(model, fixed, num_classes, inference=inference, warmup=warmup, steps=steps,
-                                device=device, log=log)
-    e2e = _end_to_end_rows(model, chosen, root, samples, spec, num_classes, batch_size=batch_size,
-                           workers=workers, include_imagefolder=include_imagefolder, warmup=warmup, steps=steps,
-                           device=device, seed=seed, progress=progress, log=log)
+    limits, infer = _limit_rows(
+        model, fixed, num_classes, inference=inference, warmup=warmup, steps=steps, device=device, log=log
+    )
+    e2e = _end_to_end_rows(
+        model,
+        chosen,
+        root,
+        samples,
+        spec,
+        num_classes,
+        batch_size=batch_size,
+        workers=workers,
+        include_imagefolder=include_imagefolder,
+        warmup=warmup,
+        steps=steps,
+        device=device,
+        seed=seed,
+        progress=progress,
+        log=log,
+    )
     train_limits = {r.precision: r.images_per_s for r in limits}
     infer_limits = {r.precision: r.images_per_s for r in infer}
     return {
@@ -241,24 +329,32 @@ def bench_train(
 
 
 def markdown(result: dict[str, object]) -> str:
-    lines = ["| pipeline | images/s | of model limit (same precision) | vs fp32 limit | note |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| pipeline | images/s | of model limit (same precision) | vs fp32 limit | note |",
+        "|---|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:  # type: ignore[union-attr]
-        lines.append(f"| {r['name']} | {r['images_per_s']:,.1f} | {100 * r['vs_synthetic']:.0f}% "
-                     f"| {r['vs_fp32_limit']:.2f}× | {r['note']} |")
+        lines.append(
+            f"| {r['name']} | {r['images_per_s']:,.1f} | {100 * r['vs_synthetic']:.0f}% "
+            f"| {r['vs_fp32_limit']:.2f}× | {r['note']} |"
+        )
     lines += ["", precision_table(result)]
     if result["compile"]:
-        lines += ["", "torch.compile: first (untimed) step of each row, compile included: "
-                  + ", ".join(f"{r['name']} {r['first_step_s']:.1f}s"
-                              for r in [*result["rows"], *result["inference"]])]  # type: ignore[misc]
+        lines += [
+            "",
+            "torch.compile: first (untimed) step of each row, compile included: "
+            + ", ".join(f"{r['name']} {r['first_step_s']:.1f}s" for r in [*result["rows"], *result["inference"]]),
+        ]  # type: ignore[misc]
     return "\n".join(lines)
 
 
 def precision_table(result: dict[str, object]) -> str:
     """The issue's table: the limits in fp32 and bf16 autocast, and their ratio."""
     lines = ["| synthetic limit | fp32 | bf16 autocast | × |", "|---|---:|---:|---:|"]
-    for label, rows in (("training images/s (AdamW step)", result["rows"]),
-                        ("inference images/s", result["inference"])):
+    for label, rows in (
+        ("training images/s (AdamW step)", result["rows"]),
+        ("inference images/s", result["inference"]),
+    ):
         limits = [r for r in rows if r["name"].startswith(("synthetic", "inference"))]  # type: ignore[union-attr]
         by = {r["precision"]: r["images_per_s"] for r in limits}
         if len(by) == 2:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-bench_app = typer.Typer(help="Measure duet beside the peers, same files, same run (results for docs/benchmarks.md).",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure duet beside the peers, same files, same run (results for docs/benchmarks.md).", no_args_is_help=True
+)
 
 
 def _device(name: str):
@@ -37,9 +37,9 @@ def bench_data_cmd(
     data_dir: Path = typer.Argument(..., help="Folder of class sub-folders (e.g. from `duet bench sample-data`)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     image_size: int = typer.Option(224, "--image-size"),
-    workers: Optional[int] = typer.Option(None, help="Loader workers for every row. [default: one per core, max 8]"),
+    workers: int | None = typer.Option(None, help="Loader workers for every row. [default: one per core, max 8]"),
     later_epochs: int = typer.Option(2, "--later-epochs", help="Cache epochs averaged for the steady-state row."),
-    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use only the first N usable images."),
+    max_images: int | None = typer.Option(None, "--max-images", help="Use only the first N usable images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     no_tf: bool = typer.Option(False, "--no-tf", help="Skip the TensorFlow rows even when TensorFlow is installed."),
     as_json: bool = typer.Option(False, "--json"),
@@ -49,9 +49,18 @@ def bench_data_cmd(
     from duet.bench.data import bench_data, markdown
 
     log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
-    result = bench_data(data_dir, batch_size=batch_size, image_size=image_size, workers=workers,
-                        later_epochs=later_epochs, max_images=max_images, device=_device(device),
-                        include_tf=not no_tf, progress=not quiet, log=log)
+    result = bench_data(
+        data_dir,
+        batch_size=batch_size,
+        image_size=image_size,
+        workers=workers,
+        later_epochs=later_epochs,
+        max_images=max_images,
+        device=_device(device),
+        include_tf=not no_tf,
+        progress=not quiet,
+        log=log,
+    )
     _emit(result, as_json, markdown(result), "duet bench data " + " ".join(sys.argv[3:]))
     for warning in result["warnings"]:  # after the table, on stderr, even with --quiet/--json
         print(f"warning: {warning}", file=sys.stderr)
@@ -65,14 +74,21 @@ def bench_train_cmd(
     image_size: int = typer.Option(224, "--image-size"),
     steps: int = typer.Option(10, help="Timed steps per row (after --warmup untimed steps)."),
     warmup: int = typer.Option(2),
-    workers: Optional[int] = typer.Option(None),
+    workers: int | None = typer.Option(None),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model; each row's first step "
-                                 "(compile included) is reported."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16: the end-to-end rows' precision (auto: what "
-                                  "`duet train` picks on this machine). The limit is measured in both."),
-    inference: bool = typer.Option(True, "--inference/--no-inference", help="Also measure the forward-only "
-                                   "limit (eval, no autograd) in fp32 and bf16."),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile the model; each row's first step (compile included) is reported."
+    ),
+    precision: str = typer.Option(
+        "auto",
+        help="auto | fp32 | bf16: the end-to-end rows' precision (auto: what "
+        "`duet train` picks on this machine). The limit is measured in both.",
+    ),
+    inference: bool = typer.Option(
+        True,
+        "--inference/--no-inference",
+        help="Also measure the forward-only limit (eval, no autograd) in fp32 and bf16.",
+    ),
     no_imagefolder: bool = typer.Option(False, "--no-imagefolder", help="Skip the ImageFolder row."),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -81,10 +97,22 @@ def bench_train_cmd(
     from duet.bench.train import bench_train, markdown
 
     log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
-    result = bench_train(data_dir, model_name=model, batch_size=batch_size, image_size=image_size, steps=steps,
-                         warmup=warmup, workers=workers, device=_device(device), compile=compile,
-                         precision=precision, inference=inference, include_imagefolder=not no_imagefolder,
-                         progress=not quiet, log=log)
+    result = bench_train(
+        data_dir,
+        model_name=model,
+        batch_size=batch_size,
+        image_size=image_size,
+        steps=steps,
+        warmup=warmup,
+        workers=workers,
+        device=_device(device),
+        compile=compile,
+        precision=precision,
+        inference=inference,
+        include_imagefolder=not no_imagefolder,
+        progress=not quiet,
+        log=log,
+    )
     _emit(result, as_json, markdown(result), "duet bench train " + " ".join(sys.argv[3:]))
 
 
@@ -104,40 +132,64 @@ def sample_data_cmd(
 
 @bench_app.command("monitor")
 def bench_monitor_cmd(
-    run: Optional[Path] = typer.Option(None, "--run", help="A run to measure (with --pool). \\[default: train the "
-                                       "digits champion under --work, once]"),
-    pool: Optional[Path] = typer.Option(None, "--pool", help="Labelled images the run never saw (class sub-folders)."),
+    run: Path | None = typer.Option(
+        None, "--run", help="A run to measure (with --pool). \\[default: train the digits champion under --work, once]"
+    ),
+    pool: Path | None = typer.Option(None, "--pool", help="Labelled images the run never saw (class sub-folders)."),
     work: Path = typer.Option(Path("duet-bench-monitor"), "--work", help="Where the champion and shifted images go."),
     windows: str = typer.Option("30,100,300", help="Window sizes, comma-separated."),
     trials: int = typer.Option(100, help="Windows drawn per scenario and window size."),
-    max_images: Optional[int] = typer.Option(None, "--max-images", help="Observe at most N pool images (seeded sample)."),
+    max_images: int | None = typer.Option(None, "--max-images", help="Observe at most N pool images (seeded sample)."),
     seed: int = typer.Option(0, help="Seeds the shifts, the photo crops and the windows."),
-    setup_seed: int = typer.Option(0, "--setup-seed", help="Without --run: which digits train the champion, its split "
-                                   "and init (0: the tests' champion)."),
-    out: Path = typer.Option(Path("bench-monitor.json"), "--out", help="The JSON result (the tables go beside it as .md)."),
+    setup_seed: int = typer.Option(
+        0,
+        "--setup-seed",
+        help="Without --run: which digits train the champion, its split and init (0: the tests' champion).",
+    ),
+    out: Path = typer.Option(
+        Path("bench-monitor.json"), "--out", help="The JSON result (the tables go beside it as .md)."
+    ),
     device: str = typer.Option("cpu", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Drift detection and label-free accuracy estimates on shifted images, against true labels
     (about 2 minutes on 2 CPU cores with the defaults, after ~20 s to train the digits champion once)."""
-    from duet.system.atomic import write_json_atomic, write_text_atomic
     from duet.bench.monitor import bench_monitor, markdown
     from duet.errors import ConfigError
+    from duet.system.atomic import write_json_atomic, write_text_atomic
 
     try:
         sizes = [int(w) for w in windows.split(",") if w.strip()]
     except ValueError:
-        raise ConfigError(f"`--windows` must be comma-separated integers, e.g. 30,100,300. Received: {windows!r}") from None
+        raise ConfigError(
+            f"`--windows` must be comma-separated integers, e.g. 30,100,300. Received: {windows!r}"
+        ) from None
     log = (lambda m: None) if (quiet or as_json) else (lambda m: print(m, file=sys.stderr))
-    result = bench_monitor(run, pool, work_dir=work, windows=sizes, trials=trials,
-                           max_images=max_images, seed=seed, setup_seed=setup_seed, device=device, log=log)
+    result = bench_monitor(
+        run,
+        pool,
+        work_dir=work,
+        windows=sizes,
+        trials=trials,
+        max_images=max_images,
+        seed=seed,
+        setup_seed=setup_seed,
+        device=device,
+        log=log,
+    )
     command = "duet bench monitor " + " ".join(sys.argv[3:])
     result["command"] = command
     md = markdown(result)
     write_json_atomic(out, result)
-    write_text_atomic(out.with_suffix(".md"), md + f"\n\ncommand: {command}\n"
-                      + "machine: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items()) + "\n")
+    write_text_atomic(
+        out.with_suffix(".md"),
+        md
+        + f"\n\ncommand: {command}\n"
+        + "machine: "
+        + ", ".join(f"{k} {v}" for k, v in result["environment"].items())
+        + "\n",
+    )
     _emit(result, as_json, md, command)
     if not as_json:
         print(f"written: {out} and {out.with_suffix('.md')}")

@@ -16,15 +16,15 @@ tune_process()  # before anything imports torch: see duet/system/process.py
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape  # messages may hold "[...]" (e.g. duet[train]): print them as text
 from rich.table import Table
 
 import duet
-from duet.errors import ConfigError, DataError, DuetError
 from duet.cli.common import pct, print_json, stderr_log
+from duet.errors import ConfigError, DataError, DuetError
 from duet.system.progress import console
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
     """duet: a folder of labelled images -> a trained, evaluated, served model. Start with `duet demo`.
@@ -71,29 +73,58 @@ _pct = pct
 
 @app.command()
 def train(
-    data_dir: Optional[Path] = typer.Argument(None, help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
-    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
-    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH to a .safetensors/.pth state dict. \\[default: none]"),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training images. \\[default: 10]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step. \\[default: 64]"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). \\[default: 1e-3]"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels. \\[default: 224]"),
-    val_split: Optional[float] = typer.Option(None, "--val-split", help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). \\[default: 0.2]"),
-    test_split: Optional[float] = typer.Option(None, "--test-split", help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). \\[default: 0.1]"),
-    seed: Optional[int] = typer.Option(None, help="Seed for the split, init and augmentation. \\[default: 0]"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda. \\[default: auto]"),
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]"),
-    workers: Optional[int] = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). \\[default: -1]"),
-    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. \\[default: on]"),
-    recipe: Optional[str] = typer.Option(None, help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. \\[default: auto]"),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. \\[default: off]"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without val improvement (0 = off). \\[default: 0]"),
-    data_backend: Optional[str] = typer.Option(None, "--data-backend", help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. \\[default: auto]"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder that holds runs. \\[default: runs]"),
-    name: Optional[str] = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
-    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
+    data_dir: Path | None = typer.Argument(
+        None,
+        help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume.",
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
+    model: str | None = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
+    weights: str | None = typer.Option(
+        None, help="none | imagenet | PATH to a .safetensors/.pth state dict. \\[default: none]"
+    ),
+    epochs: int | None = typer.Option(None, help="Passes over the training images. \\[default: 10]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step. \\[default: 64]"),
+    lr: float | None = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). \\[default: 1e-3]"),
+    image_size: int | None = typer.Option(None, "--image-size", help="Model input side in pixels. \\[default: 224]"),
+    val_split: float | None = typer.Option(
+        None,
+        "--val-split",
+        help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). \\[default: 0.2]",
+    ),
+    test_split: float | None = typer.Option(
+        None,
+        "--test-split",
+        help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). \\[default: 0.1]",
+    ),
+    seed: int | None = typer.Option(None, help="Seed for the split, init and augmentation. \\[default: 0]"),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda. \\[default: auto]"),
+    precision: str | None = typer.Option(
+        None,
+        help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]",
+    ),
+    workers: int | None = typer.Option(None, help="Data loading processes; -1 = one per core (max 8). \\[default: -1]"),
+    hflip: bool | None = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips. \\[default: on]"),
+    recipe: str | None = typer.Option(
+        None,
+        help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. \\[default: auto]",
+    ),
+    ema: bool | None = typer.Option(
+        None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. \\[default: off]"
+    ),
+    patience: int | None = typer.Option(
+        None, help="Early stopping: epochs without val improvement (0 = off). \\[default: 0]"
+    ),
+    data_backend: str | None = typer.Option(
+        None,
+        "--data-backend",
+        help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. \\[default: auto]",
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
+    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. \\[default: runs]"),
+    name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
+    resume: Path | None = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
 ) -> None:
@@ -110,8 +141,10 @@ def train(
     log = _log(quiet or as_json)
     if resume is not None:
         if ignored:
-            raise ConfigError(f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
-                              f"only --epochs can change. Remove: {' '.join(ignored)}")
+            raise ConfigError(
+                f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
+                f"only --epochs can change. Remove: {' '.join(ignored)}"
+            )
         from duet.train.loop import resume as resume_run
 
         result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
@@ -119,14 +152,32 @@ def train(
         if data_dir is None and config is None:
             raise DuetError("missing DATA_DIR: pass a folder with one sub-folder per class (see `duet train --help`)")
         augment = {"hflip": hflip} if hflip is not None else None
-        cfg = build_config(config, {
-            "data_dir": data_dir, "model": model, "weights": weights, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "image_size": image_size, "val_split": val_split,
-            "test_split": test_split,
-            "seed": seed, "device": device, "precision": precision, "workers": workers, "out": out_dir, "name": name,
-            "augment": augment, "data_backend": data_backend, "cache_dir": cache_dir,
-            "recipe": recipe, "ema": ema, "patience": patience,
-        })
+        cfg = build_config(
+            config,
+            {
+                "data_dir": data_dir,
+                "model": model,
+                "weights": weights,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "image_size": image_size,
+                "val_split": val_split,
+                "test_split": test_split,
+                "seed": seed,
+                "device": device,
+                "precision": precision,
+                "workers": workers,
+                "out": out_dir,
+                "name": name,
+                "augment": augment,
+                "data_backend": data_backend,
+                "cache_dir": cache_dir,
+                "recipe": recipe,
+                "ema": ema,
+                "patience": patience,
+            },
+        )
         from duet.system.netprobe import start_for_hub_weights
 
         start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
@@ -163,11 +214,17 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
     t = Table(title="duet train", show_header=False, box=None)
     t.add_row("run", str(result.run_dir))
     t.add_row("images", f"{result.num_train} train / {result.num_val} val / {result.num_test} test")
-    t.add_row("best val accuracy", f"{_pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs}; "
-              "validation chose the epoch, so this is optimistic)")
+    t.add_row(
+        "best val accuracy",
+        f"{_pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs}; "
+        "validation chose the epoch, so this is optimistic)",
+    )
     if result.test:
-        t.add_row("test accuracy", f"[bold]{_pct(result.test['test_accuracy'])}[/] on {result.test['test_images']} "
-                  "held-out test images (measured once, after training)")
+        t.add_row(
+            "test accuracy",
+            f"[bold]{_pct(result.test['test_accuracy'])}[/] on {result.test['test_images']} "
+            "held-out test images (measured once, after training)",
+        )
     t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
     if result.precision:
         t.add_row("precision", escape(result.precision["reason"]))
@@ -187,8 +244,11 @@ _FLAG_NAMES = {"data_dir": "DATA_DIR", "out_dir": "--out", "hflip": "--hflip/--n
 
 def _flags_resume_cannot_change(params: dict[str, Any]) -> list[str]:
     """The options of `duet train` given besides --resume/--epochs (which --resume would otherwise ignore)."""
-    return [_FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k, v in params.items()
-            if k not in _RESUME_KEEPS and v is not None]
+    return [
+        _FLAG_NAMES.get(k, "--" + k.replace("_", "-"))
+        for k, v in params.items()
+        if k not in _RESUME_KEEPS and v is not None
+    ]
 
 
 def _train_command(data_dir: Path, lr: float, flags: dict[str, Any]) -> str:
@@ -203,18 +263,21 @@ def _train_command(data_dir: Path, lr: float, flags: dict[str, Any]) -> str:
 @app.command("lr-find")
 def lr_find_cmd(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings (as for train)."),
-    model: Optional[str] = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
-    weights: Optional[str] = typer.Option(None, help="none | imagenet | PATH. \\[default: none]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML settings (as for train)."),
+    model: str | None = typer.Option(None, help="timm model name, or torchvision:NAME. \\[default: resnet18]"),
+    weights: str | None = typer.Option(None, help="none | imagenet | PATH. \\[default: none]"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    image_size: int | None = typer.Option(None, "--image-size"),
     steps: int = typer.Option(100, help="Batches in the sweep (stops early once the loss diverges)."),
     start: float = typer.Option(1e-7, help="First learning rate."),
     end: float = typer.Option(10.0, help="Last learning rate."),
     out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Plot to write (a .json of the curve beside it)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]"),
-    workers: Optional[int] = typer.Option(None),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda."),
+    precision: str | None = typer.Option(
+        None,
+        help="auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), else fp32; weights stay fp32. \\[default: auto]",
+    ),
+    workers: int | None = typer.Option(None),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -224,29 +287,61 @@ def lr_find_cmd(
 
     if not (0 < start < end):
         raise DuetError(f"`--start` must be positive and below `--end`. Received: --start={start} --end={end}")
-    cfg = build_config(config, {"data_dir": data_dir, "model": model, "weights": weights, "batch_size": batch_size,
-                                "image_size": image_size, "device": device, "precision": precision,
-                                "workers": workers})
+    cfg = build_config(
+        config,
+        {
+            "data_dir": data_dir,
+            "model": model,
+            "weights": weights,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "device": device,
+            "precision": precision,
+            "workers": workers,
+        },
+    )
     res = lr_find(cfg, start=start, end=end, steps=steps, out=out_file, progress=not quiet)
     # What the loss curve depends on travels with the suggestion (not --device/--workers).
-    nxt = _train_command(data_dir, res.suggestion, {"--config": config, "--model": model, "--weights": weights,
-                                                    "--batch-size": batch_size, "--image-size": image_size})
+    nxt = _train_command(
+        data_dir,
+        res.suggestion,
+        {
+            "--config": config,
+            "--model": model,
+            "--weights": weights,
+            "--batch-size": batch_size,
+            "--image-size": image_size,
+        },
+    )
     if as_json:
-        _print_json({"suggestion": res.suggestion, "plot": str(res.plot), "steps": len(res.lrs), "next": nxt,
-                     "precision": res.precision})
+        _print_json(
+            {
+                "suggestion": res.suggestion,
+                "plot": str(res.plot),
+                "steps": len(res.lrs),
+                "next": nxt,
+                "precision": res.precision,
+            }
+        )
         return
-    out.print(f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot}; "
-              f"precision {escape(res.precision)})")
+    out.print(
+        f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot}; "
+        f"precision {escape(res.precision)})"
+    )
     out.print(f"next: {nxt}", highlight=False, markup=False)
 
 
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."),
-    split: Optional[str] = typer.Option(None, help="train | val | test. \\[default: test if the run has one, else val]"),
+    data: Path | None = typer.Option(
+        None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."
+    ),
+    split: str | None = typer.Option(None, help="train | val | test. \\[default: test if the run has one, else val]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"),
+    precision: str | None = typer.Option(
+        None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -257,13 +352,21 @@ def evaluate(
 
     if split is not None and split not in ("train", "val", "test"):
         raise DuetError(f"`--split` must be one of train, val, test. Received: --split={split}")
-    res = evaluate_run(run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet,
-                       precision=precision)
+    res = evaluate_run(
+        run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet, precision=precision
+    )
     if as_json:
-        _print_json({"split": res.split, "split_means": res.split_meaning, "data": str(res.data_dir),
-                     "unreadable": res.num_failed,
-                     "files": {k: str(v) for k, v in res.files.items()}, "metrics": res.metrics,
-                     "precision": res.precision})
+        _print_json(
+            {
+                "split": res.split,
+                "split_means": res.split_meaning,
+                "data": str(res.data_dir),
+                "unreadable": res.num_failed,
+                "files": {k: str(v) for k, v in res.files.items()},
+                "metrics": res.metrics,
+                "precision": res.precision,
+            }
+        )
         return
     out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
     out.print(f"split      {res.split_meaning}", highlight=False)
@@ -277,18 +380,22 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
-    files: list[Path] = typer.Argument(..., help="Image files, or folders (searched recursively for images), to classify."),
+    files: list[Path] = typer.Argument(
+        ..., help="Image files, or folders (searched recursively for images), to classify."
+    ),
     top: int = typer.Option(3, "--top-k", "-k", min=1, help="How many labels to show per file."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"),
+    precision: str | None = typer.Option(
+        None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
 ) -> None:
     """Top-k labels with probabilities for each FILE (a folder: every image under it, sorted). Exits 1 if any file cannot be read."""
+    from duet.artifacts.run_dir import load_run
     from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
     from duet.evaluation.inference import load_model, predict_file, top_k
-    from duet.train.precision import recorded_or
-    from duet.artifacts.run_dir import load_run
     from duet.system.device import resolve_device
+    from duet.train.precision import recorded_or
 
     files = _expand_folders(files)
     info = load_run(run)
@@ -327,11 +434,18 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
         if not p.is_dir():
             files.append(p)
             continue
-        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.suffix.lower() in IMAGE_EXTENSIONS
+            and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
         if not found:
-            raise DataError(f"folder '{p}' holds no images (searched it recursively for "
-                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}); pass image files or a folder of images")
+            raise DataError(
+                f"folder '{p}' holds no images (searched it recursively for "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}); pass image files or a folder of images"
+            )
         files += found
     return files
 
@@ -340,7 +454,9 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
 def scan(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
     val_split: float = typer.Option(0.2, "--val-split", help="As for train."),
-    test_split: float = typer.Option(0.1, "--test-split", help="As for train (only when every class has >= 20 images)."),
+    test_split: float = typer.Option(
+        0.1, "--test-split", help="As for train (only when every class has >= 20 images)."
+    ),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print the data report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -350,8 +466,9 @@ def scan(
     from duet.data.scan import scan as scan_dir
     from duet.data.split import TEST_MIN_PER_CLASS, assign_splits
 
-    manifest = assign_splits(scan_dir(data_dir, progress=not quiet), val_fraction=val_split,
-                             test_fraction=test_split, seed=seed)
+    manifest = assign_splits(
+        scan_dir(data_dir, progress=not quiet), val_fraction=val_split, test_fraction=test_split, seed=seed
+    )
     report = data_report(manifest)
     if as_json:
         _print_json(report)
@@ -364,9 +481,11 @@ def scan(
         out.print(t)
         if not report["splits"]["test"] and test_split > 0 and report["layout"] == "classes":
             out.print(f"no test split: it needs >= {TEST_MIN_PER_CLASS} images in every class")
-        out.print(f"{report['num_usable']} usable of {report['num_files']} files; "
-                  f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
-                  f"{len(report['conflicts'])} conflicts")
+        out.print(
+            f"{report['num_usable']} usable of {report['num_files']} files; "
+            f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
+            f"{len(report['conflicts'])} conflicts"
+        )
         for s in report["skipped"][:20]:
             out.print(f"  skipped {s['path']}: {s['reason']}", highlight=False, markup=False)
         if len(report["skipped"]) > 20:
@@ -377,7 +496,7 @@ def scan(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("demo"), "--dir", help="Working folder for the data and runs."),
-    epochs: Optional[int] = typer.Option(None, help="Override the demo's epoch count."),
+    epochs: int | None = typer.Option(None, help="Override the demo's epoch count."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 (as for train)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -387,8 +506,9 @@ def demo(
     train, evaluate, predict. About 70 s on 2 CPU cores (README: measured)."""
     from duet.api.demo import run_demo
 
-    res = run_demo(workdir, epochs=epochs, device=device, precision=precision, progress=not quiet,
-                   log=_log(quiet or as_json))
+    res = run_demo(
+        workdir, epochs=epochs, device=device, precision=precision, progress=not quiet, log=_log(quiet or as_json)
+    )
     m = res.evaluation.metrics
     summary = {
         "data": str(res.data_dir),
@@ -406,18 +526,28 @@ def demo(
         _print_json(summary)
         return
     t = Table(title="duet demo: handwritten digits", show_header=False, box=None)
-    t.add_row("data", f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val / "
-              f"{res.train.num_test} test images, 10 classes)")
-    t.add_row("model", f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s, "
-              f"{escape(res.train.precision.get('reason', ''))}")
-    t.add_row(f"{res.evaluation.split} accuracy", f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f}; "
-              f"{res.evaluation.split_meaning})")
+    t.add_row(
+        "data",
+        f"{res.data_dir}  ({res.train.num_train} train / {res.train.num_val} val / "
+        f"{res.train.num_test} test images, 10 classes)",
+    )
+    t.add_row(
+        "model",
+        f"resnet18 from scratch, {res.train.epochs} epochs, {res.train.train_images_per_s:.0f} img/s, "
+        f"{escape(res.train.precision.get('reason', ''))}",
+    )
+    t.add_row(
+        f"{res.evaluation.split} accuracy",
+        f"[bold]{_pct(m['accuracy'])}[/]  (macro F1 {m['macro']['f1']:.4f}; {res.evaluation.split_meaning})",
+    )
     t.add_row("wall time", f"{res.seconds:.0f}s")
     t.add_row("report", str(res.evaluation.files["md"]))
     for p in res.predictions:
         best = p["top"][0]
-        t.add_row(f"predict {Path(p['file']).parent.name}/{Path(p['file']).name}",
-                  f"{best['label']} ({100 * best['probability']:.1f}%)")
+        t.add_row(
+            f"predict {Path(p['file']).parent.name}/{Path(p['file']).name}",
+            f"{best['label']} ({100 * best['probability']:.1f}%)",
+        )
     t.add_row("try", f"duet predict {res.train.run_dir} {res.predictions[0]['file']}")
     out.print(t)
 

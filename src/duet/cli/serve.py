@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -32,15 +32,35 @@ def _log(quiet: bool):
 
 def export(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Export folder. \\[default: RUN/export]"),
-    data: Optional[Path] = typer.Option(None, "--data", help="Where the run's images are now, if they moved since training (the parity gate reads the validation split)."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Parity gate: max |Δprobability| between ONNX Runtime and PyTorch (fp32)."),
+    out: Path | None = typer.Option(None, "--out", help="Export folder. \\[default: RUN/export]"),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Where the run's images are now, if they moved since training (the parity gate reads the validation split).",
+    ),
+    tolerance: float = typer.Option(
+        1e-4, "--tolerance", min=0.0, help="Parity gate: max |Δprobability| between ONNX Runtime and PyTorch (fp32)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per parity batch."),
     opset: int = typer.Option(20, "--opset", min=13, help="ONNX opset."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing export folder (only once the new one has passed)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model.int8.onnx (static QDQ quantization, per-channel weights, calibrated on training images), behind its own accuracy gate."),
-    int8_tolerance: float = typer.Option(1.0, "--int8-tolerance", min=-100.0, max=100.0, help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written)."),
-    calibration_images: int = typer.Option(256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing export folder (only once the new one has passed)."
+    ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: also write model.int8.onnx (static QDQ quantization, per-channel weights, calibrated on training images), behind its own accuracy gate.",
+    ),
+    int8_tolerance: float = typer.Option(
+        1.0,
+        "--int8-tolerance",
+        min=-100.0,
+        max=100.0,
+        help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written).",
+    ),
+    calibration_images: int = typer.Option(
+        256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
@@ -54,9 +74,20 @@ def export(
     """
     from duet.export.exporter import export_run
 
-    res = export_run(run, out_dir=out, data_dir=data, tolerance=tolerance, batch_size=batch_size, opset=opset,
-                     force=force, quantize=quantize, int8_tolerance=int8_tolerance,
-                     calibration_images=calibration_images, progress=not (quiet or as_json), log=_log(quiet or as_json))
+    res = export_run(
+        run,
+        out_dir=out,
+        data_dir=data,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        opset=opset,
+        force=force,
+        quantize=quantize,
+        int8_tolerance=int8_tolerance,
+        calibration_images=calibration_images,
+        progress=not (quiet or as_json),
+        log=_log(quiet or as_json),
+    )
     p = res.parity
     summary = {
         "export": str(res.export_dir),
@@ -75,53 +106,115 @@ def export(
     t.add_row("folder", str(res.export_dir))
     for name, entry in res.manifest["files"].items():
         t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
-    t.add_row("parity", f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
-                        f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]")
+    t.add_row(
+        "parity",
+        f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
+        f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]",
+    )
     for name, variant in (res.variants or {}).items():
         g = variant["gate"]
-        t.add_row(name, f"{g['images']} {g['split']} images: top-1 accuracy {100 * g['int8_accuracy']:.2f}% vs fp32 "
-                        f"{100 * g['fp32_accuracy']:.2f}% (allowed -{g['tolerance_points']:g} points), agreement "
-                        f"{100 * g['top1_agreement']:.2f}%; calibrated on {variant['calibration']['images']} training "
-                        "images [bold green]passed[/]")
-    t.add_row("graph", f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
-                       f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities"
-                       + (f", features [N,{res.manifest['onnx']['features']['width']}] (for drift monitoring)"
-                          if "features" in res.manifest["onnx"] else ""))
+        t.add_row(
+            name,
+            f"{g['images']} {g['split']} images: top-1 accuracy {100 * g['int8_accuracy']:.2f}% vs fp32 "
+            f"{100 * g['fp32_accuracy']:.2f}% (allowed -{g['tolerance_points']:g} points), agreement "
+            f"{100 * g['top1_agreement']:.2f}%; calibrated on {variant['calibration']['images']} training "
+            "images [bold green]passed[/]",
+        )
+    t.add_row(
+        "graph",
+        f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
+        f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities"
+        + (
+            f", features [N,{res.manifest['onnx']['features']['width']}] (for drift monitoring)"
+            if "features" in res.manifest["onnx"]
+            else ""
+        ),
+    )
     t.add_row("next", f"duet serve {res.export_dir}")
     out_console.print(t)
 
 
 def serve(
-    model: Optional[Path] = typer.Argument(None, help="A run folder (its export/ is served) or an export folder with model.json (or give --registry)."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2)."),
-    poll_interval: float = typer.Option(2.0, "--poll-interval", help="With --registry: seconds between checks of the champion pointer."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs an API key or --insecure."),
+    model: Path | None = typer.Argument(
+        None, help="A run folder (its export/ is served) or an export folder with model.json (or give --registry)."
+    ),
+    registry: Path | None = typer.Option(
+        None,
+        "--registry",
+        help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2).",
+    ),
+    poll_interval: float = typer.Option(
+        2.0, "--poll-interval", help="With --registry: seconds between checks of the champion pointer."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind. Anything but loopback needs an API key or --insecure."
+    ),
     port: int = typer.Option(8000, help="TCP port."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"
+    ),
     model_version: str = typer.Option("1", "--model-version", help="Version reported and accepted in URLs."),
-    runtime: str = typer.Option("auto", help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."),
+    runtime: str = typer.Option(
+        "auto", help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
+    ),
     device: str = typer.Option("auto", help="For --runtime torch: auto | cpu | cuda."),
-    model_variant: str = typer.Option("fp32", "--model-variant", help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime)."),
+    model_variant: str = typer.Option(
+        "fp32",
+        "--model-variant",
+        help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime).",
+    ),
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Dynamic batcher: images per runtime call."),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."),
     threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = one per core)."),
-    ort_spinning: bool = typer.Option(False, "--ort-spinning/--no-ort-spinning", help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged)."),
-    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"),
+    ort_spinning: bool = typer.Option(
+        False,
+        "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged).",
+    ),
+    decode_workers: int | None = typer.Option(
+        None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"
+    ),
     top_k: int = typer.Option(5, "--top-k", help="Default labels per image on /v1/predict."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body."),
-    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image (width x height), checked before decoding."),
-    max_request_pixels: int = typer.Option(200_000_000, "--max-request-pixels", help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at)."),
+    max_pixels: int = typer.Option(
+        40_000_000, "--max-pixels", help="Largest image (width x height), checked before decoding."
+    ),
+    max_request_pixels: int = typer.Option(
+        200_000_000,
+        "--max-request-pixels",
+        help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
+    ),
     max_images: int = typer.Option(64, "--max-images", help="Most images in one request."),
-    max_queue_images: int = typer.Option(1024, "--max-queue-images", help="Most images waiting for inference; beyond, 503."),
-    header_timeout: float = typer.Option(30.0, "--header-timeout", help="Seconds a client may take to send a request's headers; then 408 and the connection is closed."),
-    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Longest pause (seconds) while a client sends a request body; then 408 and the connection is closed."),
-    drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="On SIGTERM, how long in-flight requests may take to finish (then 503 with Retry-After)."),
-    drift: bool = typer.Option(True, "--drift/--no-drift", help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile."),
+    max_queue_images: int = typer.Option(
+        1024, "--max-queue-images", help="Most images waiting for inference; beyond, 503."
+    ),
+    header_timeout: float = typer.Option(
+        30.0,
+        "--header-timeout",
+        help="Seconds a client may take to send a request's headers; then 408 and the connection is closed.",
+    ),
+    body_timeout: float = typer.Option(
+        30.0,
+        "--body-timeout",
+        help="Longest pause (seconds) while a client sends a request body; then 408 and the connection is closed.",
+    ),
+    drain_seconds: float = typer.Option(
+        30.0,
+        "--drain-seconds",
+        help="On SIGTERM, how long in-flight requests may take to finish (then 503 with Retry-After).",
+    ),
+    drift: bool = typer.Option(
+        True,
+        "--drift/--no-drift",
+        help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile.",
+    ),
     drift_window: int = typer.Option(500, "--drift-window", help="Recent images compared with the reference profile."),
     drift_interval: float = typer.Option(60.0, "--drift-interval", help="Seconds between drift verdicts."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn access log)."),
-    check: bool = typer.Option(False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."),
+    check: bool = typer.Option(
+        False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."
+    ),
 ) -> None:
     """Serve a model over HTTP (FastAPI + uvicorn, one dynamic batcher for all routes).
 
@@ -140,34 +233,70 @@ def serve(
     from duet.serve.settings import Limits, ServeConfig, api_key_from_env
 
     if (model is None) == (registry is None):
-        raise ConfigError("give a model folder (RUN or EXPORT_DIR) or --registry DIR, not both" if model is not None
-                          else "missing MODEL: give a run or export folder, or --registry DIR to serve its champion")
+        raise ConfigError(
+            "give a model folder (RUN or EXPORT_DIR) or --registry DIR, not both"
+            if model is not None
+            else "missing MODEL: give a run or export folder, or --registry DIR to serve its champion"
+        )
 
     kwargs: dict[str, Any] = {}
     if decode_workers is not None:
         kwargs["decode_workers"] = decode_workers
     config = ServeConfig(
-        model_dir=model if model is not None else registry, host=host, port=port, model_name=model_name, model_version=model_version,
-        runtime=runtime, device=device, model_variant=model_variant, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, threads=threads,
+        model_dir=model if model is not None else registry,
+        host=host,
+        port=port,
+        model_name=model_name,
+        model_version=model_version,
+        runtime=runtime,
+        device=device,
+        model_variant=model_variant,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        threads=threads,
         ort_spinning=ort_spinning,
-        top_k=top_k, limits=Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
-                                   max_queue_images=max_queue_images, max_request_pixels=max_request_pixels,
-                                   header_timeout=header_timeout, body_timeout=body_timeout),
-        api_key=api_key_from_env(os.environ), insecure=insecure, drain_seconds=drain_seconds,
-        drift=drift, drift_window=drift_window, drift_interval=drift_interval,
-        access_log=access_log, registry=registry, poll_interval=poll_interval, **kwargs,
+        top_k=top_k,
+        limits=Limits(
+            max_body_bytes=max_body_bytes,
+            max_pixels=max_pixels,
+            max_images=max_images,
+            max_queue_images=max_queue_images,
+            max_request_pixels=max_request_pixels,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+        ),
+        api_key=api_key_from_env(os.environ),
+        insecure=insecure,
+        drain_seconds=drain_seconds,
+        drift=drift,
+        drift_window=drift_window,
+        drift_interval=drift_interval,
+        access_log=access_log,
+        registry=registry,
+        poll_interval=poll_interval,
+        **kwargs,
     )
     config.check()
     if check:
         _print_check(config)
         return
-    auth = "API key required" if config.api_key else "no API key (loopback only)" if not insecure else "NO API KEY (--insecure)"
+    auth = (
+        "API key required"
+        if config.api_key
+        else "no API key (loopback only)"
+        if not insecure
+        else "NO API KEY (--insecure)"
+    )
 
     def ready(what: str, bound_port: int) -> None:
         url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
         variant = f", {config.model_variant}" if config.model_variant != "fp32" else ""
-        console.print(f"serving {what}{variant} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"serving {what}{variant} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
     run_server(config, on_ready=ready)
 
@@ -179,23 +308,52 @@ def _print_check(config: Any) -> None:
 
     config, _ = follow_registry(config)
     package, rt = load(config)
-    _print_json({"model": config.model_name or package.name, "version": config.model_version,
-                 "folder": str(package.root), "verified": True,
-                 "runtime": rt.name, "device": rt.device, "variant": getattr(rt, "variant", "fp32"),
-                 "labels": package.labels,
-                 "drift_profile": profile_dir(package) is not None, "files": package.manifest["files"]})
+    _print_json(
+        {
+            "model": config.model_name or package.name,
+            "version": config.model_version,
+            "folder": str(package.root),
+            "verified": True,
+            "runtime": rt.name,
+            "device": rt.device,
+            "variant": getattr(rt, "variant", "fp32"),
+            "labels": package.labels,
+            "drift_profile": profile_dir(package) is not None,
+            "files": package.manifest["files"],
+        }
+    )
+
 
 def bench_serve(
     model: Path = typer.Argument(..., help="A run folder or export folder to serve."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]"),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]",
+    ),
     concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
     requests: int = typer.Option(200, "--requests", min=1, help="Requests per measurement (after warm-up)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size"),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms"),
-    naive: bool = typer.Option(True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."),
-    repeat: int = typer.Option(1, "--repeat", min=1, help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine."),
-    drift_cost: bool = typer.Option(False, "--drift-cost", help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs."),
-    variants: str = typer.Option("fp32", "--variants", help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's."),
+    naive: bool = typer.Option(
+        True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."
+    ),
+    repeat: int = typer.Option(
+        1,
+        "--repeat",
+        min=1,
+        help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine.",
+    ),
+    drift_cost: bool = typer.Option(
+        False,
+        "--drift-cost",
+        help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs.",
+    ),
+    variants: str = typer.Option(
+        "fp32",
+        "--variants",
+        help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
@@ -210,10 +368,22 @@ def bench_serve(
     if not levels or min(levels) < 1:
         from duet.errors import ConfigError
 
-        raise ConfigError(f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}")
-    result = run_bench(model, images_dir=images, levels=levels, requests=requests, max_batch_size=max_batch_size,
-                       max_delay_ms=max_delay_ms, naive=naive, log=_log(as_json), repeat=repeat,
-                       drift_cost=drift_cost, variants=tuple(v.strip() for v in variants.split(",") if v.strip()))
+        raise ConfigError(
+            f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}"
+        )
+    result = run_bench(
+        model,
+        images_dir=images,
+        levels=levels,
+        requests=requests,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        naive=naive,
+        log=_log(as_json),
+        repeat=repeat,
+        drift_cost=drift_cost,
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+    )
     if as_json:
         _print_json(result)
         return
@@ -222,31 +392,45 @@ def bench_serve(
     for col in ("server", "clients", "p50 ms", "p99 ms", "images/s", "mean batch"):
         t.add_column(col, justify="left" if col == "server" else "right")
     for row in result["rows"]:
-        t.add_row(row["server"], str(row["concurrency"]), f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
-                  f"{row['throughput']:.1f}", f"{row.get('mean_batch', row.get('batch', 0)):.2f}"
-                  if row.get("mean_batch") or row.get("batch") else "")
+        t.add_row(
+            row["server"],
+            str(row["concurrency"]),
+            f"{row['p50_ms']:.1f}",
+            f"{row['p99_ms']:.1f}",
+            f"{row['throughput']:.1f}",
+            f"{row.get('mean_batch', row.get('batch', 0)):.2f}" if row.get("mean_batch") or row.get("batch") else "",
+        )
     out_console.print(t)
     m = result["machine"]
-    out_console.print(f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
-                      f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}", highlight=False)
+    out_console.print(
+        f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
+        f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}",
+        highlight=False,
+    )
     v = result["verdict"]
     if v:
-        line = (f"at {v['concurrency']} clients duet serve reaches {v['share_of_ceiling']:.0%} of the runtime's ceiling "
-                f"(decode + session.run at batch {v['ceiling_batch']}; goal >= 90 %: {'met' if v['share_met'] else 'NOT met'})")
+        line = (
+            f"at {v['concurrency']} clients duet serve reaches {v['share_of_ceiling']:.0%} of the runtime's ceiling "
+            f"(decode + session.run at batch {v['ceiling_batch']}; goal >= 90 %: {'met' if v['share_met'] else 'NOT met'})"
+        )
         if "p99_vs_naive" in v:
-            line += (f"; p99 {v['p99_vs_naive']:.2f}x the naive server's "
-                     f"(goal <= 1: {'met' if v['p99_met'] else 'NOT met'})")
+            line += (
+                f"; p99 {v['p99_vs_naive']:.2f}x the naive server's (goal <= 1: {'met' if v['p99_met'] else 'NOT met'})"
+            )
         out_console.print(line, highlight=False)
     if v.get("drift_cost"):
         costs = ", ".join(f"{cost:+.1%} at {c} clients" for c, cost in v["drift_cost"].items())
-        out_console.print(f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)",
-                          highlight=False)
+        out_console.print(
+            f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)", highlight=False
+        )
     if v.get("int8_vs_fp32"):
         ratio = v["int8_vs_fp32"]
         ceiling_ratio = f" (runtime ceiling: {v['int8_vs_fp32_ceiling']:.2f}x)" if "int8_vs_fp32_ceiling" in v else ""
-        out_console.print(f"at {v['concurrency']} clients duet serve int8 reaches {ratio:.2f}x fp32's images/s"
-                          f"{ceiling_ratio} (goal >= 2x on an AMX/VNNI CPU: {'met' if ratio >= 2 else 'NOT met'})",
-                          highlight=False)
+        out_console.print(
+            f"at {v['concurrency']} clients duet serve int8 reaches {ratio:.2f}x fp32's images/s"
+            f"{ceiling_ratio} (goal >= 2x on an AMX/VNNI CPU: {'met' if ratio >= 2 else 'NOT met'})",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -257,7 +441,10 @@ def register(app: typer.Typer) -> None:
         if info.name == "bench" and info.typer_instance is not None:
             info.typer_instance.command("serve")(bench_serve)
             return
-    bench = typer.Typer(help="Measure duet beside its peers on this machine: data, train, serve "
-                             "(results for docs/benchmarks.md and docs/serving.md).", no_args_is_help=True)
+    bench = typer.Typer(
+        help="Measure duet beside its peers on this machine: data, train, serve "
+        "(results for docs/benchmarks.md and docs/serving.md).",
+        no_args_is_help=True,
+    )
     bench.command("serve")(bench_serve)
     app.add_typer(bench, name="bench")

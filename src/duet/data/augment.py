@@ -136,8 +136,13 @@ def _train_batch_cpu(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, s
     def crop(rows: range) -> None:
         for i in rows:
             top, left, h, w = box_list[i]
-            y = F.interpolate(x[i : i + 1, :, top : top + h, left : left + w], size=(size, size),
-                              mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+            y = F.interpolate(
+                x[i : i + 1, :, top : top + h, left : left + w],
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0].permute(1, 2, 0)
             if flip_list[i]:
                 y = y.flip(1)
             torch.addcmul(shift, y.reshape(size, size * 3), inv_std, out=out[i].view(size, size * 3))

@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duet.system.atomic import write_json_atomic
 from duet.data.cache_dir import default_cache_dir
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.loaders import Batch, PlanSampler, Sample
 from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.system.atomic import write_json_atomic
 from duet.system.progress import make_progress
 from duet.system.threads import torch_worker_pool
 
@@ -77,9 +77,9 @@ class CacheStore:
     """An opened, verified store."""
 
     root: Path
-    images: np.ndarray            # memmap uint8 (N, L, L, 3), read-only
-    failed: dict[int, str]        # sample index -> reason it could not be decoded
-    built: bool                   # True when this call decoded the files
+    images: np.ndarray  # memmap uint8 (N, L, L, 3), read-only
+    failed: dict[int, str]  # sample index -> reason it could not be decoded
+    built: bool  # True when this call decoded the files
     build_seconds: float
 
 
@@ -224,11 +224,22 @@ class CacheLoader:
         self.samples = list(samples)
         self.spec = spec
         self.device = device
-        self.plan = PlanSampler(len(self.samples), batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, rank=rank, world=world)
+        self.plan = PlanSampler(
+            len(self.samples),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
         self.store = open_or_build(
-            self.samples, spec, Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
-            workers=max(2, min(os.cpu_count() or 1, workers * 2)), max_pixels=max_pixels, progress=progress,
+            self.samples,
+            spec,
+            Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
+            workers=max(2, min(os.cpu_count() or 1, workers * 2)),
+            max_pixels=max_pixels,
+            progress=progress,
         )
         self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.int64)
         failed = torch.zeros(len(self.samples), dtype=torch.bool)
@@ -267,16 +278,23 @@ class CacheLoader:
         if self.on_device is not None:
             for idx in batches:
                 dev_idx = idx.to(self.device)
-                yield Batch(self.on_device.index_select(0, dev_idx).permute(0, 3, 1, 2), self.labels[idx].to(self.device), idx,
-                            self._errors(idx))
+                yield Batch(
+                    self.on_device.index_select(0, dev_idx).permute(0, 3, 1, 2),
+                    self.labels[idx].to(self.device),
+                    idx,
+                    self._errors(idx),
+                )
             return
         yield from self._streamed(batches)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         """One copy, memmap -> batch (pinned when it goes on to an accelerator)."""
-        out = torch.empty((len(idx), *self.store.images.shape[1:]), dtype=torch.uint8,
-                          pin_memory=self.device.type == "cuda")
-        np.take(self.store.images, idx.numpy(), axis=0, out=out.numpy(), mode="clip")  # "raise" would buffer: a second copy
+        out = torch.empty(
+            (len(idx), *self.store.images.shape[1:]), dtype=torch.uint8, pin_memory=self.device.type == "cuda"
+        )
+        np.take(
+            self.store.images, idx.numpy(), axis=0, out=out.numpy(), mode="clip"
+        )  # "raise" would buffer: a second copy
         return out
 
     def _streamed(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
@@ -305,8 +323,12 @@ class CacheLoader:
                 if isinstance(item, BaseException):
                     raise item
                 idx, images = item
-                yield Batch(images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2),
-                            self.labels[idx].to(self.device, non_blocking=non_blocking), idx, self._errors(idx))
+                yield Batch(
+                    images.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2),
+                    self.labels[idx].to(self.device, non_blocking=non_blocking),
+                    idx,
+                    self._errors(idx),
+                )
         finally:
             stop.set()
             while thread.is_alive():

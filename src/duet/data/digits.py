@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from duet.system.atomic import write_bytes_atomic
 from duet.errors import ConfigError, DataError
+from duet.system.atomic import write_bytes_atomic
 from duet.system.progress import track
 
 MIN_SIZE = 8
@@ -56,9 +56,7 @@ def write_digits(out_dir: Path, *, size: int = 32, progress: bool = True) -> dic
     images: np.ndarray = digits.images
     targets: np.ndarray = digits.target
     written = 0
-    samples = track(
-        enumerate(zip(images, targets)), total=len(targets), description="digits", enabled=progress
-    )
+    samples = track(enumerate(zip(images, targets)), total=len(targets), description="digits", enabled=progress)
     for index, (image, target) in samples:
         path = out_dir / str(int(target)) / f"{index:04d}.png"
         if _write_if_changed(path, digit_png(image, size)):
@@ -74,13 +72,9 @@ def write_digits(out_dir: Path, *, size: int = 32, progress: bool = True) -> dic
 
 def _check_args(out_dir: Path, size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ConfigError(
-            f"`size` must be an integer from {MIN_SIZE} to {MAX_SIZE}. Received: size={size!r}"
-        )
+        raise ConfigError(f"`size` must be an integer from {MIN_SIZE} to {MAX_SIZE}. Received: size={size!r}")
     if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(
-            f"{out_dir} exists and is not a folder; choose another output folder for the digits."
-        )
+        raise DataError(f"{out_dir} exists and is not a folder; choose another output folder for the digits.")
 
 
 def digit_png(image: np.ndarray, size: int) -> bytes:

@@ -29,9 +29,7 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Same number as PIL's default bomb limit, but enforced here as an error."""
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Only the decoders behind IMAGE_EXTENSIONS are tried: PIL can open many more
 # formats (EPS even runs Ghostscript), which untrusted bytes must never reach.
@@ -120,8 +118,13 @@ def decoded_size(data: bytes, *, min_size: int | None = None) -> tuple[int, int]
             if min_size is not None and img.format in ("JPEG", "MPO"):
                 _draft(img, min_size)
             return img.size
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            MemoryError, *_PIL_ERRORS):
+    except (
+        Image.UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        MemoryError,
+        *_PIL_ERRORS,
+    ):
         return None
 
 

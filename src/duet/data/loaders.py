@@ -22,8 +22,8 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -65,7 +65,9 @@ class ImageFileDataset(Dataset):
         return torch.from_numpy(square), s.label, i, ""
 
 
-def _collate(batch: list[tuple[torch.Tensor, int, int, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+def _collate(
+    batch: list[tuple[torch.Tensor, int, int, str]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     images = torch.stack([b[0] for b in batch]).permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
     index = torch.tensor([b[2] for b in batch], dtype=torch.int64)
@@ -84,8 +86,8 @@ def default_workers() -> int:
 class Batch:
     images: torch.Tensor  # uint8 N,3,L,L on the device, channels_last strides (NHWC in memory)
     labels: torch.Tensor  # int64 N on the device; -1 where the file failed to load
-    index: torch.Tensor   # int64 N, positions in the split's sample list (CPU)
-    errors: list[str]     # per sample: "" or the load failure reason
+    index: torch.Tensor  # int64 N, positions in the split's sample list (CPU)
+    errors: list[str]  # per sample: "" or the load failure reason
 
 
 def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
@@ -166,8 +168,9 @@ class PlanSampler(Sampler[list[int]]):
     as its batch_sampler (re-iterated each epoch, also with persistent
     workers); "cache" and "tf" iterate it themselves."""
 
-    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, n: int, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool, rank: int = 0, world: int = 1
+    ) -> None:
         self.kw = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world)
         self.n, self.epoch, self.start = n, 0, 0
 
@@ -221,8 +224,15 @@ class TorchLoader:
     ) -> None:
         self.dataset = ImageFileDataset(samples, spec, max_pixels)
         self.device = device
-        self.sampler = PlanSampler(len(self.dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                   drop_last=drop_last, rank=rank, world=world)
+        self.sampler = PlanSampler(
+            len(self.dataset),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
         self.generator = torch.Generator().manual_seed(seed)  # worker seeds only; decoding draws nothing
         self.loader = DataLoader(
             self.dataset,
@@ -277,20 +287,52 @@ def make_loader(
     """The one place a backend is chosen. Heavy backends import lazily, so that
     importing duet never imports TensorFlow."""
     if backend == "torch":
-        return TorchLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
-                           workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
-                           rank=rank, world=world)
+        return TorchLoader(
+            samples,
+            spec,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            device=device,
+            workers=workers,
+            seed=seed,
+            max_pixels=max_pixels,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
     if backend == "cache":
         from duet.data.cache import CacheLoader
 
-        return CacheLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
-                           workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
-                           cache_dir=cache_dir, progress=progress, rank=rank, world=world,
-                           device_share=device_share)
+        return CacheLoader(
+            samples,
+            spec,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            device=device,
+            workers=workers,
+            seed=seed,
+            max_pixels=max_pixels,
+            drop_last=drop_last,
+            cache_dir=cache_dir,
+            progress=progress,
+            rank=rank,
+            world=world,
+            device_share=device_share,
+        )
     if backend == "tf":
         from duet.data.tfdata import TfLoader
 
-        return TfLoader(samples, spec, batch_size=batch_size, shuffle=shuffle, device=device,
-                        workers=workers, seed=seed, max_pixels=max_pixels, drop_last=drop_last,
-                        rank=rank, world=world)
+        return TfLoader(
+            samples,
+            spec,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            device=device,
+            workers=workers,
+            seed=seed,
+            max_pixels=max_pixels,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
     raise ValueError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")

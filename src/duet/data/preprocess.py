@@ -58,7 +58,7 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         return cls(
             image_size=int(d["image_size"]),
             crop_pct=float(d["crop_pct"]),
@@ -71,6 +71,7 @@ class PreprocessSpec:
 # torch.from_numpy warns (once) about read-only arrays such as decoded images;
 # to_load_square only reads its input, so that warning says nothing here.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
 
 def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 -> load_size x load_size x 3 uint8: shorter side resized to
@@ -100,8 +101,9 @@ def to_load_square(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return _torch_resize_crop(torch, rgb, (nh, nw), (top, left, s), spec.interpolation)
 
 
-def _torch_resize_crop(torch: Any, rgb: np.ndarray, size: tuple[int, int], box: tuple[int, int, int],
-                       mode: str) -> np.ndarray:
+def _torch_resize_crop(
+    torch: Any, rgb: np.ndarray, size: tuple[int, int], box: tuple[int, int, int], mode: str
+) -> np.ndarray:
     """``resize_crop`` on torch's kernel (a channels_last view of the pixels,
     its fast path; decoded arrays are read-only views of Pillow's bytes and
     torch only reads them here)."""

@@ -112,6 +112,10 @@ def resize_crop(rgb: np.ndarray, size: tuple[int, int], box: tuple[int, int, int
     if mode == "nearest":
         rows, cols = _nearest_index(h, nh, top, top + ch), _nearest_index(w, nw, left, left + cw)
         return np.ascontiguousarray(rgb[rows][:, cols])
-    out = rgb[:, left : left + cw] if nw == w else _pass(np.ascontiguousarray(rgb.transpose(1, 0, 2)), nw, left, left + cw, mode).transpose(1, 0, 2)
+    out = (
+        rgb[:, left : left + cw]
+        if nw == w
+        else _pass(np.ascontiguousarray(rgb.transpose(1, 0, 2)), nw, left, left + cw, mode).transpose(1, 0, 2)
+    )
     out = out[top : top + ch] if nh == h else _pass(out, nh, top, top + ch, mode)
     return np.ascontiguousarray(out)

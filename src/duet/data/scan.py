@@ -37,9 +37,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from duet.system.atomic import write_text_atomic
 from duet.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode
 from duet.errors import DataError
+from duet.system.atomic import write_text_atomic
 from duet.system.progress import track
 
 STATUS_OK = "ok"
@@ -145,8 +145,7 @@ def _check_data_dir(data_dir: str | Path) -> Path:
     example = f"e.g. {root}/cat/1.jpg, {root}/dog/2.jpg"
     if not root.exists():
         raise DataError(
-            f"data directory '{data_dir}' does not exist; "
-            f"pass a folder with one sub-folder per class, {example}"
+            f"data directory '{data_dir}' does not exist; pass a folder with one sub-folder per class, {example}"
         )
     if not root.is_dir():
         raise DataError(
@@ -194,9 +193,7 @@ def _walk(root: Path, layout: str) -> tuple[list[str], list[_Candidate]]:
     return sorted(labels), found
 
 
-def _walk_class_level(
-    root: Path, entry: Path, split: str, labels: set[str], found: list[_Candidate]
-) -> None:
+def _walk_class_level(root: Path, entry: Path, split: str, labels: set[str], found: list[_Candidate]) -> None:
     if entry.is_dir():
         labels.add(entry.name)
         found.extend(_candidates(root, entry, label=entry.name, split=split, skip_reason=""))
@@ -314,9 +311,7 @@ def read_manifest(path: Path, data_dir: Path) -> Manifest:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise DataError(
-                    f"manifest '{path}' has columns {reader.fieldnames}; expected {list(COLUMNS)}"
-                )
+                raise DataError(f"manifest '{path}' has columns {reader.fieldnames}; expected {list(COLUMNS)}")
             rows = [_row_from_csv(record, path, i) for i, record in enumerate(reader, start=2)]
     except FileNotFoundError:
         raise DataError(f"manifest '{path}' does not exist; run a scan first") from None
@@ -372,8 +367,7 @@ def require_trainable(manifest: Manifest) -> None:
         train = [r for r in usable if r.split == "train"]
         if not train:
             raise DataError(
-                f"the train split {root}/train has no usable image; "
-                f"put training images in {root}/train/<class>/"
+                f"the train split {root}/train has no usable image; put training images in {root}/train/<class>/"
             )
         for label in manifest.labels:
             if not any(r.label == label for r in train):
@@ -425,9 +419,7 @@ def data_report(manifest: Manifest) -> dict[str, Any]:
             if r.status == STATUS_DUPLICATE
         ],
         "conflicts": [
-            {"path": r.path, "label": r.label, "reason": r.reason}
-            for r in manifest.rows
-            if r.status == STATUS_CONFLICT
+            {"path": r.path, "label": r.label, "reason": r.reason} for r in manifest.rows if r.status == STATUS_CONFLICT
         ],
         # None when a class has no usable image (a ratio would be infinite).
         "imbalance_ratio": (max(totals) / min(totals)) if totals and min(totals) > 0 else None,

@@ -126,8 +126,9 @@ def split_key(sha256: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _split_class(copies_by_sha: dict[str, list[ManifestRow]], val_fraction: float, test_fraction: float,
-                 seed: int) -> None:
+def _split_class(
+    copies_by_sha: dict[str, list[ManifestRow]], val_fraction: float, test_fraction: float, seed: int
+) -> None:
     """Rank the class's distinct images by ``u``: val from the bottom, test from the top."""
     ranked = sorted(copies_by_sha, key=lambda sha: (split_key(sha, seed), sha))
     k_val, k_test = split_counts(len(ranked), val_fraction, test_fraction)

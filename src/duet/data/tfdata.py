@@ -60,8 +60,8 @@ import torch
 
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.loaders import Batch, PlanSampler, Sample
-from duet.errors import ConfigError
 from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.errors import ConfigError
 
 
 def import_tensorflow() -> Any:
@@ -162,7 +162,7 @@ def _route(data: bytes, load_size: int, max_pixels: int) -> int:
             return _jpeg_route(data, load_size, max_pixels)
         if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
             w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
-            plain = colour in (0, 2) and depth == 8 or colour == 3  # grey, RGB, palette
+            plain = (colour in (0, 2) and depth == 8) or colour == 3  # grey, RGB, palette
             if plain and w * h <= max_pixels and not any(k in data for k in _PNG_SPECIAL):
                 return ROUTE_PNG
     except (IndexError, struct.error, ValueError):
@@ -192,9 +192,9 @@ def _jpeg_route(data: bytes, load_size: int, max_pixels: int) -> int:
             if exif_seen or _exif_orientation(segment[6:]) != 1:
                 return ROUTE_DUET
             exif_seen = True
-        elif marker == 0xE1 and b"Orientation" in segment:  # XMP tiff:Orientation, read by Pillow too
-            return ROUTE_DUET
-        elif marker == 0xE2 and segment.startswith(b"MPF\0"):  # MPO: Pillow opens it as such
+        elif (marker == 0xE1 and b"Orientation" in segment) or (
+            marker == 0xE2 and segment.startswith(b"MPF\0")
+        ):  # XMP tiff:Orientation, read by Pillow too
             return ROUTE_DUET
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             precision, h, w, components = struct.unpack(">BHHB", segment[:6])
@@ -279,8 +279,15 @@ def _dataset_options(workers: int) -> Any:
     return options
 
 
-def file_dataset(paths: Sequence[str], labels: Sequence[int], index: Sequence[int], decoder: Any, *,
-                 workers: int, shuffle_seed: int | None = None) -> Any:
+def file_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    index: Sequence[int],
+    decoder: Any,
+    *,
+    workers: int,
+    shuffle_seed: int | None = None,
+) -> Any:
     """(path, label, index) rows -> dataset of (uint8 square, label, index), in order.
 
     ``workers`` > 1: files decode in parallel, AUTOTUNE picks how many at once
@@ -289,11 +296,13 @@ def file_dataset(paths: Sequence[str], labels: Sequence[int], index: Sequence[in
     every pass over the dataset, seeded (for Keras users; TfLoader orders each
     epoch itself).
     """
-    ds = tf.data.Dataset.from_tensor_slices((
-        tf.constant(list(paths), tf.string),
-        tf.constant(np.asarray(labels, dtype=np.int64)),
-        tf.constant(np.asarray(index, dtype=np.int64)),
-    ))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (
+            tf.constant(list(paths), tf.string),
+            tf.constant(np.asarray(labels, dtype=np.int64)),
+            tf.constant(np.asarray(index, dtype=np.int64)),
+        )
+    )
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     load = lambda p, y, i: (decoder(tf.io.read_file(p)), y, i)  # noqa: E731
@@ -343,8 +352,15 @@ class TfLoader:
         self.device = torch.device(device)
         self.workers = workers
         self.max_pixels = max_pixels
-        self.plan = PlanSampler(len(self.samples), batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, rank=rank, world=world)
+        self.plan = PlanSampler(
+            len(self.samples),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
         self._paths = np.array([str(s.path) for s in self.samples], dtype=object)
         self._labels = np.array([s.label for s in self.samples], dtype=np.int64)
         self._decoder = make_decoder(spec, max_pixels)
@@ -363,8 +379,7 @@ class TfLoader:
         ds = None
         for size, group in itertools.groupby(plan, key=len):
             idx = np.asarray([i for b in group for i in b], dtype=np.int64)
-            part = file_dataset(self._paths[idx].tolist(), self._labels[idx], idx, self._decoder,
-                                workers=self.workers)
+            part = file_dataset(self._paths[idx].tolist(), self._labels[idx], idx, self._decoder, workers=self.workers)
             part = part.ignore_errors().batch(size)  # a file that fails is dropped here, explained in _with_failures
             ds = part if ds is None else ds.concatenate(part)
         return ds.prefetch(tf.data.AUTOTUNE)
@@ -389,13 +404,15 @@ class TfLoader:
             yield self._with_failures(x, y, idx, missing)
         if pos < len(order):  # the last files of the epoch failed
             empty = torch.zeros(0, 3, self.spec.load_size, self.spec.load_size, dtype=torch.uint8)
-            yield self._with_failures(empty, torch.zeros(0, dtype=torch.int64),
-                                      np.zeros(0, dtype=np.int64), order[pos:].tolist())
+            yield self._with_failures(
+                empty, torch.zeros(0, dtype=torch.int64), np.zeros(0, dtype=np.int64), order[pos:].tolist()
+            )
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, errors: list[str]) -> Batch:
         non_blocking = self.device.type == "cuda"
-        return Batch(x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking),
-                     idx, errors)
+        return Batch(
+            x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking), idx, errors
+        )
 
     def _with_failures(self, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, missing: list[int]) -> Batch:
         """Append the samples TensorFlow dropped: pixels if duet's decoder reads

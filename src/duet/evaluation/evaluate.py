@@ -18,16 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from duet.artifacts.run_dir import RunInfo, _slug, load_run
 from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
 from duet.evaluation.inference import load_model, predict_samples
-from duet.train.precision import recorded_or
 from duet.evaluation.report import compute_metrics, write_report
-from duet.artifacts.run_dir import RunInfo, _slug, load_run
 from duet.system.device import resolve_device
-
+from duet.train.precision import recorded_or
 
 SPLIT_MEANINGS = {
     "test": "test: held out, used neither for training nor to choose the epoch",
@@ -113,8 +112,15 @@ def evaluate(
     chosen = recorded_or(precision, run.precision, dev)
     model = load_model(run, dev)
     preds = predict_samples(
-        model, run, samples, dev, batch_size=batch_size, workers=workers, progress=progress,
-        description=f"evaluate {split_name}", precision=chosen,
+        model,
+        run,
+        samples,
+        dev,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        description=f"evaluate {split_name}",
+        precision=chosen,
     )
     ok = np.array([not e for e in preds.errors], dtype=bool)
     if not ok.any():
@@ -145,6 +151,11 @@ def evaluate(
         "precision": chosen.reason,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    files = write_report(metrics, out, title=f"Evaluation of {run.paths.root.name} on {split_name}",
-                         context=context, misclassified=misclassified)
+    files = write_report(
+        metrics,
+        out,
+        title=f"Evaluation of {run.paths.root.name} on {split_name}",
+        context=context,
+        misclassified=misclassified,
+    )
     return EvalResult(metrics, files, split_name, source, len(failed), meaning, chosen.reason)

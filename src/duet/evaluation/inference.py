@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from duet.artifacts.run_dir import RunInfo
 from duet.data import augment
 from duet.data.imageio import DecodeError, decode
 from duet.data.loaders import Sample, TorchLoader, default_workers
-from duet.train.models import build
-from duet.train.precision import FP32, Precision, autocast
 from duet.data.preprocess import to_load_square
 from duet.system.progress import make_progress
-from duet.artifacts.run_dir import RunInfo
 from duet.train.checkpoint import load_weights
+from duet.train.models import build
+from duet.train.precision import FP32, Precision, autocast
 
 
 def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
@@ -34,9 +34,9 @@ def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
 
 @dataclass
 class Predictions:
-    probs: np.ndarray      # float32 (N, C); rows of failed files are NaN
-    labels: np.ndarray     # int64 (N,) true labels (-1 unknown)
-    errors: list[str]      # per sample: "" or the reason it failed to load
+    probs: np.ndarray  # float32 (N, C); rows of failed files are NaN
+    labels: np.ndarray  # int64 (N,) true labels (-1 unknown)
+    errors: list[str]  # per sample: "" or the reason it failed to load
 
 
 @torch.no_grad()
@@ -54,7 +54,11 @@ def predict_samples(
 ) -> Predictions:
     spec = run.preprocess
     loader = TorchLoader(
-        samples, spec, batch_size=batch_size, shuffle=False, device=device,
+        samples,
+        spec,
+        batch_size=batch_size,
+        shuffle=False,
+        device=device,
         workers=default_workers() if workers is None else workers,
     )
     probs = np.full((len(samples), run.num_classes), np.nan, dtype=np.float32)
@@ -79,8 +83,9 @@ def predict_samples(
 
 
 @torch.no_grad()
-def predict_file(model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int,
-                 precision: Precision = FP32) -> np.ndarray:
+def predict_file(
+    model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int, precision: Precision = FP32
+) -> np.ndarray:
     """Class probabilities for one image file (raises DecodeError)."""
     spec = run.preprocess
     rgb = decode(path, max_pixels=max_pixels, min_size=spec.load_size)

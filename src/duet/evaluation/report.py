@@ -47,9 +47,7 @@ PROB_SUM_TOLERANCE = 1e-3
 # --------------------------------------------------------------------------- metrics
 
 
-def compute_metrics(
-    y_true: np.ndarray, probs: np.ndarray, labels: list[str], *, top_k: int = 5
-) -> dict[str, Any]:
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], *, top_k: int = 5) -> dict[str, Any]:
     """Metrics for a classifier's predictions, as a JSON-able dict.
 
     Args:
@@ -106,14 +104,10 @@ def _validate_inputs(
     if not np.issubdtype(y_true.dtype, np.integer):
         raise ValueError(f"y_true must hold integer class indices; received dtype {y_true.dtype}")
     if probs.shape != (y_true.shape[0], num_classes):
-        raise ValueError(
-            f"probs must have shape (N, C) = ({y_true.shape[0]}, {num_classes}); "
-            f"received {probs.shape}"
-        )
+        raise ValueError(f"probs must have shape (N, C) = ({y_true.shape[0]}, {num_classes}); received {probs.shape}")
     if y_true.min() < 0 or y_true.max() >= num_classes:
         raise ValueError(
-            f"y_true values must lie in [0, {num_classes - 1}]; "
-            f"received min={y_true.min()}, max={y_true.max()}"
+            f"y_true values must lie in [0, {num_classes - 1}]; received min={y_true.min()}, max={y_true.max()}"
         )
     return y_true.astype(np.int64), _normalised_probs(probs)
 
@@ -126,8 +120,7 @@ def _normalised_probs(probs: np.ndarray) -> np.ndarray:
     worst = int(np.argmax(np.abs(sums - 1.0)))
     if abs(sums[worst] - 1.0) > PROB_SUM_TOLERANCE:
         raise ValueError(
-            f"each row of probs must sum to 1 (softmax probabilities); "
-            f"row {worst} sums to {sums[worst]:.6f}"
+            f"each row of probs must sum to 1 (softmax probabilities); row {worst} sums to {sums[worst]:.6f}"
         )
     return probs / sums[:, None]
 
@@ -138,9 +131,7 @@ def _top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
 
 
 def _averaged(y_true: np.ndarray, y_pred: np.ndarray, average: str) -> dict[str, float]:
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, average=average, zero_division=0
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
@@ -166,8 +157,7 @@ def _most_confused(matrix: np.ndarray, labels: list[str]) -> list[dict[str, Any]
     rows, cols = np.nonzero(off_diagonal)
     pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: (-off_diagonal[rc], rc))
     return [
-        {"true": labels[r], "predicted": labels[c], "count": int(off_diagonal[r, c])}
-        for r, c in pairs[:MOST_CONFUSED]
+        {"true": labels[r], "predicted": labels[c], "count": int(off_diagonal[r, c])} for r, c in pairs[:MOST_CONFUSED]
     ]
 
 
@@ -181,9 +171,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     ]
     worst = _worst_class(metrics["per_class"])
     if worst is not None:
-        lines.append(
-            f"worst      {worst['label']} (recall {worst['recall']:.2%}, support {worst['support']})"
-        )
+        lines.append(f"worst      {worst['label']} (recall {worst['recall']:.2%}, support {worst['support']})")
     return "\n".join(lines)
 
 
@@ -231,8 +219,9 @@ def write_report(
             out_dir / "report.md",
             render_markdown(metrics, title=title, context=context, misclassified=misclassified),
         ),
-        "png": write_bytes_atomic(out_dir / "confusion_matrix.png",
-                                  render_confusion_png(metrics, context.get("split"))),
+        "png": write_bytes_atomic(
+            out_dir / "confusion_matrix.png", render_confusion_png(metrics, context.get("split"))
+        ),
     }
 
 
@@ -290,8 +279,7 @@ def _md_headline(metrics: dict[str, Any], split: str | None = None) -> str:
 
 def _md_per_class(per_class: list[dict[str, Any]]) -> str:
     rows = [
-        [r["label"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
-        for r in per_class
+        [r["label"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]] for r in per_class
     ]
     header = ["Class", "Precision", "Recall", "F1", "Support"]
     return "## Per class\n\n" + _table(header, rows, ["---", "--:", "--:", "--:", "--:"])
@@ -302,8 +290,7 @@ def _md_confusion(confusion: dict[str, Any]) -> str:
     heading = "## Confusion matrix\n\nRows: the true class. Columns: the predicted class.\n\n"
     if len(labels) > MD_MATRIX_MAX_CLASSES:
         return heading + (
-            f"{len(labels)} classes are too many for a readable table: see "
-            "`confusion_matrix.png` and `report.json`.\n"
+            f"{len(labels)} classes are too many for a readable table: see `confusion_matrix.png` and `report.json`.\n"
         )
     rows = [[label, *counts] for label, counts in zip(labels, confusion["matrix"])]
     header = ["true ↓ / predicted →", *labels]

@@ -40,7 +40,9 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
         f"- folder: `{m.get('source', {}).get('data_dir', '?')}`",
         f"- usable images: {data.get('images', '?')} "
-        + "(" + ", ".join(f"{k} {v}" for k, v in data.get("per_split", {}).items()) + ")",
+        + "("
+        + ", ".join(f"{k} {v}" for k, v in data.get("per_split", {}).items())
+        + ")",
         f"- fingerprint (sha256 of the usable manifest rows): `{data.get('fingerprint', '?')}`",
         "",
         "## Metrics",
@@ -85,11 +87,14 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
     """The card's metrics, each saying which split it comes from."""
     parity = metrics.get("parity", {})
     evaluation = metrics.get("evaluation") or {}
-    lines = [f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}; validation chose the epoch, so it is "
-             f"optimistic): {_pct(metrics.get('val_accuracy'))}"]
+    lines = [
+        f"- validation accuracy (best epoch {metrics.get('best_epoch', '?')}; validation chose the epoch, so it is "
+        f"optimistic): {_pct(metrics.get('val_accuracy'))}"
+    ]
     if metrics.get("test_accuracy") is not None:
-        lines.append(f"- test accuracy (held-out test split, measured once after training): "
-                     f"{_pct(metrics.get('test_accuracy'))}")
+        lines.append(
+            f"- test accuracy (held-out test split, measured once after training): {_pct(metrics.get('test_accuracy'))}"
+        )
     if evaluation:
         lines.append(
             f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "
@@ -100,9 +105,9 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
     lines.append(
         f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
         f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
-        f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})")
+        f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})"
+    )
     return lines
-
 
 
 def _variant_lines(variants: dict[str, Any]) -> list[str]:

@@ -34,23 +34,38 @@ from typing import Any
 import torch
 
 import duet
-from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.artifacts.model_package import (
+    CARD_FILE,
+    INT8_FILE,
+    MANIFEST,
+    ONNX_FILE,
+    PROFILE_DIR,
+    SCHEMA,
+    WEIGHTS_FILE,
+    data_fingerprint,
+    file_entries,
+    sha256_file,
+    signature,
+)
+from duet.artifacts.run_dir import RunInfo, load_run
 from duet.data.loaders import Sample
 from duet.data.scan import read_manifest
 from duet.errors import ConfigError, DataError, RunError
+from duet.evaluation.inference import load_model
 from duet.export import onnx_graph
 from duet.export.card import render_card
-from duet.artifacts.model_package import (
-    CARD_FILE, INT8_FILE, MANIFEST, ONNX_FILE, PROFILE_DIR, SCHEMA, WEIGHTS_FILE, data_fingerprint, file_entries,
-    sha256_file, signature,
-)
 from duet.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity
 from duet.export.quantize import (
-    CALIBRATION_IMAGES, CALIBRATION_SEED, DEFAULT_INT8_TOLERANCE, QuantizeError, calibration_samples, check_int8,
-    load_pixels, quantize_int8,
+    CALIBRATION_IMAGES,
+    CALIBRATION_SEED,
+    DEFAULT_INT8_TOLERANCE,
+    QuantizeError,
+    calibration_samples,
+    check_int8,
+    load_pixels,
+    quantize_int8,
 )
-from duet.evaluation.inference import load_model
-from duet.artifacts.run_dir import RunInfo, load_run
+from duet.system.atomic import write_json_atomic, write_text_atomic
 
 Log = Callable[[str], None]
 
@@ -103,17 +118,23 @@ def _data_section(run: RunInfo) -> dict[str, Any]:
 
 def _metrics(run: RunInfo) -> dict[str, Any]:
     best = run.best or {}
-    metrics: dict[str, Any] = {"val_accuracy": best.get("val_accuracy"), "test_accuracy": best.get("test_accuracy"),
-                               "best_epoch": best.get("epoch"),
-                               "epochs_done": best.get("epochs_done"), "evaluation": None}
+    metrics: dict[str, Any] = {
+        "val_accuracy": best.get("val_accuracy"),
+        "test_accuracy": best.get("test_accuracy"),
+        "best_epoch": best.get("epoch"),
+        "epochs_done": best.get("epochs_done"),
+        "evaluation": None,
+    }
     report = run.paths.eval / "report.json"
     if report.is_file():
         try:
             doc = json.loads(report.read_text(encoding="utf-8"))
             m = doc["metrics"]
             metrics["evaluation"] = {
-                "split": doc.get("context", {}).get("split"), "date": doc.get("context", {}).get("date"),
-                "num_images": m.get("num_images"), "accuracy": m.get("accuracy"),
+                "split": doc.get("context", {}).get("split"),
+                "date": doc.get("context", {}).get("date"),
+                "num_images": m.get("num_images"),
+                "accuracy": m.get("accuracy"),
                 "macro_f1": (m.get("macro") or {}).get("f1"),
             }
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
@@ -126,8 +147,14 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import timm
 
-    return {"duet": duet.__version__, "torch": torch.__version__, "timm": timm.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    return {
+        "duet": duet.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def export_run(
@@ -189,8 +216,16 @@ def export_run(
         if (profile / "profile.json").is_file():  # the drift reference travels with the model
             shutil.copytree(profile, tmp / PROFILE_DIR)
         log(f"parity gate: {len(samples)} {split} images through PyTorch and ONNX Runtime")
-        parity = check_parity(model, tmp / ONNX_FILE, spec, samples, split=split, tolerance=tolerance,
-                              batch_size=batch_size, progress=progress)
+        parity = check_parity(
+            model,
+            tmp / ONNX_FILE,
+            spec,
+            samples,
+            split=split,
+            tolerance=tolerance,
+            batch_size=batch_size,
+            progress=progress,
+        )
         if not parity.passed:
             raise ParityError(
                 f"export of '{run.paths.root}' failed the parity gate: {parity.failure()} "
@@ -199,8 +234,18 @@ def export_run(
             )
         variants = None
         if quantize == "int8":
-            variants = {"int8": _int8_variant(run, tmp, Path(data_dir) if data_dir else run.data_dir, samples, split,
-                                              int8_tolerance, calibration_images, log)}
+            variants = {
+                "int8": _int8_variant(
+                    run,
+                    tmp,
+                    Path(data_dir) if data_dir else run.data_dir,
+                    samples,
+                    split,
+                    int8_tolerance,
+                    calibration_images,
+                    log,
+                )
+            }
         manifest = _manifest(run, spec, graph, parity, tmp, variants)
         write_json_atomic(tmp / MANIFEST, manifest)
         _make_readable(tmp)
@@ -211,36 +256,54 @@ def export_run(
     return ExportResult(dest, manifest, parity, time.perf_counter() - t0, variants)
 
 
-def _int8_variant(run: RunInfo, tmp: Path, data_root: Path, samples: list[Sample], split: str, tolerance: float,
-                  count: int, log: Log) -> dict[str, Any]:
+def _int8_variant(
+    run: RunInfo, tmp: Path, data_root: Path, samples: list[Sample], split: str, tolerance: float, count: int, log: Log
+) -> dict[str, Any]:
     """Calibrate, quantize and gate ``tmp/model.int8.onnx``; its model.json entry (sha256 added later)."""
     spec = run.preprocess
     calibration = calibration_samples(run.paths.manifest, data_root, run.labels, count=count)
-    log(f"int8: calibrating on {len(calibration)} training images (seed {CALIBRATION_SEED}), "
-        "quantizing (QDQ, per channel)")
+    log(
+        f"int8: calibrating on {len(calibration)} training images (seed {CALIBRATION_SEED}), "
+        "quantizing (QDQ, per channel)"
+    )
     t0 = time.perf_counter()
     cal_pixels, _, cal_unreadable = load_pixels(calibration, spec)
     settings = quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, cal_pixels)
     seconds = time.perf_counter() - t0
     pixels, labels, unreadable = load_pixels(samples, spec)
-    gate = check_int8(tmp / ONNX_FILE, tmp / INT8_FILE, pixels, labels, split=split, tolerance_points=tolerance,
-                      unreadable=unreadable)
+    gate = check_int8(
+        tmp / ONNX_FILE, tmp / INT8_FILE, pixels, labels, split=split, tolerance_points=tolerance, unreadable=unreadable
+    )
     log(f"int8 gate: {gate.summary()}")
     if not gate.passed:
         raise QuantizeError(
             f"export of '{run.paths.root}' failed the int8 gate: {gate.summary()}; nothing was written "
             "(fp32 included). Export without --quantize for fp32 only, or raise --int8-tolerance knowingly"
         )
-    return {"file": INT8_FILE,
-            "calibration": {"split": "train", "images": len(cal_pixels), "unreadable": cal_unreadable,
-                            "seed": CALIBRATION_SEED, "drawn_from": "the run's training split, seeded permutation",
-                            "preprocess": "duet.serve.images.prepare (as served)", "seconds": round(seconds, 1),
-                            **settings},
-            "gate": gate.to_dict()}
+    return {
+        "file": INT8_FILE,
+        "calibration": {
+            "split": "train",
+            "images": len(cal_pixels),
+            "unreadable": cal_unreadable,
+            "seed": CALIBRATION_SEED,
+            "drawn_from": "the run's training split, seeded permutation",
+            "preprocess": "duet.serve.images.prepare (as served)",
+            "seconds": round(seconds, 1),
+            **settings,
+        },
+        "gate": gate.to_dict(),
+    }
 
 
-def _manifest(run: RunInfo, spec: Any, graph: dict[str, Any], parity: ParityReport, tmp: Path,
-              variants: dict[str, Any] | None = None) -> dict[str, Any]:
+def _manifest(
+    run: RunInfo,
+    spec: Any,
+    graph: dict[str, Any],
+    parity: ParityReport,
+    tmp: Path,
+    variants: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     inputs, outputs = signature(spec, run.num_classes)
     metrics = _metrics(run)
     metrics["parity"] = parity.to_dict()

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 
 import duet
-from duet.data.augment import normalise
-from duet.errors import ModelError
 from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
+from duet.data.augment import normalise
 from duet.data.preprocess import PreprocessSpec
+from duet.errors import ModelError
 
 DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension (torch.export needs one)
@@ -72,7 +72,9 @@ class PixelsToProbabilities(torch.nn.Module):
         return logits, torch.softmax(logits, dim=1), features.float()
 
 
-def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: Path, *, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+def export_onnx(
+    model: torch.nn.Module, spec: PreprocessSpec, path: Path, *, opset: int = DEFAULT_OPSET
+) -> dict[str, Any]:
     """Write ``model`` (fp32, eval mode, on the CPU) wrapped in
     :class:`PixelsToProbabilities` to ``path``. Returns what model.json records
     about the graph (opset, exporter, the features output's name and width)."""
@@ -95,8 +97,11 @@ def _export(wrapper: PixelsToProbabilities, example: torch.Tensor, path: Path, o
         errors.append(f"dynamo: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     try:
         _export_torchscript(wrapper, example, path, min(opset, 17))
-        return {"opset": min(opset, 17), "exporter": f"torch.onnx.export dynamo=False (torch {torch.__version__})",
-                "dynamo_error": errors[0]}
+        return {
+            "opset": min(opset, 17),
+            "exporter": f"torch.onnx.export dynamo=False (torch {torch.__version__})",
+            "dynamo_error": errors[0],
+        }
     except Exception as e:
         errors.append(f"torchscript: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     raise ModelError("cannot export this model to ONNX: " + "; ".join(errors))
@@ -108,10 +113,16 @@ def _export_dynamo(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (example,), str(path),
-            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUTS),
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(GRAPH_OUTPUTS),
             dynamic_shapes={"pixels": {0: batch}},
-            opset_version=opset, dynamo=True, external_data=False, verbose=False,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
 
 
@@ -120,9 +131,14 @@ def _export_torchscript(wrapper: torch.nn.Module, example: torch.Tensor, path: P
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (example,), str(path),
-            input_names=[INPUT_NAME], output_names=list(GRAPH_OUTPUTS),
-            dynamic_axes=axes, opset_version=opset, dynamo=False,
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(GRAPH_OUTPUTS),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
         )
 
 
@@ -132,9 +148,11 @@ def metadata_props(labels: list[str], spec: PreprocessSpec, architecture: str) -
     return {
         "labels": json.dumps(labels),
         "preprocess": json.dumps(spec.to_dict()),
-        "input": (f"{INPUT_NAME}: uint8 [N, 3, {s}, {s}] RGB. Decode, resize the shorter side to "
-                  f"{spec.load_size} px ({spec.interpolation}, antialiased), centre-crop {s} x {s}; "
-                  "the graph converts to float and normalises with mean/std itself"),
+        "input": (
+            f"{INPUT_NAME}: uint8 [N, 3, {s}, {s}] RGB. Decode, resize the shorter side to "
+            f"{spec.load_size} px ({spec.interpolation}, antialiased), centre-crop {s} x {s}; "
+            "the graph converts to float and normalises with mean/std itself"
+        ),
         "architecture": architecture,
         "duet_version": duet.__version__,
     }

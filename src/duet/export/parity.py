@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from duet.artifacts.model_package import INPUT_NAME
 from duet.data import augment
 from duet.data.loaders import Sample, TorchLoader
-from duet.errors import ModelError
-from duet.artifacts.model_package import INPUT_NAME
 from duet.data.preprocess import PreprocessSpec
+from duet.errors import ModelError
 from duet.system.progress import make_progress
 
 DEFAULT_TOLERANCE = 1e-4
@@ -41,12 +41,12 @@ class ParityError(ModelError):
 class ParityReport:
     images: int
     split: str
-    top1_agreement: float        # fraction of images with the same argmax
+    top1_agreement: float  # fraction of images with the same argmax
     disagreements: int
     max_abs_prob_diff: float
     max_abs_logit_diff: float
     tolerance: float
-    unreadable: int               # images that failed to decode (not compared)
+    unreadable: int  # images that failed to decode (not compared)
     batch_sizes: list[int]
 
     @property
@@ -127,7 +127,13 @@ def check_parity(
                 sizes.add(len(chunk))
             bar.advance(task, len(batch.labels))
     return ParityReport(
-        images=images, split=split, top1_agreement=(images - differ) / images if images else 0.0,
-        disagreements=differ, max_abs_prob_diff=max_p, max_abs_logit_diff=max_l, tolerance=tolerance,
-        unreadable=unreadable, batch_sizes=sorted(sizes),
+        images=images,
+        split=split,
+        top1_agreement=(images - differ) / images if images else 0.0,
+        disagreements=differ,
+        max_abs_prob_diff=max_p,
+        max_abs_logit_diff=max_l,
+        tolerance=tolerance,
+        unreadable=unreadable,
+        batch_sizes=sorted(sizes),
     )

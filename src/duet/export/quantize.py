@@ -32,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from duet.artifacts.model_package import INPUT_NAME
 from duet.data.loaders import Sample
+from duet.data.preprocess import PreprocessSpec
 from duet.data.scan import read_manifest
 from duet.errors import ModelError, RunError
-from duet.artifacts.model_package import INPUT_NAME
-from duet.data.preprocess import PreprocessSpec
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_SEED = 0
-DEFAULT_INT8_TOLERANCE = 1.0   # percentage points of top-1 accuracy int8 may lose against fp32
+DEFAULT_INT8_TOLERANCE = 1.0  # percentage points of top-1 accuracy int8 may lose against fp32
 OPS_TO_QUANTIZE = ("Conv", "MatMul", "Gemm")
 _MAX_PIXELS = 200_000_000
 _BATCH = 32
@@ -54,9 +54,9 @@ class QuantizeError(ModelError):
 class Int8Gate:
     images: int
     split: str
-    fp32_accuracy: float          # top-1, fraction
+    fp32_accuracy: float  # top-1, fraction
     int8_accuracy: float
-    top1_agreement: float         # fraction of images where int8 and fp32 pick the same label
+    top1_agreement: float  # fraction of images where int8 and fp32 pick the same label
     tolerance_points: float
     unreadable: int
 
@@ -72,21 +72,30 @@ class Int8Gate:
         return {**asdict(self), "accuracy_loss_points": round(self.loss_points, 4), "passed": self.passed}
 
     def summary(self) -> str:
-        return (f"{self.images} {self.split} images: top-1 accuracy int8 {100 * self.int8_accuracy:.2f}% vs fp32 "
-                f"{100 * self.fp32_accuracy:.2f}% ({0.0 - self.loss_points + 0.0:+.2f} points, "
-                f"allowed -{self.tolerance_points:g}), "
-                f"top-1 agreement {100 * self.top1_agreement:.2f}%")
+        return (
+            f"{self.images} {self.split} images: top-1 accuracy int8 {100 * self.int8_accuracy:.2f}% vs fp32 "
+            f"{100 * self.fp32_accuracy:.2f}% ({0.0 - self.loss_points + 0.0:+.2f} points, "
+            f"allowed -{self.tolerance_points:g}), "
+            f"top-1 agreement {100 * self.top1_agreement:.2f}%"
+        )
 
 
-def calibration_samples(manifest_path: Path, data_dir: Path, labels: Sequence[str], *,
-                        count: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> list[Sample]:
+def calibration_samples(
+    manifest_path: Path,
+    data_dir: Path,
+    labels: Sequence[str],
+    *,
+    count: int = CALIBRATION_IMAGES,
+    seed: int = CALIBRATION_SEED,
+) -> list[Sample]:
     """Up to ``count`` training-split images, drawn with ``seed`` (the same run gives the same draw)."""
     manifest = read_manifest(manifest_path, data_dir)
     index = {label: i for i, label in enumerate(labels)}
     rows = [r for r in manifest.usable() if r.split == "train" and r.label in index]
     if not rows:
-        raise RunError(f"'{manifest_path}' lists no usable training image; "
-                       "int8 calibration draws from the training split")
+        raise RunError(
+            f"'{manifest_path}' lists no usable training image; int8 calibration draws from the training split"
+        )
     picked = np.random.default_rng(seed).permutation(len(rows))[:count]
     return [Sample(manifest.data_dir / rows[i].path, index[rows[i].label]) for i in sorted(picked)]
 
@@ -116,7 +125,8 @@ def _reader(pixels: np.ndarray) -> Any:
     class Batches(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self._it: Iterator[dict[str, np.ndarray]] = iter(
-                {INPUT_NAME: pixels[i : i + _BATCH]} for i in range(0, len(pixels), _BATCH))
+                {INPUT_NAME: pixels[i : i + _BATCH]} for i in range(0, len(pixels), _BATCH)
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
@@ -135,35 +145,69 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(int8_path), _reader(calibration),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(OPS_TO_QUANTIZE), calibrate_method=CalibrationMethod.MinMax,
+            str(prepared),
+            str(int8_path),
+            _reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(OPS_TO_QUANTIZE),
+            calibrate_method=CalibrationMethod.MinMax,
         )
-    return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
-            "method": "MinMax", "ops": list(OPS_TO_QUANTIZE), "reduce_range": False}
+    return {
+        "format": "QDQ",
+        "weights": "int8, per channel",
+        "activations": "uint8, per tensor",
+        "method": "MinMax",
+        "ops": list(OPS_TO_QUANTIZE),
+        "reduce_range": False,
+    }
 
 
 def _top1(path: Path, pixels: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [session.run(["logits"], {INPUT_NAME: pixels[i : i + _BATCH]})[0].argmax(1)
-           for i in range(0, len(pixels), _BATCH)]
+    out = [
+        session.run(["logits"], {INPUT_NAME: pixels[i : i + _BATCH]})[0].argmax(1)
+        for i in range(0, len(pixels), _BATCH)
+    ]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def check_int8(fp32_path: Path, int8_path: Path, pixels: np.ndarray, labels: np.ndarray, *, split: str,
-               tolerance_points: float, unreadable: int = 0) -> Int8Gate:
+def check_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    *,
+    split: str,
+    tolerance_points: float,
+    unreadable: int = 0,
+) -> Int8Gate:
     """Top-1 accuracy of both graphs on the same uint8 inputs, and their agreement."""
     ref, got = _top1(fp32_path, pixels), _top1(int8_path, pixels)
     n = len(labels)
-    return Int8Gate(images=n, split=split,
-                    fp32_accuracy=float((ref == labels).mean()) if n else 0.0,
-                    int8_accuracy=float((got == labels).mean()) if n else 0.0,
-                    top1_agreement=float((ref == got).mean()) if n else 0.0,
-                    tolerance_points=tolerance_points, unreadable=unreadable)
+    return Int8Gate(
+        images=n,
+        split=split,
+        fp32_accuracy=float((ref == labels).mean()) if n else 0.0,
+        int8_accuracy=float((got == labels).mean()) if n else 0.0,
+        top1_agreement=float((ref == got).mean()) if n else 0.0,
+        tolerance_points=tolerance_points,
+        unreadable=unreadable,
+    )
 
 
-__all__ = ["CALIBRATION_IMAGES", "DEFAULT_INT8_TOLERANCE", "Int8Gate", "QuantizeError", "calibration_samples",
-           "check_int8", "load_pixels", "quantize_int8"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "DEFAULT_INT8_TOLERANCE",
+    "Int8Gate",
+    "QuantizeError",
+    "calibration_samples",
+    "check_int8",
+    "load_pixels",
+    "quantize_int8",
+]

@@ -177,8 +177,9 @@ def refusal_probability(n: int, loss_rate: float, gain_rate: float, *, level: fl
 
 
 @lru_cache(maxsize=1024)
-def min_detectable_drop(n: int, *, gain_rate: float = 0.0, level: float = 0.05, margin: float = 0.0,
-                        power: float = 0.8) -> float | None:
+def min_detectable_drop(
+    n: int, *, gain_rate: float = 0.0, level: float = 0.05, margin: float = 0.0, power: float = 0.8
+) -> float | None:
     """The smallest accuracy drop the drop test refuses with probability ``power``
     on ``n`` images (model in the module docstring); None when even losing
     every image the challenger could lose is not detected that often."""
@@ -195,8 +196,9 @@ def min_detectable_drop(n: int, *, gain_rate: float = 0.0, level: float = 0.05, 
     return hi
 
 
-def drop_test(champion_right: np.ndarray, challenger_right: np.ndarray, *, where: str, level: float, margin: float,
-              power: float) -> DropTest:
+def drop_test(
+    champion_right: np.ndarray, challenger_right: np.ndarray, *, where: str, level: float, margin: float, power: float
+) -> DropTest:
     """Refuse when the challenger is significantly worse (exact one-sided McNemar
     at ``level``) and its estimated drop exceeds ``margin``."""
     champion_right, challenger_right = np.asarray(champion_right, bool), np.asarray(challenger_right, bool)
@@ -206,13 +208,20 @@ def drop_test(champion_right: np.ndarray, challenger_right: np.ndarray, *, where
     drop = (losses - gains) / n if n else 0.0
     p = mcnemar_worse(champion_right, challenger_right)
     return DropTest(
-        where=where, images=n,
+        where=where,
+        images=n,
         champion_accuracy=float(champion_right.mean()) if n else None,
         challenger_accuracy=float(challenger_right.mean()) if n else None,
-        losses=losses, gains=gains, drop=drop, p_value=p, level=level, margin=margin,
+        losses=losses,
+        gains=gains,
+        drop=drop,
+        p_value=p,
+        level=level,
+        margin=margin,
         refused=bool(n and p <= level and drop > margin + EPS),
-        min_detectable_drop=min_detectable_drop(n, gain_rate=gains / n if n else 0.0, level=level, margin=margin,
-                                                power=power),
+        min_detectable_drop=min_detectable_drop(
+            n, gain_rate=gains / n if n else 0.0, level=level, margin=margin, power=power
+        ),
         power=power,
     )
 
@@ -227,8 +236,11 @@ def scores(pred: np.ndarray, true: np.ndarray, labels: list[str]) -> dict[str, A
     for label in labels:
         mask = true == label
         if mask.any():
-            per_class[label] = {"support": int(mask.sum()), "correct": int(correct[mask].sum()),
-                                "recall": float(correct[mask].mean())}
+            per_class[label] = {
+                "support": int(mask.sum()),
+                "correct": int(correct[mask].sum()),
+                "recall": float(correct[mask].mean()),
+            }
     return {"accuracy": float(correct.mean()) if len(true) else None, "images": int(len(true)), "per_class": per_class}
 
 
@@ -238,30 +250,53 @@ def checkable(images: int, level: float) -> bool:
     return images > 0 and images * math.log(2) >= -math.log(level) - EPS
 
 
-def class_rows(true: np.ndarray, champion_right: np.ndarray, challenger_right: np.ndarray, labels: list[str],
-               gate: GateSettings) -> list[dict[str, Any]]:
+def class_rows(
+    true: np.ndarray, champion_right: np.ndarray, challenger_right: np.ndarray, labels: list[str], gate: GateSettings
+) -> list[dict[str, Any]]:
     """One row per class: recalls, and the class's drop test where it can fire."""
     present = [label for label in labels if np.any(true == label)]
-    checked = [label for label in present
-               if checkable(int(np.sum(true == label)), gate.significance / max(len(present), 1))]
+    checked = [
+        label for label in present if checkable(int(np.sum(true == label)), gate.significance / max(len(present), 1))
+    ]
     level = gate.significance / max(len(checked), 1)  # Bonferroni over the classes checked
     rows = []
     for label in present:
         mask = true == label
-        t = drop_test(champion_right[mask], challenger_right[mask], where=f"class '{label}'", level=level,
-                      margin=gate.class_margin, power=gate.power)
-        rows.append({"label": label, "support": t.images, "champion_recall": t.champion_accuracy,
-                     "challenger_recall": t.challenger_accuracy, "change": t.challenger_accuracy - t.champion_accuracy,
-                     "p_value": t.p_value, "checked": label in checked,
-                     "min_detectable_drop": t.min_detectable_drop if label in checked else None,
-                     "regressed": bool(label in checked and t.refused),
-                     "champion_correct": int(champion_right[mask].sum()),
-                     "challenger_correct": int(challenger_right[mask].sum())})
+        t = drop_test(
+            champion_right[mask],
+            challenger_right[mask],
+            where=f"class '{label}'",
+            level=level,
+            margin=gate.class_margin,
+            power=gate.power,
+        )
+        rows.append(
+            {
+                "label": label,
+                "support": t.images,
+                "champion_recall": t.champion_accuracy,
+                "challenger_recall": t.challenger_accuracy,
+                "change": t.challenger_accuracy - t.champion_accuracy,
+                "p_value": t.p_value,
+                "checked": label in checked,
+                "min_detectable_drop": t.min_detectable_drop if label in checked else None,
+                "regressed": bool(label in checked and t.refused),
+                "champion_correct": int(champion_right[mask].sum()),
+                "challenger_correct": int(challenger_right[mask].sum()),
+            }
+        )
     return rows
 
 
-def compare_predictions(true: np.ndarray, champion_pred: np.ndarray, challenger_pred: np.ndarray,
-                        champion_held_out: np.ndarray, gate: GateSettings, *, split: str = "val") -> Comparison:
+def compare_predictions(
+    true: np.ndarray,
+    champion_pred: np.ndarray,
+    challenger_pred: np.ndarray,
+    champion_held_out: np.ndarray,
+    gate: GateSettings,
+    *,
+    split: str = "val",
+) -> Comparison:
     """The gate over both models' predicted labels on the same images.
 
     ``champion_held_out`` marks the images that were held out of the champion's
@@ -270,8 +305,10 @@ def compare_predictions(true: np.ndarray, champion_pred: np.ndarray, challenger_
     true, champion_pred, challenger_pred = (np.asarray(a, dtype=object) for a in (true, champion_pred, challenger_pred))
     old = np.asarray(champion_held_out, bool)
     if not len(true):
-        raise DataError("no held-out image was read by both models, so there is nothing to compare them on; "
-                        "check the images of the merged data's held-out split")
+        raise DataError(
+            "no held-out image was read by both models, so there is nothing to compare them on; "
+            "check the images of the merged data's held-out split"
+        )
     labels = sorted(set(true))
     champ_right, chall_right = champion_pred == true, challenger_pred == true
     champ, chall = scores(champion_pred, true, labels), scores(challenger_pred, true, labels)
@@ -279,8 +316,14 @@ def compare_predictions(true: np.ndarray, champion_pred: np.ndarray, challenger_
         d["accuracy_on_champion_held_out"] = scores(pred[old], true[old], labels)["accuracy"]
     where = "the champion's own held-out images" if old.any() else "all held-out images"
     sel = old if old.any() else np.ones(len(true), bool)
-    test = drop_test(champ_right[sel], chall_right[sel], where=where, level=gate.significance,
-                     margin=gate.drop_margin, power=gate.power)
+    test = drop_test(
+        champ_right[sel],
+        chall_right[sel],
+        where=where,
+        level=gate.significance,
+        margin=gate.drop_margin,
+        power=gate.power,
+    )
     rows = class_rows(true, champ_right, chall_right, labels, gate)
     rows_old = class_rows(true[old], champ_right[old], chall_right[old], labels, gate) if old.any() else []
     overall_ok = chall["accuracy"] >= champ["accuracy"] - gate.tolerance - EPS
@@ -290,8 +333,19 @@ def compare_predictions(true: np.ndarray, champion_pred: np.ndarray, challenger_
     reasons += [_class_reason(r, where, gate) for r, where in regressions]
     if not regressions:
         reasons.append(_no_class_reason(rows, rows_old, gate))
-    return Comparison(split, len(true), int(old.sum()), champ, chall, rows, rows_old,
-                      bool(overall_ok and not test.refused and not regressions), reasons, asdict(gate), asdict(test))
+    return Comparison(
+        split,
+        len(true),
+        int(old.sum()),
+        champ,
+        chall,
+        rows,
+        rows_old,
+        bool(overall_ok and not test.refused and not regressions),
+        reasons,
+        asdict(gate),
+        asdict(test),
+    )
 
 
 def _points(x: float | None) -> str:
@@ -300,38 +354,54 @@ def _points(x: float | None) -> str:
 
 def _overall_reason(champ: dict[str, Any], chall: dict[str, Any], ok: bool, gate: GateSettings) -> str:
     a, b = champ["accuracy"], chall["accuracy"]
-    return (f"overall accuracy {b:.1%} vs champion {a:.1%} ({100 * (b - a):+.1f} points) on {champ['images']} "
-            f"held-out images: {'at least as good' if ok else 'worse'}"
-            + (f" (tolerance {gate.tolerance:.1%})" if gate.tolerance else ""))
+    return (
+        f"overall accuracy {b:.1%} vs champion {a:.1%} ({100 * (b - a):+.1f} points) on {champ['images']} "
+        f"held-out images: {'at least as good' if ok else 'worse'}"
+        + (f" (tolerance {gate.tolerance:.1%})" if gate.tolerance else "")
+    )
 
 
 def _drop_reason(t: DropTest) -> str:
-    counts = (f"{t.challenger_accuracy:.1%} vs {t.champion_accuracy:.1%}, {t.losses} images lost and {t.gains} "
-              f"gained of {t.images}; exact McNemar p = {t.p_value:.2g}")
-    seen = (f"minimum detectable drop {_points(t.min_detectable_drop)} (caught {t.power:.0%} of the time)"
-            if t.min_detectable_drop is not None else f"no drop is detectable on {t.images} images at {t.level:.0%}")
+    counts = (
+        f"{t.challenger_accuracy:.1%} vs {t.champion_accuracy:.1%}, {t.losses} images lost and {t.gains} "
+        f"gained of {t.images}; exact McNemar p = {t.p_value:.2g}"
+    )
+    seen = (
+        f"minimum detectable drop {_points(t.min_detectable_drop)} (caught {t.power:.0%} of the time)"
+        if t.min_detectable_drop is not None
+        else f"no drop is detectable on {t.images} images at {t.level:.0%}"
+    )
     if t.refused:
-        return f"significantly worse on {t.where} ({counts}): a drop of {_points(t.drop)}, more than the " \
-               f"{t.margin:.0%} margin; {seen}"
+        return (
+            f"significantly worse on {t.where} ({counts}): a drop of {_points(t.drop)}, more than the "
+            f"{t.margin:.0%} margin; {seen}"
+        )
     return f"not significantly worse by more than {t.margin:.0%} on {t.where} ({counts}); {seen}"
 
 
 def _class_reason(r: dict[str, Any], where: str, gate: GateSettings) -> str:
-    return (f"class '{r['label']}' regressed on {where}: recall {r['challenger_recall']:.0%} vs "
-            f"{r['champion_recall']:.0%} ({r['challenger_correct']}/{r['support']} vs "
-            f"{r['champion_correct']}/{r['support']}; McNemar p = {r['p_value']:.2g}), more than the "
-            f"{gate.class_margin:.0%} margin")
+    return (
+        f"class '{r['label']}' regressed on {where}: recall {r['challenger_recall']:.0%} vs "
+        f"{r['champion_recall']:.0%} ({r['challenger_correct']}/{r['support']} vs "
+        f"{r['champion_correct']}/{r['support']}; McNemar p = {r['p_value']:.2g}), more than the "
+        f"{gate.class_margin:.0%} margin"
+    )
 
 
 def _no_class_reason(rows: list[dict[str, Any]], rows_old: list[dict[str, Any]], gate: GateSettings) -> str:
-    text = (f"no class recall dropped significantly by more than {gate.class_margin:.0%} "
-            f"({sum(r['checked'] for r in rows)} of {len(rows)} classes checked on all held-out images")
+    text = (
+        f"no class recall dropped significantly by more than {gate.class_margin:.0%} "
+        f"({sum(r['checked'] for r in rows)} of {len(rows)} classes checked on all held-out images"
+    )
     if rows_old:
         text += f", {sum(r['checked'] for r in rows_old)} on the champion's own"
     mdd = [r["min_detectable_drop"] for r in rows_old or rows if r["min_detectable_drop"] is not None]
     if mdd:
-        text += (f"; there a class's minimum detectable drop is {100 * min(mdd):.0f}"
-                 + (f"-{100 * max(mdd):.0f}" if round(100 * max(mdd)) != round(100 * min(mdd)) else "") + " points")
+        text += (
+            f"; there a class's minimum detectable drop is {100 * min(mdd):.0f}"
+            + (f"-{100 * max(mdd):.0f}" if round(100 * max(mdd)) != round(100 * min(mdd)) else "")
+            + " points"
+        )
     return text + ")"
 
 
@@ -340,36 +410,58 @@ def _no_class_reason(rows: list[dict[str, Any]], rows_old: list[dict[str, Any]],
 
 def markdown(c: Comparison, *, champion: Path, challenger: Path, decision: str) -> list[str]:
     """The report's lines: both models, the gate (with what it could detect), per class."""
-    lines = [f"# Champion vs challenger: {decision}", "",
-             "| | champion | challenger |", "|---|---|---|",
-             f"| run | `{champion}` | `{challenger}` |",
-             f"| accuracy, {c.images} held-out images ({c.split}) | {c.champion['accuracy']:.2%} | "
-             f"{c.challenger['accuracy']:.2%} |"]
+    lines = [
+        f"# Champion vs challenger: {decision}",
+        "",
+        "| | champion | challenger |",
+        "|---|---|---|",
+        f"| run | `{champion}` | `{challenger}` |",
+        f"| accuracy, {c.images} held-out images ({c.split}) | {c.champion['accuracy']:.2%} | "
+        f"{c.challenger['accuracy']:.2%} |",
+    ]
     if c.old_images:
-        lines.append(f"| accuracy, the champion's {c.old_images} held-out images | "
-                     f"{c.champion['accuracy_on_champion_held_out']:.2%} | "
-                     f"{c.challenger['accuracy_on_champion_held_out']:.2%} |")
+        lines.append(
+            f"| accuracy, the champion's {c.old_images} held-out images | "
+            f"{c.champion['accuracy_on_champion_held_out']:.2%} | "
+            f"{c.challenger['accuracy_on_champion_held_out']:.2%} |"
+        )
     g, t = c.gate, c.drop_test
-    lines += ["", "## Gate", "",
-              f"Settings: overall tolerance {g['tolerance']:.1%}; drop margin {g['drop_margin']:.0%} on "
-              f"{t.get('where', 'the held-out images')} (refused when an exact one-sided McNemar test is significant "
-              f"at {g['significance']:.0%} and the drop exceeds it); class margin {g['class_margin']:.0%} "
-              "(the same test, Bonferroni over the classes checked).", ""]
+    lines += [
+        "",
+        "## Gate",
+        "",
+        f"Settings: overall tolerance {g['tolerance']:.1%}; drop margin {g['drop_margin']:.0%} on "
+        f"{t.get('where', 'the held-out images')} (refused when an exact one-sided McNemar test is significant "
+        f"at {g['significance']:.0%} and the drop exceeds it); class margin {g['class_margin']:.0%} "
+        "(the same test, Bonferroni over the classes checked).",
+        "",
+    ]
     if t:
-        lines += [f"Minimum detectable drop ({g['power']:.0%} power): **{_points(t['min_detectable_drop'])}** "
-                  f"on {t['images']} images at a gain rate of {t['gains']}/{t['images']}; smaller drops pass "
-                  "unseen.", ""]
+        lines += [
+            f"Minimum detectable drop ({g['power']:.0%} power): **{_points(t['min_detectable_drop'])}** "
+            f"on {t['images']} images at a gain rate of {t['gains']}/{t['images']}; smaller drops pass "
+            "unseen.",
+            "",
+        ]
     lines += [f"- {r}" for r in c.reasons]
-    for title, rows in (("Per class, all held-out images", c.per_class),
-                        ("Per class, the champion's own held-out images", c.per_class_old)):
+    for title, rows in (
+        ("Per class, all held-out images", c.per_class),
+        ("Per class, the champion's own held-out images", c.per_class_old),
+    ):
         if not rows:
             continue
-        lines += ["", f"## {title}", "",
-                  "| class | images | champion recall | challenger recall | change | McNemar p | min. detectable drop | regressed |",
-                  "|---|--:|--:|--:|--:|--:|--:|---|"]
-        lines += [f"| {r['label']} | {r['support']} | {r['champion_recall']:.1%} | {r['challenger_recall']:.1%} | "
-                  f"{100 * r['change']:+.1f} | {r['p_value']:.2g} | "
-                  + (f"{_points(r['min_detectable_drop'])} |" if r["checked"] else "not checked |")
-                  + f" {'**yes**' if r['regressed'] else 'no'} |"
-                  for r in rows]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| class | images | champion recall | challenger recall | change | McNemar p | min. detectable drop | regressed |",
+            "|---|--:|--:|--:|--:|--:|--:|---|",
+        ]
+        lines += [
+            f"| {r['label']} | {r['support']} | {r['champion_recall']:.1%} | {r['challenger_recall']:.1%} | "
+            f"{100 * r['change']:+.1f} | {r['p_value']:.2g} | "
+            + (f"{_points(r['min_detectable_drop'])} |" if r["checked"] else "not checked |")
+            + f" {'**yes**' if r['regressed'] else 'no'} |"
+            for r in rows
+        ]
     return lines

@@ -10,7 +10,6 @@ folder of links in the ``train/ val/`` layout next to the challenger run
 (``runs/<name>.data/``).
 """
 
-
 from __future__ import annotations
 
 import os
@@ -54,7 +53,9 @@ def known_hashes(run_dir: Path) -> dict[str, str]:
     return {r.sha256: r.label for r in manifest.usable()}
 
 
-def new_labelled_rows(run_dir: Path, data_dir: Path, *, progress: bool) -> tuple[list[Any], Any, int, list[dict[str, str]]]:
+def new_labelled_rows(
+    run_dir: Path, data_dir: Path, *, progress: bool
+) -> tuple[list[Any], Any, int, list[dict[str, str]]]:
     """Usable rows of ``data_dir`` the run has not seen: ``(rows, manifest, already known, conflicts)``."""
     from duet.data.scan import scan
 
@@ -88,16 +89,22 @@ def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool
     old = read_manifest(run.paths.manifest, run.data_dir)
     fresh, new_manifest, same, conflicts = new_labelled_rows(run.paths.root, Path(new_data), progress=progress)
     if not fresh:
-        raise DataError(f"no new images in '{new_data}': all {same + len(conflicts)} usable images are already in "
-                        f"the champion's data ({len(conflicts)} under another label); add new labelled images")
+        raise DataError(
+            f"no new images in '{new_data}': all {same + len(conflicts)} usable images are already in "
+            f"the champion's data ({len(conflicts)} under another label); add new labelled images"
+        )
     # The champion's rule for new files: hash of content + its seed and validation
     # fraction; a test split only when the champion has one, then at its share
     # (however few the new images: the merged test split must keep growing).
     fresh_ids = {r.path for r in fresh}
     has_test = any(r.split == "test" for r in old.usable())
-    split_new = assign_splits(new_manifest, val_fraction=float(config.get("val_split", 0.2)),
-                              test_fraction=float(config.get("test_split", 0.1)) if has_test else 0.0,
-                              seed=int(config.get("seed", 0)), test_min_per_class=0)
+    split_new = assign_splits(
+        new_manifest,
+        val_fraction=float(config.get("val_split", 0.2)),
+        test_fraction=float(config.get("test_split", 0.1)) if has_test else 0.0,
+        seed=int(config.get("seed", 0)),
+        test_min_per_class=0,
+    )
     fresh = [r for r in split_new.usable() if r.path in fresh_ids]
     if dest.exists():
         raise DataError(f"'{dest}' already exists; choose another challenger --name")
@@ -105,12 +112,16 @@ def merge_data(champion_run: Path, new_data: Path, dest: Path, *, progress: bool
     shutil.rmtree(tmp, ignore_errors=True)
     old_rows = old.usable()
     for row in old_rows:
-        _link(old.data_dir / row.path, tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}")
+        _link(
+            old.data_dir / row.path, tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}"
+        )
     per_split: dict[str, int] = {}
     for row in fresh:
         per_split[row.split] = per_split.get(row.split, 0) + 1
-        _link(new_manifest.data_dir / row.path,
-              tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}")
+        _link(
+            new_manifest.data_dir / row.path,
+            tmp / row.split / row.label / f"{row.sha256[:20]}{Path(row.path).suffix.lower()}",
+        )
     if not (tmp / "val").is_dir():  # the splits layout needs the folder even when it is empty
         (tmp / "val").mkdir(parents=True)
     os.replace(tmp, dest)

@@ -111,7 +111,7 @@ class Version:
 
     @property
     def unfinished(self) -> str:
-        """"" for a run that finished training (and for records older than this
+        """ "" for a run that finished training (and for records older than this
         field), else how far it got, e.g. "2 of 30 epochs done"."""
         training = self.record.get("training") or {}
         return "" if training.get("finished", True) else _progress(training)
@@ -165,7 +165,9 @@ class Registry:
             rec = json.loads(path.read_text(encoding="utf-8"))
             return Version(rec["version"], Path(rec["run"]), rec["created"], rec)
         except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise RegistryError(f"version record '{path}' is damaged ({type(e).__name__}); restore it from backup") from e
+            raise RegistryError(
+                f"version record '{path}' is damaged ({type(e).__name__}); restore it from backup"
+            ) from e
 
     def get(self, ref: str | Path) -> Version:
         """A version by id ("v3", "3") or by its run folder."""
@@ -175,15 +177,17 @@ class Registry:
             path = self.versions_dir / f"v{int(m.group(1))}.json"
             if not path.is_file():
                 known = ", ".join(v.version for v in self.versions()) or "none yet"
-                raise RegistryError(f"registry '{self.root}' has no version '{text}' (known: {known}); "
-                                    "see `duet registry list`")
+                raise RegistryError(
+                    f"registry '{self.root}' has no version '{text}' (known: {known}); see `duet registry list`"
+                )
             return self._read_version(path)
         run = Path(ref).resolve()
         for v in self.versions():
             if v.run == run:
                 return v
-        raise RegistryError(f"run '{ref}' is not registered in '{self.root}'; `duet registry promote {ref}` "
-                            "registers and promotes it")
+        raise RegistryError(
+            f"run '{ref}' is not registered in '{self.root}'; `duet registry promote {ref}` registers and promotes it"
+        )
 
     def find_run(self, run_dir: str | Path) -> Version | None:
         run = Path(run_dir).resolve()
@@ -196,10 +200,13 @@ class Registry:
         except FileNotFoundError:
             return None
         except (OSError, json.JSONDecodeError) as e:
-            raise RegistryError(f"'{self.pointer}' is damaged ({type(e).__name__}); "
-                                "re-promote a version with `duet registry promote VERSION`") from e
-        return Champion(doc["version"], int(doc["seq"]), doc["since"], doc.get("reason", ""),
-                        tuple(doc.get("history", [])))
+            raise RegistryError(
+                f"'{self.pointer}' is damaged ({type(e).__name__}); "
+                "re-promote a version with `duet registry promote VERSION`"
+            ) from e
+        return Champion(
+            doc["version"], int(doc["seq"]), doc["since"], doc.get("reason", ""), tuple(doc.get("history", []))
+        )
 
     def champion(self) -> Version | None:
         """The champion's version record, or None before the first promotion."""
@@ -258,15 +265,20 @@ class Registry:
             return
         pointer = self.champion_pointer()
         if int(last.get("seq", 0)) > (pointer.seq if pointer else 0):
-            self.log("switch_interrupted", version=last.get("version"), seq=last.get("seq"),
-                     champion=pointer.version if pointer else None,
-                     note=f"the {last['event']} logged with seq {last.get('seq')} never reached champion.json "
-                          "(the writer stopped in between); the champion did not change", durable=True)
+            self.log(
+                "switch_interrupted",
+                version=last.get("version"),
+                seq=last.get("seq"),
+                champion=pointer.version if pointer else None,
+                note=f"the {last['event']} logged with seq {last.get('seq')} never reached champion.json "
+                "(the writer stopped in between); the champion did not change",
+                durable=True,
+            )
 
     def _last_switch_event(self, block: int = 1 << 16) -> dict[str, Any] | None:
         """The newest promote / rollback / switch_interrupted line, read from the end of the log."""
         try:
-            f = open(self.events_file, "rb")
+            f = open(self.events_file, "rb")  # noqa: SIM115 (closed by the `with f` below; open alone may fail)
         except FileNotFoundError:
             return None
         with f:
@@ -305,8 +317,15 @@ class Registry:
             _fsync_dir(self.root)
         return row
 
-    def register(self, run_dir: str | Path, *, parent: str | None = None, note: str = "",
-                 gate: dict[str, Any] | None = None, force: bool = False) -> Version:
+    def register(
+        self,
+        run_dir: str | Path,
+        *,
+        parent: str | None = None,
+        note: str = "",
+        gate: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> Version:
         """Add a finished run as a new version (or return its version if the same
         run with the same weights is already registered). ``gate``: the
         champion/challenger comparison that admitted it, kept in the record.
@@ -366,17 +385,20 @@ class Registry:
         """
         version = self._resolve_or_register(ref, force=force)
         if version.unfinished and not force:
-            raise RunError(f"{version.version} ({version.run}) was registered before its training finished "
-                           f"({version.unfinished}); promote the finished run instead, or pass --force to "
-                           "promote it anyway")
+            raise RunError(
+                f"{version.version} ({version.run}) was registered before its training finished "
+                f"({version.unfinished}); promote the finished run instead, or pass --force to "
+                "promote it anyway"
+            )
         with self._locked():
             current = self.champion_pointer()
             if current is not None and current.version == version.version:
                 return current
             history = (*current.history, current.version) if current else ()
             forced = {"forced": f"unfinished run: {version.unfinished}"} if version.unfinished else {}
-            return self._switch("promote", version.version, current, history, reason or "promoted",
-                                reason=reason, **forced)
+            return self._switch(
+                "promote", version.version, current, history, reason or "promoted", reason=reason, **forced
+            )
 
     def rollback(self, *, to: str | None = None, reason: str = "") -> Champion:
         """Return to the previous champion (or to an earlier champion ``to``)."""
@@ -385,22 +407,32 @@ class Registry:
             if current is None:
                 raise RegistryError(f"registry '{self.root}' has no champion yet; promote one first")
             if not current.history:
-                raise RegistryError(f"nothing to roll back to: {current.version} is the first champion of "
-                                    f"'{self.root}'; promote another version instead")
+                raise RegistryError(
+                    f"nothing to roll back to: {current.version} is the first champion of "
+                    f"'{self.root}'; promote another version instead"
+                )
             history = list(current.history)
             if to is None:
                 target = history.pop()
             else:
                 target = self.get(to).version
                 if target not in history:
-                    raise RegistryError(f"{target} is not among the champions before {current.version} "
-                                        f"(the last {HISTORY_KEPT} are kept: {', '.join(history)}); "
-                                        f"use `duet registry promote {target}`")
+                    raise RegistryError(
+                        f"{target} is not among the champions before {current.version} "
+                        f"(the last {HISTORY_KEPT} are kept: {', '.join(history)}); "
+                        f"use `duet registry promote {target}`"
+                    )
                 while history and history[-1] != target:
                     history.pop()
                 history.pop()
-            return self._switch("rollback", target, current, tuple(history),
-                                reason or f"rolled back from {current.version}", reason=reason)
+            return self._switch(
+                "rollback",
+                target,
+                current,
+                tuple(history),
+                reason or f"rolled back from {current.version}",
+                reason=reason,
+            )
 
     def _resolve_or_register(self, ref: str | Path, *, force: bool) -> Version:
         text = str(ref)
@@ -410,8 +442,9 @@ class Registry:
         # already, and a new one when the run changed since (e.g. it was resumed).
         return self.register(ref, force=force)
 
-    def _switch(self, event: str, version: str, current: Champion | None, history: tuple[str, ...], why: str,
-                **fields: Any) -> Champion:
+    def _switch(
+        self, event: str, version: str, current: Champion | None, history: tuple[str, ...], why: str, **fields: Any
+    ) -> Champion:
         """Log the switch, then move the pointer (call under the lock).
 
         The order is what makes the log trustworthy: (1) the event line, carrying
@@ -425,8 +458,9 @@ class Registry:
         """
         seq = (current.seq if current else 0) + 1
         kept = history[-HISTORY_KEPT:]
-        row = self.log(event, durable=True, version=version, previous=current.version if current else None,
-                       seq=seq, **fields)
+        row = self.log(
+            event, durable=True, version=version, previous=current.version if current else None, seq=seq, **fields
+        )
         doc = {"version": version, "seq": seq, "since": row["time"], "reason": why, "history": list(kept)}
         write_json_atomic(self.pointer, doc)
         _fsync_dir(self.root)
@@ -447,12 +481,19 @@ def check_finished(root: Path, best: dict[str, Any], *, force: bool = False) -> 
     done = int(best.get("epochs_done") or 0)
     stopped_early = bool(best.get("stopped_early"))
     finished = stopped_early or (isinstance(epochs, int) and done >= epochs)
-    training = {"finished": finished, "epochs_done": done, "epochs": epochs, "stopped_early": stopped_early,
-                "forced": bool(force and not finished)}
+    training = {
+        "finished": finished,
+        "epochs_done": done,
+        "epochs": epochs,
+        "stopped_early": stopped_early,
+        "forced": bool(force and not finished),
+    }
     if not finished and not force:
-        raise RunError(f"run '{root}' did not finish training ({_progress(training)}; it was stopped part-way); "
-                       f"finish it with `duet train --resume {root}`, or use it anyway with "
-                       f"`duet registry promote {root} --force`")
+        raise RunError(
+            f"run '{root}' did not finish training ({_progress(training)}; it was stopped part-way); "
+            f"finish it with `duet train --resume {root}`, or use it anyway with "
+            f"`duet registry promote {root} --force`"
+        )
     return training
 
 
@@ -478,8 +519,11 @@ def _run_metrics(root: Path, best: dict[str, Any]) -> dict[str, Any]:
     """The run's headline accuracy and the split it comes from: the evaluation
     report's when there is one, else the test split's (measured once after
     training), else validation's at the best epoch (which it chose: optimistic)."""
-    metrics: dict[str, Any] = {"accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
-                               "source": "validation (best epoch; it chose the epoch, so optimistic)"}
+    metrics: dict[str, Any] = {
+        "accuracy": best.get("val_accuracy"),
+        "best_epoch": best.get("epoch"),
+        "source": "validation (best epoch; it chose the epoch, so optimistic)",
+    }
     if best.get("test_accuracy") is not None:
         metrics.update({"accuracy": best["test_accuracy"], "source": "test split (measured once after training)"})
     report = root / "eval" / "report.json"
@@ -488,8 +532,13 @@ def _run_metrics(root: Path, best: dict[str, Any]) -> dict[str, Any]:
             doc = json.loads(report.read_text(encoding="utf-8"))
             m = doc["metrics"]
             split = doc.get("context", {}).get("split", "?")
-            metrics.update({"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"],
-                            "source": f"eval/report.json (split: {split})"})
+            metrics.update(
+                {
+                    "accuracy": m["accuracy"],
+                    "macro_f1": m["macro"]["f1"],
+                    "source": f"eval/report.json (split: {split})",
+                }
+            )
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             pass
     return metrics

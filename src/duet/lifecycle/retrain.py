@@ -76,16 +76,26 @@ def compare_runs(
     split = "test" if any(r.split == "test" for r in usable) else "val"
     rows = [r for r in usable if r.split == split]
     if not rows:
-        raise DataError(f"the merged data has no {split} images to compare the models on; "
-                        "the champion was trained with --val-split 0 and the new data has no val/ folder")
+        raise DataError(
+            f"the merged data has no {split} images to compare the models on; "
+            "the champion was trained with --val-split 0 and the new data has no val/ folder"
+        )
     old_hashes = set(known_hashes(champion.paths.root))
     dev = resolve_device(device)
     samples = [Sample(manifest.data_dir / r.path, -1) for r in rows]
     predicted = []
     failed = np.zeros(len(rows), dtype=bool)
     for who, run in (("champion", champion), ("challenger", challenger)):
-        preds = predict_samples(load_model(run, dev), run, samples, dev, batch_size=batch_size, workers=workers,
-                                progress=progress, description=f"compare: {who}")
+        preds = predict_samples(
+            load_model(run, dev),
+            run,
+            samples,
+            dev,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            description=f"compare: {who}",
+        )
         bad = np.array([bool(e) for e in preds.errors])
         failed |= bad
         index = np.where(bad, 0, np.nan_to_num(preds.probs).argmax(1))
@@ -98,12 +108,16 @@ def compare_runs(
 
 def _markdown(c: Comparison, *, champion: Path, challenger: Path, merge: MergeSummary, decision: str) -> str:
     lines = markdown(c, champion=champion, challenger=challenger, decision=decision)
-    lines += ["", "## Data", "",
-              f"- merged folder: `{merge.data_dir}`",
-              f"- {merge.old_images} images from the champion's data (each on its recorded side of the split)",
-              f"- {merge.new_images} new images: " + ", ".join(f"{n} {s}" for s, n in sorted(merge.new_per_split.items())),
-              f"- {merge.already_known} already known (same bytes), {len(merge.conflicts)} conflicting labels left out, "
-              f"{merge.skipped} unusable files"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- merged folder: `{merge.data_dir}`",
+        f"- {merge.old_images} images from the champion's data (each on its recorded side of the split)",
+        f"- {merge.new_images} new images: " + ", ".join(f"{n} {s}" for s, n in sorted(merge.new_per_split.items())),
+        f"- {merge.already_known} already known (same bytes), {len(merge.conflicts)} conflicting labels left out, "
+        f"{merge.skipped} unusable files",
+    ]
     if merge.labels_added:
         lines.append(f"- new classes: {', '.join(merge.labels_added)} (the challenger's head was re-initialised)")
     return "\n".join(lines) + "\n"
@@ -131,19 +145,43 @@ class RetrainResult:
             "promoted": self.promoted,
             "decision": self.decision,
             "reasons": c.reasons,
-            "champion": {"run": str(self.champion_run), "version": self.champion_version,
-                         "accuracy": c.champion["accuracy"],
-                         "accuracy_on_champion_held_out": c.champion["accuracy_on_champion_held_out"]},
-            "challenger": {"run": str(self.challenger_run), "version": self.challenger_version,
-                           "accuracy": c.challenger["accuracy"],
-                           "accuracy_on_champion_held_out": c.challenger["accuracy_on_champion_held_out"]},
+            "champion": {
+                "run": str(self.champion_run),
+                "version": self.champion_version,
+                "accuracy": c.champion["accuracy"],
+                "accuracy_on_champion_held_out": c.champion["accuracy_on_champion_held_out"],
+            },
+            "challenger": {
+                "run": str(self.challenger_run),
+                "version": self.challenger_version,
+                "accuracy": c.challenger["accuracy"],
+                "accuracy_on_champion_held_out": c.challenger["accuracy_on_champion_held_out"],
+            },
             "held_out": {"split": c.split, "images": c.images, "champion_held_out_images": c.old_images},
-            "drop_test": {k: c.drop_test.get(k) for k in ("where", "images", "losses", "gains", "drop", "p_value",
-                                                          "margin", "refused", "min_detectable_drop", "power")},
-            "data": {"merged": str(self.merge.data_dir), "old_images": self.merge.old_images,
-                     "new_images": self.merge.new_images, "new_per_split": self.merge.new_per_split,
-                     "already_known": self.merge.already_known, "conflicts": len(self.merge.conflicts),
-                     "labels_added": self.merge.labels_added},
+            "drop_test": {
+                k: c.drop_test.get(k)
+                for k in (
+                    "where",
+                    "images",
+                    "losses",
+                    "gains",
+                    "drop",
+                    "p_value",
+                    "margin",
+                    "refused",
+                    "min_detectable_drop",
+                    "power",
+                )
+            },
+            "data": {
+                "merged": str(self.merge.data_dir),
+                "old_images": self.merge.old_images,
+                "new_images": self.merge.new_images,
+                "new_per_split": self.merge.new_per_split,
+                "already_known": self.merge.already_known,
+                "conflicts": len(self.merge.conflicts),
+                "labels_added": self.merge.labels_added,
+            },
             "report": {k: str(v) for k, v in self.report.items()},
             "seconds": round(self.seconds, 1),
         }
@@ -219,15 +257,20 @@ def retrain(
     if (out / name).exists():
         raise DataError(f"run '{out / name}' already exists and runs are never overwritten; pick another --name")
     merge = merge_data(champion.paths.root, Path(new_data), out / f"{name}.data", progress=progress)
-    log(f"merged data: {merge.old_images} champion images + {merge.new_images} new "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(merge.new_per_split.items()))}) -> {merge.data_dir}")
+    log(
+        f"merged data: {merge.old_images} champion images + {merge.new_images} new "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(merge.new_per_split.items()))}) -> {merge.data_dir}"
+    )
     if merge.conflicts:
-        log(f"left out {len(merge.conflicts)} new images whose bytes the champion knows under another label "
-            f"(e.g. {merge.conflicts[0]['path']}: '{merge.conflicts[0]['label']}' vs '{merge.conflicts[0]['known_as']}')")
+        log(
+            f"left out {len(merge.conflicts)} new images whose bytes the champion knows under another label "
+            f"(e.g. {merge.conflicts[0]['path']}: '{merge.conflicts[0]['label']}' vs '{merge.conflicts[0]['known_as']}')"
+        )
 
     cfg = read_config(RunPaths(champion.paths.root))
-    cfg.update({"data_dir": str(merge.data_dir), "weights": str(champion.paths.best.resolve()),
-                "out": str(out), "name": name})
+    cfg.update(
+        {"data_dir": str(merge.data_dir), "weights": str(champion.paths.best.resolve()), "out": str(out), "name": name}
+    )
     if "recipe" in TrainConfig.model_fields and not merge.labels_added:
         # The head already fits these classes: continue training every layer from
         # the first step rather than the head-first fine-tune a weights file implies.
@@ -240,26 +283,42 @@ def retrain(
     trained = train(config, progress=progress, log=log)
     challenger_dir = Path(trained.run_dir)
 
-    comparison = compare_runs(champion.paths.root, challenger_dir, gate=gate, device=config.device,
-                              workers=config.workers if config.workers >= 0 else None, progress=progress)
+    comparison = compare_runs(
+        champion.paths.root,
+        challenger_dir,
+        gate=gate,
+        device=config.device,
+        workers=config.workers if config.workers >= 0 else None,
+        progress=progress,
+    )
     passed = comparison.promote
     promoted = False
     challenger_version = None
     blocked = ""
     if passed and registry is not None and promote:
         if not (profile_dir(challenger_dir) / "profile.json").is_file():
-            write_profile(challenger_dir, device=config.device, workers=config.workers if config.workers >= 0 else None,
-                          progress=progress, log=log)
+            write_profile(
+                challenger_dir,
+                device=config.device,
+                workers=config.workers if config.workers >= 0 else None,
+                progress=progress,
+                log=log,
+            )
         if registry.get(champion_version).export_dir is not None:  # type: ignore[arg-type]
             blocked = _export(challenger_dir, progress=progress, log=log)
         if not blocked:
-            gate_record = {"champion": champion_version, "split": comparison.split, "images": comparison.images,
-                           "champion_accuracy": comparison.champion["accuracy"],
-                           "challenger_accuracy": comparison.challenger["accuracy"],
-                           "min_detectable_drop": comparison.drop_test.get("min_detectable_drop"),
-                           "reasons": comparison.reasons}
-            version = registry.register(challenger_dir, parent=champion_version, note="challenger; passed the gate",
-                                        gate=gate_record)
+            gate_record = {
+                "champion": champion_version,
+                "split": comparison.split,
+                "images": comparison.images,
+                "champion_accuracy": comparison.champion["accuracy"],
+                "challenger_accuracy": comparison.challenger["accuracy"],
+                "min_detectable_drop": comparison.drop_test.get("min_detectable_drop"),
+                "reasons": comparison.reasons,
+            }
+            version = registry.register(
+                challenger_dir, parent=champion_version, note="challenger; passed the gate", gate=gate_record
+            )
             registry.promote(version.version, reason="; ".join(comparison.reasons))
             challenger_version, promoted = version.version, True
     if promoted:
@@ -284,15 +343,36 @@ def retrain(
     }
     report = {
         "json": write_json_atomic(report_dir / "comparison.json", document),
-        "md": write_text_atomic(report_dir / "comparison.md", _markdown(
-            comparison, champion=champion.paths.root, challenger=challenger_dir, merge=merge, decision=decision)),
+        "md": write_text_atomic(
+            report_dir / "comparison.md",
+            _markdown(
+                comparison, champion=champion.paths.root, challenger=challenger_dir, merge=merge, decision=decision
+            ),
+        ),
     }
     if registry is not None:
-        registry.log("retrain", decision=decision, champion=champion_version, challenger=str(challenger_dir),
-                     version=challenger_version, reasons=comparison.reasons, report=str(report["md"]))
+        registry.log(
+            "retrain",
+            decision=decision,
+            champion=champion_version,
+            challenger=str(challenger_dir),
+            version=challenger_version,
+            reasons=comparison.reasons,
+            report=str(report["md"]),
+        )
     log(f"{decision}: " + "; ".join(comparison.reasons))
-    return RetrainResult(champion.paths.root, challenger_dir, merge, comparison, promoted, decision, champion_version,
-                         challenger_version, report, time.perf_counter() - t0)
+    return RetrainResult(
+        champion.paths.root,
+        challenger_dir,
+        merge,
+        comparison,
+        promoted,
+        decision,
+        champion_version,
+        challenger_version,
+        report,
+        time.perf_counter() - t0,
+    )
 
 
 def _export(run_dir: Path, *, progress: bool, log: Log) -> str:

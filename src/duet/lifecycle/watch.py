@@ -6,7 +6,6 @@ champion's profile and new labelled images are present, retrain
 decision in one sentence per iteration.
 """
 
-
 from __future__ import annotations
 
 import hashlib
@@ -86,12 +85,23 @@ def watch(
     from duet.monitor.check import drift_check
 
     def check(run: Path, source: Path) -> Any:
-        return drift_check(run, source, settings=drift_settings, device=device, workers=workers, progress=progress,
-                           log=log)
+        return drift_check(
+            run, source, settings=drift_settings, device=device, workers=workers, progress=progress, log=log
+        )
 
     def retrain_champion(run: Path) -> RetrainResult:
-        return retrain(run, Path(data_dir), registry=registry, out=out, epochs=epochs, gate=gate,
-                       device=device if device != "auto" else None, workers=workers, progress=progress, log=log)
+        return retrain(
+            run,
+            Path(data_dir),
+            registry=registry,
+            out=out,
+            epochs=epochs,
+            gate=gate,
+            device=device if device != "auto" else None,
+            workers=workers,
+            progress=progress,
+            log=log,
+        )
 
     # Unbounded, the loop keeps only its last 1000 decisions (the events keep every announced one).
     decisions: deque[WatchDecision] = deque(maxlen=None if iterations is not None else 1000)
@@ -101,10 +111,20 @@ def watch(
         i += 1
         champion = registry.champion()
         if champion is None:
-            raise RegistryError(f"registry '{registry.root}' has no champion to watch; "
-                                "`duet registry promote RUN` first")
-        d = _watch_once(i, champion, Path(data_dir), None if live_dir is None else Path(live_dir), registry,
-                        min_new=min_new, check=check, retrain_champion=retrain_champion, progress=progress)
+            raise RegistryError(
+                f"registry '{registry.root}' has no champion to watch; `duet registry promote RUN` first"
+            )
+        d = _watch_once(
+            i,
+            champion,
+            Path(data_dir),
+            None if live_dir is None else Path(live_dir),
+            registry,
+            min_new=min_new,
+            check=check,
+            retrain_champion=retrain_champion,
+            progress=progress,
+        )
         state = (d.state, d.champion, d.new_data)
         if d.state not in _SAID_ONCE or state != said:
             registry.log("watch", **asdict(d))
@@ -118,8 +138,7 @@ def watch(
 
 # States in which nothing was checked: announced (logged, and written to the
 # events) when the loop enters them, not again at every tick while it waits.
-_SAID_ONCE = frozenset({"no_data_folder", "no_labelled_images", "no_new_images", "already_tried",
-                        "no_live_images"})
+_SAID_ONCE = frozenset({"no_data_folder", "no_labelled_images", "no_new_images", "already_tried", "no_live_images"})
 
 
 def _labelled(data_dir: Path, progress: bool) -> tuple[Any, str]:
@@ -148,9 +167,18 @@ def _has_images(folder: Path) -> bool:
     return True
 
 
-def _watch_once(i: int, champion: Any, data_dir: Path, live_dir: Path | None, registry: Registry, *, min_new: int,
-                check: Callable[[Path, Path], Any], retrain_champion: Callable[[Path], RetrainResult],
-                progress: bool) -> WatchDecision:
+def _watch_once(
+    i: int,
+    champion: Any,
+    data_dir: Path,
+    live_dir: Path | None,
+    registry: Registry,
+    *,
+    min_new: int,
+    check: Callable[[Path, Path], Any],
+    retrain_champion: Callable[[Path], RetrainResult],
+    progress: bool,
+) -> WatchDecision:
     """One iteration of ``watch``: look, decide, act (retrain at most once)."""
     v = champion.version
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -159,13 +187,20 @@ def _watch_once(i: int, champion: Any, data_dir: Path, live_dir: Path | None, re
     fresh = fresh_rows(champion.run, manifest)[0] if manifest is not None else []
     d.new_images = len(fresh)
     d.new_data = hashlib.sha256("".join(sorted(r.sha256 for r in fresh)).encode()).hexdigest()[:16] if fresh else ""
-    tried = fresh and any(e.get("event") == "watch" and e.get("action") == "retrain" and e.get("champion") == v
-                          and e.get("new_data") == d.new_data for e in registry.events())
+    tried = fresh and any(
+        e.get("event") == "watch"
+        and e.get("action") == "retrain"
+        and e.get("champion") == v
+        and e.get("new_data") == d.new_data
+        for e in registry.events()
+    )
     source: Path | None = None
     if tried:
         d.state = "already_tried"
-        d.sentence = (f"{v}: these {len(fresh)} new images were already tried and the challenger was refused; "
-                      "waiting for more labelled data")
+        d.sentence = (
+            f"{v}: these {len(fresh)} new images were already tried and the challenger was refused; "
+            "waiting for more labelled data"
+        )
     elif live_dir is not None:
         source = live_dir if _has_images(live_dir) else None
         d.state = "" if source is not None else "no_live_images"
@@ -186,21 +221,25 @@ def _watch_once(i: int, champion: Any, data_dir: Path, live_dir: Path | None, re
         d.sentence = f"{v}: no drift ({d.drift_sentence}); nothing to do"
     elif len(fresh) < min_new:
         d.state, d.action = "drift", "wait_for_labels"
-        d.sentence = (f"{v}: drift detected but only {len(fresh)} new labelled images (need {min_new}); "
-                      f"label recent images into {data_dir}")
+        d.sentence = (
+            f"{v}: drift detected but only {len(fresh)} new labelled images (need {min_new}); "
+            f"label recent images into {data_dir}"
+        )
     else:
         d.state, d.action = "drift", "retrain"
         done = retrain_champion(champion.run)
         d.promoted, d.challenger, d.reasons = done.promoted, str(done.challenger_run), done.comparison.reasons
-        d.sentence = (f"{v}: drift and {len(fresh)} new labelled images -> retrained {done.challenger_run.name}: "
-                      + (f"promoted as {done.challenger_version}" if done.promoted else "kept the champion"))
+        d.sentence = f"{v}: drift and {len(fresh)} new labelled images -> retrained {done.challenger_run.name}: " + (
+            f"promoted as {done.challenger_version}" if done.promoted else "kept the champion"
+        )
     return d
 
 
 def _idle_sentence(version: str, state: str, data_dir: Path, live_dir: Path | None) -> str:
     if state == "no_data_folder":
-        return (f"{version}: '{data_dir}' does not exist yet; waiting for labelled images there "
-                "(one sub-folder per class)")
+        return (
+            f"{version}: '{data_dir}' does not exist yet; waiting for labelled images there (one sub-folder per class)"
+        )
     if state == "no_labelled_images":
         return f"{version}: no labelled images in '{data_dir}' yet (one sub-folder per class); waiting for labels"
     if state == "no_live_images":

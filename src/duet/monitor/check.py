@@ -30,10 +30,10 @@ DEFAULT_MAX_IMAGES = 1000
 class FolderDrift:
     result: DriftResult
     observations: Observations
-    paths: list[Path]               # the images compared, in observation order
-    failed: list[dict[str, str]]    # unreadable files and why
-    files: dict[str, Path]          # report paths ({} when no report was written)
-    total_images: int               # images found in the folder (before --max-images)
+    paths: list[Path]  # the images compared, in observation order
+    failed: list[dict[str, str]]  # unreadable files and why
+    files: dict[str, Path]  # report paths ({} when no report was written)
+    total_images: int  # images found in the folder (before --max-images)
 
 
 def list_images(data_dir: str | Path) -> list[Path]:
@@ -44,17 +44,21 @@ def list_images(data_dir: str | Path) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        found += [
+            Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        ]
     if not found:
         allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(f"No images found in {root}. Allowed formats: {allowed}; put the new images there "
-                        "(any layout; class sub-folders are fine)")
+        raise DataError(
+            f"No images found in {root}. Allowed formats: {allowed}; put the new images there "
+            "(any layout; class sub-folders are fine)"
+        )
     return sorted(found)
 
 
-def ensure_profile(run_dir: Path, *, device: str, workers: int | None, progress: bool,
-                   log: Callable[[str], None]) -> ReferenceProfile:
+def ensure_profile(
+    run_dir: Path, *, device: str, workers: int | None, progress: bool, log: Callable[[str], None]
+) -> ReferenceProfile:
     """The run's profile, written first if the run has none yet."""
     if not (profile_dir(run_dir) / "profile.json").is_file():
         log(f"{run_dir} has no drift profile yet; writing it (once) to {profile_dir(run_dir)}")
@@ -78,10 +82,10 @@ def observe_files(
     Returns ``(observations, kept paths, failures)``: unreadable files are left
     out of the observations and listed with their reason.
     """
+    from duet.artifacts.run_dir import load_run
     from duet.data.loaders import default_workers
     from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files
-    from duet.artifacts.run_dir import load_run
     from duet.system.device import resolve_device
 
     run = load_run(run_dir)
@@ -89,9 +93,17 @@ def observe_files(
     model = model if model is not None else load_model(run, dev)
     from duet.train.precision import recorded_or
 
-    got = embed_files(model, run, list(paths), dev, batch_size=batch_size,
-                      workers=default_workers() if workers is None else workers, progress=progress,
-                      description="drift: embed", precision=recorded_or(None, run.precision, dev))
+    got = embed_files(
+        model,
+        run,
+        list(paths),
+        dev,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        progress=progress,
+        description="drift: embed",
+        precision=recorded_or(None, run.precision, dev),
+    )
     ok = got.ok
     failed = [{"path": str(p), "reason": e} for p, e in zip(paths, got.errors) if e]
     kept = [p for p, good in zip(paths, ok) if good]
@@ -100,9 +112,13 @@ def observe_files(
     features, stats = got.features[ok], got.image_stats[ok]
     outliers = None if profile.outliers is None else profile.outliers.score(features, stats)
     probabilities = got.probabilities[ok]
-    obs = Observations.from_probabilities(probabilities, embeddings=profile.project(features), image_stats=stats,
-                                          outlier_scores=outliers,
-                                          accuracy_scores=profile.accuracy_scores(probabilities))
+    obs = Observations.from_probabilities(
+        probabilities,
+        embeddings=profile.project(features),
+        image_stats=stats,
+        outlier_scores=outliers,
+        accuracy_scores=profile.accuracy_scores(probabilities),
+    )
     return obs, kept, failed
 
 
@@ -144,11 +160,14 @@ def drift_check(
         paths = [paths[i] for i in pick]
         say(f"comparing a random sample of {max_images} of the {total} images (--max-images)")
     profile = ensure_profile(run.paths.root, device=device, workers=workers, progress=progress, log=say)
-    obs, kept, failed = observe_files(run.paths.root, paths, profile, device=device, batch_size=batch_size,
-                                      workers=workers, progress=progress)
+    obs, kept, failed = observe_files(
+        run.paths.root, paths, profile, device=device, batch_size=batch_size, workers=workers, progress=progress
+    )
     if not kept:
-        raise DataError(f"none of the {len(paths)} images in '{data_dir}' could be read "
-                        f"(e.g. {failed[0]['path']}: {failed[0]['reason']})")
+        raise DataError(
+            f"none of the {len(paths)} images in '{data_dir}' could be read "
+            f"(e.g. {failed[0]['path']}: {failed[0]['reason']})"
+        )
     result = compare(profile, obs, settings)
     files: dict[str, Path] = {}
     if report:
@@ -165,7 +184,14 @@ def drift_check(
         }
         from duet.monitor.drift_report import write_drift_report  # matplotlib only when a report is written
 
-        files = write_drift_report(result, profile, obs, kept, out, context=context, failed=failed,
-                                   title=f"Drift of {Path(data_dir).name} vs {run.paths.root.name}")
+        files = write_drift_report(
+            result,
+            profile,
+            obs,
+            kept,
+            out,
+            context=context,
+            failed=failed,
+            title=f"Drift of {Path(data_dir).name} vs {run.paths.root.name}",
+        )
     return FolderDrift(result, obs, kept, failed, files, total)
-

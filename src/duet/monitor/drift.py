@@ -112,7 +112,9 @@ class DriftSettings:
         if self.max_reference < 2:
             raise ConfigError(f"`max_reference` must be at least 2. Received: max_reference={self.max_reference!r}")
         if not 0 < self.outlier_rate < 0.5:
-            raise ConfigError(f"`outlier_rate` must be in (0, 0.5), e.g. 0.01. Received: outlier_rate={self.outlier_rate!r}")
+            raise ConfigError(
+                f"`outlier_rate` must be in (0, 0.5), e.g. 0.01. Received: outlier_rate={self.outlier_rate!r}"
+            )
 
 
 @dataclass
@@ -144,17 +146,24 @@ class Observations:
             raise ValueError("classes and confidences come together (both or neither)")
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in (("embeddings", self.embeddings), ("classes", self.classes),
-                                  ("confidences", self.confidences), ("image_stats", self.image_stats),
-                                  ("outlier_scores", self.outlier_scores),
-                                  ("accuracy_scores", self.accuracy_scores))
-                if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("embeddings", self.embeddings),
+                ("classes", self.classes),
+                ("confidences", self.confidences),
+                ("image_stats", self.image_stats),
+                ("outlier_scores", self.outlier_scores),
+                ("accuracy_scores", self.accuracy_scores),
+            )
+            if v is not None
+        }
 
     def __len__(self) -> int:
         arrays = self._arrays()
         return len(next(iter(arrays.values()))) if arrays else 0
 
-    def take(self, index: np.ndarray) -> "Observations":
+    def take(self, index: np.ndarray) -> Observations:
         return Observations(**{k: v[index] for k, v in self._arrays().items()})
 
     @staticmethod
@@ -165,11 +174,17 @@ class Observations:
         image_stats: np.ndarray | None = None,
         outlier_scores: np.ndarray | None = None,
         accuracy_scores: np.ndarray | None = None,
-    ) -> "Observations":
+    ) -> Observations:
         probabilities = np.asarray(probabilities, dtype=np.float32)
         classes = probabilities.argmax(1).astype(np.int64)
-        return Observations(embeddings, classes, probabilities[np.arange(len(classes)), classes], image_stats,
-                            outlier_scores, accuracy_scores)
+        return Observations(
+            embeddings,
+            classes,
+            probabilities[np.arange(len(classes)), classes],
+            image_stats,
+            outlier_scores,
+            accuracy_scores,
+        )
 
 
 @dataclass
@@ -341,7 +356,9 @@ def chi2_permutation_test(
 
     def chi2(ref_counts: np.ndarray) -> np.ndarray:
         cur_counts = totals - ref_counts
-        return (((ref_counts - expected_ref) ** 2) / expected_ref + ((cur_counts - expected_cur) ** 2) / expected_cur).sum(-1)
+        return (
+            ((ref_counts - expected_ref) ** 2) / expected_ref + ((cur_counts - expected_cur) ** 2) / expected_cur
+        ).sum(-1)
 
     observed = float(chi2(onehot[:n].sum(0)))
     null = []
@@ -363,8 +380,9 @@ def _fmt_p(p: float) -> str:
 
 
 def _skip(detector: str, method: str, statistic_name: str, n_ref: int, n_cur: int, why: str) -> DetectorResult:
-    return DetectorResult(detector, method, statistic_name, None, None, None, False,
-                          f"Not tested: {why}.", n_ref, n_cur, {}, why)
+    return DetectorResult(
+        detector, method, statistic_name, None, None, None, False, f"Not tested: {why}.", n_ref, n_cur, {}, why
+    )
 
 
 def _too_few(n_cur: int, settings: DriftSettings) -> str:
@@ -415,12 +433,17 @@ def embedding_detector(
         "the model is seeing images unlike those it was validated on."
     )
     details["if_not"] = f"Embeddings look like the reference ({format_statistic(stat_name, stat)}, {_fmt_p(p)})."
-    return DetectorResult("embedding", method, stat_name, float(stat), float(p), None, False, "", len(ref), n_cur,
-                          details)
+    return DetectorResult(
+        "embedding", method, stat_name, float(stat), float(p), None, False, "", len(ref), n_cur, details
+    )
 
 
 def class_detector(
-    ref: np.ndarray | None, cur: np.ndarray | None, *, labels: Sequence[str], settings: DriftSettings,
+    ref: np.ndarray | None,
+    cur: np.ndarray | None,
+    *,
+    labels: Sequence[str],
+    settings: DriftSettings,
     rng: np.random.Generator,
 ) -> DetectorResult:
     method = f"chi-square of predicted-class counts, {settings.permutations} permutations; PSI as effect size"
@@ -464,8 +487,10 @@ def confidence_detector(ref: np.ndarray | None, cur: np.ndarray | None, *, setti
     low_ref, low_cur = float(np.mean(ref < 0.5)), float(np.mean(cur < 0.5))
     way = "dropped" if med_cur < med_ref else "rose"
     details = {
-        "reference_median": med_ref, "current_median": med_cur,
-        "reference_below_0.5": low_ref, "current_below_0.5": low_cur,
+        "reference_median": med_ref,
+        "current_median": med_cur,
+        "reference_below_0.5": low_ref,
+        "current_below_0.5": low_cur,
         "if_drift": (
             f"Top-1 confidence {way}: median {med_cur:.2f} now vs {med_ref:.2f} in the reference, "
             f"{low_cur:.0%} of images below 0.5 vs {low_ref:.0%} (KS D = {d:.2f}, {_fmt_p(p)})."
@@ -493,37 +518,59 @@ def image_stats_detector(
         else:
             t = sstats.ks_2samp(a, b)
             d, p = float(t.statistic), float(t.pvalue)
-        per_stat.append({"stat": name, "ks_d": d, "p_value": p, "corrected_p": min(1.0, p * k),
-                         "reference_median": float(np.median(a)), "current_median": float(np.median(b))})
+        per_stat.append(
+            {
+                "stat": name,
+                "ks_d": d,
+                "p_value": p,
+                "corrected_p": min(1.0, p * k),
+                "reference_median": float(np.median(a)),
+                "current_median": float(np.median(b)),
+            }
+        )
     p = min(s["corrected_p"] for s in per_stat)
     d = max(s["ks_d"] for s in per_stat)
     details: dict[str, Any] = {
         "per_stat": per_stat,
         "if_drift": "Image statistics changed: {changed} (KS, Bonferroni-corrected {p}).".format(
-            changed="{changed}", p=_fmt_p(p)),
-        "if_not": (f"Image size, aspect ratio, brightness, contrast and saturation are as in the reference "
-                   f"(smallest corrected KS {_fmt_p(p)})."),
+            changed="{changed}", p=_fmt_p(p)
+        ),
+        "if_not": (
+            f"Image size, aspect ratio, brightness, contrast and saturation are as in the reference "
+            f"(smallest corrected KS {_fmt_p(p)})."
+        ),
     }
     return DetectorResult("image_stats", method, "max KS D", d, p, None, False, "", n_ref, n_cur, details)
 
 
 def outlier_detector(ref: np.ndarray | None, cur: np.ndarray | None, *, settings: DriftSettings) -> DetectorResult:
     rate = settings.outlier_rate
-    method = (f"per-image outlier score above the reference's {rate:.0%} threshold, "
-              "exact beta-binomial test of the count")
+    method = (
+        f"per-image outlier score above the reference's {rate:.0%} threshold, exact beta-binomial test of the count"
+    )
     n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
     if ref is None or cur is None:
-        return _skip("outlier_rate", method, "outlier share", n_ref, n_cur,
-                     "no outlier scores (the profile predates them, or the model gave no embeddings)")
+        return _skip(
+            "outlier_rate",
+            method,
+            "outlier share",
+            n_ref,
+            n_cur,
+            "no outlier scores (the profile predates them, or the model gave no embeddings)",
+        )
     if n_cur < settings.min_images:
         return _skip("outlier_rate", method, "outlier share", n_ref, n_cur, _too_few(n_cur, settings))
     x, p = window_test(ref, cur, rate)
     share, expected = x / n_cur, outlier_rank(n_ref, rate) / (n_ref + 1)
     details = {
-        "outliers": x, "expected_share": expected, "threshold": outlier_threshold(ref, rate),
-        "if_drift": (f"{x} of {n_cur} images ({share:.0%}) are unlike the reference, each on its own (outlier score "
-                     f"above the threshold {expected:.1%} of clean images exceed; {_fmt_p(p)}): some inputs come "
-                     "from somewhere else."),
+        "outliers": x,
+        "expected_share": expected,
+        "threshold": outlier_threshold(ref, rate),
+        "if_drift": (
+            f"{x} of {n_cur} images ({share:.0%}) are unlike the reference, each on its own (outlier score "
+            f"above the threshold {expected:.1%} of clean images exceed; {_fmt_p(p)}): some inputs come "
+            "from somewhere else."
+        ),
         "if_not": f"{x} of {n_cur} images are outliers ({share:.0%}; {expected:.1%} expected on clean data, {_fmt_p(p)}).",
     }
     return DetectorResult("outlier_rate", method, "outlier share", share, p, None, False, "", n_ref, n_cur, details)
@@ -537,8 +584,11 @@ def _finalise(result: DetectorResult, threshold: float) -> DetectorResult:
     if result.detector == "image_stats":
         changed = sorted((s for s in details["per_stat"] if s["corrected_p"] < threshold), key=lambda s: -s["ks_d"])
         details["changed"] = [s["stat"] for s in changed]
-        if_drift = if_drift.format(changed=", ".join(
-            f"{s['stat']} (median {s['current_median']:.3g} now vs {s['reference_median']:.3g})" for s in changed))
+        if_drift = if_drift.format(
+            changed=", ".join(
+                f"{s['stat']} (median {s['current_median']:.3g} now vs {s['reference_median']:.3g})" for s in changed
+            )
+        )
     return replace(result, threshold=threshold, drift=drift, sentence=if_drift if drift else if_not, details=details)
 
 
@@ -553,12 +603,20 @@ def compare_observations(
     sigma2: float,
     stat_names: Sequence[str],
     settings: DriftSettings | None = None,
-    accuracy: "AccuracyEstimator | None" = None,
+    accuracy: AccuracyEstimator | None = None,
 ) -> DriftResult:
     """Run every detector on ``current`` against ``reference`` and give the verdict
     (and, with an ``accuracy`` estimator, the current images' estimated accuracy)."""
-    return _detect(reference, current._arrays(), labels=labels, sigma2=sigma2, stat_names=stat_names,
-                   settings=settings or DriftSettings(), window=False, accuracy=accuracy)
+    return _detect(
+        reference,
+        current._arrays(),
+        labels=labels,
+        sigma2=sigma2,
+        stat_names=stat_names,
+        settings=settings or DriftSettings(),
+        window=False,
+        accuracy=accuracy,
+    )
 
 
 def _detect(
@@ -570,7 +628,7 @@ def _detect(
     stat_names: Sequence[str],
     settings: DriftSettings,
     window: bool,
-    accuracy: "AccuracyEstimator | None" = None,
+    accuracy: AccuracyEstimator | None = None,
 ) -> DriftResult:
     """The detectors and the verdict. ``current`` maps Observations field names
     to rows; signals may differ in length (a server may record embeddings for
@@ -593,24 +651,31 @@ def _detect(
     status = "insufficient" if not ran else ("drift" if drifted else "no_drift")
     if not ran:
         lead = "Warming up" if window else "Not enough data to decide"
-        sentence = (f"{lead}: {images}, and each detector needs {settings.min_images}. This is not a 'no drift' "
-                    "verdict.")
+        sentence = f"{lead}: {images}, and each detector needs {settings.min_images}. This is not a 'no drift' verdict."
     elif drifted:
         names = ", ".join(r.detector for r in drifted)
         sentence = f"Drift detected by {len(drifted)} of {len(ran)} detectors ({names}). {drifted[0].sentence}"
     else:
         where = f"the last {images}" if window else f"the {images}"
-        sentence = (f"No drift: {where} look like the reference on all {len(ran)} detectors "
-                    f"(false-alarm rate at most {settings.alpha:.0%}).")
+        sentence = (
+            f"No drift: {where} look like the reference on all {len(ran)} detectors "
+            f"(false-alarm rate at most {settings.alpha:.0%})."
+        )
     scores = cur("accuracy_scores")
-    estimate = (accuracy.estimate(scores) if accuracy is not None and scores is not None
-                and len(scores) >= settings.min_images else None)
+    estimate = (
+        accuracy.estimate(scores)
+        if accuracy is not None and scores is not None and len(scores) >= settings.min_images
+        else None
+    )
     if estimate is not None:
         # Under a shift the model is mostly over-confident, so a confidence-based
         # estimate errs upward (docs/monitoring.md, "Estimated accuracy"): say so with it.
-        estimate["caution"] = (None if not drifted else
-                               f"the inputs drifted ({', '.join(r.detector for r in drifted)}): estimates from "
-                               "confidence are often too optimistic under such shifts; label a sample to measure")
+        estimate["caution"] = (
+            None
+            if not drifted
+            else f"the inputs drifted ({', '.join(r.detector for r in drifted)}): estimates from "
+            "confidence are often too optimistic under such shifts; label a sample to measure"
+        )
     return DriftResult(
         accuracy=estimate,
         drift=None if status == "insufficient" else bool(drifted),
@@ -625,11 +690,16 @@ def _detect(
     )
 
 
-def compare(profile: "ReferenceProfile", current: Observations, settings: DriftSettings | None = None) -> DriftResult:
+def compare(profile: ReferenceProfile, current: Observations, settings: DriftSettings | None = None) -> DriftResult:
     """Compare ``current`` with the profile's reference sample."""
     return compare_observations(
-        profile.observations(), current, labels=profile.labels, sigma2=profile.sigma2,
-        stat_names=profile.stat_names, settings=settings, accuracy=profile.accuracy,
+        profile.observations(),
+        current,
+        labels=profile.labels,
+        sigma2=profile.sigma2,
+        stat_names=profile.stat_names,
+        settings=settings,
+        accuracy=profile.accuracy,
     )
 
 
@@ -658,14 +728,26 @@ def false_alarm_rate(
     per_detector = dict.fromkeys(DETECTORS, 0)
     for t in range(trials):
         order = rng.permutation(len(held_out))
-        ref, cur = held_out.take(order[:reference_size]), held_out.take(order[reference_size:reference_size + window])
-        result = compare_observations(ref, cur, labels=labels, sigma2=sigma2, stat_names=stat_names,
-                                      settings=replace(settings, seed=settings.seed + t))
+        ref, cur = held_out.take(order[:reference_size]), held_out.take(order[reference_size : reference_size + window])
+        result = compare_observations(
+            ref,
+            cur,
+            labels=labels,
+            sigma2=sigma2,
+            stat_names=stat_names,
+            settings=replace(settings, seed=settings.seed + t),
+        )
         alarms += bool(result.drift)
         for d in result.detectors:
             per_detector[d.detector] += d.drift
-    return {"trials": trials, "alarms": alarms, "rate": alarms / trials, "per_detector": per_detector,
-            "reference_size": reference_size, "window": window}
+    return {
+        "trials": trials,
+        "alarms": alarms,
+        "rate": alarms / trials,
+        "per_detector": per_detector,
+        "reference_size": reference_size,
+        "window": window,
+    }
 
 
 # --------------------------------------------------------------------------- the rolling window
@@ -680,14 +762,14 @@ class _Ring:
         self.capacity, self.next, self.size = capacity, 0, 0
 
     def add(self, rows: np.ndarray) -> None:
-        rows = rows[-self.capacity:]
+        rows = rows[-self.capacity :]
         n = len(rows)
         end = self.next + n
         if end <= self.capacity:
-            self.data[self.next:end] = rows
+            self.data[self.next : end] = rows
         else:
             split = self.capacity - self.next
-            self.data[self.next:] = rows[:split]
+            self.data[self.next :] = rows[:split]
             self.data[: n - split] = rows[split:]
         self.next = end % self.capacity
         self.size = min(self.capacity, self.size + n)
@@ -697,7 +779,7 @@ class _Ring:
             return None
         if self.size < self.capacity:
             return self.data[: self.size].copy()
-        return np.concatenate([self.data[self.next:], self.data[: self.next]])
+        return np.concatenate([self.data[self.next :], self.data[: self.next]])
 
 
 class DriftMonitor:
@@ -714,7 +796,7 @@ class DriftMonitor:
         settings: detector settings (defaults calibrated, see docs/monitoring.md).
     """
 
-    def __init__(self, profile: "ReferenceProfile", *, window: int = 500, settings: DriftSettings | None = None) -> None:
+    def __init__(self, profile: ReferenceProfile, *, window: int = 500, settings: DriftSettings | None = None) -> None:
         if window < 2:
             raise ConfigError(f"`window` must be at least 2 images. Received: window={window!r}")
         self.profile = profile
@@ -729,7 +811,7 @@ class DriftMonitor:
         self._accuracy = _Ring(window, None, np.float32)
         self._seen = 0
         if profile.outliers is not None:
-            profile.outliers.whitening  # computed once here (~0.5 s for 512 features), not on a request
+            _ = profile.outliers.whitening  # computed once here (~0.5 s for 512 features), not on a request
 
     def add(
         self,
@@ -803,13 +885,27 @@ class DriftMonitor:
         """The verdict on the current window (tens to hundreds of ms; call it off the request path)."""
         current = {k: v for k, v in self.snapshot().items() if v is not None}
         p = self.profile
-        return _detect(p.observations(), current, labels=p.labels, sigma2=p.sigma2, stat_names=p.stat_names,
-                       settings=self.settings, window=True, accuracy=p.accuracy)
+        return _detect(
+            p.observations(),
+            current,
+            labels=p.labels,
+            sigma2=p.sigma2,
+            stat_names=p.stat_names,
+            settings=self.settings,
+            window=True,
+            accuracy=p.accuracy,
+        )
 
     def reset(self) -> None:
         """Empty the window (e.g. after a new champion is swapped in)."""
         with self._lock:
-            for ring in (self._embeddings, self._classes, self._confidences, self._stats, self._outliers,
-                         self._accuracy):
+            for ring in (
+                self._embeddings,
+                self._classes,
+                self._confidences,
+                self._stats,
+                self._outliers,
+                self._accuracy,
+            ):
                 ring.next = ring.size = 0
             self._seen = 0

@@ -22,10 +22,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.monitor.drift import DriftResult, Observations
 from duet.monitor.imagestats import STAT_DESCRIPTIONS
 from duet.monitor.profile import ReferenceProfile
+from duet.system.atomic import write_json_atomic, write_text_atomic
 
 ATYPICAL_SHOWN = 12
 NEIGHBOURS = 5
@@ -58,7 +58,10 @@ def atypicality(reference: np.ndarray, current: np.ndarray, k: int = NEIGHBOURS)
 
 
 def most_atypical(
-    profile: ReferenceProfile, current: Observations, paths: Sequence[Path], limit: int = ATYPICAL_SHOWN,
+    profile: ReferenceProfile,
+    current: Observations,
+    paths: Sequence[Path],
+    limit: int = ATYPICAL_SHOWN,
     root: Path | None = None,
 ) -> list[dict[str, Any]]:
     """The ``limit`` most atypical images, each with ``path`` (as given),
@@ -83,8 +86,12 @@ def most_atypical(
     order = np.argsort(-scores)[:limit]
     out = []
     for i in order:
-        row: dict[str, Any] = {"path": str(paths[i]), "file": display_path(Path(paths[i]), root, paths),
-                               "score": float(scores[i]), "reference_percentile": float(pct[i])}
+        row: dict[str, Any] = {
+            "path": str(paths[i]),
+            "file": display_path(Path(paths[i]), root, paths),
+            "score": float(scores[i]),
+            "reference_percentile": float(pct[i]),
+        }
         if flagged is not None:
             row["outlier"] = bool(flagged[i])
         if current.classes is not None:
@@ -215,8 +222,15 @@ def plot_image_stats(names: Sequence[str], reference: np.ndarray, current: np.nd
         ax = axes[j]
         ax.set_title(name, fontsize=10)
         if name in constant:  # one value: say it instead of drawing a block
-            ax.text(0.5, 0.5, constant[name].replace("; ", "\n"), ha="center", va="center", fontsize=11,
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                constant[name].replace("; ", "\n"),
+                ha="center",
+                va="center",
+                fontsize=11,
+                transform=ax.transAxes,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             continue
@@ -228,7 +242,7 @@ def plot_image_stats(names: Sequence[str], reference: np.ndarray, current: np.nd
     drawn = [axes[j] for j, name in enumerate(names) if name not in constant]
     if drawn:
         drawn[0].legend(loc="best", fontsize=8)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     return _png(fig)
 
@@ -273,7 +287,7 @@ img.plot{max-width:100%}
 def _fmt(x: float | None, digits: int = 4) -> str:
     if x is None:
         return "–"
-    if x != 0 and abs(x) < 10 ** -digits:
+    if x != 0 and abs(x) < 10**-digits:
         return f"{x:.1e}"
     return f"{x:.{digits}f}"
 
@@ -289,18 +303,24 @@ def _stat_cell(d: Any) -> str:
 
 def _detector_table(result: DriftResult) -> str:
     e = html.escape
-    rows = ["<h2>Detectors</h2><table><tr><th>detector</th><th>method</th><th>statistic</th><th>p-value</th>"
-            "<th>threshold</th><th>drift</th><th>what it means</th></tr>"]
+    rows = [
+        "<h2>Detectors</h2><table><tr><th>detector</th><th>method</th><th>statistic</th><th>p-value</th>"
+        "<th>threshold</th><th>drift</th><th>what it means</th></tr>"
+    ]
     for d in result.detectors:
         flag = "skipped" if d.skipped else ("<span class='yes'>yes</span>" if d.drift else "<span class='no'>no</span>")
-        rows.append(f"<tr><td>{e(d.detector)}</td><td>{e(d.method)}</td><td class='num'>{_stat_cell(d)}</td>"
-                    f"<td class='num'>{_fmt(d.p_value)}</td><td class='num'>{_fmt(d.threshold)}</td>"
-                    f"<td>{flag}</td><td>{e(d.sentence)}</td></tr>")
+        rows.append(
+            f"<tr><td>{e(d.detector)}</td><td>{e(d.method)}</td><td class='num'>{_stat_cell(d)}</td>"
+            f"<td class='num'>{_fmt(d.p_value)}</td><td class='num'>{_fmt(d.threshold)}</td>"
+            f"<td>{flag}</td><td>{e(d.sentence)}</td></tr>"
+        )
     rows.append("</table>")
     if any(d.statistic_name == "MMD²" and d.statistic is not None and d.statistic < 0 for d in result.detectors):
-        rows.append("<p><sup>*</sup> The unbiased MMD² estimate came out below 0, as it does when both samples "
-                    "come from the same distribution (its expectation is then 0): read it as no distance. "
-                    "report.json keeps the raw value (<code>statistic</code>, <code>details.mmd2_unbiased</code>).</p>")
+        rows.append(
+            "<p><sup>*</sup> The unbiased MMD² estimate came out below 0, as it does when both samples "
+            "come from the same distribution (its expectation is then 0): read it as no distance. "
+            "report.json keeps the raw value (<code>statistic</code>, <code>details.mmd2_unbiased</code>).</p>"
+        )
     return "\n".join(rows)
 
 
@@ -309,11 +329,16 @@ def _atypical_card(a: dict[str, Any]) -> str:
     e = html.escape
     thumb = _thumbnail(Path(a["path"]))
     img = f"<img src='data:image/png;base64,{thumb}'>" if thumb else ""
-    pred = (f"<br>predicted <b>{e(a['predicted'])}</b> <span class='n'>({a['confidence']:.0%})</span>"
-            if "predicted" in a else "")
-    return (f"<div class='card'>{img}<br><span class='file' title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
-            f"<br>{'<b>outlier</b>, ' if a.get('outlier') else ''}score <span class='n'>{a['score']:.2f}</span>, beyond "
-            f"<span class='n'>{a['reference_percentile']:.0%}</span> of reference{pred}</div>")
+    pred = (
+        f"<br>predicted <b>{e(a['predicted'])}</b> <span class='n'>({a['confidence']:.0%})</span>"
+        if "predicted" in a
+        else ""
+    )
+    return (
+        f"<div class='card'>{img}<br><span class='file' title='{e(a['path'])}'>{e(a.get('file', a['path']))}</span>"
+        f"<br>{'<b>outlier</b>, ' if a.get('outlier') else ''}score <span class='n'>{a['score']:.2f}</span>, beyond "
+        f"<span class='n'>{a['reference_percentile']:.0%}</span> of reference{pred}</div>"
+    )
 
 
 def render_html(
@@ -327,47 +352,74 @@ def render_html(
     failed: list[dict[str, str]],
 ) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
-    css, word = {"drift": ("drift", "DRIFT"), "no_drift": ("ok", "NO DRIFT"),
-                 "insufficient": ("insufficient", "NOT ENOUGH DATA")}[result.status]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+    ]
+    css, word = {
+        "drift": ("drift", "DRIFT"),
+        "no_drift": ("ok", "NO DRIFT"),
+        "insufficient": ("insufficient", "NOT ENOUGH DATA"),
+    }[result.status]
     parts.append(f"<div class='verdict {css}'><b>{word}</b> — {e(result.sentence)}</div>")
     a = result.accuracy
     if a is not None and a["accuracy"] is not None:
-        parts.append(f"<p class='accuracy'>Estimated accuracy without labels: <b class='n'>{a['accuracy']:.1%}</b> "
-                     f"(95% interval <span class='n'>{a['low']:.1%}–{a['high']:.1%}</span>, {a['n']} images) vs "
-                     f"<span class='n'>{a['reference_accuracy']:.1%}</span> on the labelled reference "
-                     f"(method {e(a['method'])}, from temperature-scaled confidences; see docs/monitoring.md)."
-                     + (f" <b>Caution:</b> {e(a['caution'])}." if a.get("caution") else "") + "</p>")
-    parts.append("<table>" + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
-                 + "</table>")
+        parts.append(
+            f"<p class='accuracy'>Estimated accuracy without labels: <b class='n'>{a['accuracy']:.1%}</b> "
+            f"(95% interval <span class='n'>{a['low']:.1%}–{a['high']:.1%}</span>, {a['n']} images) vs "
+            f"<span class='n'>{a['reference_accuracy']:.1%}</span> on the labelled reference "
+            f"(method {e(a['method'])}, from temperature-scaled confidences; see docs/monitoring.md)."
+            + (f" <b>Caution:</b> {e(a['caution'])}." if a.get("caution") else "")
+            + "</p>"
+        )
+    parts.append(
+        "<table>"
+        + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+        + "</table>"
+    )
     parts.append(_detector_table(result))
-    parts.append("<p>Drift is flagged when a detector's p-value is below its threshold: the significance "
-                 f"level {result.alpha:g} divided by the number of detectors that ran (Bonferroni), so the whole "
-                 f"verdict raises a false alarm at most {result.alpha:.0%} of the time on unchanged data.</p>")
+    parts.append(
+        "<p>Drift is flagged when a detector's p-value is below its threshold: the significance "
+        f"level {result.alpha:g} divided by the number of detectors that ran (Bonferroni), so the whole "
+        f"verdict raises a false alarm at most {result.alpha:.0%} of the time on unchanged data.</p>"
+    )
     ref = profile.observations()
     if current.embeddings is not None and len(current):
-        parts.append("<h2>Embeddings</h2><img class='plot' src='data:image/png;base64,"
-                     f"{plot_embeddings(ref.embeddings, current.embeddings)}'>")
+        parts.append(
+            "<h2>Embeddings</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_embeddings(ref.embeddings, current.embeddings)}'>"
+        )
     if current.classes is not None and len(current):
-        parts.append("<h2>Predicted classes</h2><p>Share of predictions per class, reference beside current "
-                     "(top), and the per-class shift (bottom).</p><img class='plot' src='data:image/png;base64,"
-                     f"{plot_classes(profile.labels, ref.classes, current.classes)}'>")
-        parts.append("<h2>Confidence</h2><img class='plot' src='data:image/png;base64,"
-                     f"{plot_confidence(ref.confidences, current.confidences)}'>")
+        parts.append(
+            "<h2>Predicted classes</h2><p>Share of predictions per class, reference beside current "
+            "(top), and the per-class shift (bottom).</p><img class='plot' src='data:image/png;base64,"
+            f"{plot_classes(profile.labels, ref.classes, current.classes)}'>"
+        )
+        parts.append(
+            "<h2>Confidence</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_confidence(ref.confidences, current.confidences)}'>"
+        )
     if current.image_stats is not None and len(current):
-        parts.append("<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
-                     f"{plot_image_stats(profile.stat_names, ref.image_stats, current.image_stats)}'>")
+        parts.append(
+            "<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_image_stats(profile.stat_names, ref.image_stats, current.image_stats)}'>"
+        )
         constant = constant_stats(profile.stat_names, ref.image_stats, current.image_stats)
         if constant:
-            parts.append("<p class='constant'>One value in both samples (drawn as text, not as a histogram): "
-                         + "; ".join(f"<b>{e(n)}</b>: {e(v)}" for n, v in constant.items()) + ".</p>")
-        parts.append("<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names)
-                     + ".</p>")
+            parts.append(
+                "<p class='constant'>One value in both samples (drawn as text, not as a histogram): "
+                + "; ".join(f"<b>{e(n)}</b>: {e(v)}" for n, v in constant.items())
+                + ".</p>"
+            )
+        parts.append(
+            "<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names) + ".</p>"
+        )
     if atypical:
-        parts.append("<h2>Most atypical images</h2><p>Farthest from the reference in embedding space (mean "
-                     f"distance to the {NEIGHBOURS} nearest reference images); the percentage is the share of "
-                     "reference images that are closer to their own neighbours.</p><div class='grid'>")
+        parts.append(
+            "<h2>Most atypical images</h2><p>Farthest from the reference in embedding space (mean "
+            f"distance to the {NEIGHBOURS} nearest reference images); the percentage is the share of "
+            "reference images that are closer to their own neighbours.</p><div class='grid'>"
+        )
         parts += [_atypical_card(a) for a in atypical]
         parts.append("</div>")
     if failed:
@@ -394,11 +446,12 @@ def write_drift_report(
     failed = list(failed or [])
     root = Path(context["data"]) if context.get("data") else None
     atypical = most_atypical(profile, current, paths, root=root)
-    document = {"title": title, "context": context, **result.to_dict(), "most_atypical": atypical,
-                "unreadable": failed}
+    document = {"title": title, "context": context, **result.to_dict(), "most_atypical": atypical, "unreadable": failed}
     out_dir = Path(out_dir)
     return {
         "json": write_json_atomic(out_dir / "report.json", document),
-        "html": write_text_atomic(out_dir / "report.html", render_html(
-            result, profile, current, title=title, context=context, atypical=atypical, failed=failed)),
+        "html": write_text_atomic(
+            out_dir / "report.html",
+            render_html(result, profile, current, title=title, context=context, atypical=atypical, failed=failed),
+        ),
     }

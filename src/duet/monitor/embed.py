@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from duet.artifacts.run_dir import RunInfo
 from duet.data import augment
 from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
-from duet.monitor.imagestats import STAT_NAMES, image_stats
-from duet.train.precision import FP32, Precision, autocast
 from duet.data.preprocess import PreprocessSpec, to_load_square
+from duet.monitor.imagestats import STAT_NAMES, image_stats
 from duet.system.progress import make_progress
-from duet.artifacts.run_dir import RunInfo
+from duet.train.precision import FP32, Precision, autocast
 
 
 class FeatureExtractor:
@@ -40,7 +40,9 @@ class FeatureExtractor:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._captured: list[torch.Tensor] = []
-        self._timm = callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
+        self._timm = callable(getattr(model, "forward_features", None)) and callable(
+            getattr(model, "forward_head", None)
+        )
         self._hook = None
         if not self._timm:
             head = _last_linear(model)
@@ -89,14 +91,25 @@ class _Files(Dataset):
             rgb = decode(self.paths[i], max_pixels=self.max_pixels, min_size=size)
         except (DecodeError, OSError) as e:
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            return torch.zeros(3, size, size, dtype=torch.uint8), np.full(len(STAT_NAMES), np.nan, np.float32), i, reason
+            return (
+                torch.zeros(3, size, size, dtype=torch.uint8),
+                np.full(len(STAT_NAMES), np.nan, np.float32),
+                i,
+                reason,
+            )
         square = to_load_square(rgb, self.spec)
         return torch.from_numpy(np.ascontiguousarray(square.transpose(2, 0, 1))), image_stats(rgb), i, ""
 
 
-def _collate(batch: list[tuple[torch.Tensor, np.ndarray, int, str]]) -> tuple[torch.Tensor, np.ndarray, list[int], list[str]]:
-    return (torch.stack([b[0] for b in batch]), np.stack([b[1] for b in batch]),
-            [b[2] for b in batch], [b[3] for b in batch])
+def _collate(
+    batch: list[tuple[torch.Tensor, np.ndarray, int, str]],
+) -> tuple[torch.Tensor, np.ndarray, list[int], list[str]]:
+    return (
+        torch.stack([b[0] for b in batch]),
+        np.stack([b[1] for b in batch]),
+        [b[2] for b in batch],
+        [b[3] for b in batch],
+    )
 
 
 @dataclass
@@ -132,8 +145,9 @@ def embed_files(
     pass under ``precision``'s autocast; features and probabilities come back fp32)."""
     spec = run.preprocess
     extractor = FeatureExtractor(model.eval())
-    loader = DataLoader(_Files(paths, spec, max_pixels), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(
+        _Files(paths, spec, max_pixels), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate
+    )
     n = len(paths)
     features: np.ndarray | None = None
     probs = np.full((n, run.num_classes), np.nan, dtype=np.float32)

@@ -143,7 +143,7 @@ def fit_atc_threshold(scores: np.ndarray, correct: np.ndarray) -> float:
         raise ValueError(f"scores and correct must be non-empty and of equal length; got {n} and {len(correct)}")
     k = int(round(float(np.mean(correct)) * n))
     if k == 0:
-        return float(s[0])                  # nothing above the largest score
+        return float(s[0])  # nothing above the largest score
     if k == n:
         return float(np.nextafter(s[-1], -np.inf))  # everything above
     return float((s[k - 1] + s[k]) / 2) if s[k - 1] > s[k] else float(s[k])
@@ -178,8 +178,13 @@ def wilson_interval(share: float, n: int, confidence: float = 0.95) -> tuple[flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def raw_scores(method: str, probabilities: np.ndarray, temperature: float,
-               curve_x: tuple[float, ...] = (), curve_y: tuple[float, ...] = ()) -> np.ndarray:
+def raw_scores(
+    method: str,
+    probabilities: np.ndarray,
+    temperature: float,
+    curve_x: tuple[float, ...] = (),
+    curve_y: tuple[float, ...] = (),
+) -> np.ndarray:
     """Per image, the quantity ``method`` averages or thresholds (float64 (n,))."""
     if method == "doc":
         return max_confidence(probabilities)
@@ -224,7 +229,7 @@ class AccuracyEstimator:
             raise ValueError("method 'cbpe' needs its calibration curve (curve_x, curve_y of equal, non-zero length)")
 
     @classmethod
-    def fit(cls, probabilities: np.ndarray, labels: np.ndarray, method: str = DEFAULT_METHOD) -> "AccuracyEstimator":
+    def fit(cls, probabilities: np.ndarray, labels: np.ndarray, method: str = DEFAULT_METHOD) -> AccuracyEstimator:
         """Fit on held-out images with labels. Rows whose label is outside
         ``[0, C)`` (e.g. -1: a label the model does not know) are left out."""
         p = _check_probabilities(probabilities)
@@ -239,11 +244,18 @@ class AccuracyEstimator:
             raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
         correct = (p.argmax(1) == y).astype(np.float64)
         temperature = fit_temperature(p, y)
-        threshold = (fit_atc_threshold(raw_scores(method, p, temperature), correct)
-                     if method.startswith("atc") else None)
+        threshold = fit_atc_threshold(raw_scores(method, p, temperature), correct) if method.startswith("atc") else None
         curve_x, curve_y = isotonic_curve(max_confidence(p), correct) if method == "cbpe" else ((), ())
-        fitted = cls(method, temperature, threshold, float(correct.mean()), 0.0, len(y),
-                     tuple(map(float, curve_x)), tuple(map(float, curve_y)))
+        fitted = cls(
+            method,
+            temperature,
+            threshold,
+            float(correct.mean()),
+            0.0,
+            len(y),
+            tuple(map(float, curve_x)),
+            tuple(map(float, curve_y)),
+        )
         return cls(**{**asdict(fitted), "reference_score": float(np.mean(fitted.score(p)))})
 
     def score(self, probabilities: np.ndarray) -> np.ndarray:
@@ -262,8 +274,15 @@ class AccuracyEstimator:
         "drop"}``; accuracy, low, high and drop are None when ``scores`` is empty.
         ``drop`` is ``reference_accuracy - accuracy`` (positive = worse)."""
         s = np.asarray(scores, dtype=np.float64).ravel()
-        out: dict[str, Any] = {"method": self.method, "accuracy": None, "low": None, "high": None, "n": int(len(s)),
-                               "reference_accuracy": self.reference_accuracy, "drop": None}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "accuracy": None,
+            "low": None,
+            "high": None,
+            "n": int(len(s)),
+            "reference_accuracy": self.reference_accuracy,
+            "drop": None,
+        }
         if len(s) == 0:
             return out
         offset = self.reference_accuracy - self.reference_score if self.method == "doc" else 0.0
@@ -276,7 +295,7 @@ class AccuracyEstimator:
         return {"schema": SCHEMA, **asdict(self), "curve_x": list(self.curve_x), "curve_y": list(self.curve_y)}
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> "AccuracyEstimator":
+    def from_dict(cls, doc: dict[str, Any]) -> AccuracyEstimator:
         """Inverse of ``to_dict``; refuses another schema or unknown keys."""
         doc = dict(doc)
         schema = doc.pop("schema", None)
@@ -287,7 +306,12 @@ class AccuracyEstimator:
         if unknown:
             raise ValueError(f"unknown accuracy estimator keys {unknown}; known: {sorted(known)}")
         threshold = doc.get("threshold")
-        return cls(**{**doc, "temperature": float(doc["temperature"]),
-                      "threshold": None if threshold is None else float(threshold),
-                      "curve_x": tuple(map(float, doc.get("curve_x", ()))),
-                      "curve_y": tuple(map(float, doc.get("curve_y", ())))})
+        return cls(
+            **{
+                **doc,
+                "temperature": float(doc["temperature"]),
+                "threshold": None if threshold is None else float(threshold),
+                "curve_x": tuple(map(float, doc.get("curve_x", ()))),
+                "curve_y": tuple(map(float, doc.get("curve_y", ()))),
+            }
+        )

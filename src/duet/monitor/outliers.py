@@ -49,12 +49,20 @@ import numpy as np
 from scipy import stats as sstats
 
 DEFAULT_RATE = 0.01
-MAX_AXES = 512        # principal axes of the features kept at most (bounds the profile's size)
-SHRINKAGE = 0.1       # covariance -> (1 - s) C + s * mean variance * I
-STAT_FLOOR = 0.02     # smallest spread of an image statistic (log2 units for sizes: ~1.4 %)
+MAX_AXES = 512  # principal axes of the features kept at most (bounds the profile's size)
+SHRINKAGE = 0.1  # covariance -> (1 - s) C + s * mean variance * I
+STAT_FLOOR = 0.02  # smallest spread of an image statistic (log2 units for sizes: ~1.4 %)
 
-ARRAY_NAMES = ("ood_axes", "ood_mean", "ood_class_means", "ood_precision", "ood_stats_mean", "ood_stats_precision",
-               "ood_standardise", "outlier_scores")
+ARRAY_NAMES = (
+    "ood_axes",
+    "ood_mean",
+    "ood_class_means",
+    "ood_precision",
+    "ood_stats_mean",
+    "ood_stats_precision",
+    "ood_standardise",
+    "outlier_scores",
+)
 
 
 def outlier_rank(n_reference: int, rate: float) -> int:
@@ -87,7 +95,7 @@ def stats_features(image_stats: np.ndarray) -> np.ndarray:
 def _shrunk_precision(centred: np.ndarray, floor: np.ndarray | None = None) -> np.ndarray:
     cov = np.atleast_2d(np.cov(centred, rowvar=False)) if len(centred) > 1 else np.zeros((centred.shape[1],) * 2)
     if floor is not None:
-        cov = cov + np.diag(floor ** 2)
+        cov = cov + np.diag(floor**2)
     mean_var = float(np.trace(cov)) / cov.shape[0] or 1.0
     cov = (1 - SHRINKAGE) * cov + SHRINKAGE * mean_var * np.eye(cov.shape[0])
     return np.linalg.inv(cov)
@@ -102,13 +110,13 @@ class OutlierModel:
     """What scoring needs (arrays saved in the profile's reference.npz) and the
     reference's scores that set the threshold."""
 
-    axes: np.ndarray            # (k, D) principal axes of the training features
-    mean: np.ndarray            # (D,)
-    class_means: np.ndarray     # (C, k) per-class means in those axes (classes absent from the sample: NaN rows)
-    precision: np.ndarray       # (k, k) shared, shrunk
-    stats_mean: np.ndarray      # (6,)
+    axes: np.ndarray  # (k, D) principal axes of the training features
+    mean: np.ndarray  # (D,)
+    class_means: np.ndarray  # (C, k) per-class means in those axes (classes absent from the sample: NaN rows)
+    precision: np.ndarray  # (k, k) shared, shrunk
+    stats_mean: np.ndarray  # (6,)
     stats_precision: np.ndarray  # (6, 6)
-    standardise: np.ndarray     # (4,) mean, std of the embedding distance; mean, std of the image-stat distance
+    standardise: np.ndarray  # (4,) mean, std of the embedding distance; mean, std of the image-stat distance
     reference_scores: np.ndarray  # (n,) scores of the reference images
     rate: float = DEFAULT_RATE
 
@@ -134,13 +142,13 @@ class OutlierModel:
         lower = np.linalg.cholesky(self.precision.astype(np.float64))
         present = ~np.isnan(self.class_means[:, 0])
         means = self.class_means[present].astype(np.float64) @ lower
-        return self.axes.T.astype(np.float64) @ lower, means, (means ** 2).sum(axis=1)
+        return self.axes.T.astype(np.float64) @ lower, means, (means**2).sum(axis=1)
 
     def parts(self, features: np.ndarray, image_stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The two standardised distances, ``(embedding, image_stats)``, each (N,)."""
         w, means, means_sq = self.whitening
         y = (np.asarray(features, dtype=np.float64) - self.mean) @ w
-        squared = (y ** 2).sum(axis=1)[:, None] - 2 * y @ means.T + means_sq[None]
+        squared = (y**2).sum(axis=1)[:, None] - 2 * y @ means.T + means_sq[None]
         emb = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
         st = _mahalanobis(stats_features(image_stats) - self.stats_mean, self.stats_precision)
         s = self.standardise
@@ -164,17 +172,35 @@ class OutlierModel:
         return window_test(self.reference_scores, scores, self.rate)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(zip(ARRAY_NAMES, (self.axes, self.mean, self.class_means, self.precision, self.stats_mean,
-                                      self.stats_precision, self.standardise, self.reference_scores)))
+        return dict(
+            zip(
+                ARRAY_NAMES,
+                (
+                    self.axes,
+                    self.mean,
+                    self.class_means,
+                    self.precision,
+                    self.stats_mean,
+                    self.stats_precision,
+                    self.standardise,
+                    self.reference_scores,
+                ),
+            )
+        )
 
     @staticmethod
-    def from_arrays(arrays: dict[str, np.ndarray], rate: float = DEFAULT_RATE) -> "OutlierModel":
+    def from_arrays(arrays: dict[str, np.ndarray], rate: float = DEFAULT_RATE) -> OutlierModel:
         return OutlierModel(*(np.asarray(arrays[name]) for name in ARRAY_NAMES), rate=rate)
 
     def summary(self) -> dict[str, Any]:
-        return {"rate": self.rate, "rank": self.rank, "threshold": self.threshold,
-                "expected_rate": self.expected_rate, "axes": int(self.axes.shape[0]),
-                "reference_images": int(len(self.reference_scores))}
+        return {
+            "rate": self.rate,
+            "rank": self.rank,
+            "threshold": self.threshold,
+            "expected_rate": self.expected_rate,
+            "axes": int(self.axes.shape[0]),
+            "reference_images": int(len(self.reference_scores)),
+        }
 
 
 def fit_outlier_model(
@@ -207,12 +233,22 @@ def fit_outlier_model(
     s = stats_features(fit_stats)
     stats_mean = s.mean(axis=0)
     stats_precision = _shrunk_precision(s - stats_mean, floor=np.full(s.shape[1], STAT_FLOOR))
-    unscaled = OutlierModel(axes, mean, class_means, precision, stats_mean, stats_precision,
-                            np.array([0.0, 1.0, 0.0, 1.0]), np.zeros(1), rate)
+    unscaled = OutlierModel(
+        axes,
+        mean,
+        class_means,
+        precision,
+        stats_mean,
+        stats_precision,
+        np.array([0.0, 1.0, 0.0, 1.0]),
+        np.zeros(1),
+        rate,
+    )
     emb, st = unscaled.parts(x, fit_stats)
     standardise = np.array([emb.mean(), max(emb.std(), 1e-6), st.mean(), max(st.std(), 1e-6)])
     # Stored as float32; the reference is scored with the stored arrays, as every later image will be.
-    stored = [a.astype(np.float32) for a in (axes, mean, class_means, precision, stats_mean, stats_precision,
-                                              standardise)]
+    stored = [
+        a.astype(np.float32) for a in (axes, mean, class_means, precision, stats_mean, stats_precision, standardise)
+    ]
     reference = OutlierModel(*stored, np.zeros(1, np.float32), rate).score(reference_features, reference_stats)
     return OutlierModel(*stored, reference, rate)

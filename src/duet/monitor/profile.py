@@ -47,13 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from duet.system.atomic import write_bytes_atomic, write_json_atomic
 from duet.errors import DataError, RunError
 from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
 from duet.monitor.estimate import AccuracyEstimator
 from duet.monitor.imagestats import STAT_NAMES
 from duet.monitor.outliers import ARRAY_NAMES as OUTLIER_ARRAYS
 from duet.monitor.outliers import OutlierModel, fit_outlier_model
+from duet.system.atomic import write_bytes_atomic, write_json_atomic
 
 SCHEMA = "duet.profile/1"
 PROFILE_DIR = "profile"
@@ -63,8 +63,16 @@ DEFAULT_COMPONENTS = 32
 DEFAULT_MAX_REFERENCE = 1000
 DEFAULT_MAX_FIT = 1000
 
-_ARRAYS = ("embeddings", "classes", "confidences", "image_stats", "true_labels", "pca_mean", "pca_components",
-           "explained_variance_ratio")
+_ARRAYS = (
+    "embeddings",
+    "classes",
+    "confidences",
+    "image_stats",
+    "true_labels",
+    "pca_mean",
+    "pca_components",
+    "explained_variance_ratio",
+)
 
 
 class ProfileError(RunError):
@@ -153,7 +161,7 @@ class ReferenceProfile:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ReferenceProfile":
+    def load(cls, directory: str | Path) -> ReferenceProfile:
         """Read a profile folder (``RUN/profile``); raises ProfileError with what to do."""
         directory = Path(directory)
         hint = f"create it with `duet profile {directory.parent}`"
@@ -180,13 +188,25 @@ class ReferenceProfile:
             raise ProfileError(f"'{arrays_path}' is damaged ({type(e).__name__}: {e}); {hint}") from e
         outliers = None if ood is None else OutlierModel.from_arrays(ood, rate=float(doc["outliers"]["rate"]))
         try:
-            accuracy = (AccuracyEstimator.from_dict(doc["accuracy_estimator"]) if doc.get("accuracy_estimator")
-                        else None)
+            accuracy = AccuracyEstimator.from_dict(doc["accuracy_estimator"]) if doc.get("accuracy_estimator") else None
         except (KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"'{meta_path}' has a damaged accuracy estimator ({e}); {hint}") from e
-        meta = {k: v for k, v in doc.items()
-                if k not in ("schema", "labels", "stat_names", "kernel", "pca", "reference_files", "arrays",
-                             "outliers", "accuracy_estimator")}
+        meta = {
+            k: v
+            for k, v in doc.items()
+            if k
+            not in (
+                "schema",
+                "labels",
+                "stat_names",
+                "kernel",
+                "pca",
+                "reference_files",
+                "arrays",
+                "outliers",
+                "accuracy_estimator",
+            )
+        }
         return cls(
             labels=list(doc["labels"]),
             stat_names=tuple(doc["stat_names"]),
@@ -224,8 +244,9 @@ def fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarr
     return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)
 
 
-def _samples(usable: list[Any], max_reference: int, max_fit: int, seed: int, root: Path,
-             say: Callable[[str], None]) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+def _samples(
+    usable: list[Any], max_reference: int, max_fit: int, seed: int, root: Path, say: Callable[[str], None]
+) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
     """``((reference split, rows), (fit split, rows))``: the reference from the
     first held-out split there is (val, test, else train, with a warning), the fit
     sample from train; seeded subsamples of at most ``max_reference`` / ``max_fit``."""
@@ -236,8 +257,10 @@ def _samples(usable: list[Any], max_reference: int, max_fit: int, seed: int, roo
     if ref_split is None:
         raise DataError(f"run '{root}' has no usable image in its manifest to build a drift profile from")
     if ref_split == "train":
-        say("warning: the run has no held-out images; the drift reference uses training images, whose "
-            "confidences are higher than new images will get (expect more confidence alarms)")
+        say(
+            "warning: the run has no held-out images; the drift reference uses training images, whose "
+            "confidences are higher than new images will get (expect more confidence alarms)"
+        )
     fit_split = "train" if by_split.get("train") and ref_split != "train" else ref_split
     rng = np.random.default_rng(seed)
 
@@ -281,19 +304,20 @@ def write_profile(
         RunError: not a finished run. DataError: no usable image to profile.
     """
     # torch only here, so that loading a profile (the server) never imports it.
+    from duet.artifacts.run_dir import load_run
     from duet.data.loaders import default_workers
     from duet.data.scan import read_manifest
     from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files
-    from duet.train.precision import recorded_or
-    from duet.artifacts.run_dir import load_run
     from duet.system.device import resolve_device
+    from duet.train.precision import recorded_or
 
     say = log or (lambda _msg: None)
     run = load_run(run_dir)
     manifest = read_manifest(run.paths.manifest, run.data_dir)
-    (ref_split, ref_rows), (fit_split, fit_rows) = _samples(manifest.usable(), max_reference, max_fit, seed,
-                                                             run.paths.root, say)
+    (ref_split, ref_rows), (fit_split, fit_rows) = _samples(
+        manifest.usable(), max_reference, max_fit, seed, run.paths.root, say
+    )
     dev = resolve_device(device)
     model = load_model(run, dev)
     chosen = recorded_or(precision, run.precision, dev)
@@ -302,12 +326,23 @@ def write_profile(
     index = {label: i for i, label in enumerate(run.labels)}
 
     def embed(rows: list[Any], what: str) -> tuple[Any, list[Any]]:
-        got = embed_files(model, run, [manifest.data_dir / r.path for r in rows], dev, batch_size=batch_size,
-                          workers=workers, progress=progress, description=what, precision=chosen)
+        got = embed_files(
+            model,
+            run,
+            [manifest.data_dir / r.path for r in rows],
+            dev,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            description=what,
+            precision=chosen,
+        )
         ok = got.ok
         if not ok.any():
-            raise DataError(f"none of the {len(rows)} {what} images of '{run.paths.root}' could be read "
-                            f"(e.g. {rows[0].path}: {got.errors[0]}); did the data folder move?")
+            raise DataError(
+                f"none of the {len(rows)} {what} images of '{run.paths.root}' could be read "
+                f"(e.g. {rows[0].path}: {got.errors[0]}); did the data folder move?"
+            )
         return got, [r for r, good in zip(rows, ok) if good]
 
     fit, fit_kept = embed(fit_rows, f"profile: fit ({fit_split})")
@@ -321,8 +356,13 @@ def write_profile(
     classes = probs.argmax(1).astype(np.int64)
     true = np.array([index.get(r.label, -1) for r in ref_kept], dtype=np.int64)
     outliers = fit_outlier_model(
-        fit.features[fit.ok], np.array([index.get(r.label, -1) for r in fit_kept], dtype=np.int64),
-        fit.image_stats[fit.ok], ref.features[ref_ok], ref.image_stats[ref_ok], num_classes=len(run.labels))
+        fit.features[fit.ok],
+        np.array([index.get(r.label, -1) for r in fit_kept], dtype=np.int64),
+        fit.image_stats[fit.ok],
+        ref.features[ref_ok],
+        ref.image_stats[ref_ok],
+        num_classes=len(run.labels),
+    )
     profile = ReferenceProfile(
         labels=list(run.labels),
         stat_names=STAT_NAMES,
@@ -345,13 +385,19 @@ def write_profile(
             "model": run.model,
             "data_dir": str(manifest.data_dir),
             "preprocess": run.preprocess.to_dict(),
-            "reference": {"split": ref_split, "images": int(ref_ok.sum()), "unreadable": int((~ref_ok).sum()),
-                          "accuracy": float(np.mean(classes == true)) if len(true) else None},
+            "reference": {
+                "split": ref_split,
+                "images": int(ref_ok.sum()),
+                "unreadable": int((~ref_ok).sum()),
+                "accuracy": float(np.mean(classes == true)) if len(true) else None,
+            },
             "fit": {"split": fit_split, "images": int(fit.ok.sum())},
             "defaults": asdict(DriftSettings()),
         },
     )
     profile.save(profile_dir(run.paths.root))
-    say(f"drift profile: {profile.n_reference} {ref_split} images, {profile.n_components} PCA components "
-        f"({100 * float(ratio.sum()):.0f}% of feature variance) -> {profile_dir(run.paths.root)}")
+    say(
+        f"drift profile: {profile.n_reference} {ref_split} images, {profile.n_components} PCA components "
+        f"({100 * float(ratio.sum()):.0f}% of feature variance) -> {profile_dir(run.paths.root)}"
+    )
     return ReferenceProfile.load(profile_dir(run.paths.root))

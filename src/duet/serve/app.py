@@ -36,10 +36,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 import duet
-from duet.errors import ConfigError
 from duet.artifacts.model_package import ModelPackage, read_package
+from duet.errors import ConfigError
 from duet.serve.auth import ApiKeyMiddleware
-from duet.serve.settings import ServeConfig
 from duet.serve.deadlines import TIMED_OUT, ShutdownGuard, guarded_h11
 from duet.serve.encoding import ContentEncodingMiddleware
 from duet.serve.errors import ApiError, error_response
@@ -48,6 +47,7 @@ from duet.serve.metrics import MetricsMiddleware, ServeMetrics
 from duet.serve.protocols import kserve_v2, simple, tfserving
 from duet.serve.runtimes import Runtime, load_runtime
 from duet.serve.service import ModelService
+from duet.serve.settings import ServeConfig
 
 log = logging.getLogger("duet.serve")
 
@@ -78,7 +78,7 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
             f"{', '.join(package.labels[:20])}{', ...' if package.num_classes > 20 else ''}). "
             "Protocols: `POST /v1/predict` (multipart or raw image), the Open Inference Protocol "
             "(KServe V2, `/v2/...`, binary tensor data and classification extensions) and TensorFlow "
-            "Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{\"error\", \"code\"}`."
+            'Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{"error", "code"}`.'
         ),
         lifespan=lifespan,
         docs_url=None,  # served below from local assets (the default page loads Swagger UI from a CDN)
@@ -126,8 +126,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         if request.scope.get(TIMED_OUT):
             return Response(status_code=408)
         client = request.client
-        log.info("client %s hung up during %s %s (counted as 499)", f"{client.host}:{client.port}" if client else "?",
-                 request.method, request.url.path)
+        log.info(
+            "client %s hung up during %s %s (counted as 499)",
+            f"{client.host}:{client.port}" if client else "?",
+            request.method,
+            request.url.path,
+        )
         return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
@@ -151,11 +155,16 @@ def _install_docs(app: FastAPI) -> None:
         swagger_ui_path = None
 
     if swagger_ui_path is None:
+
         @app.get("/docs", include_in_schema=False)
         async def docs_off() -> Response:
-            return error_response(404, "the docs page is off: it needs the swagger-ui-bundle package "
-                                  "(pip install swagger-ui-bundle); the OpenAPI schema is at /openapi.json",
-                                  "docs_unavailable")
+            return error_response(
+                404,
+                "the docs page is off: it needs the swagger-ui-bundle package "
+                "(pip install swagger-ui-bundle); the OpenAPI schema is at /openapi.json",
+                "docs_unavailable",
+            )
+
         return
 
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -166,10 +175,13 @@ def _install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
-                                   swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+        )
 
 
 def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
@@ -181,13 +193,17 @@ def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
 
     registry = Registry(config.registry)
     if not registry.root.is_dir():
-        raise ConfigError(f"registry '{registry.root}' does not exist; create it with "
-                          f"`duet registry promote RUN --registry {registry.root}`")
+        raise ConfigError(
+            f"registry '{registry.root}' does not exist; create it with "
+            f"`duet registry promote RUN --registry {registry.root}`"
+        )
     watcher = ChampionWatcher(registry)
     champion = watcher.poll()
     if champion is None:
-        raise ConfigError(f"registry '{registry.root}' has no champion yet; promote one with "
-                          f"`duet registry promote RUN --registry {registry.root}`")
+        raise ConfigError(
+            f"registry '{registry.root}' has no champion yet; promote one with "
+            f"`duet registry promote RUN --registry {registry.root}`"
+        )
     folder = champion.export_dir or champion.run
     return replace(config, model_dir=folder, model_version=champion.version), watcher
 
@@ -195,8 +211,14 @@ def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
 def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
     """Read and verify the model folder, then load the runtime (raises DuetError)."""
     package = read_package(config.model_dir, verify=True)
-    runtime = load_runtime(package, config.runtime, device=config.device, threads=config.threads,
-                           spinning=config.ort_spinning, variant=config.model_variant)
+    runtime = load_runtime(
+        package,
+        config.runtime,
+        device=config.device,
+        threads=config.threads,
+        spinning=config.ort_spinning,
+        variant=config.model_variant,
+    )
     return package, runtime
 
 
@@ -215,11 +237,20 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = 
     package, runtime = load(config)
     app = create_app(config, package, runtime, watcher)
     uv = uvicorn.Config(
-        app, host=config.host, port=config.port, log_level="info", access_log=config.access_log,
-        timeout_graceful_shutdown=config.drain_seconds, server_header=False,
-        proxy_headers=False, lifespan="on",
-        http=guarded_h11(config.limits.header_timeout, config.limits.body_timeout,
-                         on_timeout=lambda phase: app.state.metrics.read_timeouts.labels(phase).inc()),
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        access_log=config.access_log,
+        timeout_graceful_shutdown=config.drain_seconds,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+        http=guarded_h11(
+            config.limits.header_timeout,
+            config.limits.body_timeout,
+            on_timeout=lambda phase: app.state.metrics.read_timeouts.labels(phase).inc(),
+        ),
     )
     service: ModelService = app.state.service
 
@@ -247,12 +278,19 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host, "
-                          "or stop the process that uses it") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host, "
+            "or stop the process that uses it"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
 
 def summary(config: ServeConfig, package: ModelPackage, runtime: Runtime) -> dict[str, Any]:
-    return {"model": config.model_name or package.name, "version": config.model_version, "runtime": runtime.name,
-            "device": runtime.device, "url": f"http://{config.host}:{config.port}"}
+    return {
+        "model": config.model_name or package.name,
+        "version": config.model_version,
+        "runtime": runtime.name,
+        "device": runtime.device,
+        "url": f"http://{config.host}:{config.port}",
+    }

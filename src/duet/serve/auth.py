@@ -46,8 +46,11 @@ class ApiKeyMiddleware:
         key = presented_key(scope["headers"])
         # compare_digest of two equal-length digests: constant time.
         if key is None or not hmac.compare_digest(_digest(key), self._expected):
-            message = ("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'" if key is None
-                       else "invalid API key")
+            message = (
+                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                if key is None
+                else "invalid API key"
+            )
             response = error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return

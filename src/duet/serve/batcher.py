@@ -24,8 +24,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,8 +117,7 @@ class DynamicBatcher:
             raise Overloaded()
         loop = asyncio.get_running_loop()
         items = [
-            _Item(pixels[i : i + self.max_batch_size], loop.create_future())
-            for i in range(0, n, self.max_batch_size)
+            _Item(pixels[i : i + self.max_batch_size], loop.create_future()) for i in range(0, n, self.max_batch_size)
         ]
         for item in items:
             self._pending.append(item)

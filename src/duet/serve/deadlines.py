@@ -50,8 +50,10 @@ TIMED_OUT = "duet.read_timeout"  # set in the ASGI scope of a request whose body
 def json_response_bytes(status: int, reason: str, message: str, code: str) -> bytes:
     """A complete HTTP/1.1 response with the JSON error body, closing the connection."""
     body = json.dumps({"error": message, "code": code}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -83,8 +85,9 @@ class GuardedH11Protocol(H11Protocol):
         self._update_deadlines(progress=False)
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(json_response_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')})",
-                                                 "bad_http"))
+        self.transport.write(
+            json_response_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')})", "bad_http")
+        )
         self.transport.close()
 
     # -------------------------------------------------------- deadlines
@@ -122,11 +125,19 @@ class GuardedH11Protocol(H11Protocol):
             return
         partial, _ = self.conn.trailing_data
         if partial:  # a request began and did not finish its head in time
-            self.transport.write(json_response_bytes(
-                408, "Request Timeout", f"the request headers took longer than {self.header_timeout:g} s "
-                "(--header-timeout)", "request_timeout"))
-            log.warning("closed a connection from %s: request headers incomplete after %gs",
-                        _peer(self.client), self.header_timeout)
+            self.transport.write(
+                json_response_bytes(
+                    408,
+                    "Request Timeout",
+                    f"the request headers took longer than {self.header_timeout:g} s (--header-timeout)",
+                    "request_timeout",
+                )
+            )
+            log.warning(
+                "closed a connection from %s: request headers incomplete after %gs",
+                _peer(self.client),
+                self.header_timeout,
+            )
             if self.on_timeout is not None:
                 self.on_timeout("headers")
         self.transport.close()
@@ -140,28 +151,38 @@ class GuardedH11Protocol(H11Protocol):
             # We are the slow side (the app has not read the body yet): not the client's fault.
             self._body_timer = self.loop.call_later(self.body_timeout, self._body_expired)
             return
-        log.warning("closed a connection from %s: no request body received for %gs",
-                    _peer(self.client), self.body_timeout)
+        log.warning(
+            "closed a connection from %s: no request body received for %gs", _peer(self.client), self.body_timeout
+        )
         if self.on_timeout is not None:
             self.on_timeout("body")
         if cycle is not None and not cycle.response_complete:
             cycle.scope[TIMED_OUT] = True  # type: ignore[literal-required]
             if not cycle.response_started:
-                self.transport.write(json_response_bytes(
-                    408, "Request Timeout", f"no request body received for {self.body_timeout:g} s (--body-timeout)",
-                    "request_timeout"))
+                self.transport.write(
+                    json_response_bytes(
+                        408,
+                        "Request Timeout",
+                        f"no request body received for {self.body_timeout:g} s (--body-timeout)",
+                        "request_timeout",
+                    )
+                )
             cycle.disconnected = True  # the app's receive() now says http.disconnect; its send() is dropped
             cycle.message_event.set()
         self.transport.close()
 
 
-def guarded_h11(header_timeout: float, body_timeout: float,
-                on_timeout: Callable[[str], None] | None = None) -> type[H11Protocol]:
+def guarded_h11(
+    header_timeout: float, body_timeout: float, on_timeout: Callable[[str], None] | None = None
+) -> type[H11Protocol]:
     """uvicorn's ``H11Protocol`` with a header deadline and a body-progress deadline
     (seconds); ``on_timeout(phase)`` is called once per connection cut."""
     hook = staticmethod(on_timeout) if on_timeout is not None else None
-    return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"header_timeout": header_timeout, "body_timeout": body_timeout, "on_timeout": hook})
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "on_timeout": hook},
+    )
 
 
 def _peer(client: tuple[str, int] | None) -> str:
@@ -194,6 +215,10 @@ class ShutdownGuard:
             if started:
                 raise
             log.warning("%s %s cut by shutdown (--drain-seconds passed): answered 503", scope["method"], scope["path"])
-            response = error_response(503, "the server is shutting down and its drain deadline passed; retry "
-                                      "(on another replica)", "draining", {"Retry-After": "1", "Connection": "close"})
+            response = error_response(
+                503,
+                "the server is shutting down and its drain deadline passed; retry (on another replica)",
+                "draining",
+                {"Retry-After": "1", "Connection": "close"},
+            )
             await response(scope, receive, send)

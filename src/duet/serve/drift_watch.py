@@ -66,26 +66,45 @@ class DriftWatch:
         self._pending_rows = 0
         self._pending_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.detected = Gauge("duet_drift_detected", "1 when the latest drift verdict says drift, else 0.",
-                              registry=registry)
-        self.insufficient = Gauge("duet_drift_insufficient",
-                                  "1 while the window holds too few images for any detector to decide, else 0.",
-                                  registry=registry)
-        self.accuracy = Gauge("duet_estimated_accuracy",
-                              "Label-free accuracy estimate of the window (estimate) and its 95% interval (low, high).",
-                              ["bound"], registry=registry)
-        self.reference_accuracy = Gauge("duet_reference_accuracy",
-                                        "Accuracy on the labelled reference sample the estimator was fitted on.",
-                                        registry=registry)
-        self.outlier_rate = Gauge("duet_drift_outlier_rate",
-                                  "Share of the window's images whose outlier score exceeds the reference threshold.",
-                                  registry=registry)
-        self.score = Gauge("duet_drift_score", "Statistic of each drift detector on the recent window.",
-                           ["detector"], registry=registry)
-        self.p_value = Gauge("duet_drift_p_value", "p-value of each drift detector on the recent window.",
-                             ["detector"], registry=registry)
-        self.window_images = Gauge("duet_drift_window_images", "Images in the window of the latest verdict.",
-                                   registry=registry)
+        self.detected = Gauge(
+            "duet_drift_detected", "1 when the latest drift verdict says drift, else 0.", registry=registry
+        )
+        self.insufficient = Gauge(
+            "duet_drift_insufficient",
+            "1 while the window holds too few images for any detector to decide, else 0.",
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "duet_estimated_accuracy",
+            "Label-free accuracy estimate of the window (estimate) and its 95% interval (low, high).",
+            ["bound"],
+            registry=registry,
+        )
+        self.reference_accuracy = Gauge(
+            "duet_reference_accuracy",
+            "Accuracy on the labelled reference sample the estimator was fitted on.",
+            registry=registry,
+        )
+        self.outlier_rate = Gauge(
+            "duet_drift_outlier_rate",
+            "Share of the window's images whose outlier score exceeds the reference threshold.",
+            registry=registry,
+        )
+        self.score = Gauge(
+            "duet_drift_score",
+            "Statistic of each drift detector on the recent window.",
+            ["detector"],
+            registry=registry,
+        )
+        self.p_value = Gauge(
+            "duet_drift_p_value",
+            "p-value of each drift detector on the recent window.",
+            ["detector"],
+            registry=registry,
+        )
+        self.window_images = Gauge(
+            "duet_drift_window_images", "Images in the window of the latest verdict.", registry=registry
+        )
         self.evaluations = Counter("duet_drift_evaluations", "Drift verdicts computed.", registry=registry)
 
     @property
@@ -99,8 +118,9 @@ class DriftWatch:
             return None
         return self.outliers.score(features, image_stats)
 
-    def observe(self, probabilities: np.ndarray, image_stats: np.ndarray | None,
-                features: np.ndarray | None = None) -> None:
+    def observe(
+        self, probabilities: np.ndarray, image_stats: np.ndarray | None, features: np.ndarray | None = None
+    ) -> None:
         """Queue one request's rows for the window (thread-safe, about a microsecond)."""
         with self._pending_lock:
             self._pending.append((probabilities, image_stats, features))
@@ -120,9 +140,11 @@ class DriftWatch:
             while stop < len(pending) and (pending[stop][1] is None, pending[stop][2] is None) == kind:
                 stop += 1
             run = pending[start:stop]
-            self.monitor.add(probabilities=np.concatenate([r[0] for r in run]),
-                             image_stats=None if kind[0] else np.concatenate([r[1] for r in run]),  # type: ignore[misc]
-                             embeddings=None if kind[1] else np.concatenate([r[2] for r in run]))  # type: ignore[misc]
+            self.monitor.add(
+                probabilities=np.concatenate([r[0] for r in run]),
+                image_stats=None if kind[0] else np.concatenate([r[1] for r in run]),  # type: ignore[misc]
+                embeddings=None if kind[1] else np.concatenate([r[2] for r in run]),
+            )  # type: ignore[misc]
             start = stop
 
     def _flush_and_compute(self) -> Any:
@@ -167,9 +189,17 @@ class DriftWatch:
 
     def unregister(self, registry: CollectorRegistry) -> None:
         """Remove this watch's gauges from ``registry`` (before a new model's watch registers its own)."""
-        for collector in (self.detected, self.insufficient, self.outlier_rate, self.accuracy,
-                          self.reference_accuracy, self.score, self.p_value,
-                          self.window_images, self.evaluations):
+        for collector in (
+            self.detected,
+            self.insufficient,
+            self.outlier_rate,
+            self.accuracy,
+            self.reference_accuracy,
+            self.score,
+            self.p_value,
+            self.window_images,
+            self.evaluations,
+        ):
             try:
                 registry.unregister(collector)
             except KeyError:

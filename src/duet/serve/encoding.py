@@ -51,12 +51,19 @@ class _Decoder:
             if last:
                 out += self.z.flush()
         except zlib.error:
-            raise ApiError(400, f"the request body is not valid {self.coding} data (Content-Encoding: {self.coding})",
-                           "bad_encoding") from None
+            raise ApiError(
+                400,
+                f"the request body is not valid {self.coding} data (Content-Encoding: {self.coding})",
+                "bad_encoding",
+            ) from None
         self.produced += len(out)
         if self.produced > self.limit:
-            raise ApiError(413, f"request body decompresses to more than the limit of {self.limit} bytes "
-                                "(--max-body-bytes)", "body_too_large", {"Connection": "close"})
+            raise ApiError(
+                413,
+                f"request body decompresses to more than the limit of {self.limit} bytes (--max-body-bytes)",
+                "body_too_large",
+                {"Connection": "close"},
+            )
         if last and not self.z.eof:
             raise ApiError(400, f"the {self.coding} request body is truncated", "bad_encoding")
         return out
@@ -89,8 +96,11 @@ class ContentEncodingMiddleware:
             await self.app(scope, receive, send)
             return
         if len(codings) > 1 or codings[0] not in _WBITS:
-            error = ApiError(415, f"Content-Encoding '{', '.join(codings)}' is not supported; send the body with "
-                                  f"{ACCEPTED}", "unsupported_encoding")
+            error = ApiError(
+                415,
+                f"Content-Encoding '{', '.join(codings)}' is not supported; send the body with {ACCEPTED}",
+                "unsupported_encoding",
+            )
             try:
                 await discard_body(receive, self.limit)
             except ApiError as e:  # the body limit outside us spoke first

@@ -16,7 +16,9 @@ from starlette.responses import JSONResponse
 class ApiError(Exception):
     """A request the server refuses: HTTP ``status``, a one-line ``message``, a ``code``."""
 
-    def __init__(self, status: int, message: str, code: str = "bad_request", headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str = "bad_request", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

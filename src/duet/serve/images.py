@@ -30,7 +30,9 @@ def pixels_from_bytes(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.
     return prepare(data, spec, max_pixels, with_stats=False)[0]
 
 
-def prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, *, with_stats: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare(
+    data: bytes, spec: PreprocessSpec, max_pixels: int, *, with_stats: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The model input of one image, and (for drift monitoring) the
     ``duet.monitor.image_stats`` of the decoded image, as the reference profile
     computed them."""

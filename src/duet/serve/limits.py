@@ -25,8 +25,12 @@ DISCARD_SECONDS = 10.0
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is larger than the limit of {limit} bytes (--max-body-bytes)",
-                         "body_too_large", {"Connection": "close"})
+        super().__init__(
+            413,
+            f"request body is larger than the limit of {limit} bytes (--max-body-bytes)",
+            "body_too_large",
+            {"Connection": "close"},
+        )
 
 
 async def discard_body(receive: Receive, budget: int) -> None:

@@ -47,30 +47,58 @@ class ServeMetrics:
     def __init__(self, labels: list[str]) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
-        self.requests = Counter("duet_requests", "HTTP requests by route template and status code.",
-                                ["route", "code"], registry=r)
-        self.latency = Histogram("duet_request_duration_seconds", "HTTP request latency, first byte in to last byte out.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.read_timeouts = Counter("duet_read_timeouts", "Connections closed because the request head or body "
-                                     "did not arrive in time (--header-timeout, --body-timeout).", ["phase"], registry=r)
+        self.requests = Counter(
+            "duet_requests", "HTTP requests by route template and status code.", ["route", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "duet_request_duration_seconds",
+            "HTTP request latency, first byte in to last byte out.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.read_timeouts = Counter(
+            "duet_read_timeouts",
+            "Connections closed because the request head or body "
+            "did not arrive in time (--header-timeout, --body-timeout).",
+            ["phase"],
+            registry=r,
+        )
         for phase in ("headers", "body"):
             self.read_timeouts.labels(phase)
-        self.request_images = Counter("duet_request_images", "Images received for inference, by route.",
-                                      ["route"], registry=r)
-        self.batch_size = Histogram("duet_batch_size_images", "Images per runtime call (dynamic batches).",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.inference = Histogram("duet_inference_duration_seconds", "Runtime call duration per batch.",
-                                   buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("duet_queue_wait_seconds", "Time a request waited in the batcher queue.",
-                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.request_images = Counter(
+            "duet_request_images", "Images received for inference, by route.", ["route"], registry=r
+        )
+        self.batch_size = Histogram(
+            "duet_batch_size_images", "Images per runtime call (dynamic batches).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "duet_inference_duration_seconds", "Runtime call duration per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "duet_queue_wait_seconds",
+            "Time a request waited in the batcher queue.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_images = Gauge("duet_queue_images", "Images waiting in the batcher queue.", registry=r)
         self.in_flight = Gauge("duet_requests_in_flight", "HTTP requests being handled.", registry=r)
         self.predictions = Counter("duet_predictions", "Top-1 predictions by label.", ["label"], registry=r)
-        self.confidence = Histogram("duet_prediction_confidence_ratio", "Top-1 probability of each prediction.",
-                                    buckets=CONFIDENCE_BUCKETS, registry=r)
-        self.model_info = Gauge("duet_model_info", "The served model (value is always 1).",
-                                ["name", "version", "architecture", "runtime", "device", "sha256"], registry=r)
-        self.model_loaded = Gauge("duet_model_loaded", "1 when the model is loaded and the server is ready.", registry=r)
+        self.confidence = Histogram(
+            "duet_prediction_confidence_ratio",
+            "Top-1 probability of each prediction.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "duet_model_info",
+            "The served model (value is always 1).",
+            ["name", "version", "architecture", "runtime", "device", "sha256"],
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "duet_model_loaded", "1 when the model is loaded and the server is ready.", registry=r
+        )
         self.load_failures = Counter("duet_model_load_failures", "Model loads that failed.", registry=r)
         self._labels = list(labels)
         for label in self._labels:  # export zeros so rate() works from the first scrape

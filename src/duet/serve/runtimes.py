@@ -27,38 +27,41 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from duet.errors import ConfigError, ModelError
 from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ModelPackage
+from duet.errors import ConfigError, ModelError
 
 
 @dataclass
 class Outputs:
-    logits: np.ndarray          # float32 (N, C)
-    probabilities: np.ndarray   # float32 (N, C)
+    logits: np.ndarray  # float32 (N, C)
+    probabilities: np.ndarray  # float32 (N, C)
     version: str | None = None  # the model version that computed these rows (set by ModelService)
     features: np.ndarray | None = None  # float32 (N, D) penultimate features, when the graph has them
 
     def __len__(self) -> int:
         return len(self.logits)
 
-    def rows(self, start: int, stop: int) -> "Outputs":
+    def rows(self, start: int, stop: int) -> Outputs:
         features = None if self.features is None else self.features[start:stop]
         return Outputs(self.logits[start:stop], self.probabilities[start:stop], self.version, features)
 
     @staticmethod
-    def concat(parts: list["Outputs"]) -> "Outputs":
+    def concat(parts: list[Outputs]) -> Outputs:
         if len(parts) == 1:
             return parts[0]
-        features = (None if any(p.features is None for p in parts)
-                    else np.concatenate([p.features for p in parts]))  # type: ignore[misc]
-        return Outputs(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
-                       parts[-1].version, features)
+        features = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])  # type: ignore[misc]
+        return Outputs(
+            np.concatenate([p.logits for p in parts]),
+            np.concatenate([p.probabilities for p in parts]),
+            parts[-1].version,
+            features,
+        )
 
 
 class Runtime(Protocol):
-    name: str       # "onnxruntime" | "torch"
-    device: str     # "cpu" | "cuda:0"
-    platform: str   # KServe V2 platform string
+    name: str  # "onnxruntime" | "torch"
+    device: str  # "cpu" | "cuda:0"
+    platform: str  # KServe V2 platform string
 
     def __call__(self, pixels: np.ndarray) -> Outputs: ...
 
@@ -106,8 +109,8 @@ class TorchRuntime:
         from safetensors.torch import load_file
 
         from duet.data.augment import normalise
-        from duet.train.models import build
         from duet.monitor.embed import FeatureExtractor
+        from duet.train.models import build
         from duet.train.precision import autocast, resolve_precision
 
         self._torch = torch
@@ -122,7 +125,9 @@ class TorchRuntime:
         try:
             model.load_state_dict(load_file(str(package.weights_path)))
         except Exception as e:
-            raise ModelError(f"cannot load '{package.weights_path}' into {package.architecture}: {type(e).__name__}") from e
+            raise ModelError(
+                f"cannot load '{package.weights_path}' into {package.architecture}: {type(e).__name__}"
+            ) from e
         self.model = model.to(self._device).eval()
         self.extract = FeatureExtractor(self.model)
         self.has_features = True
@@ -153,24 +158,34 @@ def _import_torch() -> Any:
     try:
         import torch
     except ModuleNotFoundError:
-        raise ConfigError("--runtime torch needs PyTorch, which this install of duet left out: "
-                          "pip install 'duet[train]', or serve the ONNX model with --runtime onnxruntime") from None
+        raise ConfigError(
+            "--runtime torch needs PyTorch, which this install of duet left out: "
+            "pip install 'duet[train]', or serve the ONNX model with --runtime onnxruntime"
+        ) from None
     return torch
 
 
-def load_runtime(package: ModelPackage, name: str = "auto", *, device: str = "auto", threads: int = 0,
-                 spinning: bool = False, variant: str = "fp32") -> Runtime:
+def load_runtime(
+    package: ModelPackage,
+    name: str = "auto",
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    spinning: bool = False,
+    variant: str = "fp32",
+) -> Runtime:
     """The runtime ``name`` for ``package``; ``variant`` other than fp32 exists only as an ONNX file,
     so it is served by ONNX Runtime (``auto`` then never picks PyTorch)."""
     if variant != "fp32":
         if name == "torch":
-            raise ConfigError(f"--model-variant {variant} is an ONNX graph; serve it with --runtime onnxruntime "
-                              "(or auto), or use --model-variant fp32 with --runtime torch")
+            raise ConfigError(
+                f"--model-variant {variant} is an ONNX graph; serve it with --runtime onnxruntime "
+                "(or auto), or use --model-variant fp32 with --runtime torch"
+            )
         return OnnxRuntime(package, threads, spinning, variant)
     if name == "auto":
-        if device != "cpu" and _cuda_present():
-            if _import_torch().cuda.is_available():
-                return TorchRuntime(package, "cuda")
+        if device != "cpu" and _cuda_present() and _import_torch().cuda.is_available():
+            return TorchRuntime(package, "cuda")
         return OnnxRuntime(package, threads, spinning)
     if name == "onnxruntime":
         return OnnxRuntime(package, threads, spinning)

@@ -29,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from duet.artifacts.model_package import ModelPackage, read_package, signature
 from duet.data.imageio import DecodeError, decoded_size
 from duet.errors import ModelError
-from duet.artifacts.model_package import ModelPackage, read_package, signature
 from duet.serve.batcher import Draining, DynamicBatcher, Overloaded
-from duet.serve.settings import ServeConfig
 from duet.serve.drift_watch import DriftWatch, profile_dir
 from duet.serve.errors import ApiError
 from duet.serve.fairpool import FairPool
 from duet.serve.images import prepare
 from duet.serve.metrics import ServeMetrics
 from duet.serve.runtimes import Outputs, Runtime, load_runtime
+from duet.serve.settings import ServeConfig
 
 log = logging.getLogger("duet.serve")
 
@@ -60,8 +60,9 @@ class _Tagged:
 
 
 class ModelService:
-    def __init__(self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics,
-                 watcher: Any = None) -> None:
+    def __init__(
+        self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics, watcher: Any = None
+    ) -> None:
         self.package = package
         self.runtime = runtime
         self.config = config
@@ -73,22 +74,34 @@ class ModelService:
         self.version = config.model_version
         self.inputs, self.outputs = signature(self.spec, package.num_classes)
         self.batcher = DynamicBatcher(
-            _Tagged(runtime, self.version), max_batch_size=config.max_batch_size, max_delay_s=config.max_delay_ms / 1000,
-            max_queue_images=config.limits.max_queue_images, observe=metrics.observe_batch,
+            _Tagged(runtime, self.version),
+            max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_delay_ms / 1000,
+            max_queue_images=config.limits.max_queue_images,
+            observe=metrics.observe_batch,
         )
         self._decode_pool: FairPool | None = None
         self.ready = False
         profile = profile_dir(package) if config.drift else None
-        self.drift = (DriftWatch(profile, metrics.registry, window=config.drift_window,
-                                 interval=config.drift_interval) if profile is not None else None)
+        self.drift = (
+            DriftWatch(profile, metrics.registry, window=config.drift_window, interval=config.drift_interval)
+            if profile is not None
+            else None
+        )
         self.watcher = watcher  # duet.lifecycle.registry.ChampionWatcher when following a registry
         self._follow_task: asyncio.Task[None] | None = None
         self.set_model_info()
 
     def set_model_info(self) -> None:
         self.metrics.model_info.clear()
-        self.metrics.model_info.labels(self.name, self.version, self.package.architecture, self.runtime.name,
-                                       self.runtime.device, self.package.onnx_sha256).set(1)
+        self.metrics.model_info.labels(
+            self.name,
+            self.version,
+            self.package.architecture,
+            self.runtime.name,
+            self.runtime.device,
+            self.package.onnx_sha256,
+        ).set(1)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,8 +143,9 @@ class ModelService:
             try:
                 new = await asyncio.to_thread(self.watcher.poll)
             except Exception as e:  # an unreadable pointer: keep serving, try again next time
-                log.error("cannot read the registry's champion (%s: %s); still serving %s", type(e).__name__, e,
-                          self.version)
+                log.error(
+                    "cannot read the registry's champion (%s: %s); still serving %s", type(e).__name__, e, self.version
+                )
                 continue
             if new is None or new.version == self.version:
                 continue
@@ -140,8 +154,9 @@ class ModelService:
                 package, runtime = await asyncio.to_thread(self._load, new.export_dir or new.run)
             except Exception as e:
                 self.metrics.load_failures.inc()
-                log.error("cannot load champion %s (%s: %s); still serving %s", new.version, type(e).__name__, e,
-                          self.version)
+                log.error(
+                    "cannot load champion %s (%s: %s); still serving %s", new.version, type(e).__name__, e, self.version
+                )
                 continue
             await self.swap(new.version, package, runtime)
 
@@ -149,14 +164,19 @@ class ModelService:
         """Read, verify (sha256) and load a model folder, and run it once (in a worker thread)."""
         package = read_package(folder, verify=True)
         if package.labels != self.labels:
-            raise ModelError(f"its labels {package.labels} differ from the served model's {self.labels}; "
-                             "restart the server to serve a model with other labels")
+            raise ModelError(
+                f"its labels {package.labels} differ from the served model's {self.labels}; "
+                "restart the server to serve a model with other labels"
+            )
         if package.spec.image_size != self.spec.image_size:
-            raise ModelError(f"its image size {package.spec.image_size} differs from the served model's "
-                             f"{self.spec.image_size}; restart the server to serve it")
+            raise ModelError(
+                f"its image size {package.spec.image_size} differs from the served model's "
+                f"{self.spec.image_size}; restart the server to serve it"
+            )
         c = self.config
-        runtime = load_runtime(package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning,
-                               variant=c.model_variant)
+        runtime = load_runtime(
+            package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning, variant=c.model_variant
+        )
         s = package.spec.image_size
         runtime(np.zeros((1, 3, s, s), np.uint8))  # the first call allocates: not on a request
         return package, runtime
@@ -175,8 +195,9 @@ class ModelService:
         profile = profile_dir(package) if self.config.drift else None
         if profile is not None:
             try:
-                drift = DriftWatch(profile, self.metrics.registry, window=self.config.drift_window,
-                                   interval=self.config.drift_interval)
+                drift = DriftWatch(
+                    profile, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
+                )
                 await drift.start()
                 self.drift = drift
             except Exception as e:  # drift monitoring is optional; serving goes on
@@ -189,15 +210,19 @@ class ModelService:
         if name != self.name:
             raise ApiError(404, f"unknown model '{name}'; this server serves '{self.name}'", "model_not_found")
         if version is not None and version != self.version:
-            raise ApiError(404, f"model '{name}' has no version '{version}'; available: {self.version}",
-                           "model_not_found")
+            raise ApiError(
+                404, f"model '{name}' has no version '{version}'; available: {self.version}", "model_not_found"
+            )
 
     def check_count(self, n: int) -> None:
         if n == 0:
             raise ApiError(400, "the request holds no image", "no_images")
         if n > self.limits.max_images:
-            raise ApiError(413, f"{n} images in one request; the limit is {self.limits.max_images} (--max-images)",
-                           "too_many_images")
+            raise ApiError(
+                413,
+                f"{n} images in one request; the limit is {self.limits.max_images} (--max-images)",
+                "too_many_images",
+            )
 
     def check_request_pixels(self, images: list[bytes]) -> None:
         """Refuse (413) a request whose images would decode to more pixels in all than
@@ -208,9 +233,13 @@ class ModelService:
             if size is not None:  # an unreadable header is decode's to report
                 total += size[0] * size[1]
         if total > self.limits.max_request_pixels:
-            raise ApiError(413, f"the {len(images)} images of this request would decode to {total:,} pixels in all; "
-                           f"the limit is {self.limits.max_request_pixels:,} per request (--max-request-pixels): "
-                           "send fewer or smaller images per request", "too_many_request_pixels")
+            raise ApiError(
+                413,
+                f"the {len(images)} images of this request would decode to {total:,} pixels in all; "
+                f"the limit is {self.limits.max_request_pixels:,} per request (--max-request-pixels): "
+                "send fewer or smaller images per request",
+                "too_many_request_pixels",
+            )
 
     def check_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """A uint8 ``(N, 3, S, S)`` tensor as the model takes it."""
@@ -218,8 +247,9 @@ class ModelService:
         if pixels.dtype != np.uint8:
             raise ApiError(400, f"pixels must be UINT8, got {pixels.dtype}", "bad_datatype")
         if pixels.ndim != 4 or pixels.shape[1:] != (3, s, s):
-            raise ApiError(400, f"pixels must have shape [N, 3, {s}, {s}] (NCHW, RGB), got {list(pixels.shape)}",
-                           "bad_shape")
+            raise ApiError(
+                400, f"pixels must have shape [N, 3, {s}, {s}] (NCHW, RGB), got {list(pixels.shape)}", "bad_shape"
+            )
         self.check_count(len(pixels))
         return np.ascontiguousarray(pixels)
 
@@ -256,11 +286,13 @@ class ModelService:
         try:
             out = await self.batcher.infer(pixels)
         except Overloaded:
-            raise ApiError(503, "the server is overloaded (queue full); retry shortly", "overloaded",
-                           {"Retry-After": "1"}) from None
+            raise ApiError(
+                503, "the server is overloaded (queue full); retry shortly", "overloaded", {"Retry-After": "1"}
+            ) from None
         except Draining:
-            raise ApiError(503, "the server is shutting down; retry on another replica", "draining",
-                           {"Retry-After": "1"}) from None
+            raise ApiError(
+                503, "the server is shutting down; retry on another replica", "draining", {"Retry-After": "1"}
+            ) from None
         finally:
             self.metrics.queue_images.set(self.batcher.queued_images)
         self.metrics.observe_predictions(out.probabilities)

@@ -14,9 +14,20 @@ from duet.errors import ConfigError
 _OWNERS: dict[str, tuple[str, str]] = {
     **{m: ("PyTorch", "train") for m in ("torch", "torchvision", "timm", "safetensors")},
     **{m: ("the training tools", "train") for m in ("sklearn", "matplotlib", "onnx", "onnxscript")},
-    **{m: ("the server", "serve") for m in ("onnxruntime", "fastapi", "starlette", "uvicorn", "multipart",
-                                            "python_multipart", "prometheus_client", "scipy",
-                                            "swagger_ui_bundle")},
+    **{
+        m: ("the server", "serve")
+        for m in (
+            "onnxruntime",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "multipart",
+            "python_multipart",
+            "prometheus_client",
+            "scipy",
+            "swagger_ui_bundle",
+        )
+    },
     "tensorflow": ("TensorFlow", "tf"),
 }
 
@@ -32,5 +43,7 @@ def missing_extra(error: ModuleNotFoundError) -> MissingExtra | None:
     if top not in _OWNERS:
         return None
     what, extra = _OWNERS[top]
-    return MissingExtra(f"this command needs {what} ('{top}' is not installed; this install of duet left it "
-                        f"out): pip install 'duet[{extra}]'")
+    return MissingExtra(
+        f"this command needs {what} ('{top}' is not installed; this install of duet left it "
+        f"out): pip install 'duet[{extra}]'"
+    )

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from duet.system.atomic import write_atomic, write_bytes_atomic
 from duet.errors import RunError
+from duet.system.atomic import write_atomic, write_bytes_atomic
 
 
 def _finite(state: dict[str, torch.Tensor]) -> bool:
@@ -71,7 +71,9 @@ def save_last(path: Path, state: dict[str, Any]) -> None:
 
 def load_last(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RunError(f"no checkpoint to resume from: '{path}' is missing (the run stopped before its first epoch ended)")
+        raise RunError(
+            f"no checkpoint to resume from: '{path}' is missing (the run stopped before its first epoch ended)"
+        )
     try:
         # Our own file: it holds RNG states (tuples, numpy arrays), so weights_only is off.
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -6,17 +6,16 @@ Inside duet, code receives the fields it needs, never raw dicts.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.cache_dir import default_cache_dir
-from duet.errors import ConfigError
+from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.preprocess import PreprocessSpec
+from duet.errors import ConfigError
 
 
 class AugmentConfig(BaseModel):
@@ -59,30 +58,45 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     image_size: int = Field(224, ge=8, le=2048)
     crop_pct: float = Field(0.875, gt=0, le=1)
-    val_split: float = Field(0.2, ge=0, lt=1, description="share of each class held out for validation (selects the epoch)")
+    val_split: float = Field(
+        0.2, ge=0, lt=1, description="share of each class held out for validation (selects the epoch)"
+    )
     test_split: float = Field(
-        0.1, ge=0, lt=1, description="share of each class held out as a test split, evaluated once after training; "
-        "only when every class has >= 20 images (0 = none)")
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of each class held out as a test split, evaluated once after training; "
+        "only when every class has >= 20 images (0 = none)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="forward-pass precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
-        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.train.precision)")
+        "auto",
+        description="forward-pass precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
+        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.train.precision)",
+    )
     workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")
     data_backend: Literal["auto", "torch", "cache", "tf"] = Field(
         "auto",
         description="auto: cache when it fits cache_max_gb, else torch; torch: DataLoader workers decode "
         "every epoch; cache: decode once into a memmap; tf: tf.data (extra duet[tf])",
     )
-    cache_dir: Path | None = Field(None, description="where the 'cache' backend keeps decoded images [default: ~/.cache/duet]")
+    cache_dir: Path | None = Field(
+        None, description="where the 'cache' backend keeps decoded images [default: ~/.cache/duet]"
+    )
     cache_max_gb: float = Field(50.0, ge=0, description="largest decode cache 'auto' will build, in GB")
     cache_device_share: float = Field(
-        0.5, ge=0, le=0.95, description="hold the cache on the GPU when it fits this share of free GPU memory")
+        0.5, ge=0, le=0.95, description="hold the cache on the GPU when it fits this share of free GPU memory"
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_load_failures: float = Field(0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training")
+    max_load_failures: float = Field(
+        0.01, ge=0, description="stop if more than this fraction of samples fail to load mid-training"
+    )
     recipe: Literal["auto", "finetune", "scratch"] = Field(
-        "auto", description="finetune: head first (backbone frozen), then all layers with layer-wise LRs; "
-        "scratch: all layers from the start; auto: finetune when weights != none")
+        "auto",
+        description="finetune: head first (backbone frozen), then all layers with layer-wise LRs; "
+        "scratch: all layers from the start; auto: finetune when weights != none",
+    )
     freeze_epochs: int = Field(1, ge=0, description="finetune: epochs that train only the new head")
     layer_decay: float = Field(0.75, gt=0, le=1, description="finetune: LR ratio between successive blocks")
     grad_clip: float = Field(0.0, ge=0, description="clip the global gradient norm (0 = off)")
@@ -91,15 +105,21 @@ class TrainConfig(BaseModel):
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
     class_weights: Literal["auto", "on", "off"] = Field(
-        "auto", description="weight the loss by inverse class frequency; auto: on when the imbalance ratio >= 3")
+        "auto", description="weight the loss by inverse class frequency; auto: on when the imbalance ratio >= 3"
+    )
     patience: int = Field(0, ge=0, description="early stopping: epochs without val improvement (0 = off)")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = epoch ends only)")
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N steps inside an epoch (0 = epoch ends only)"
+    )
     checkpoint_minutes: float = Field(10.0, ge=0, description="and at least every this many minutes (0 = off)")
     max_bad_steps: int = Field(20, ge=0, description="stop after this many non-finite losses in a run")
-    rollback_after: int = Field(3, ge=1, description="non-finite losses in a row before rolling back to the last checkpoint")
+    rollback_after: int = Field(
+        3, ge=1, description="non-finite losses in a row before rolling back to the last checkpoint"
+    )
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="LR multiplier applied at each rollback")
     inject_faults: dict[str, list[int]] = Field(
-        default_factory=dict, description="testing only: {'nan': [global steps], 'oom': [global steps]}")
+        default_factory=dict, description="testing only: {'nan': [global steps], 'oom': [global steps]}"
+    )
     out: Path = Path("runs")
     name: str | None = None
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -46,22 +46,22 @@ import torch
 import torch.nn.functional as F
 
 import duet
-from duet.system.atomic import write_json_atomic, write_text_atomic
-from duet.train.config import TrainConfig, config_from_dict
+from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
 from duet.data import augment
 from duet.data.cache import cache_bytes
 from duet.data.loaders import Loader, Sample, default_workers, make_loader, plan_sizes, rank_slice
+from duet.data.preprocess import PreprocessSpec
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
-from duet.train.models import build, check_input_size, check_source
-from duet.train.precision import FP32, Precision, autocast, resolve_precision
-from duet.data.preprocess import PreprocessSpec
-from duet.system.progress import make_progress
-from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
+from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.system.device import resolve_device
 from duet.system.process import guard_triton
+from duet.system.progress import make_progress
 from duet.train import checkpoint, distributed, recipe
+from duet.train.config import TrainConfig, config_from_dict
+from duet.train.models import build, check_input_size, check_source
+from duet.train.precision import FP32, Precision, autocast, resolve_precision
 from duet.train.schedule import warmup_cosine
 from duet.train.step import cross_entropy, train_step
 
@@ -94,26 +94,26 @@ class TrainResult:
 class LoopState:
     """The loop's own counters; saved in last.pt as a plain dict."""
 
-    epoch: int = 1                 # the epoch in progress (or about to start)
-    step_in_epoch: int = 0         # batches of ``epoch`` already done
-    global_step: int = 0           # optimizer steps attempted, for the schedule and fault injection
-    loss_sum: float = 0.0          # of the epoch in progress
-    seen: int = 0                  # images of the epoch in progress
+    epoch: int = 1  # the epoch in progress (or about to start)
+    step_in_epoch: int = 0  # batches of ``epoch`` already done
+    global_step: int = 0  # optimizer steps attempted, for the schedule and fault injection
+    loss_sum: float = 0.0  # of the epoch in progress
+    seen: int = 0  # images of the epoch in progress
     epoch_failures: int = 0
     epoch_bad_steps: int = 0
     best_val_accuracy: float | None = None
     best_epoch: int = 0
-    stale_epochs: int = 0          # epochs without val improvement (early stopping)
-    bad_steps: int = 0             # non-finite losses, whole run
+    stale_epochs: int = 0  # epochs without val improvement (early stopping)
+    bad_steps: int = 0  # non-finite losses, whole run
     bad_in_row: int = 0
-    lr_scale: float = 1.0          # lowered by each rollback
-    micro_batches: int = 1         # raised by each out-of-memory
+    lr_scale: float = 1.0  # lowered by each rollback
+    micro_batches: int = 1  # raised by each out-of-memory
     events: list[str] = field(default_factory=list)
     load_failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def choose_backend(config: TrainConfig, num_images: int) -> str:
-    """"auto" means the decode cache whenever it fits the disk budget."""
+    """ "auto" means the decode cache whenever it fits the disk budget."""
     if config.data_backend != "auto":
         return config.data_backend
     fits = cache_bytes(num_images, config.preprocess()) <= config.cache_max_gb * 1e9
@@ -131,18 +131,13 @@ def seed_everything(seed: int) -> None:
 
 def split_samples(manifest: Manifest, split: str) -> list[Sample]:
     index = manifest.label_index()
-    return [
-        Sample(manifest.data_dir / r.path, index[r.label], r.sha256)
-        for r in manifest.usable()
-        if r.split == split
-    ]
+    return [Sample(manifest.data_dir / r.path, index[r.label], r.sha256) for r in manifest.usable() if r.split == split]
 
 
 def prepare_data(config: TrainConfig, *, progress: bool) -> Manifest:
     """Scan, split and check the data folder; raises DataError with what to fix."""
     manifest = scan(config.data_dir, max_pixels=config.max_pixels, progress=progress)
-    manifest = assign_splits(manifest, val_fraction=config.val_split, test_fraction=config.test_split,
-                             seed=config.seed)
+    manifest = assign_splits(manifest, val_fraction=config.val_split, test_fraction=config.test_split, seed=config.seed)
     require_trainable(manifest)
     return manifest
 
@@ -155,8 +150,9 @@ def prepare_model(config: TrainConfig, num_classes: int, weights: str | None = N
     resolve_device(config.device)
     guard_triton()
     seed_everything(config.seed)
-    model = build(config.model, num_classes, config.weights if weights is None else weights,
-                  image_size=config.image_size)
+    model = build(
+        config.model, num_classes, config.weights if weights is None else weights, image_size=config.image_size
+    )
     check_input_size(model, config.model, config.image_size)
     return model
 
@@ -181,8 +177,12 @@ def _discard_unless_checkpointed(paths: RunPaths, d: distributed.Dist, log: Log)
 def _versions() -> dict[str, str]:
     import timm
 
-    return {"duet": duet.__version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    return {
+        "duet": duet.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any], precision: Precision) -> dict[str, Any]:
@@ -198,8 +198,9 @@ def _run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any], pre
     }
 
 
-def _catch_up_records(paths: RunPaths, config: TrainConfig, manifest: Manifest, loop: LoopState, done: int,
-                      precision: Precision, log: Log) -> None:
+def _catch_up_records(
+    paths: RunPaths, config: TrainConfig, manifest: Manifest, loop: LoopState, done: int, precision: Precision, log: Log
+) -> None:
     """A run killed after its last checkpoint was saved but before run.json was
     rewritten finished training, yet its run.json counts an epoch fewer (and the
     registry refuses to promote it). Bring run.json up to the checkpoint, and write
@@ -209,11 +210,22 @@ def _catch_up_records(paths: RunPaths, config: TrainConfig, manifest: Manifest, 
     except (OSError, ValueError):
         recorded = 0
     if recorded < done:
-        write_info(paths, _run_info(config, manifest, {
-            "epoch": loop.best_epoch, "val_accuracy": loop.best_val_accuracy, "epochs_done": done,
-            "stopped_early": bool(config.patience) and loop.stale_epochs >= config.patience, "events": loop.events,
-            "load_failures": loop.load_failures[:100],
-        }, precision))
+        write_info(
+            paths,
+            _run_info(
+                config,
+                manifest,
+                {
+                    "epoch": loop.best_epoch,
+                    "val_accuracy": loop.best_val_accuracy,
+                    "epochs_done": done,
+                    "stopped_early": bool(config.patience) and loop.stale_epochs >= config.patience,
+                    "events": loop.events,
+                    "load_failures": loop.load_failures[:100],
+                },
+                precision,
+            ),
+        )
         log(f"run.json recorded {recorded} of {done} finished epochs (interrupted while writing); brought up to date")
     if not (paths.root / "profile" / "profile.json").is_file() and any(r.split == "val" for r in manifest.usable()):
         from duet.monitor.profile import write_profile
@@ -247,8 +259,17 @@ def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> Tr
                 write_info(paths, _run_info(config, manifest, {}, precision))
                 log(f"run folder: {paths.root}")
                 _announce(d, str(paths.root))
-            return _fit(config, manifest, paths, resume=None, dist=d, model=model, precision=precision,
-                        progress=progress and d.main, log=log if d.main else _silent)
+            return _fit(
+                config,
+                manifest,
+                paths,
+                resume=None,
+                dist=d,
+                model=model,
+                precision=precision,
+                progress=progress and d.main,
+                log=log if d.main else _silent,
+            )
     finally:
         distributed.shutdown(d)
 
@@ -281,13 +302,23 @@ def resume(run_dir: Path, *, epochs: int | None = None, progress: bool = True, l
     elif finished:
         if d.main:
             _catch_up_records(paths, config, manifest, loop, done, precision, log)
-        raise RunError(f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
-                       f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})")
+        raise RunError(
+            f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
+            f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})"
+        )
     try:
         if d.main:
             log(f"resuming {paths.root} at epoch {loop.epoch}, batch {loop.step_in_epoch}")
-        return _fit(config, manifest, paths, resume=state, dist=d, precision=precision, progress=progress and d.main,
-                    log=log if d.main else _silent)
+        return _fit(
+            config,
+            manifest,
+            paths,
+            resume=state,
+            dist=d,
+            precision=precision,
+            progress=progress and d.main,
+            log=log if d.main else _silent,
+        )
     finally:
         distributed.shutdown(d)
 
@@ -304,16 +335,21 @@ def resumed_precision(state: dict[str, Any], device: torch.device) -> Precision:
     return Precision(name, name, f"{name}: the run started before precision was a setting; kept on resume")
 
 
-def _replan(paths: RunPaths, config: TrainConfig, state: dict[str, Any], epochs: int, *, main: bool,
-            log: Log) -> TrainConfig:
+def _replan(
+    paths: RunPaths, config: TrainConfig, state: dict[str, Any], epochs: int, *, main: bool, log: Log
+) -> TrainConfig:
     """Give a resumed run a new total of epochs (see ``resume``); records it in
     the checkpoint's events, config.yaml and run.json."""
     done = LoopState(**state["loop"]).epoch - 1
     if epochs <= done:
-        raise ConfigError(f"--epochs {epochs} is not more than the {done} epochs run '{paths.root}' has already "
-                          f"completed; give --epochs N with N > {done}, or --resume without --epochs")
-    event = (f"epochs {config.epochs} -> {epochs} after epoch {done} (--resume --epochs {epochs}): "
-             f"the LR schedule was re-planned for {epochs} epochs from here")
+        raise ConfigError(
+            f"--epochs {epochs} is not more than the {done} epochs run '{paths.root}' has already "
+            f"completed; give --epochs N with N > {done}, or --resume without --epochs"
+        )
+    event = (
+        f"epochs {config.epochs} -> {epochs} after epoch {done} (--resume --epochs {epochs}): "
+        f"the LR schedule was re-planned for {epochs} epochs from here"
+    )
     state["loop"]["events"] = [*state["loop"].get("events", []), event]
     config = config.model_copy(update={"epochs": epochs})
     if main:
@@ -359,8 +395,14 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: Loader, spec: PreprocessSpec, device: torch.device,
-             d: distributed.Dist = distributed.Dist(), precision: Precision = FP32) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module,
+    loader: Loader,
+    spec: PreprocessSpec,
+    device: torch.device,
+    d: distributed.Dist = distributed.Dist(),
+    precision: Precision = FP32,
+) -> dict[str, float]:
     """Loss and accuracy over the rank's share of the validation split, summed over ranks."""
     was_training = model.training
     model.eval()
@@ -444,35 +486,55 @@ def _fit(
     log(f"data backend: {backend}; {len(train_samples)} train / {len(val_samples)} val / {num_test} test images")
     log(f"precision {precision.reason}")
     if not num_test:
-        log("no test split (it needs a test/ folder, or --test-split > 0 and >= 20 images in every class): "
-            "the accuracy reported is validation's, which chose the epoch, so it is optimistic")
-    common = dict(device=device, workers=workers, seed=config.seed, max_pixels=config.max_pixels,
-                  cache_dir=config.cache_dir, progress=progress)
+        log(
+            "no test split (it needs a test/ folder, or --test-split > 0 and >= 20 images in every class): "
+            "the accuracy reported is validation's, which chose the epoch, so it is optimistic"
+        )
+    common = dict(
+        device=device,
+        workers=workers,
+        seed=config.seed,
+        max_pixels=config.max_pixels,
+        cache_dir=config.cache_dir,
+        progress=progress,
+    )
     if backend == "cache":
         common["device_share"] = config.cache_device_share
     train_loader = make_loader(
-        backend, train_samples, spec, batch_size=batch_size, shuffle=True,
-        drop_last=False, rank=dist.rank, world=dist.world, **common,
+        backend,
+        train_samples,
+        spec,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        rank=dist.rank,
+        world=dist.world,
+        **common,
     )
     # Every image in every epoch; no batch below half a batch (BatchNorm): loaders.plan_sizes.
     sizes = plan_sizes(len(train_samples), batch_size=batch_size, drop_last=False)
     val_share = val_samples[dist.rank :: dist.world]
-    val_loader = make_loader(backend, val_share, spec, batch_size=max(1, batch_size // dist.world),
-                             shuffle=False, **common) if val_share else None
+    val_loader = (
+        make_loader(backend, val_share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False, **common)
+        if val_share
+        else None
+    )
 
     # -- model, optimiser, schedule -------------------------------------------
     which = recipe.resolve(config.recipe, config.weights)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)  # every device: see train/step.py
-    groups = recipe.param_groups(model, lr=config.lr, weight_decay=config.weight_decay, recipe=which,
-                                 layer_decay=config.layer_decay)
+    groups = recipe.param_groups(
+        model, lr=config.lr, weight_decay=config.weight_decay, recipe=which, layer_decay=config.layer_decay
+    )
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     state = LoopState()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: state.lr_scale * warmup_cosine(s, total=total_steps, warmup=warmup_steps))
+        optimizer, lambda s: state.lr_scale * warmup_cosine(s, total=total_steps, warmup=warmup_steps)
+    )
     ema = None
     if config.ema:
         from timm.utils import ModelEmaV3
@@ -482,8 +544,12 @@ def _fit(
     if config.mixup > 0 or config.cutmix > 0:
         from timm.data import Mixup
 
-        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
-                      label_smoothing=config.label_smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
     counts = _class_counts(train_samples, num_classes)
     ratio = max(counts) / max(1, min(counts))
     use_weights = config.class_weights == "on" or (config.class_weights == "auto" and ratio >= 3)
@@ -495,8 +561,10 @@ def _fit(
     net: torch.nn.Module = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=which == "finetune")  # the frozen backbone gets no gradients
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=which == "finetune",
+        )  # the frozen backbone gets no gradients
 
     def snapshot(finished: bool = False) -> dict[str, Any]:
         return {
@@ -541,8 +609,10 @@ def _fit(
         if dist.main:
             _keep_metrics_until(paths.metrics, state.epoch - 1)
     if which == "finetune":
-        log(f"recipe finetune: head only for {config.freeze_epochs} epoch(s), then all layers "
-            f"(layer decay {config.layer_decay})")
+        log(
+            f"recipe finetune: head only for {config.freeze_epochs} epoch(s), then all layers "
+            f"(layer decay {config.layer_decay})"
+        )
 
     # -- epochs ----------------------------------------------------------------
     t_run = time.perf_counter()
@@ -557,8 +627,9 @@ def _fit(
             recipe.set_backbone_frozen(model, which == "finetune" and epoch <= config.freeze_epochs)
             net.train()
             train_loader.set_epoch(epoch, start_batch=state.step_in_epoch)
-            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch,
-                                completed=state.step_in_epoch, info="")
+            task = bar.add_task(
+                f"epoch {epoch}/{config.epochs}", total=steps_per_epoch, completed=state.step_in_epoch, info=""
+            )
             t0 = time.perf_counter()
             seen_before = state.seen
             rolled_back = False
@@ -568,9 +639,14 @@ def _fit(
                     _count_load_failures(state, batch, train_samples, epoch, config, len(train_samples))
                 global_size = sizes[state.step_in_epoch]
                 x = augment.train_batch(
-                    batch.images, spec, scale=config.augment.scale, ratio=config.augment.ratio,
-                    hflip=config.augment.hflip, generator=aug_gen,
-                    draws=global_size, offset=rank_slice(global_size, dist.rank, dist.world)[0],
+                    batch.images,
+                    spec,
+                    scale=config.augment.scale,
+                    ratio=config.augment.ratio,
+                    hflip=config.augment.hflip,
+                    generator=aug_gen,
+                    draws=global_size,
+                    offset=rank_slice(global_size, dist.rank, dist.world)[0],
                 )[ok]
                 y = batch.labels[ok]
                 if mixup is not None and x.shape[0] % 2 == 0 and x.shape[0] > 1:
@@ -581,8 +657,9 @@ def _fit(
                     # DDP averages the processes' mean losses; weighting each by its share
                     # of the global batch keeps that the global mean when shares differ.
                     weight = batch.labels.shape[0] * dist.world / global_size
-                    result = _step_with_oom_retry(net, optimizer, x, y, _weighted(loss_fn, weight), config, state,
-                                                  fired, log, precision)
+                    result = _step_with_oom_retry(
+                        net, optimizer, x, y, _weighted(loss_fn, weight), config, state, fired, log, precision
+                    )
                     if result.stepped:
                         state.bad_in_row = 0
                         state.loss_sum += result.loss / weight * x.shape[0]
@@ -597,8 +674,12 @@ def _fit(
                             raise TrainingDiverged(
                                 f"{state.bad_steps} steps had a non-finite loss (limit {config.max_bad_steps}); "
                                 f"stopped at epoch {epoch}. Lower --lr, enable grad_clip, or check the data"
-                                + (f"; the last good checkpoint is {paths.last}" if paths.last.is_file() else
-                                   " (no checkpoint had been written yet)"))
+                                + (
+                                    f"; the last good checkpoint is {paths.last}"
+                                    if paths.last.is_file()
+                                    else " (no checkpoint had been written yet)"
+                                )
+                            )
                         if state.bad_in_row >= config.rollback_after and paths.last.is_file():
                             _rollback(paths, restore, state, config, log)
                             reapply_lr()
@@ -610,7 +691,8 @@ def _fit(
                 bar.update(task, advance=1, info=f"loss {state.loss_sum / max(state.seen, 1):.4f}")
                 now = time.monotonic()
                 want_save = (config.checkpoint_every and state.step_in_epoch % config.checkpoint_every == 0) or (
-                    config.checkpoint_minutes and now - last_save > 60 * config.checkpoint_minutes)
+                    config.checkpoint_minutes and now - last_save > 60 * config.checkpoint_minutes
+                )
                 stopping = distributed.any_rank(dist, bool(stop), device)
                 if stopping or (want_save and state.step_in_epoch < steps_per_epoch):
                     save_last()
@@ -619,7 +701,8 @@ def _fit(
                     bar.remove_task(task)
                     raise Interrupted(
                         f"stopped by {stop.get('signal', 'a signal')} at epoch {epoch}, batch {state.step_in_epoch}; "
-                        f"checkpoint saved. Resume with: duet train --resume {paths.root}")
+                        f"checkpoint saved. Resume with: duet train --resume {paths.root}"
+                    )
             bar.remove_task(task)
             if rolled_back:
                 continue
@@ -642,8 +725,11 @@ def _fit(
             }
             if val_loader is not None or dist.enabled:
                 eval_model = ema.module if ema is not None else model
-                row.update(validate(eval_model, val_loader, spec, device, dist, precision) if val_loader is not None
-                           else validate_empty(dist, device))
+                row.update(
+                    validate(eval_model, val_loader, spec, device, dist, precision)
+                    if val_loader is not None
+                    else validate_empty(dist, device)
+                )
             acc = row.get("val_accuracy")
             improved = state.best_val_accuracy is None or acc is None or acc > state.best_val_accuracy
             if improved:
@@ -663,27 +749,63 @@ def _fit(
             save_last(finished)
             last_save = time.monotonic()
             if dist.main:
-                write_info(paths, _run_info(config, manifest, {
-                    "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": epoch,
-                    "stopped_early": stopped_early, "events": state.events,
-                    "load_failures": state.load_failures[:100],
-                }, precision))
+                write_info(
+                    paths,
+                    _run_info(
+                        config,
+                        manifest,
+                        {
+                            "epoch": state.best_epoch,
+                            "val_accuracy": state.best_val_accuracy,
+                            "epochs_done": epoch,
+                            "stopped_early": stopped_early,
+                            "events": state.events,
+                            "load_failures": state.load_failures[:100],
+                        },
+                        precision,
+                    ),
+                )
             last_row = row
             log(_epoch_line(row, config.epochs, improved))
             if stopped_early:
                 log(f"early stop: no val improvement for {config.patience} epochs (best epoch {state.best_epoch})")
                 break
 
-    test = _test_once(model if ema is None else ema.module, manifest, paths, backend, spec, device, dist,
-                      batch_size, common, precision)
+    test = _test_once(
+        model if ema is None else ema.module,
+        manifest,
+        paths,
+        backend,
+        spec,
+        device,
+        dist,
+        batch_size,
+        common,
+        precision,
+    )
     if test and dist.main:
-        write_info(paths, _run_info(config, manifest, {
-            "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy, "epochs_done": state.epoch - 1,
-            "stopped_early": stopped_early, "events": state.events,
-            "load_failures": state.load_failures[:100], "selected_on": "val", **test,
-        }, precision))
-        log(f"test accuracy {100 * test['test_accuracy']:.2f}% on {test['test_images']} held-out test images "
-            f"(epoch {state.best_epoch}, chosen on validation; the test split was measured once, now)")
+        write_info(
+            paths,
+            _run_info(
+                config,
+                manifest,
+                {
+                    "epoch": state.best_epoch,
+                    "val_accuracy": state.best_val_accuracy,
+                    "epochs_done": state.epoch - 1,
+                    "stopped_early": stopped_early,
+                    "events": state.events,
+                    "load_failures": state.load_failures[:100],
+                    "selected_on": "val",
+                    **test,
+                },
+                precision,
+            ),
+        )
+        log(
+            f"test accuracy {100 * test['test_accuracy']:.2f}% on {test['test_images']} held-out test images "
+            f"(epoch {state.best_epoch}, chosen on validation; the test split was measured once, now)"
+        )
     if dist.main and val_samples:
         # The reference profile for drift monitoring (duet.monitor): embeddings,
         # confidences and image statistics of held-out images.
@@ -709,9 +831,18 @@ def _fit(
     )
 
 
-def _test_once(model: torch.nn.Module, manifest: Manifest, paths: RunPaths, backend: str, spec: PreprocessSpec,
-               device: torch.device, dist: distributed.Dist, batch_size: int, common: dict[str, Any],
-               precision: Precision) -> dict[str, Any]:
+def _test_once(
+    model: torch.nn.Module,
+    manifest: Manifest,
+    paths: RunPaths,
+    backend: str,
+    spec: PreprocessSpec,
+    device: torch.device,
+    dist: distributed.Dist,
+    batch_size: int,
+    common: dict[str, Any],
+    precision: Precision,
+) -> dict[str, Any]:
     """The test split, evaluated once after the last epoch with the best epoch's
     weights (chosen on validation, so this number is not). {} without a test split."""
     test_samples = split_samples(manifest, "test")
@@ -720,13 +851,15 @@ def _test_once(model: torch.nn.Module, manifest: Manifest, paths: RunPaths, back
     model.load_state_dict(checkpoint.load_weights(paths.best))
     share = test_samples[dist.rank :: dist.world]
     if share:
-        loader = make_loader(backend, share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False,
-                             **common)
+        loader = make_loader(backend, share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False, **common)
         result = validate(model, loader, spec, device, dist, precision)
     else:
         result = validate_empty(dist, device)
-    return {"test_accuracy": result["val_accuracy"], "test_loss": result["val_loss"],
-            "test_images": result["val_images"]}
+    return {
+        "test_accuracy": result["val_accuracy"],
+        "test_loss": result["val_loss"],
+        "test_images": result["val_images"],
+    }
 
 
 def validate_empty(d: distributed.Dist, device: torch.device) -> dict[str, float]:
@@ -741,8 +874,9 @@ def _weighted(loss_fn: Any, weight: float) -> Any:
     return lambda logits, y: loss_fn(logits, y) * weight
 
 
-def _count_load_failures(state: LoopState, batch: Any, samples: list[Sample], epoch: int,
-                         config: TrainConfig, n: int) -> None:
+def _count_load_failures(
+    state: LoopState, batch: Any, samples: list[Sample], epoch: int, config: TrainConfig, n: int
+) -> None:
     for i, err in zip(batch.index.tolist(), batch.errors):
         if err:
             state.load_failures.append({"path": str(samples[i].path), "reason": err, "epoch": str(epoch)})
@@ -752,12 +886,22 @@ def _count_load_failures(state: LoopState, batch: Any, samples: list[Sample], ep
         raise DataError(
             f"{state.epoch_failures} training images failed to load in epoch {epoch} "
             f"(e.g. {last['path']}: {last['reason']}); the data folder changed after the scan; "
-            "fix it and resume")
+            "fix it and resume"
+        )
 
 
-def _step_with_oom_retry(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                         y: torch.Tensor, loss_fn: Any, config: TrainConfig, state: LoopState,
-                         fired: set[tuple[str, int]], log: Log, precision: Precision) -> Any:
+def _step_with_oom_retry(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Any,
+    config: TrainConfig,
+    state: LoopState,
+    fired: set[tuple[str, int]],
+    log: Log,
+    precision: Precision,
+) -> Any:
     """One step; on out-of-memory halve the micro-batch and try again.
 
     ``config.inject_faults`` (tests only) makes chosen global steps raise an
@@ -772,30 +916,43 @@ def _step_with_oom_retry(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     if kind == "oom":
                         raise torch.OutOfMemoryError("injected out-of-memory (inject_faults)")
                     x = x * float("nan")
-            return train_step(net, optimizer, x, y, loss_fn=loss_fn, micro_batches=state.micro_batches,
-                              grad_clip=config.grad_clip, precision=precision)
+            return train_step(
+                net,
+                optimizer,
+                x,
+                y,
+                loss_fn=loss_fn,
+                micro_batches=state.micro_batches,
+                grad_clip=config.grad_clip,
+                precision=precision,
+            )
         except torch.OutOfMemoryError:
             if state.micro_batches >= x.shape[0]:
                 raise
             state.micro_batches *= 2
-            msg = (f"out of memory at step {state.global_step}: now {state.micro_batches} micro-batches of "
-                   f"~{-(-x.shape[0] // state.micro_batches)} images (gradients accumulate; same effective batch)")
+            msg = (
+                f"out of memory at step {state.global_step}: now {state.micro_batches} micro-batches of "
+                f"~{-(-x.shape[0] // state.micro_batches)} images (gradients accumulate; same effective batch)"
+            )
             state.events.append(msg)
             log(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
 
-def _rollback(paths: RunPaths, restore: Callable[[dict[str, Any]], None], state: LoopState,
-              config: TrainConfig, log: Log) -> None:
+def _rollback(
+    paths: RunPaths, restore: Callable[[dict[str, Any]], None], state: LoopState, config: TrainConfig, log: Log
+) -> None:
     """Reload the last checkpoint and lower the learning rate, keeping the fault counters."""
     bad, scale, events, micro = state.bad_steps, state.lr_scale, list(state.events), state.micro_batches
     restore(checkpoint.load_last(paths.last))
     state.bad_steps, state.bad_in_row = bad, 0
     state.lr_scale = scale * config.rollback_lr_factor
     state.micro_batches = max(micro, state.micro_batches)
-    msg = (f"{config.rollback_after} non-finite losses in a row: rolled back to epoch {state.epoch}, "
-           f"batch {state.step_in_epoch}, learning rate x{state.lr_scale:g}")
+    msg = (
+        f"{config.rollback_after} non-finite losses in a row: rolled back to epoch {state.epoch}, "
+        f"batch {state.step_in_epoch}, learning rate x{state.lr_scale:g}"
+    )
     state.events = events + [msg]
     log(msg)
 

@@ -19,27 +19,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duet.system.atomic import write_bytes_atomic, write_json_atomic
-from duet.train.config import TrainConfig
 from duet.data import augment
 from duet.data.loaders import default_workers, make_loader
 from duet.errors import DataError
-from duet.train.precision import resolve_precision
+from duet.system.atomic import write_bytes_atomic, write_json_atomic
+from duet.system.device import resolve_device
 from duet.system.progress import make_progress
 from duet.train import recipe
-from duet.system.device import resolve_device
-from duet.train.loop import (choose_backend, prepare_data, prepare_model, seed_everything,
-                             split_samples)
+from duet.train.config import TrainConfig
+from duet.train.loop import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
+from duet.train.precision import resolve_precision
 from duet.train.step import cross_entropy, train_step
 
 
 @dataclass
 class LrFindResult:
     lrs: list[float]
-    losses: list[float]          # smoothed
+    losses: list[float]  # smoothed
     suggestion: float
     plot: Path | None
-    precision: str = ""          # the forward pass's precision, and why
+    precision: str = ""  # the forward pass's precision, and why
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:
@@ -64,8 +63,15 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[a + int(np.argmin(slope))])
 
 
-def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, steps: int = 100,
-            out: Path | None = None, progress: bool = True) -> LrFindResult:
+def lr_find(
+    config: TrainConfig,
+    *,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    out: Path | None = None,
+    progress: bool = True,
+) -> LrFindResult:
     manifest = prepare_data(config, progress=progress)
     spec = config.preprocess()
     device = resolve_device(config.device)
@@ -76,14 +82,26 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
     if batch_size < 2:
         raise DataError("lr-find needs at least 2 training images")
     backend = choose_backend(config, len(samples))
-    loader = make_loader(backend, samples, spec, batch_size=batch_size, shuffle=True, device=device,
-                         workers=default_workers() if config.workers < 0 else config.workers, seed=config.seed,
-                         max_pixels=config.max_pixels, drop_last=True, cache_dir=config.cache_dir, progress=progress)
+    loader = make_loader(
+        backend,
+        samples,
+        spec,
+        batch_size=batch_size,
+        shuffle=True,
+        device=device,
+        workers=default_workers() if config.workers < 0 else config.workers,
+        seed=config.seed,
+        max_pixels=config.max_pixels,
+        drop_last=True,
+        cache_dir=config.cache_dir,
+        progress=progress,
+    )
     model = prepare_model(config, len(manifest.labels)).to(device)
     which = recipe.resolve(config.recipe, config.weights)
     # Probe the phase that the chosen recipe trains longest: all layers.
-    groups = recipe.param_groups(model, lr=1.0, weight_decay=config.weight_decay, recipe=which,
-                                 layer_decay=config.layer_decay)
+    groups = recipe.param_groups(
+        model, lr=1.0, weight_decay=config.weight_decay, recipe=which, layer_decay=config.layer_decay
+    )
     scales = [g["lr"] for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=start)
     loss_fn = cross_entropy(config.label_smoothing)
@@ -104,8 +122,14 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
                 lr = start * factor ** len(lrs)
                 for g, s in zip(optimizer.param_groups, scales):
                     g["lr"] = lr * s
-                x = augment.train_batch(batch.images, spec, scale=config.augment.scale, ratio=config.augment.ratio,
-                                        hflip=config.augment.hflip, generator=gen)[ok]
+                x = augment.train_batch(
+                    batch.images,
+                    spec,
+                    scale=config.augment.scale,
+                    ratio=config.augment.ratio,
+                    hflip=config.augment.hflip,
+                    generator=gen,
+                )[ok]
                 result = train_step(model, optimizer, x, batch.labels[ok], loss_fn=loss_fn, precision=precision)
                 raw = result.loss if math.isfinite(result.loss) else math.inf
                 avg = 0.98 * avg + 0.02 * raw if math.isfinite(raw) else math.inf
@@ -124,9 +148,16 @@ def lr_find(config: TrainConfig, *, start: float = 1e-7, end: float = 10.0, step
     plot = None
     if out is not None:
         plot = _plot(lrs_f, losses_f, suggestion, Path(out))
-        write_json_atomic(Path(out).with_suffix(".json"),
-                          {"lrs": lrs_f, "losses": losses_f, "suggestion": suggestion, "model": config.model,
-                           "precision": precision.to_dict()})
+        write_json_atomic(
+            Path(out).with_suffix(".json"),
+            {
+                "lrs": lrs_f,
+                "losses": losses_f,
+                "suggestion": suggestion,
+                "model": config.model,
+                "precision": precision.to_dict(),
+            },
+        )
     return LrFindResult(lrs_f, losses_f, suggestion, plot, precision.reason)
 
 

@@ -100,8 +100,10 @@ def _timm_build(name: str, num_classes: int, pretrained: bool, image_size: int |
         if "img_size" not in kwargs or "img_size" not in str(e):
             raise
         side = cfg.input_size[-1]
-        raise ModelError(f"model '{name}' takes only {side}x{side} images and cannot be built for "
-                         f"{image_size}x{image_size}; use --image-size {side} or another model") from None
+        raise ModelError(
+            f"model '{name}' takes only {side}x{side} images and cannot be built for "
+            f"{image_size}x{image_size}; use --image-size {side} or another model"
+        ) from None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -171,8 +173,11 @@ def build(name: str, num_classes: int, weights: str = "none", image_size: int | 
             except ModelError:
                 raise
             except Exception as e:  # network/hub failures come in many types
-                reason = (f"{why} and the weights are not in the local cache" if why
-                          else f"{type(e).__name__}; are you offline?")
+                reason = (
+                    f"{why} and the weights are not in the local cache"
+                    if why
+                    else f"{type(e).__name__}; are you offline?"
+                )
                 raise ModelError(_offline_message(name, reason)) from e
     if not Path(weights).is_file():
         raise ModelError(f"weights file '{weights}' does not exist; --weights takes none, imagenet or a file path")
@@ -182,8 +187,10 @@ def build(name: str, num_classes: int, weights: str = "none", image_size: int | 
 
 
 def _offline_message(name: str, why: str) -> str:
-    return (f"could not get ImageNet weights for '{name}' ({why}). "
-            "Download the weights elsewhere and pass --weights PATH (a .safetensors or .pth state dict)")
+    return (
+        f"could not get ImageNet weights for '{name}' ({why}). "
+        "Download the weights elsewhere and pass --weights PATH (a .safetensors or .pth state dict)"
+    )
 
 
 @contextmanager
@@ -232,8 +239,11 @@ def _network_unusable(name: str, tv: bool, arch: str) -> str | None:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url).path)
     if cached.is_file() or reachable(url):
         return None
-    raise ModelError(_offline_message(name, f"{urllib.parse.urlsplit(url).hostname} is not reachable "
-                                             "and the weights are not in the local cache"))
+    raise ModelError(
+        _offline_message(
+            name, f"{urllib.parse.urlsplit(url).hostname} is not reachable and the weights are not in the local cache"
+        )
+    )
 
 
 def check_source(name: str, weights: str) -> None:
@@ -273,8 +283,10 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
         cfg = None if name.startswith(TORCHVISION_PREFIX) else _timm_cfg(name)
         side = cfg.input_size[-1] if cfg is not None else 224
         detail = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-        raise ModelError(f"model '{name}' cannot take {image_size}x{image_size} images ({detail}); "
-                         f"use --image-size {side} or another model") from None
+        raise ModelError(
+            f"model '{name}' cannot take {image_size}x{image_size} images ({detail}); "
+            f"use --image-size {side} or another model"
+        ) from None
     finally:
         model.train(was_training)
 

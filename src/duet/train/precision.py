@@ -96,8 +96,9 @@ def _best_vector_isa(capabilities: Mapping[str, Any]) -> str:
     return f"{arch}, no AVX2"
 
 
-def resolve_precision(requested: str, device: torch.device | str,
-                      capabilities: Mapping[str, Any] | None = None) -> Precision:
+def resolve_precision(
+    requested: str, device: torch.device | str, capabilities: Mapping[str, Any] | None = None
+) -> Precision:
     """``requested`` ("auto" | "fp32" | "bf16") on ``device`` -> the choice and why.
 
     ``capabilities`` (as ``cpu_capabilities()`` returns them) are read from the
@@ -117,13 +118,21 @@ def resolve_precision(requested: str, device: torch.device | str,
     if requested == "bf16":
         if native:
             return Precision("bf16", requested, f"bf16: asked for; CPU has {native}")
-        return Precision("bf16", requested, f"bf16: asked for; CPU has no native bf16 ({_best_vector_isa(caps)}), "
-                                            "so it is emulated and slower than fp32")
+        return Precision(
+            "bf16",
+            requested,
+            f"bf16: asked for; CPU has no native bf16 ({_best_vector_isa(caps)}), "
+            "so it is emulated and slower than fp32",
+        )
     if native in AUTO_BF16:
         return Precision("bf16", requested, f"bf16: CPU has {native}")
     if native:
-        return Precision("fp32", requested, f"fp32: CPU has {native} but no AMX, where bf16 measured no faster "
-                                            "(docs/benchmarks.md); --precision bf16 forces it")
+        return Precision(
+            "fp32",
+            requested,
+            f"fp32: CPU has {native} but no AMX, where bf16 measured no faster "
+            "(docs/benchmarks.md); --precision bf16 forces it",
+        )
     return Precision("fp32", requested, f"fp32: CPU has no native bf16 ({_best_vector_isa(caps)})")
 
 

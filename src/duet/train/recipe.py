@@ -24,8 +24,9 @@ def resolve(recipe: str, weights: str) -> str:
     return "scratch" if weights == "none" else "finetune"
 
 
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float, recipe: str,
-                 layer_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, *, lr: float, weight_decay: float, recipe: str, layer_decay: float
+) -> list[dict[str, Any]]:
     """AdamW parameter groups with their own peak ``lr`` (no decay on norms and biases)."""
     if recipe == "finetune" and hasattr(model, "group_matcher"):
         from timm.optim import param_groups_layer_decay

@@ -22,8 +22,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class StepResult:
-    loss: float          # mean loss over the batch (NaN/inf when skipped for that reason)
-    stepped: bool        # False when the update was skipped (non-finite loss or gradient)
+    loss: float  # mean loss over the batch (NaN/inf when skipped for that reason)
+    stepped: bool  # False when the update was skipped (non-finite loss or gradient)
 
 
 def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> LossFn:
@@ -85,8 +85,10 @@ def train_step(
         # test_resnet conv weight on the digits turned Inf in epoch 3); the inf-norm
         # (max |g|) finds them without clipping anything.
         norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None], grad_clip if grad_clip > 0 else float("inf"),
-            norm_type=2.0 if grad_clip > 0 else float("inf"))
+            [p for p in model.parameters() if p.grad is not None],
+            grad_clip if grad_clip > 0 else float("inf"),
+            norm_type=2.0 if grad_clip > 0 else float("inf"),
+        )
         if not bool(torch.isfinite(norm)):
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():

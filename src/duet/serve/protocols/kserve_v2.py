@@ -51,12 +51,24 @@ INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object", "example": {
-                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 of a JPEG>"]}],
-                "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                                    "description": "JSON header + binary tensor data "
-                                                                   "(Inference-Header-Content-Length)"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "example": {
+                        "inputs": [
+                            {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 of a JPEG>"]}
+                        ],
+                        "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}],
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "JSON header + binary tensor data (Inference-Header-Content-Length)",
+                }
+            },
         },
     }
 }
@@ -94,8 +106,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 def _shape(tensor: dict[str, Any]) -> list[int]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise _bad(f"input '{tensor.get('name')}': 'shape' must be a list of non-negative integers, got {shape!r}",
-                   "bad_shape")
+        raise _bad(
+            f"input '{tensor.get('name')}': 'shape' must be a list of non-negative integers, got {shape!r}", "bad_shape"
+        )
     return shape
 
 
@@ -112,8 +125,10 @@ def _binary_slices(inputs: list[dict[str, Any]], tail: bytes) -> list[bytes | No
             out.append(None)
             continue
         if not _is_int(size) or size < 0 or offset + size > len(tail):
-            raise _bad(f"input '{t.get('name')}': binary_data_size {size!r} does not fit the "
-                       f"{len(tail) - offset} binary bytes left in the body")
+            raise _bad(
+                f"input '{t.get('name')}': binary_data_size {size!r} does not fit the "
+                f"{len(tail) - offset} binary bytes left in the body"
+            )
         out.append(tail[offset : offset + size])
         offset += size
     if offset != len(tail):
@@ -160,8 +175,10 @@ def _flatten(data: Any) -> list[Any]:
 def _images_from_input(t: dict[str, Any], raw: bytes | None, service: ModelService) -> list[bytes]:
     shape = _shape(t)
     if t.get("datatype") != "BYTES":
-        raise _bad(f"input '{IMAGE_INPUT}' must have datatype BYTES (encoded image files), got {t.get('datatype')!r}",
-                   "bad_datatype")
+        raise _bad(
+            f"input '{IMAGE_INPUT}' must have datatype BYTES (encoded image files), got {t.get('datatype')!r}",
+            "bad_datatype",
+        )
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise _bad(f"input '{IMAGE_INPUT}' must have shape [N] or [N, 1], got {shape}", "bad_shape")
     n = shape[0]
@@ -181,8 +198,10 @@ def _b64_element(x: Any, i: int) -> bytes:
     if isinstance(x, dict) and set(x) == {"b64"}:
         x = x["b64"]
     if not isinstance(x, str):
-        raise _bad(f"element {i} of input '{IMAGE_INPUT}' must be base64 text of an image file (or use binary data)",
-                   "bad_data")
+        raise _bad(
+            f"element {i} of input '{IMAGE_INPUT}' must be base64 text of an image file (or use binary data)",
+            "bad_data",
+        )
     try:
         return decode_b64(x)
     except ValueError:
@@ -278,8 +297,11 @@ def infer_response(service: ModelService, request: dict[str, Any], out: Outputs)
     if not chunks:
         return JSONResponse(body, headers=service.version_header(out))
     header = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header)), **service.version_header(out)})
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header)), **service.version_header(out)},
+    )
 
 
 def model_metadata(service: ModelService) -> dict[str, Any]:
@@ -289,10 +311,18 @@ def model_metadata(service: ModelService) -> dict[str, Any]:
         "versions": [service.version],
         "platform": service.runtime.platform,
         "inputs": [
-            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1],
-             "parameters": {"description": "encoded image files; send this or 'pixels'"}},
-            {"name": PIXELS_INPUT, "datatype": "UINT8", "shape": [-1, 3, s, s],
-             "parameters": {"description": "RGB centre crops, NCHW; send this or 'image'"}},
+            {
+                "name": IMAGE_INPUT,
+                "datatype": "BYTES",
+                "shape": [-1],
+                "parameters": {"description": "encoded image files; send this or 'pixels'"},
+            },
+            {
+                "name": PIXELS_INPUT,
+                "datatype": "UINT8",
+                "shape": [-1, 3, s, s],
+                "parameters": {"description": "RGB centre crops, NCHW; send this or 'image'"},
+            },
         ],
         "outputs": [{"name": o["name"], "datatype": o["datatype"], "shape": o["shape"]} for o in service.outputs],
         "parameters": {"labels": service.labels},
@@ -310,8 +340,11 @@ def router(service: ModelService) -> APIRouter:
     async def live() -> Any:
         return {"live": True}
 
-    @r.get("/v2/health/ready", summary="Server readiness (always open): 503 until loaded and while draining",
-           tags=["health"])
+    @r.get(
+        "/v2/health/ready",
+        summary="Server readiness (always open): 503 until loaded and while draining",
+        tags=["health"],
+    )
     async def ready() -> Any:
         return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
@@ -346,8 +379,11 @@ def router(service: ModelService) -> APIRouter:
         elif t.get("name") == PIXELS_INPUT:
             pixels = service.check_pixels(_pixels_from_input(t, raw, service))
         else:
-            raise _bad(f"unknown input {t.get('name')!r}; this model takes '{IMAGE_INPUT}' (BYTES, encoded images) "
-                       f"or '{PIXELS_INPUT}' (UINT8 [N, 3, S, S])", "unknown_input")
+            raise _bad(
+                f"unknown input {t.get('name')!r}; this model takes '{IMAGE_INPUT}' (BYTES, encoded images) "
+                f"or '{PIXELS_INPUT}' (UINT8 [N, 3, S, S])",
+                "unknown_input",
+            )
         _requested_outputs(req)  # refuse a bad outputs list before spending inference on it
         out = await service.infer(pixels, "/v2/models/{name}/infer", stats)
         return infer_response(service, req, out)

@@ -35,7 +35,10 @@ PREDICT_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                },
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -53,8 +56,12 @@ async def _form(request: Request, max_images: int, max_part_bytes: int) -> FormD
         return await request.form(max_files=max_images + 1, max_fields=max_images + 1, max_part_size=max_part_bytes)
     except StarletteHTTPException as e:
         if e.status_code == 400 and str(e.detail).startswith("Too many"):
-            raise ApiError(413, f"more than {max_images} parts in one multipart request; the limit is {max_images} "
-                                "images (--max-images)", "too_many_images") from None
+            raise ApiError(
+                413,
+                f"more than {max_images} parts in one multipart request; the limit is {max_images} "
+                "images (--max-images)",
+                "too_many_images",
+            ) from None
         raise ApiError(400, f"the multipart body cannot be parsed: {e.detail}", "bad_multipart") from None
 
 
@@ -62,16 +69,24 @@ def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["simple"])
     limits = service.limits
 
-    @r.post("/v1/predict", summary="Classify uploaded images (multipart files or a raw image body)",
-            openapi_extra=PREDICT_BODY)
-    async def predict(request: Request, top_k: int = Query(service.config.top_k, ge=1, le=10_000,
-                                                            description="Labels per image, best first."),
-                      outliers: bool = Query(False, description="Add each image's outlier score, p-value and flag.")
-                      ) -> Any:
+    @r.post(
+        "/v1/predict",
+        summary="Classify uploaded images (multipart files or a raw image body)",
+        openapi_extra=PREDICT_BODY,
+    )
+    async def predict(
+        request: Request,
+        top_k: int = Query(service.config.top_k, ge=1, le=10_000, description="Labels per image, best first."),
+        outliers: bool = Query(False, description="Add each image's outlier score, p-value and flag."),
+    ) -> Any:
         if outliers and service.outlier_model() is None:
-            raise ApiError(409, "outlier scores are unavailable: they need drift monitoring (not --no-drift), a "
-                                "reference profile with an outlier model and a graph with a features output "
-                                "(re-export the run with this version of duet)", "outliers_unavailable")
+            raise ApiError(
+                409,
+                "outlier scores are unavailable: they need drift monitoring (not --no-drift), a "
+                "reference profile with an outlier model and a graph with a features output "
+                "(re-export the run with this version of duet)",
+                "outliers_unavailable",
+            )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         names: list[str]
         if content_type == "multipart/form-data":
@@ -83,45 +98,60 @@ def router(service: ModelService) -> APIRouter:
             finally:
                 await form.close()
             if not images:
-                raise ApiError(400, "the multipart body holds no file part; send the image as e.g. -F file=@cat.jpg",
-                               "no_images")
+                raise ApiError(
+                    400, "the multipart body holds no file part; send the image as e.g. -F file=@cat.jpg", "no_images"
+                )
         elif content_type in ("", "application/octet-stream") or content_type.startswith("image/"):
             images, names = [await request.body()], [""]
             if not images[0]:
                 raise ApiError(400, "the request body is empty; send an image file", "no_images")
         else:
-            raise ApiError(415, f"Content-Type '{content_type}' is not accepted here: send multipart/form-data, "
-                                "image/* or application/octet-stream (JSON goes to /v2/models/{m}/infer or "
-                                "/v1/models/{m}:predict)", "unsupported_media_type")
+            raise ApiError(
+                415,
+                f"Content-Type '{content_type}' is not accepted here: send multipart/form-data, "
+                "image/* or application/octet-stream (JSON goes to /v2/models/{m}/infer or "
+                "/v1/models/{m}:predict)",
+                "unsupported_media_type",
+            )
         pixels, stats = await service.decode(images, names)
         out = await service.infer(pixels, "/v1/predict", stats)
         predictions = []
         for name, probs in zip(names, out.probabilities):
             top = service.top_k(probs, top_k)
-            predictions.append({"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"],
-                                "top": top})
+            predictions.append(
+                {"file": name or None, "label": top[0]["label"], "probability": top[0]["probability"], "top": top}
+            )
         if outliers:
             for prediction, row in zip(predictions, service.outlier_rows(out, stats)):
                 prediction["outlier"] = row
         version = service.version_of(out)
-        return JSONResponse({"model": service.name, "version": version, "model_version": version,
-                             "predictions": predictions}, headers=service.version_header(out))
+        return JSONResponse(
+            {"model": service.name, "version": version, "model_version": version, "predictions": predictions},
+            headers=service.version_header(out),
+        )
 
-    @r.get("/v1/monitor", summary="Input drift: the latest verdict on recent requests vs the reference profile",
-           tags=["monitoring"])
+    @r.get(
+        "/v1/monitor",
+        summary="Input drift: the latest verdict on recent requests vs the reference profile",
+        tags=["monitoring"],
+    )
     async def monitor() -> Any:
         if service.drift is None:
-            raise ApiError(404, "drift monitoring is off: the model folder has no reference profile "
-                                "(train with a validation split, then re-export) or --no-drift was given",
-                           "drift_off")
+            raise ApiError(
+                404,
+                "drift monitoring is off: the model folder has no reference profile "
+                "(train with a validation split, then re-export) or --no-drift was given",
+                "drift_off",
+            )
         return JSONResponse(await service.drift.latest())
 
     @r.get("/healthz", summary="Liveness (always open)", tags=["health"])
     async def healthz() -> Any:
         return {"status": "live"}
 
-    @r.get("/readyz", summary="Readiness (always open): 503 until the model is loaded and while draining",
-           tags=["health"])
+    @r.get(
+        "/readyz", summary="Readiness (always open): 503 until the model is loaded and while draining", tags=["health"]
+    )
     async def readyz() -> Any:
         if not service.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)

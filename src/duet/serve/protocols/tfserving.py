@@ -50,8 +50,11 @@ IMAGE_KEYS = ("image_bytes", "image", "images", "bytes")
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "example": {
-            "instances": [{"b64": "<base64 of a JPEG>"}]}}}},
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "example": {"instances": [{"b64": "<base64 of a JPEG>"}]}}
+            }
+        },
     }
 }
 
@@ -59,8 +62,11 @@ PREDICT_BODY = {
 CLASSIFY_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "example": {
-            "examples": [{"image_bytes": {"b64": "<base64 of a JPEG>"}}]}}}},
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "example": {"examples": [{"image_bytes": {"b64": "<base64 of a JPEG>"}}]}}
+            }
+        },
     }
 }
 
@@ -71,7 +77,7 @@ def _bad(message: str, code: str = "bad_request") -> ApiError:
 
 def _b64(value: Any, where: str) -> bytes:
     if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
-        raise _bad(f"{where}: images must be {{\"b64\": \"<base64>\"}}", "bad_data")
+        raise _bad(f'{where}: images must be {{"b64": "<base64>"}}', "bad_data")
     try:
         return decode_b64(value["b64"])
     except ValueError:
@@ -82,7 +88,9 @@ def _pixels(value: Any, where: str, size: int) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
-        raise _bad(f"{where}: pixels must be a [3][{size}][{size}] nested list of integers 0..255", "bad_shape") from None
+        raise _bad(
+            f"{where}: pixels must be a [3][{size}][{size}] nested list of integers 0..255", "bad_shape"
+        ) from None
     if arr.shape != (3, size, size):
         raise _bad(f"{where}: pixels must have shape [3, {size}, {size}], got {list(arr.shape)}", "bad_shape")
     if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
@@ -104,10 +112,14 @@ def _element(value: Any, i: int, size: int) -> bytes | np.ndarray:
                 return _b64(inner, f"{where}.{key}")
             if key == "pixels":
                 return _pixels(inner, f"{where}.pixels", size)
-        raise _bad(f"{where}: expected {{\"b64\": ...}}, {{\"image_bytes\": {{\"b64\": ...}}}} or "
-                   f"{{\"pixels\": [[[...]]]}}, got keys {sorted(value)[:5]}", "bad_instance")
-    raise _bad(f"{where}: expected {{\"b64\": ...}} or a [3][S][S] pixel list, got {type(value).__name__}",
-               "bad_instance")
+        raise _bad(
+            f'{where}: expected {{"b64": ...}}, {{"image_bytes": {{"b64": ...}}}} or '
+            f'{{"pixels": [[[...]]]}}, got keys {sorted(value)[:5]}',
+            "bad_instance",
+        )
+    raise _bad(
+        f'{where}: expected {{"b64": ...}} or a [3][S][S] pixel list, got {type(value).__name__}', "bad_instance"
+    )
 
 
 def _columnar(inputs: Any) -> list[Any]:
@@ -123,8 +135,7 @@ def _columnar(inputs: Any) -> list[Any]:
             return value
     if isinstance(inputs, dict) and "b64" in inputs:
         return [inputs]
-    raise _bad("'inputs' must be a list of instances or {\"image_bytes\": [...]} / {\"pixels\": [...]}",
-               "bad_instance")
+    raise _bad('\'inputs\' must be a list of instances or {"image_bytes": [...]} / {"pixels": [...]}', "bad_instance")
 
 
 def tf_version(version: str) -> str | None:
@@ -145,8 +156,11 @@ def status(service: ModelService) -> dict[str, Any]:
 
 
 def _tensor_info(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
-    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
-                                             "unknown_rank": False}, "name": name}
+    return {
+        "dtype": dtype,
+        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
+        "name": name,
+    }
 
 
 SIGNATURE_DEF_MAP = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
@@ -158,26 +172,38 @@ def metadata(service: ModelService) -> dict[str, Any]:
     ``google.protobuf.Any`` holding a ``SignatureDefMap``, hence its ``@type``."""
     s, c = service.spec.image_size, len(service.labels)
     predict = {
-        "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1]),
-                   "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s])},
-        "outputs": {"probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, c]),
-                    "label": _tensor_info("label", "DT_STRING", [-1]),
-                    "label_index": _tensor_info("label_index", "DT_INT64", [-1])},
+        "inputs": {
+            "image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1]),
+            "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s]),
+        },
+        "outputs": {
+            "probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, c]),
+            "label": _tensor_info("label", "DT_STRING", [-1]),
+            "label_index": _tensor_info("label_index", "DT_INT64", [-1]),
+        },
         "method_name": "tensorflow/serving/predict",
     }
     classify = {
         "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1])},
-        "outputs": {"classes": _tensor_info("classes", "DT_STRING", [-1, c]),
-                    "scores": _tensor_info("scores", "DT_FLOAT", [-1, c])},
+        "outputs": {
+            "classes": _tensor_info("classes", "DT_STRING", [-1, c]),
+            "scores": _tensor_info("scores", "DT_FLOAT", [-1, c]),
+        },
         "method_name": "tensorflow/serving/classify",
     }
     spec: dict[str, Any] = {"name": service.name, "signature_name": ""}
     version = tf_version(service.version)
     if version is not None:
         spec["version"] = version
-    return {"model_spec": spec,
-            "metadata": {"signature_def": {"@type": SIGNATURE_DEF_MAP,
-                                           "signature_def": {"serving_default": predict, "classify": classify}}}}
+    return {
+        "model_spec": spec,
+        "metadata": {
+            "signature_def": {
+                "@type": SIGNATURE_DEF_MAP,
+                "signature_def": {"serving_default": predict, "classify": classify},
+            }
+        },
+    }
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -194,8 +220,9 @@ def _examples(body: dict[str, Any]) -> list[bytes]:
     """The encoded image of every example of a ClassificationRequest."""
     sig = body.get("signature_name", "serving_default")
     if sig not in CLASSIFY_SIGNATURES:
-        raise _bad(f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'",
-                   "unknown_signature")
+        raise _bad(
+            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
+        )
     examples, context = body.get("examples"), body.get("context", {})
     if not isinstance(examples, list) or not examples:
         raise _bad("a classify request needs a non-empty list 'examples' of objects", "bad_instance")
@@ -210,8 +237,11 @@ def _examples(body: dict[str, Any]) -> list[bytes]:
         features = {**context, **example}
         key = next((k for k in IMAGE_KEYS if k in features), None)
         if key is None:
-            raise _bad(f"example {i} has no image feature; name it one of {list(IMAGE_KEYS)}, "
-                       "e.g. {\"image_bytes\": {\"b64\": \"...\"}}", "bad_instance")
+            raise _bad(
+                f"example {i} has no image feature; name it one of {list(IMAGE_KEYS)}, "
+                'e.g. {"image_bytes": {"b64": "..."}}',
+                "bad_instance",
+            )
         value = features[key]
         if isinstance(value, list) and len(value) == 1:  # a feature given as a one-value list
             value = value[0]
@@ -232,8 +262,12 @@ def router(service: ModelService) -> APIRouter:
             service.check_model(name, version)
         except ApiError as e:
             # TF Serving's wording, so clients that match on it keep working.
-            raise ApiError(404, f"Servable not found for request: {'Specific' if version else 'Latest'}"
-                                f"({name}{', ' + version if version else ''}); {e.message}", e.code) from None
+            raise ApiError(
+                404,
+                f"Servable not found for request: {'Specific' if version else 'Latest'}"
+                f"({name}{', ' + version if version else ''}); {e.message}",
+                e.code,
+            ) from None
 
     _status_routes(r, service, check)
     _predict_route(r, service, check)
@@ -257,8 +291,7 @@ def _status_routes(r: APIRouter, service: ModelService, check: Check) -> None:
 
 def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.post("/v1/models/{name}:predict", summary="Predict", openapi_extra=PREDICT_BODY)
-    @r.post("/v1/models/{name}/versions/{version}:predict", summary="Predict (one version)",
-            openapi_extra=PREDICT_BODY)
+    @r.post("/v1/models/{name}/versions/{version}:predict", summary="Predict (one version)", openapi_extra=PREDICT_BODY)
     async def predict(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
         body = await _json_object(request)
@@ -286,19 +319,30 @@ def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
         index = out.probabilities.argmax(1)
         labels = [service.labels[i] for i in index]
         if rows:
-            predictions = [{"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
-                           for p, lab, i in zip(out.probabilities, labels, index)]
+            predictions = [
+                {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
+                for p, lab, i in zip(out.probabilities, labels, index)
+            ]
             return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
-        return JSONResponse({"outputs": {"probabilities": out.probabilities.tolist(), "label": labels,
-                                         "label_index": [int(i) for i in index]}},
-                            headers=service.version_header(out))
+        return JSONResponse(
+            {
+                "outputs": {
+                    "probabilities": out.probabilities.tolist(),
+                    "label": labels,
+                    "label_index": [int(i) for i in index],
+                }
+            },
+            headers=service.version_header(out),
+        )
 
 
 def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
-    @r.post("/v1/models/{name}:classify", summary="Classify (TF Serving ClassificationRequest)",
-            openapi_extra=CLASSIFY_BODY)
-    @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)",
-            openapi_extra=CLASSIFY_BODY)
+    @r.post(
+        "/v1/models/{name}:classify", summary="Classify (TF Serving ClassificationRequest)", openapi_extra=CLASSIFY_BODY
+    )
+    @r.post(
+        "/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)", openapi_extra=CLASSIFY_BODY
+    )
     async def classify(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
         images = _examples(await _json_object(request))
@@ -315,8 +359,10 @@ def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.post("/v1/models/{name}/versions/{version}:regress", summary="Regress (one version): not offered")
     async def regress(name: str, version: str | None = None) -> Any:
         check(name, version)
-        raise _bad(f"model '{name}' is an image classifier and has no regression signature; "
-                   "use :classify or :predict", "no_regression")
+        raise _bad(
+            f"model '{name}' is an image classifier and has no regression signature; use :classify or :predict",
+            "no_regression",
+        )
 
     # Without these, "POST /v1/models/m:verb" would match the GET status route
     # (name = "m:verb") and get 405; an unknown verb is a 400 that names the verbs.
@@ -325,5 +371,8 @@ def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
     async def unknown_verb(name: str, version: str | None = None) -> Any:
         target = version if version is not None else name
         verb = target.partition(":")[2]
-        raise _bad(f"unknown method {':' + verb if verb else '(none)'}; POST /v1/models/{{name}} takes "
-                   ":predict, :classify or :regress", "unknown_method")
+        raise _bad(
+            f"unknown method {':' + verb if verb else '(none)'}; POST /v1/models/{{name}} takes "
+            ":predict, :classify or :regress",
+            "unknown_method",
+        )
