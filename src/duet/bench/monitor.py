@@ -385,7 +385,7 @@ def prepare(
     from duet.artifacts.run_dir import load_run
     from duet.bench.data import environment
     from duet.evaluation.inference import load_model
-    from duet.monitor.check import ensure_profile
+    from duet.monitor.profile import ensure_profile, write_profile
     from duet.system.device import resolve_device
 
     say = log or (lambda _m: None)
@@ -396,6 +396,8 @@ def prepare(
     dev = resolve_device(device)
     run = load_run(run_dir)
     profile = ensure_profile(run.paths.root, device=device, workers=0, progress=False, log=say)
+    if profile is None:  # a run without validation images: a reference of test or training images
+        profile = write_profile(run.paths.root, device=device, workers=0, progress=False, log=say)
     model = load_model(run, dev)
     ref_p, ref_y = reference_sample(run.paths.root, profile, model, dev)
     estimators = {m: AccuracyEstimator.fit(ref_p, ref_y, m) for m in METHODS}

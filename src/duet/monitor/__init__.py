@@ -1,7 +1,7 @@
 """Monitoring: is production data still like the data the model was validated on?
 
 - :mod:`duet.monitor.profile`: the reference profile written into ``RUN/profile/``
-  (``write_profile``, ``ReferenceProfile.load``).
+  (``write_profile``, ``ensure_profile``, ``ReferenceProfile.load``).
 - :mod:`duet.monitor.drift`: the detectors, the verdict (``compare``) and the
   rolling window a server keeps (``DriftMonitor``).
 - :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
@@ -30,7 +30,7 @@ from duet.monitor.drift import (
 from duet.monitor.estimate import AccuracyEstimator
 from duet.monitor.imagestats import STAT_NAMES, image_stats
 from duet.monitor.outliers import OutlierModel
-from duet.monitor.profile import ProfileError, ReferenceProfile, load_profile, write_profile
+from duet.monitor.profile import ProfileError, ReferenceProfile, ensure_profile, load_profile, write_profile
 
 __all__ = [
     "DETECTORS",
@@ -45,6 +45,7 @@ __all__ = [
     "ProfileError",
     "ReferenceProfile",
     "compare",
+    "ensure_profile",
     "image_stats",
     "load_profile",
     "write_profile",

@@ -21,7 +21,7 @@ import numpy as np
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.errors import DataError
 from duet.monitor.drift import DriftResult, DriftSettings, Observations, compare
-from duet.monitor.profile import ReferenceProfile, load_profile, profile_dir, write_profile
+from duet.monitor.profile import ReferenceProfile, ensure_profile, write_profile
 
 DEFAULT_MAX_IMAGES = 1000
 
@@ -54,16 +54,6 @@ def list_images(data_dir: str | Path) -> list[Path]:
             "(any layout; class sub-folders are fine)"
         )
     return sorted(found)
-
-
-def ensure_profile(
-    run_dir: Path, *, device: str, workers: int | None, progress: bool, log: Callable[[str], None]
-) -> ReferenceProfile:
-    """The run's profile, written first if the run has none yet."""
-    if not (profile_dir(run_dir) / "profile.json").is_file():
-        log(f"{run_dir} has no drift profile yet; writing it (once) to {profile_dir(run_dir)}")
-        return write_profile(run_dir, device=device, workers=workers, progress=progress, log=log)
-    return load_profile(run_dir)
 
 
 def observe_files(
@@ -160,6 +150,8 @@ def drift_check(
         paths = [paths[i] for i in pick]
         say(f"comparing a random sample of {max_images} of the {total} images (--max-images)")
     profile = ensure_profile(run.paths.root, device=device, workers=workers, progress=progress, log=say)
+    if profile is None:  # no validation split: a reference of test or training images, with a warning
+        profile = write_profile(run.paths.root, device=device, workers=workers, progress=progress, log=say)
     obs, kept, failed = observe_files(
         run.paths.root, paths, profile, device=device, batch_size=batch_size, workers=workers, progress=progress
     )

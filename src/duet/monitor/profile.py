@@ -31,6 +31,8 @@ the label-free accuracy estimator (:mod:`duet.monitor.estimate`), fitted on
 the reference's probabilities and labels.
 
 ``write_profile(run_dir)`` makes it (``duet profile RUN``);
+``ensure_profile(run_dir)`` makes it once, after training, when the run has
+validation images (training itself never writes it);
 ``ReferenceProfile.load(run_dir / "profile")`` reads it without torch.
 """
 
@@ -227,6 +229,34 @@ def profile_dir(run_dir: str | Path) -> Path:
 def load_profile(run_dir: str | Path) -> ReferenceProfile:
     """The profile of a run folder (``RUN/profile``)."""
     return ReferenceProfile.load(profile_dir(run_dir))
+
+
+def ensure_profile(
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ReferenceProfile | None:
+    """The run's profile: loaded when ``RUN/profile/`` exists, else written first.
+
+    Training does not write the profile; whoever trains calls this afterwards
+    (``duet train``, the Python API, ``duet retrain``), and ``duet drift`` calls
+    it before comparing. A run without validation images gets no profile here:
+    None, and nothing is written (``write_profile`` would fall back to test or
+    training images; call it explicitly for that).
+    """
+    if (profile_dir(run_dir) / JSON_FILE).is_file():
+        return load_profile(run_dir)
+    from duet.artifacts.run_dir import load_run
+    from duet.data.scan import read_manifest
+
+    run = load_run(run_dir)
+    if not any(r.split == "val" for r in read_manifest(run.paths.manifest, run.data_dir).usable()):
+        return None
+    log(f"{run.paths.root} has no drift profile yet; writing it (once) to {profile_dir(run.paths.root)}")
+    return write_profile(run.paths.root, device=device, workers=workers, progress=progress, log=log)
 
 
 # --------------------------------------------------------------------------- writing

@@ -1,0 +1,61 @@
+"""``ensure_profile``: the drift profile is written once, by whoever trained, and only
+for a run with validation images; a second call loads what is there."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from duet.monitor.profile import JSON_FILE, ensure_profile, profile_dir
+from helpers import snapshot, write_digit_folder
+
+
+def _train(data: Path, out: Path, name: str, val_split: float) -> Path:
+    from duet.train.config import TrainConfig
+    from duet.train.loop import train
+
+    config = TrainConfig(
+        data_dir=data,
+        model="test_resnet",
+        image_size=16,
+        epochs=1,
+        batch_size=16,
+        workers=0,
+        device="cpu",
+        val_split=val_split,
+        test_split=0.0,
+        out=out,
+        name=name,
+    )
+    return Path(train(config, progress=False, log=lambda _m: None).run_dir)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), per_class=20, size=16)
+
+
+@pytest.mark.e2e
+def test_ensure_profile_writes_once_and_then_loads(digits: Path, tmp_path: Path) -> None:
+    run = _train(digits, tmp_path, "with-val", val_split=0.3)
+    shutil.rmtree(profile_dir(run), ignore_errors=True)  # whatever training left: start without one
+    said: list[str] = []
+    written = ensure_profile(run, device="cpu", workers=0, progress=False, log=said.append)
+    assert written is not None and (profile_dir(run) / JSON_FILE).is_file()
+    assert written.meta["reference"]["split"] == "val" and written.n_reference > 0
+    assert any("no drift profile yet" in line for line in said)
+    before = snapshot(profile_dir(run))
+    loaded = ensure_profile(run, device="cpu", workers=0, progress=False, log=said.append)
+    assert loaded is not None and loaded.files == written.files
+    assert snapshot(profile_dir(run)) == before  # loaded, not rewritten
+
+
+@pytest.mark.e2e
+def test_ensure_profile_of_a_run_without_validation_images_writes_nothing(digits: Path, tmp_path: Path) -> None:
+    run = _train(digits, tmp_path, "no-val", val_split=0.0)
+    shutil.rmtree(profile_dir(run), ignore_errors=True)
+    before = snapshot(run)
+    assert ensure_profile(run, device="cpu", workers=0, progress=False, log=lambda _m: None) is None
+    assert not profile_dir(run).exists() and snapshot(run) == before
