@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duet.evaluation.report import compute_metrics, confusion_figure, format_summary, render_markdown, write_report
+from duet.evaluation.metrics import compute_metrics
+from duet.evaluation.report import confusion_figure, format_summary, render_markdown, write_report
 from helpers import run_cli, write_digit_folder
 
 LABELS = ["cat", "dog", "fox"]

@@ -24,7 +24,8 @@ from duet.data.loaders import Sample
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
 from duet.evaluation.inference import load_model, predict_samples
-from duet.evaluation.report import compute_metrics, write_report
+from duet.evaluation.metrics import compute_metrics
+from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
 from duet.train.precision import recorded_or
 
@@ -127,7 +128,7 @@ def evaluate(
         raise DataError(f"none of the {len(samples)} images in '{source}' could be read")
     metrics = compute_metrics(preds.labels[ok], preds.probs[ok], run.labels)
     predicted = preds.probs.argmax(1)
-    misclassified = [
+    misclassified: list[dict[str, Any]] = [
         {
             "path": str(samples[i].path),
             "true": run.labels[int(preds.labels[i])],

@@ -1,20 +1,17 @@
-"""Classification metrics and the evaluation report.
+"""The evaluation report: metrics (from ``duet.evaluation.metrics``) written for people.
 
-Pure functions over arrays: the caller runs the model and passes true labels
-and softmax probabilities; this module turns them into plain, JSON-able
-metrics (``compute_metrics``) and writes them as ``report.json``,
-``report.md`` and ``confusion_matrix.png`` (``write_report``)::
+``write_report`` writes three files atomically into one folder: ``report.json``
+(``{"title", "context", "metrics", "misclassified"}``: the metrics dict as
+``compute_metrics`` returned it, unchanged), ``report.md`` (the same, as
+tables) and ``confusion_matrix.png``; ``format_summary`` gives the few lines
+the terminal shows::
 
     metrics = compute_metrics(y_true, probs, labels)
     paths = write_report(metrics, run_dir / "eval", title="Evaluation: my-run",
                          context={"run": "my-run", "split": "val"})
     print(format_summary(metrics))
 
-Averages: ``macro`` is the unweighted mean over the classes that occur in
-``y_true`` or in the predictions (scikit-learn's default), so a class absent
-from an evaluation split neither helps nor hurts it; ``weighted`` weights each
-class by its support. ``per_class`` and the confusion matrix always list every
-class, with zeros where a class has no support.
+Nothing here computes a metric; everything reads the dict it is given.
 """
 
 from __future__ import annotations
@@ -26,139 +23,13 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    log_loss,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
 
 from duet.system.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-MOST_CONFUSED = 5
 MD_MATRIX_MAX_CLASSES = 30
 PNG_ANNOTATE_MAX_CLASSES = 20
 PNG_TICKS_MAX_CLASSES = 60
 MD_MISCLASSIFIED_MAX = 20
-PROB_SUM_TOLERANCE = 1e-3
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], *, top_k: int = 5) -> dict[str, Any]:
-    """Metrics for a classifier's predictions, as a JSON-able dict.
-
-    Args:
-        y_true: int class indices, shape ``(N,)``, each in ``range(C)``.
-        probs: softmax probabilities, shape ``(N, C)``; rows must sum to 1
-            (within 1e-3; logits are refused).
-        labels: the ``C`` class names, index ``i`` naming class ``i``.
-        top_k: k for top-k accuracy; capped at ``C - 1`` (reported as ``k``):
-            with ``k >= C`` every class is in the top k and the value is 100 %
-            whatever the model does, so top-k is reported only for
-            ``2 <= k < C`` and is ``None`` otherwise (e.g. for 2 classes).
-
-    Returns:
-        ``num_images``, ``accuracy``, ``top_k_accuracy`` (``k``, ``value``; or None),
-        ``macro`` and ``weighted`` (``precision``, ``recall``, ``f1``),
-        ``log_loss``, ``per_class`` (one row per label: ``label``,
-        ``precision``, ``recall``, ``f1``, ``support``), ``confusion_matrix``
-        (``labels``, ``matrix``, ``rows``: "true", ``columns``: "predicted") and
-        ``most_confused`` (up to 5 ``{"true", "predicted", "count"}``, largest
-        off-diagonal counts first).
-    """
-    y_true, probs = _validate_inputs(y_true, probs, labels, top_k)
-    num_classes = len(labels)
-    class_ids = list(range(num_classes))
-    y_pred = probs.argmax(axis=1)
-    matrix = confusion_matrix(y_true, y_pred, labels=class_ids)
-    k = min(top_k, num_classes - 1)
-    return {
-        "num_images": int(y_true.shape[0]),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "top_k_accuracy": {"k": k, "value": _top_k_accuracy(y_true, probs, k)} if k >= 2 else None,
-        "macro": _averaged(y_true, y_pred, "macro"),
-        "weighted": _averaged(y_true, y_pred, "weighted"),
-        "log_loss": float(log_loss(y_true, probs, labels=class_ids)),
-        "per_class": _per_class(y_true, y_pred, labels),
-        "confusion_matrix": {"labels": list(labels), "matrix": matrix.tolist(), "rows": "true", "columns": "predicted"},
-        "most_confused": _most_confused(matrix, labels),
-    }
-
-
-def _validate_inputs(
-    y_true: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Check shapes and ranges; return int64 labels and row-normalised float64 probs."""
-    y_true = np.asarray(y_true)
-    probs = np.asarray(probs, dtype=np.float64)
-    num_classes = len(labels)
-    if num_classes < 2:
-        raise ValueError(f"labels must name at least 2 classes; received {num_classes}: {labels!r}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1; received top_k={top_k}")
-    if y_true.ndim != 1 or y_true.shape[0] == 0:
-        raise ValueError(f"y_true must be a non-empty 1-D array; received shape {y_true.shape}")
-    if not np.issubdtype(y_true.dtype, np.integer):
-        raise ValueError(f"y_true must hold integer class indices; received dtype {y_true.dtype}")
-    if probs.shape != (y_true.shape[0], num_classes):
-        raise ValueError(f"probs must have shape (N, C) = ({y_true.shape[0]}, {num_classes}); received {probs.shape}")
-    if y_true.min() < 0 or y_true.max() >= num_classes:
-        raise ValueError(
-            f"y_true values must lie in [0, {num_classes - 1}]; received min={y_true.min()}, max={y_true.max()}"
-        )
-    return y_true.astype(np.int64), _normalised_probs(probs)
-
-
-def _normalised_probs(probs: np.ndarray) -> np.ndarray:
-    """Refuse non-probabilities; remove float32 rounding so each row sums to exactly 1."""
-    if not np.all(np.isfinite(probs)) or probs.min() < 0.0:
-        raise ValueError("probs must be finite and non-negative (softmax probabilities, not logits)")
-    sums = probs.sum(axis=1)
-    worst = int(np.argmax(np.abs(sums - 1.0)))
-    if abs(sums[worst] - 1.0) > PROB_SUM_TOLERANCE:
-        raise ValueError(
-            f"each row of probs must sum to 1 (softmax probabilities); row {worst} sums to {sums[worst]:.6f}"
-        )
-    return probs / sums[:, None]
-
-
-def _top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
-    """Share of images whose true class is among the k most probable (2 <= k < C)."""
-    return float(top_k_accuracy_score(y_true, probs, k=k, labels=list(range(probs.shape[1]))))
-
-
-def _averaged(y_true: np.ndarray, y_pred: np.ndarray, average: str) -> dict[str, float]:
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
-
-
-def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(len(labels))), average=None, zero_division=0
-    )
-    return [
-        {
-            "label": label,
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, label in enumerate(labels)
-    ]
-
-
-def _most_confused(matrix: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
-    off_diagonal = matrix.copy()
-    np.fill_diagonal(off_diagonal, 0)
-    rows, cols = np.nonzero(off_diagonal)
-    pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: (-off_diagonal[rc], rc))
-    return [
-        {"true": labels[r], "predicted": labels[c], "count": int(off_diagonal[r, c])} for r, c in pairs[:MOST_CONFUSED]
-    ]
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
