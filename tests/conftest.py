@@ -1,4 +1,6 @@
-"""Suite-wide settings: keep every decode cache inside pytest's temp folder."""
+"""Suite-wide settings: every decode cache inside pytest's temp folder, the two
+tiers (`e2e` marks end-to-end tests; `slow` implies it) and the builders several
+modules share (session-scoped where they train)."""
 
 from __future__ import annotations
 
@@ -18,3 +20,11 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("DUET_CACHE_DIR", None)
     else:
         os.environ["DUET_CACHE_DIR"] = old
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow` is an older name for the longest end-to-end tests: each is also e2e,
+    so `pytest -m "not e2e"` never runs one."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)

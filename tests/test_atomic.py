@@ -12,6 +12,8 @@ import pytest
 
 from helpers import write_digit_folder
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 TINY = ["--epochs", "1", "--image-size", "16", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--quiet"]
 
 

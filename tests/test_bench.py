@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import run_cli
 
 
+@pytest.mark.e2e
 def test_sample_data_is_reproducible(tmp_path: Path) -> None:
     for out in ("a", "b"):
         proc = run_cli("bench", "sample-data", str(tmp_path / out), "--count", "12", "--classes", "3")
@@ -18,6 +21,7 @@ def test_sample_data_is_reproducible(tmp_path: Path) -> None:
     assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in a)
 
 
+@pytest.mark.e2e
 def test_bench_data_reports_every_pipeline_on_the_same_files(tmp_path: Path) -> None:
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "24", "--classes", "2").returncode == 0
     proc = run_cli(
@@ -50,6 +54,7 @@ def test_bench_data_reports_every_pipeline_on_the_same_files(tmp_path: Path) -> 
     assert {"date", "machine", "torch"} <= set(result["environment"])
 
 
+@pytest.mark.e2e
 def test_bench_data_on_too_few_images_says_its_ratios_are_noise(tmp_path: Path) -> None:
     """24 images finish every row in well under a second: the numbers are printed
     but flagged, in the JSON, the table and on stderr, never passed off as a speed-up."""
@@ -79,6 +84,7 @@ def test_bench_data_on_too_few_images_says_its_ratios_are_noise(tmp_path: Path) 
     assert "warning:" in table.stderr and "under 1 s on 24 images" in table.stderr
 
 
+@pytest.mark.e2e
 def test_bench_train_reports_the_limit_in_fp32_and_bf16_beside_end_to_end(tmp_path: Path) -> None:
     """bf16 autocast runs on any CPU (emulated where not native, only slower): both
     limits are measured, and each end-to-end row is judged against the limit of
@@ -125,6 +131,7 @@ def test_bench_train_reports_the_limit_in_fp32_and_bf16_beside_end_to_end(tmp_pa
     assert "AVX-512-BF16" in result["environment"]["cpu capabilities"]
 
 
+@pytest.mark.e2e
 def test_bench_train_table_shows_the_precision_ratio_and_the_capabilities(tmp_path: Path) -> None:
     assert run_cli("bench", "sample-data", str(tmp_path / "d"), "--count", "8", "--classes", "2").returncode == 0
     proc = run_cli(

@@ -82,6 +82,7 @@ def measured(prepared: Prepared) -> dict:
     return summarise(prepared, measure(prepared, windows=WINDOWS, trials=TRIALS), trials=TRIALS, seed=0)
 
 
+@pytest.mark.e2e
 def test_every_scenario_and_window_is_measured(measured: dict) -> None:
     names = [s.name for s in scenarios(list(SHIFTS))]
     assert {"clean", "photo", "prior", *SHIFTS} <= set(names) and len(names) == 9 + 2 * len(MIX_KINDS)
@@ -97,6 +98,7 @@ def test_every_scenario_and_window_is_measured(measured: dict) -> None:
     assert measured["setup"]["pool_images"] == POOL_IMAGES
 
 
+@pytest.mark.e2e
 def test_alarms_on_clean_windows_are_counted_as_false_alarms(prepared: Prepared) -> None:
     """A "clean" pool that is in fact low-contrast digits: every clean window alarms,
     and the table shows them as false alarms."""
@@ -113,6 +115,7 @@ def test_alarms_on_clean_windows_are_counted_as_false_alarms(prepared: Prepared)
     assert quiet[0]["verdict"] <= 0.5  # the real clean pool: calibrated for ~4 %
 
 
+@pytest.mark.e2e
 def test_scaled_digits_lower_the_true_accuracy_and_every_estimate(measured: dict) -> None:
     at = {(r["scenario"], r["window"]): r for r in measured["rows"]}
     clean, scaled = at[("clean", 60)], at[("scale", 60)]
@@ -121,6 +124,7 @@ def test_scaled_digits_lower_the_true_accuracy_and_every_estimate(measured: dict
         assert scaled["estimates"][m]["mean_estimate"] < clean["estimates"][m]["mean_estimate"]
 
 
+@pytest.mark.e2e
 def test_the_command_writes_json_and_markdown_and_refuses_half_a_setup(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

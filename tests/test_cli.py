@@ -14,6 +14,8 @@ import pytest
 from helpers import run_cli, snapshot, write_digit_folder
 from oddfiles import write_salted_folder
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 FAST = ["--image-size", "24", "--batch-size", "16", "--workers", "0", "--quiet"]
 
 

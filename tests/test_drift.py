@@ -76,6 +76,7 @@ def window_paths(pool: tuple[Observations, list[Path]]) -> np.ndarray:
     return np.sort(np.random.default_rng(1).choice(len(pool[1]), WINDOW, replace=False))
 
 
+@pytest.mark.e2e
 def test_profile_holds_reference_statistics_as_plain_arrays(
     champion: tuple[Path, Path], profile: ReferenceProfile
 ) -> None:
@@ -94,6 +95,7 @@ def test_profile_holds_reference_statistics_as_plain_arrays(
         profile.project(np.zeros((2, profile.feature_dim + 1), np.float32))
 
 
+@pytest.mark.e2e
 def test_clean_held_out_digits_raise_no_drift(
     pool: tuple[Observations, list[Path]], profile: ReferenceProfile, window_paths: np.ndarray
 ) -> None:
@@ -104,6 +106,7 @@ def test_clean_held_out_digits_raise_no_drift(
     assert result.sentence.startswith("No drift")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["rotated", "inverted", "blurred", "noisy"])
 def test_corrupted_digits_raise_drift(
     kind: str,
@@ -126,6 +129,7 @@ def test_corrupted_digits_raise_drift(
         assert "brightness" in result.detector("image_stats").details["changed"]
 
 
+@pytest.mark.e2e
 def test_false_alarm_rate_at_defaults_is_at_most_5_percent(
     pool: tuple[Observations, list[Path]], profile: ReferenceProfile
 ) -> None:
@@ -155,6 +159,7 @@ def test_false_alarm_rate_at_defaults_is_at_most_5_percent(
     assert sum(far["per_detector"].values()) >= far["alarms"]
 
 
+@pytest.mark.e2e
 def test_drift_command_prints_a_verdict_and_writes_an_html_report(
     champion: tuple[Path, Path], pool: tuple[Observations, list[Path]], window_paths: np.ndarray, tmp_path: Path
 ) -> None:
@@ -202,6 +207,7 @@ def test_drift_command_prints_a_verdict_and_writes_an_html_report(
         assert f">{a['file']}</span>" in page
 
 
+@pytest.mark.e2e
 def test_too_few_images_is_its_own_verdict_and_fails_a_drift_gate(
     champion: tuple[Path, Path], pool: tuple[Observations, list[Path]], window_paths: np.ndarray, tmp_path: Path
 ) -> None:
@@ -245,6 +251,7 @@ def test_atypical_images_are_named_relative_to_the_data_folder(tmp_path: Path) -
     assert display_path(paths[0], None, one_folder) == "cats/001.jpg"
 
 
+@pytest.mark.e2e
 def test_drift_command_errors_are_one_line(champion: tuple[Path, Path], tmp_path: Path) -> None:
     missing = run_cli("drift", str(champion[0]), "--data", str(tmp_path / "nope"))
     assert missing.returncode == 3 and "Traceback" not in missing.stderr
@@ -258,6 +265,7 @@ def test_drift_command_errors_are_one_line(champion: tuple[Path, Path], tmp_path
     assert helped.returncode == 0 and "--fail-on-drift" in helped.stdout and "false-alarm" in helped.stdout
 
 
+@pytest.mark.e2e
 def test_monitor_window_is_bounded_thread_safe_and_turns_to_drift(
     profile: ReferenceProfile, pool: tuple[Observations, list[Path]]
 ) -> None:
@@ -338,6 +346,7 @@ def contaminants(
     return observed
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["photo", "scale"])
 def test_ten_percent_foreign_images_are_caught_by_the_outlier_rate(
     kind: str, profile: ReferenceProfile, pool: tuple[Observations, list[Path]], contaminants: dict[str, Observations]

@@ -28,6 +28,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_export(tmp_path_factory)
 
 
+@pytest.mark.e2e
 def test_export_writes_onnx_weights_manifest_and_card(run: Path, export_dir: Path) -> None:
     m = json.loads((export_dir / "model.json").read_text())
     assert m["schema"] == "duet.model/1"
@@ -74,6 +75,7 @@ def test_export_writes_onnx_weights_manifest_and_card(run: Path, export_dir: Pat
         assert needle in card
 
 
+@pytest.mark.e2e
 def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, export_dir: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -111,12 +113,14 @@ def test_onnx_takes_uint8_with_dynamic_batch_and_normalises_inside(run: Path, ex
     assert [o["name"] for o in manifest["outputs"]] == ["logits", "probabilities"]  # the public signature
 
 
+@pytest.mark.e2e
 def test_existing_export_is_kept_unless_forced(run: Path, export_dir: Path) -> None:
     before = (export_dir / "model.json").read_bytes()
     one_line_error(run_cli("export", str(run), "--quiet"), 5, "already exists", "--force")
     assert (export_dir / "model.json").read_bytes() == before
 
 
+@pytest.mark.e2e
 def test_export_json_summary_is_the_only_stdout(run: Path, export_dir: Path) -> None:
     summary = json.loads((run.parent / "export-stdout.json").read_text())  # `duet export RUN --json`
     assert summary["parity"]["passed"] and Path(summary["export"]) == run / "export"
@@ -130,6 +134,7 @@ def test_export_json_summary_is_the_only_stdout(run: Path, export_dir: Path) -> 
     assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary folders were left behind"
 
 
+@pytest.mark.e2e
 def test_parity_gate_fails_the_export_and_writes_nothing(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,12 +170,14 @@ def test_compare_counts_top1_flips_and_max_difference() -> None:
     assert flips == 1 and diff == pytest.approx(0.11, abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_serving_an_unexported_run_says_how_to_export(tmp_path: Path, run: Path) -> None:
     copy = tmp_path / "r"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
     one_line_error(run_cli("serve", str(copy), "--check"), 4, "has not been exported", "duet export")
 
 
+@pytest.mark.e2e
 def test_the_onnx_file_alone_carries_labels_and_preprocessing(export_dir: Path) -> None:
     """Copied away from model.json, model.onnx still says what its outputs mean and
     what its input wants: labels and the preprocessing spec in metadata_props."""

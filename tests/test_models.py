@@ -51,6 +51,7 @@ def test_missing_weights_file_says_what_weights_accepts(tmp_path: Path) -> None:
         build("resnet18", 2, str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.e2e
 def test_imagenet_weights_offline_point_to_weights_path(tmp_path: Path) -> None:
     """In a fresh process with the hub offline (as in CI): a clear error, exit 4."""
     from helpers import run_cli, write_digit_folder

@@ -25,6 +25,8 @@ from helpers import run_cli
 from serve_support import metric_value, running_server
 from test_drift import digits_champion
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 RULES = Path(__file__).parents[1] / "deploy" / "prometheus" / "drift_rules.yml"
 WINDOW = 100
 ALERTS = ("DuetInputDrift", "DuetEmbeddingDriftSevere", "DuetOutlierInputs", "DuetEstimatedAccuracyDrop")

@@ -55,6 +55,7 @@ def test_config_refuses_an_unknown_precision_listing_the_allowed_values(tmp_path
     assert build_config(overrides={"data_dir": tmp_path}).precision == "auto"
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_bad_precision_in_one_line(tmp_path: Path) -> None:
     r = run_cli("train", str(tmp_path), "--precision", "half")
     assert r.returncode != 0

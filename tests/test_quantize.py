@@ -14,6 +14,8 @@ import pytest
 from helpers import one_line_error, run_cli
 from serve_support import running_server, shared_export, shared_run, val_files
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 TOLERANCE = 12.0
 
 

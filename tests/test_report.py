@@ -230,6 +230,7 @@ def same_images_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[_Page,
     return page, json.loads(checked.files["json"].read_text(encoding="utf-8")), run, base / "same"
 
 
+@pytest.mark.e2e
 def test_a_negative_mmd2_is_shown_as_about_zero_and_kept_raw_in_the_json(same_images_report: tuple) -> None:
     page, document, run, same = same_images_report
     embedding = next(d for d in document["detectors"] if d["detector"] == "embedding")
@@ -254,6 +255,7 @@ def test_a_negative_mmd2_is_shown_as_about_zero_and_kept_raw_in_the_json(same_im
     assert "MMD² ≈ 0" in terminal.stdout and not re.search(r"MMD²\s*=?\s*-\d", terminal.stdout), terminal.stdout
 
 
+@pytest.mark.e2e
 def test_a_constant_image_statistic_is_stated_not_drawn_as_an_empty_block(same_images_report: tuple) -> None:
     page = same_images_report[0]
     note = " ".join(text for text, classes in page.runs if "constant" in classes)
@@ -267,6 +269,7 @@ def test_a_constant_image_statistic_is_stated_not_drawn_as_an_empty_block(same_i
     assert "brightness" not in note  # it varies: drawn as histograms
 
 
+@pytest.mark.e2e
 def test_numbers_in_image_captions_never_break_inside(same_images_report: tuple) -> None:
     """The cards used `word-break: break-all`, which split "100%" into "10" / "0%"."""
     page = same_images_report[0]

@@ -27,6 +27,8 @@ from duet.lifecycle.registry import ChampionWatcher, Registry
 from helpers import run_cli, write_digit_folder
 from test_drift import digits_champion  # the same champion, trained once per session
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 NEW_IMAGES = 300
 # Shuffled labels must outnumber the champion's ~35 training images per class to
 # change what the challenger predicts; fewer are simply outvoted (and the gate

@@ -14,6 +14,8 @@ import yaml
 
 from helpers import run_cli, write_digit_folder
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 TINY = ["--epochs", "1", "--image-size", "16", "--batch-size", "8", "--workers", "0", "--quiet"]
 
 

@@ -21,6 +21,7 @@ def test_sleeping_openmp_is_the_default_and_an_explicit_setting_wins() -> None:
     assert env["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+@pytest.mark.e2e
 def test_the_cli_tunes_before_torch_is_imported() -> None:
     """libgomp reads OMP_WAIT_POLICY when torch loads: record its value at the
     moment anything imports torch, in a fresh interpreter running the CLI module."""
@@ -33,7 +34,7 @@ class Spy:
             seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
         return None
 sys.meta_path.insert(0, Spy())
-import duet.cli.main
+import duet.cli.app
 import torch
 print(seen["torch"])
 """
@@ -69,6 +70,7 @@ def _notebook(duet_import: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "duet_import",
     [

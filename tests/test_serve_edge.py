@@ -22,6 +22,8 @@ from PIL import Image
 from helpers import run_cli
 from serve_support import Server, metric_value, running_server, shared_export, val_files
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 DEADLINE = 1.0  # --header-timeout and --body-timeout of the guarded server
 SLACK = 2.0  # scheduling on a loaded 2-core machine
 

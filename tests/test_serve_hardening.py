@@ -68,6 +68,7 @@ def _rss_bytes(server: Server) -> int:
 # ----------------------------------------------------------------- access
 
 
+@pytest.mark.e2e
 def test_api_key_is_required_except_on_health_routes(server: Server, image: bytes) -> None:
     for path in ("/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"):
         assert httpx.get(server.url + path).status_code == 200, path
@@ -83,6 +84,7 @@ def test_api_key_is_required_except_on_health_routes(server: Server, image: byte
         assert httpx.get(server.url + path, headers=AUTH).status_code == 200, path
 
 
+@pytest.mark.e2e
 def test_tritonclient_sends_the_key_as_a_header(server: Server, image: bytes) -> None:
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
@@ -96,6 +98,7 @@ def test_tritonclient_sends_the_key_as_a_header(server: Server, image: bytes) ->
     assert client.infer("digits", [inp], headers=dict(AUTH)).as_numpy("probabilities").shape == (1, 3)
 
 
+@pytest.mark.e2e
 def test_binding_beyond_loopback_needs_a_key_or_insecure(export: Path, tmp_path: Path) -> None:
     refused = run_cli("serve", str(export), "--host", "0.0.0.0", "--check")
     assert refused.returncode == 2 and "--insecure" in refused.stderr and "Traceback" not in refused.stderr
@@ -110,6 +113,7 @@ def test_binding_beyond_loopback_needs_a_key_or_insecure(export: Path, tmp_path:
     assert both.returncode == 2 and "keep one" in both.stderr
 
 
+@pytest.mark.e2e
 def test_tampered_or_missing_artifacts_are_refused(export: Path, tmp_path: Path) -> None:
     copy = tmp_path / "m"
     shutil.copytree(export, copy)
@@ -345,6 +349,7 @@ def bad_requests(image: bytes) -> list[tuple[str, str, dict]]:
     ]
 
 
+@pytest.mark.e2e
 def test_every_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(server: Server, image: bytes) -> None:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
         for method, path, kwargs in bad_requests(image):
@@ -405,6 +410,7 @@ def _mutations(rng: random.Random, image: bytes) -> Iterator[tuple[str, dict]]:
         yield path, {"content": data, "headers": headers}
 
 
+@pytest.mark.e2e
 def test_bounded_fuzz_finds_no_5xx(server: Server, image: bytes) -> None:
     rng = random.Random(6)
     statuses = []
@@ -421,6 +427,7 @@ def test_bounded_fuzz_finds_no_5xx(server: Server, image: bytes) -> None:
     assert sum(400 <= s < 500 for s in statuses) > 100  # the damage was mostly refused, not ignored
 
 
+@pytest.mark.e2e
 def test_soak_has_no_memory_growth(server: Server, image: bytes) -> None:
     b64 = base64.b64encode(image).decode()
     kserve = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64, b64]}]}
@@ -451,6 +458,7 @@ def test_soak_has_no_memory_growth(server: Server, image: bytes) -> None:
 # ----------------------------------------------------------------- shutdown
 
 
+@pytest.mark.e2e
 def test_sigterm_drains_in_flight_requests(export: Path, tmp_path: Path, image: bytes) -> None:
     """A request still uploading when SIGTERM arrives gets its answer; then the server
     exits cleanly and takes no new connections."""

@@ -17,6 +17,8 @@ import pytest
 from helpers import run_cli
 from serve_support import FAST, Server, metric_value, running_server, shared_export, val_files
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 POLL = "0.25"
 
 

@@ -15,6 +15,8 @@ import pytest
 from helpers import run_cli
 from serve_support import Server, running_server, shared_export, val_files
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 # Python imports `sitecustomize` at start-up from PYTHONPATH: with this one,
 # `import torch` (and timm, torchvision) fails as it does where they are not installed.
 NO_TORCH = """
