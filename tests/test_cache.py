@@ -115,6 +115,7 @@ def test_file_unreadable_at_build_time_is_reported_per_sample(tmp_path: Path) ->
     assert all(label >= 0 for i, label in enumerate(batch.labels.tolist()) if i != 2)
 
 
+@pytest.mark.e2e
 def test_cache_and_torch_training_runs_are_identical(tmp_path: Path) -> None:
     """Same seed, same pixels, same order: the backend changes speed, not results."""
     data = write_digit_folder(tmp_path / "d", classes=(2, 5), per_class=16)

@@ -19,6 +19,8 @@ from duet.train.config import build_config
 from duet.train.loop import train
 from helpers import run_cli, write_digit_folder
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

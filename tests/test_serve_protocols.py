@@ -17,6 +17,8 @@ import pytest
 
 from serve_support import Server, metric_value, running_server, shared_export, shared_run, val_files
 
+pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
+
 TOL = 1e-4
 
 

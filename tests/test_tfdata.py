@@ -204,6 +204,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.e2e
 def test_training_with_the_tf_backend_matches_the_torch_backend(trained: dict[str, Path]) -> None:
     tf_run, torch_run = trained["tf"], trained["torch"]
     config = (tf_run / "config.yaml").read_text()
@@ -218,6 +219,7 @@ def test_training_with_the_tf_backend_matches_the_torch_backend(trained: dict[st
     assert m_tf[-1]["train_loss"] == pytest.approx(m_torch[-1]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.e2e
 def test_tf_dataset_gives_the_runs_labels_and_preprocessing(trained: dict[str, Path]) -> None:
     from duet import tf_dataset
     from duet.data.imageio import decode
@@ -243,6 +245,7 @@ def test_tf_dataset_gives_the_runs_labels_and_preprocessing(trained: dict[str, P
     assert y.dtype == tf.int64 and set(y.numpy().tolist()) <= set(range(len(info["labels"])))
 
 
+@pytest.mark.e2e
 def test_from_tf_dataset_feeds_a_training_step(trained: dict[str, Path], tmp_path: Path) -> None:
     import keras
 
