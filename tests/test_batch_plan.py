@@ -1,10 +1,10 @@
-"""Specification of the batch plan every backend follows (duet.data.loaders.batch_plan)."""
+"""Specification of the batch plan every backend follows (duet.data.contract.batch_plan)."""
 
 from __future__ import annotations
 
 import pytest
 
-from duet.data.loaders import batch_plan, plan_sizes, rank_slice
+from duet.data.contract import batch_plan, plan_sizes, rank_slice
 
 
 @pytest.mark.parametrize(

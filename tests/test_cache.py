@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from duet.data.cache import CacheLoader, fingerprint, open_or_build
-from duet.data.loaders import Sample, TorchLoader
+from duet.data.contract import LoaderOptions, Sample
 from duet.data.preprocess import PreprocessSpec
+from duet.data.torch_loader import TorchLoader
 from helpers import run_cli, write_digit_folder
 from oddfiles import write_good_jpeg, write_good_png
 
@@ -44,9 +46,9 @@ def test_cache_and_torch_backends_give_identical_batches_with_every_image_each_e
     """13 images at batch 5: the short last batch of 3 is kept; 11: the 1 left
     over is pooled with the batch before and split evenly (never a batch of one)."""
     samples = _samples(tmp_path / "img", n)
-    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3)
-    torch_batches = _epochs(TorchLoader(samples, SPEC, **kw))
-    cache_batches = _epochs(CacheLoader(samples, SPEC, cache_dir=tmp_path / "c", progress=False, **kw))
+    options = LoaderOptions(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3)
+    torch_batches = _epochs(TorchLoader(samples, SPEC, options))
+    cache_batches = _epochs(CacheLoader(samples, SPEC, replace(options, cache_dir=tmp_path / "c", progress=False)))
     assert [len(b[2]) for b in torch_batches] == [len(b[2]) for b in cache_batches] == sizes * 2
     for (ti, tl, tx), (ci, cl, cx) in zip(torch_batches, cache_batches):
         assert tx == cx and torch.equal(tl, cl) and torch.equal(ti, ci)
@@ -60,8 +62,8 @@ def test_cache_and_torch_backends_give_identical_batches_with_every_image_each_e
 
 def test_drop_last_still_gives_equal_batches_for_benchmarks(tmp_path: Path) -> None:
     samples = _samples(tmp_path / "img", 12)
-    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3, drop_last=True)
-    assert [len(b[2]) for b in _epochs(TorchLoader(samples, SPEC, **kw), 1)] == [5, 5]
+    options = LoaderOptions(batch_size=5, shuffle=True, device=CPU, workers=0, seed=3, drop_last=True)
+    assert [len(b[2]) for b in _epochs(TorchLoader(samples, SPEC, options), 1)] == [5, 5]
 
 
 def test_cache_is_built_once_and_reused(tmp_path: Path) -> None:
@@ -107,9 +109,10 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path: Path, damage: str) -> N
 def test_file_unreadable_at_build_time_is_reported_per_sample(tmp_path: Path) -> None:
     samples = _samples(tmp_path / "img", 6)
     samples[2].path.write_bytes(b"gone bad after the scan")
-    loader = CacheLoader(
-        samples, SPEC, batch_size=6, shuffle=False, device=CPU, workers=0, cache_dir=tmp_path / "c", progress=False
+    options = LoaderOptions(
+        batch_size=6, shuffle=False, device=CPU, workers=0, cache_dir=tmp_path / "c", progress=False
     )
+    loader = CacheLoader(samples, SPEC, options)
     (batch,) = list(loader)
     assert batch.labels.tolist()[2] == -1 and batch.errors[2]
     assert all(label >= 0 for i, label in enumerate(batch.labels.tolist()) if i != 2)

@@ -41,7 +41,7 @@ def offline(run: Path) -> dict[str, np.ndarray]:
     import torch
 
     from duet.artifacts.run_dir import load_run
-    from duet.data.loaders import Sample
+    from duet.data.contract import Sample
     from duet.evaluation.inference import load_model, predict_samples
 
     info = load_run(run)
@@ -66,19 +66,14 @@ def test_server_preprocessing_is_the_evaluation_path_pixel_for_pixel(run: Path) 
 
     from duet.artifacts.run_dir import load_run
     from duet.data import augment
-    from duet.data.loaders import Sample, TorchLoader
+    from duet.data.contract import LoaderOptions, Sample
+    from duet.data.loaders import make_loader
     from duet.serve.images import pixels_from_bytes
 
     info = load_run(run)
     files = val_files(run)
-    loader = TorchLoader(
-        [Sample(p, 0) for p, _ in files],
-        info.preprocess,
-        batch_size=64,
-        shuffle=False,
-        device=torch.device("cpu"),
-        workers=0,
-    )
+    options = LoaderOptions(batch_size=64, shuffle=False, device=torch.device("cpu"), workers=0)
+    loader = make_loader("torch", [Sample(p, 0) for p, _ in files], info.preprocess, options)
     (batch,) = list(loader)
     expected = augment.centre_crop(batch.images, info.preprocess).numpy()
     served = np.stack([pixels_from_bytes(p.read_bytes(), info.preprocess, 10**7) for p, _ in files])
@@ -95,7 +90,8 @@ def test_server_preprocessing_without_torch_is_the_evaluation_path_pixel_for_pix
 
     from duet.artifacts.run_dir import load_run
     from duet.data import augment
-    from duet.data.loaders import Sample, TorchLoader
+    from duet.data.contract import LoaderOptions, Sample
+    from duet.data.loaders import make_loader
 
     info = load_run(run)
     files = val_files(run)
@@ -120,14 +116,8 @@ assert "torch" not in sys.modules
         [sys.executable, "-c", script, str(run), str(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    loader = TorchLoader(
-        [Sample(p, 0) for p, _ in files],
-        info.preprocess,
-        batch_size=64,
-        shuffle=False,
-        device=torch.device("cpu"),
-        workers=0,
-    )
+    options = LoaderOptions(batch_size=64, shuffle=False, device=torch.device("cpu"), workers=0)
+    loader = make_loader("torch", [Sample(p, 0) for p, _ in files], info.preprocess, options)
     (batch,) = list(loader)
     expected = augment.centre_crop(batch.images, info.preprocess).numpy()
     served = np.load(tmp_path / "served.npy")

@@ -29,8 +29,9 @@ from duet.data import (
     augment,
     tfdata,
 )
-from duet.data.loaders import Sample, TorchLoader
+from duet.data.contract import LoaderOptions, Sample
 from duet.data.preprocess import PreprocessSpec
+from duet.data.torch_loader import TorchLoader
 from helpers import run_cli, write_digit_folder
 from oddfiles import (
     cmyk_jpeg_bytes,
@@ -113,9 +114,9 @@ def test_eval_tensors_of_the_tf_path_match_the_torch_path(tmp_path: Path) -> Non
     assert all(routes[p.name] == tfdata.ROUTE_DUET for p in odd), routes
 
     samples = [Sample(p, i % 3) for i, p in enumerate(fast + odd)]
-    kw = dict(batch_size=8, shuffle=False, device=CPU, workers=2)
-    torch_x = torch.cat([augment.eval_batch(b.images, spec) for b in TorchLoader(samples, spec, **kw)])
-    tf_x = torch.cat([augment.eval_batch(b.images, spec) for b in tfdata.TfLoader(samples, spec, **kw)])
+    options = LoaderOptions(batch_size=8, shuffle=False, device=CPU, workers=2)
+    torch_x = torch.cat([augment.eval_batch(b.images, spec) for b in TorchLoader(samples, spec, options)])
+    tf_x = torch.cat([augment.eval_batch(b.images, spec) for b in tfdata.TfLoader(samples, spec, options)])
     std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
     levels = ((tf_x - torch_x) * std).abs()  # back in uint8 levels
     assert levels.max().item() <= TOLERANCE_MAX_LEVELS + 1e-3
@@ -131,8 +132,8 @@ def test_same_batches_as_torch_and_files_broken_after_the_scan_are_reported_not_
         path = tmp_path / f"{i:02d}.{'png' if i % 3 == 0 else 'jpg'}"
         samples.append(Sample(_write(path, encode(img, "PNG" if i % 3 == 0 else "JPEG", quality=90)), i % 2))
     # 21 images at batch 5: the one left over is pooled with the batch before (5, 5, 5, 3, 3).
-    kw = dict(batch_size=5, shuffle=True, device=CPU, workers=2, seed=7)
-    loaders = {"torch": TorchLoader(samples, spec, **kw), "tf": tfdata.TfLoader(samples, spec, **kw)}
+    options = LoaderOptions(batch_size=5, shuffle=True, device=CPU, workers=2, seed=7)
+    loaders = {"torch": TorchLoader(samples, spec, options), "tf": tfdata.TfLoader(samples, spec, options)}
     assert len(loaders["tf"]) == len(loaders["torch"]) == 5
     loaders["tf"].set_epoch(1)
     assert [len(b.index) for b in loaders["tf"]] == [5, 5, 5, 3, 3]

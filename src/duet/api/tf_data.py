@@ -15,7 +15,7 @@ have, yielding ``(image, label)``, feeds duet's PyTorch training loop::
 
     from duet import from_tf_dataset
     loader = from_tf_dataset(my_ds, spec, torch.device("cuda"), batch_size=64)
-    for batch in loader:               # duet.data.loaders.Batch, uint8 NCHW load squares
+    for batch in loader:               # duet.data.contract.Batch, uint8 NCHW load squares
         x = augment.train_batch(batch.images, spec, ...)
 
 Importing this module imports TensorFlow (safely, see ``tfdata.import_tensorflow``);
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from duet.artifacts.run_dir import RunInfo, RunPaths
+from duet.data.contract import Batch, default_workers
 from duet.data.imageio import DEFAULT_MAX_PIXELS
-from duet.data.loaders import Batch, default_workers
 from duet.data.preprocess import PreprocessSpec, centre_offset, to_load_square
 from duet.data.scan import SPLIT_NAMES, Manifest, read_manifest
 from duet.data.tfdata import file_dataset, make_decoder, tf, to_torch
@@ -295,7 +295,7 @@ def from_tf_dataset(
 
     Returns:
         A loader with ``set_epoch``, ``len`` and iteration yielding
-        :class:`~duet.data.loaders.Batch` (``index`` counts images within the
+        :class:`~duet.data.contract.Batch` (``index`` counts images within the
         epoch; ``errors`` are all empty - a failing user pipeline raises).
     """
     if not isinstance(spec, PreprocessSpec):

@@ -24,14 +24,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from duet.data import augment
-from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.data.contract import Loader, LoaderOptions, Sample, default_workers
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
 from duet.data.scan import scan
 
@@ -108,7 +110,7 @@ def imagefolder_epoch(
         yield x.to(device, non_blocking=True)
 
 
-def duet_epoch(loader, spec: PreprocessSpec, seed: int, epoch: int) -> Iterable[torch.Tensor]:
+def duet_epoch(loader: Loader, spec: PreprocessSpec, seed: int, epoch: int) -> Iterable[torch.Tensor]:
     loader.set_epoch(epoch)
     g = torch.Generator().manual_seed(seed + epoch)
     for b in loader:
@@ -163,36 +165,23 @@ def bench_data(
 
         for row in tf_peers.rows(samples, spec, batch_size=batch_size, workers=workers, device=device, seed=seed):
             add(Row(row["name"], int(row["images"]), float(row["seconds"]), str(row.get("note", ""))))
-    torch_loader = TorchLoader(
-        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
+    options = LoaderOptions(
+        batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True, progress=False
     )
+    torch_loader = make_loader("torch", samples, spec, options)
     add(_timed('duet "torch"', device, lambda: duet_epoch(torch_loader, spec, seed, 1)))
-
-    from duet.data.cache import CacheLoader
 
     cache_dir = Path(tempfile.mkdtemp(prefix="duet-bench-cache-"))
     try:
-        holder: dict[str, CacheLoader] = {}
+        holder: dict[str, Loader] = {}
 
         def first_epoch() -> Iterable[torch.Tensor]:
-            holder["loader"] = CacheLoader(
-                samples,
-                spec,
-                batch_size=batch_size,
-                shuffle=True,
-                device=device,
-                workers=workers,
-                seed=seed,
-                drop_last=True,
-                cache_dir=cache_dir,
-                progress=False,
-            )
+            holder["loader"] = make_loader("cache", samples, spec, replace(options, cache_dir=cache_dir))
             yield from duet_epoch(holder["loader"], spec, seed, 1)
 
         add(_timed('duet "cache", first epoch (build included)', device, first_epoch))
         later = [
-            _timed("", device, lambda e=e: duet_epoch(holder["loader"], spec, seed, e))
-            for e in range(2, 2 + later_epochs)
+            _timed("", device, partial(duet_epoch, holder["loader"], spec, seed, e)) for e in range(2, 2 + later_epochs)
         ]
         add(
             Row(

@@ -34,10 +34,11 @@ from typing import Any
 import torch
 
 from duet.data import augment
+from duet.data.contract import LoaderOptions, Sample, default_workers
 from duet.data.imageio import IMAGE_EXTENSIONS
-from duet.data.loaders import Sample, default_workers
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
-from duet.data.tfdata import TfLoader, tf, to_torch
+from duet.data.tfdata import tf, to_torch
 
 
 def _result(name: str, images: int, seconds: float, note: str) -> dict[str, Any]:
@@ -166,9 +167,10 @@ def duet_tf(
     spec = spec or PreprocessSpec(image_size=image_size)
     samples = list(samples) if samples is not None else _folder_samples(Path(data_dir))
     workers = default_workers() if workers is None else workers
-    loader = TfLoader(
-        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
+    options = LoaderOptions(
+        batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
     )
+    loader = make_loader("tf", samples, spec, options)
     g = torch.Generator().manual_seed(seed)
 
     def epochs() -> Iterator[torch.Tensor]:

@@ -33,13 +33,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefolder_epoch
-from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.data.contract import LoaderOptions, Sample, default_workers
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
 from duet.train.models import build
 from duet.train.precision import Precision, autocast, resolve_precision
@@ -209,23 +210,19 @@ def _end_to_end_rows(
         n, secs, first = _train_steps(model, batches, num_classes, precision, warmup=warmup, steps=steps, device=device)
         rows.append(_logged(PrecisionRow(f"{name} ({precision.name})", n, secs, note, precision.name, first), log))
 
+    options = LoaderOptions(
+        batch_size=batch_size,
+        shuffle=True,
+        device=device,
+        workers=workers,
+        seed=seed,
+        drop_last=True,
+        progress=progress,
+    )
     cache_dir = Path(tempfile.mkdtemp(prefix="duet-bench-cache-"))
     try:
-        from duet.data.cache import CacheLoader
-
         t0 = time.perf_counter()
-        cache = CacheLoader(
-            samples,
-            spec,
-            batch_size=batch_size,
-            shuffle=True,
-            device=device,
-            workers=workers,
-            seed=seed,
-            drop_last=True,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
+        cache = make_loader("cache", samples, spec, replace(options, cache_dir=cache_dir))
         build_s = time.perf_counter() - t0
         add(
             'duet "cache" end to end',
@@ -234,9 +231,7 @@ def _end_to_end_rows(
         )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    loader = TorchLoader(
-        samples, spec, batch_size=batch_size, shuffle=True, device=device, workers=workers, seed=seed, drop_last=True
-    )
+    loader = make_loader("torch", samples, spec, options)
     add('duet "torch" end to end', _cycle(lambda e: duet_epoch(loader, spec, seed, e)))
     if include_imagefolder:
         add(

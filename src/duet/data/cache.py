@@ -45,15 +45,14 @@ import numpy as np
 import torch
 
 from duet.data.cache_dir import default_cache_dir
-from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
-from duet.data.loaders import Batch, PlanSampler, Sample
+from duet.data.contract import Batch, LoaderOptions, PlanSampler, Sample
+from duet.data.imageio import DecodeError, decode
 from duet.data.preprocess import PreprocessSpec, to_load_square
 from duet.system.atomic import write_json_atomic
 from duet.system.progress import make_progress
 from duet.system.threads import torch_worker_pool
 
 FORMAT_VERSION = 2  # 2: HWC images (1 was CHW)
-DEFAULT_DEVICE_SHARE = 0.5
 
 
 def cache_bytes(n: int, spec: PreprocessSpec) -> int:
@@ -200,53 +199,31 @@ def open_or_build(
 
 
 class CacheLoader:
-    """Loader over one split, fed from a CacheStore. Same batches as TorchLoader
-    for the same seed: the same plan (``PlanSampler``) and the same pixels."""
+    """Loader over one split, fed from a CacheStore. Same batches as the "torch"
+    backend for the same seed: the same plan (``PlanSampler``) and the same pixels.
+    Of ``options``, ``cache_dir``, ``progress`` and ``device_share`` are this
+    backend's own; ``workers`` decode threads build the store (twice as many,
+    at least 2, since decoding threads release the GIL)."""
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        spec: PreprocessSpec,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        device: torch.device,
-        workers: int,
-        seed: int = 0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        drop_last: bool = False,
-        cache_dir: Path | None = None,
-        device_share: float = DEFAULT_DEVICE_SHARE,
-        progress: bool = True,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
+    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, options: LoaderOptions) -> None:
         self.samples = list(samples)
         self.spec = spec
-        self.device = device
-        self.plan = PlanSampler(
-            len(self.samples),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-            rank=rank,
-            world=world,
-        )
+        self.device = options.device
+        self.plan = PlanSampler(len(self.samples), options)
         self.store = open_or_build(
             self.samples,
             spec,
-            Path(cache_dir) if cache_dir else default_cache_dir(os.environ),
-            workers=max(2, min(os.cpu_count() or 1, workers * 2)),
-            max_pixels=max_pixels,
-            progress=progress,
+            Path(options.cache_dir) if options.cache_dir else default_cache_dir(os.environ),
+            workers=max(2, min(os.cpu_count() or 1, options.workers * 2)),
+            max_pixels=options.max_pixels,
+            progress=options.progress,
         )
         self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.int64)
         failed = torch.zeros(len(self.samples), dtype=torch.bool)
         for i in self.store.failed:
             failed[i] = True
         self.labels[failed] = -1
-        self.on_device = self._upload(device_share)
+        self.on_device = self._upload(options.device_share)
 
     def _upload(self, share: float) -> torch.Tensor | None:
         """Hold the whole store on the accelerator when it fits in ``share`` of free memory."""

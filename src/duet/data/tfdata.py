@@ -3,7 +3,7 @@
 Per split, :class:`TfLoader` turns duet's sample list (the manifest's split,
 never re-split) into the same batches the other backends give::
 
-    samples (path, label)           in the order of loaders.batch_plan(seed, epoch)
+    samples (path, label)           in the order of contract.batch_plan(seed, epoch)
       -> tf.data, in parallel       read file -> sniff header -> decode -> resize the
          (AUTOTUNE, deterministic)  shorter side to load_size -> centre square, uint8
       -> batch -> prefetch
@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
-from duet.data.loaders import Batch, PlanSampler, Sample
+from duet.data.contract import Batch, LoaderOptions, PlanSampler, Sample
+from duet.data.imageio import DecodeError, decode
 from duet.data.preprocess import PreprocessSpec, to_load_square
 from duet.errors import ConfigError
 
@@ -324,46 +324,22 @@ def to_torch(t: Any) -> torch.Tensor:
 class TfLoader:
     """The "tf" backend over one split. Iterating yields one epoch of Batches.
 
-    Arguments are those of ``loaders.TorchLoader``; ``workers`` is the number of
-    tf.data threads decoding files (0 or 1: one file at a time). Batches follow
-    ``loaders.batch_plan``, so for a seed and epoch they hold the same samples,
+    Of ``options``, ``workers`` is the number of tf.data threads decoding files
+    (0 or 1: one file at a time); ``cache_dir``, ``progress`` and
+    ``device_share`` do not apply. Batches follow ``contract.batch_plan``, so for a seed and epoch they hold the same samples,
     in the same order, with the same pixels as the other backends' batches.
     """
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        spec: PreprocessSpec,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        device: torch.device,
-        workers: int,
-        seed: int = 0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        drop_last: bool = False,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, options: LoaderOptions) -> None:
         self.samples = list(samples)
         self.spec = spec
-        self.device = torch.device(device)
-        self.workers = workers
-        self.max_pixels = max_pixels
-        self.plan = PlanSampler(
-            len(self.samples),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-            rank=rank,
-            world=world,
-        )
+        self.device = options.device
+        self.workers = options.workers
+        self.max_pixels = options.max_pixels
+        self.plan = PlanSampler(len(self.samples), options)
         self._paths = np.array([str(s.path) for s in self.samples], dtype=object)
         self._labels = np.array([s.label for s in self.samples], dtype=np.int64)
-        self._decoder = make_decoder(spec, max_pixels)
+        self._decoder = make_decoder(spec, options.max_pixels)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.plan.set_epoch(epoch, start_batch)
@@ -373,7 +349,7 @@ class TfLoader:
 
     def _dataset(self, plan: list[list[int]]) -> Any:
         """This epoch's pipeline: each run of equal-sized batches of the plan (the
-        full ones, then the one or two last ones: see ``loaders.plan_sizes``) is
+        full ones, then the one or two last ones: see ``contract.plan_sizes``) is
         decoded and batched at its own size, and the runs are concatenated, so
         tf.data's batch() regroups the plan exactly."""
         ds = None

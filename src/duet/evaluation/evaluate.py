@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from duet.artifacts.run_dir import RunInfo, _slug, load_run
+from duet.data.contract import Sample
 from duet.data.imageio import DEFAULT_MAX_PIXELS
-from duet.data.loaders import Sample
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
 from duet.evaluation.inference import load_model, predict_samples

@@ -16,8 +16,9 @@ import torch
 
 from duet.artifacts.run_dir import RunInfo
 from duet.data import augment
+from duet.data.contract import LoaderOptions, Sample, default_workers
 from duet.data.imageio import DecodeError, decode
-from duet.data.loaders import Sample, TorchLoader, default_workers
+from duet.data.loaders import make_loader
 from duet.data.preprocess import to_load_square
 from duet.system.progress import make_progress
 from duet.train.checkpoint import load_weights
@@ -53,14 +54,13 @@ def predict_samples(
     precision: Precision = FP32,
 ) -> Predictions:
     spec = run.preprocess
-    loader = TorchLoader(
-        samples,
-        spec,
+    options = LoaderOptions(
         batch_size=batch_size,
         shuffle=False,
         device=device,
         workers=default_workers() if workers is None else workers,
     )
+    loader = make_loader("torch", samples, spec, options)
     probs = np.full((len(samples), run.num_classes), np.nan, dtype=np.float32)
     errors = [""] * len(samples)
     with make_progress(progress) as bar:

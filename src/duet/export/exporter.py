@@ -48,7 +48,7 @@ from duet.artifacts.model_package import (
     signature,
 )
 from duet.artifacts.run_dir import RunInfo, load_run
-from duet.data.loaders import Sample
+from duet.data.contract import Sample
 from duet.data.scan import read_manifest
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.inference import load_model

@@ -25,7 +25,8 @@ import torch
 
 from duet.artifacts.model_package import INPUT_NAME
 from duet.data import augment
-from duet.data.loaders import Sample, TorchLoader
+from duet.data.contract import LoaderOptions, Sample
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
 from duet.errors import ModelError
 from duet.system.progress import make_progress
@@ -95,7 +96,8 @@ def check_parity(
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model = model.float().cpu().eval()
     cpu = torch.device("cpu")
-    loader = TorchLoader(samples, spec, batch_size=batch_size, shuffle=False, device=cpu, workers=0)
+    options = LoaderOptions(batch_size=batch_size, shuffle=False, device=cpu, workers=0)
+    loader = make_loader("torch", samples, spec, options)
     images = differ = unreadable = 0
     max_p = max_l = 0.0
     sizes: set[int] = set()

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from duet.artifacts.model_package import INPUT_NAME
-from duet.data.loaders import Sample
+from duet.data.contract import Sample
 from duet.data.preprocess import PreprocessSpec
 from duet.data.scan import read_manifest
 from duet.errors import ModelError, RunError

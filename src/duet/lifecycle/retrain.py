@@ -65,7 +65,7 @@ def compare_runs(
     compared by name, so a challenger with a new class is graded fairly (the
     champion simply never predicts it)."""
     from duet.artifacts.run_dir import load_run
-    from duet.data.loaders import Sample
+    from duet.data.contract import Sample
     from duet.data.scan import read_manifest
     from duet.evaluation.inference import load_model, predict_samples
     from duet.system.device import resolve_device

@@ -73,7 +73,7 @@ def observe_files(
     out of the observations and listed with their reason.
     """
     from duet.artifacts.run_dir import load_run
-    from duet.data.loaders import default_workers
+    from duet.data.contract import default_workers
     from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files
     from duet.system.device import resolve_device

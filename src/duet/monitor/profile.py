@@ -335,7 +335,7 @@ def write_profile(
     """
     # torch only here, so that loading a profile (the server) never imports it.
     from duet.artifacts.run_dir import load_run
-    from duet.data.loaders import default_workers
+    from duet.data.contract import default_workers
     from duet.data.scan import read_manifest
     from duet.evaluation.inference import load_model
     from duet.monitor.embed import embed_files

@@ -37,7 +37,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ import duet
 from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
 from duet.data import augment
 from duet.data.cache import cache_bytes
-from duet.data.loaders import Loader, Sample, default_workers, make_loader, plan_sizes, rank_slice
+from duet.data.contract import Loader, LoaderOptions, Sample, default_workers, plan_sizes, rank_slice
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
 from duet.data.scan import Manifest, data_report, read_manifest, require_trainable, scan, write_manifest
 from duet.data.split import assign_splits
@@ -490,35 +491,23 @@ def _fit(
             "no test split (it needs a test/ folder, or --test-split > 0 and >= 20 images in every class): "
             "the accuracy reported is validation's, which chose the epoch, so it is optimistic"
         )
-    common = dict(
+    common = LoaderOptions(  # validation and test: this process's share, in order
+        batch_size=max(1, batch_size // dist.world),
+        shuffle=False,
         device=device,
         workers=workers,
         seed=config.seed,
         max_pixels=config.max_pixels,
         cache_dir=config.cache_dir,
         progress=progress,
+        device_share=config.cache_device_share,
     )
-    if backend == "cache":
-        common["device_share"] = config.cache_device_share
-    train_loader = make_loader(
-        backend,
-        train_samples,
-        spec,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=False,
-        rank=dist.rank,
-        world=dist.world,
-        **common,
-    )
-    # Every image in every epoch; no batch below half a batch (BatchNorm): loaders.plan_sizes.
+    train_options = replace(common, batch_size=batch_size, shuffle=True, rank=dist.rank, world=dist.world)
+    train_loader = make_loader(backend, train_samples, spec, train_options)
+    # Every image in every epoch; no batch below half a batch (BatchNorm): contract.plan_sizes.
     sizes = plan_sizes(len(train_samples), batch_size=batch_size, drop_last=False)
     val_share = val_samples[dist.rank :: dist.world]
-    val_loader = (
-        make_loader(backend, val_share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False, **common)
-        if val_share
-        else None
-    )
+    val_loader = make_loader(backend, val_share, spec, common) if val_share else None
 
     # -- model, optimiser, schedule -------------------------------------------
     which = recipe.resolve(config.recipe, config.weights)
@@ -840,7 +829,7 @@ def _test_once(
     device: torch.device,
     dist: distributed.Dist,
     batch_size: int,
-    common: dict[str, Any],
+    common: LoaderOptions,
     precision: Precision,
 ) -> dict[str, Any]:
     """The test split, evaluated once after the last epoch with the best epoch's
@@ -851,7 +840,7 @@ def _test_once(
     model.load_state_dict(checkpoint.load_weights(paths.best))
     share = test_samples[dist.rank :: dist.world]
     if share:
-        loader = make_loader(backend, share, spec, batch_size=max(1, batch_size // dist.world), shuffle=False, **common)
+        loader = make_loader(backend, share, spec, common)
         result = validate(model, loader, spec, device, dist, precision)
     else:
         result = validate_empty(dist, device)

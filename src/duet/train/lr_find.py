@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from duet.data import augment
-from duet.data.loaders import default_workers, make_loader
+from duet.data.contract import LoaderOptions, default_workers
+from duet.data.loaders import make_loader
 from duet.errors import DataError
 from duet.system.atomic import write_bytes_atomic, write_json_atomic
 from duet.system.device import resolve_device
@@ -82,10 +83,7 @@ def lr_find(
     if batch_size < 2:
         raise DataError("lr-find needs at least 2 training images")
     backend = choose_backend(config, len(samples))
-    loader = make_loader(
-        backend,
-        samples,
-        spec,
+    options = LoaderOptions(
         batch_size=batch_size,
         shuffle=True,
         device=device,
@@ -96,6 +94,7 @@ def lr_find(
         cache_dir=config.cache_dir,
         progress=progress,
     )
+    loader = make_loader(backend, samples, spec, options)
     model = prepare_model(config, len(manifest.labels)).to(device)
     which = recipe.resolve(config.recipe, config.weights)
     # Probe the phase that the chosen recipe trains longest: all layers.
