@@ -58,5 +58,5 @@ def write_digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_cla
         idx = np.flatnonzero(digits.target == c)[:per_class]
         for i in idx:
             arr = (255 - digits.images[i] * 255 / 16).round().astype(np.uint8)
-            Image.fromarray(arr).resize((size, size), Image.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
+            Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
     return root
