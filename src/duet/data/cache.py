@@ -91,7 +91,7 @@ def _decode_one(sample: Sample, spec: PreprocessSpec, max_pixels: int) -> tuple[
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return zlib.crc32(np.ascontiguousarray(a).data.cast("B"))
 
 
 def build(
@@ -116,7 +116,7 @@ def build(
                 img, reason = _decode_one(samples[i], spec, max_pixels)
                 row = blank if img is None else img
                 crcs[i] = _crc(row)
-                os.pwrite(data.fileno(), memoryview(row).cast("B"), i * image_bytes)
+                os.pwrite(data.fileno(), row.data.cast("B"), i * image_bytes)
                 return reason
 
             with torch_worker_pool(workers, "duet-cache-build") as pool, make_progress(progress) as bar:

@@ -44,6 +44,14 @@ _PIL_ERRORS: tuple[type[BaseException], ...] = (
     IndexError,
     struct.error,
 )
+# What reading a header alone may raise (decoded_size answers None for all of them).
+_HEADER_ERRORS: tuple[type[BaseException], ...] = (
+    Image.UnidentifiedImageError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+    MemoryError,
+    *_PIL_ERRORS,
+)
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})  # alpha is composited on white
 
@@ -118,13 +126,7 @@ def decoded_size(data: bytes, *, min_size: int | None = None) -> tuple[int, int]
             if min_size is not None and img.format in ("JPEG", "MPO"):
                 _draft(img, min_size)
             return img.size
-    except (
-        Image.UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        MemoryError,
-        *_PIL_ERRORS,
-    ):
+    except _HEADER_ERRORS:
         return None
 
 
@@ -205,8 +207,8 @@ def _high_depth_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     if mode.startswith("I;16"):
         return (arr.astype(np.uint32) >> 8).astype(np.uint8)
     if mode == "I":
-        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-        if lo >= 0 and hi <= 65535:
+        ilo, ihi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if ilo >= 0 and ihi <= 65535:
             return (arr.astype(np.int64) >> 8).astype(np.uint8)
         return _stretch(arr.astype(np.float64))
     values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)

@@ -254,7 +254,7 @@ def make_decoder(spec: PreprocessSpec, max_pixels: int) -> Any:
     def duet_decode(data: bytes) -> np.ndarray:  # numpy_function hands a scalar string over as bytes
         return to_load_square(decode(data, max_pixels=max_pixels, min_size=s), spec)
 
-    def route(data: bytes) -> np.ndarray:
+    def route(data: bytes) -> np.int32:
         return np.int32(_route(data, s, max_pixels))
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
@@ -281,8 +281,8 @@ def _dataset_options(workers: int) -> Any:
 
 def file_dataset(
     paths: Sequence[str],
-    labels: Sequence[int],
-    index: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
+    index: Sequence[int] | np.ndarray,
     decoder: Any,
     *,
     workers: int,
@@ -351,13 +351,16 @@ class TfLoader:
         """This epoch's pipeline: each run of equal-sized batches of the plan (the
         full ones, then the one or two last ones: see ``contract.plan_sizes``) is
         decoded and batched at its own size, and the runs are concatenated, so
-        tf.data's batch() regroups the plan exactly."""
-        ds = None
+        tf.data's batch() regroups the plan exactly. ``plan`` is not empty."""
+        parts = []
         for size, group in itertools.groupby(plan, key=len):
             idx = np.asarray([i for b in group for i in b], dtype=np.int64)
             part = file_dataset(self._paths[idx].tolist(), self._labels[idx], idx, self._decoder, workers=self.workers)
-            part = part.ignore_errors().batch(size)  # a file that fails is dropped here, explained in _with_failures
-            ds = part if ds is None else ds.concatenate(part)
+            # A file that fails is dropped here (ignore_errors), explained in _with_failures.
+            parts.append(part.ignore_errors().batch(size))
+        ds = parts[0]
+        for part in parts[1:]:
+            ds = ds.concatenate(part)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def __iter__(self) -> Iterator[Batch]:
