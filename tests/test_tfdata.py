@@ -29,7 +29,8 @@ from duet.data import (
     augment,
     tfdata,
 )
-from duet.data.contract import LoaderOptions, Sample
+from duet.data.contract import LoaderOptions, Sample, batch_plan
+from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
 from duet.data.torch_loader import TorchLoader
 from helpers import run_cli, write_digit_folder
@@ -170,6 +171,21 @@ def test_same_batches_as_torch_and_files_broken_after_the_scan_are_reported_not_
         for i, how in broken.items()
     }
     assert all(torch.equal(a[i][0], b[i][0]) for i in a if i not in broken)
+
+
+def test_make_loader_gives_tf_the_plan_of_its_options(tmp_path: Path) -> None:
+    """The factory hands "tf" the same LoaderOptions as the other backends:
+    rank 1 of 2, drop_last, seed 9 give the plan's share, batch for batch."""
+    samples = [Sample(_write(tmp_path / f"{i}.png", encode(varied_image(i), "PNG")), i % 2) for i in range(11)]
+    spec = PreprocessSpec(image_size=16, crop_pct=0.8)
+    options = LoaderOptions(batch_size=4, shuffle=True, device=CPU, workers=0, seed=9, drop_last=True, rank=1, world=2)
+    loaders = {name: make_loader(name, samples, spec, options) for name in ("torch", "tf")}
+    expected = batch_plan(11, batch_size=4, shuffle=True, seed=9, epoch=2, drop_last=True, rank=1, world=2)
+    assert [len(b) for b in expected] == [2, 2]
+    for loader in loaders.values():
+        loader.set_epoch(2)
+    got = {name: [b.index.tolist() for b in loader] for name, loader in loaders.items()}
+    assert got["tf"] == got["torch"] == expected
 
 
 @pytest.fixture(scope="module")
