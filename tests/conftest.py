@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def digits_champion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(run, pool)``: the champion of the drift, retrain and monitoring tests, trained
+    once per session on 500 random digits and profiled (the recipe `duet bench monitor`
+    measures), and the folder of the 1,297 digits it never saw. Shared read-only:
+    a test that changes the run copies it first."""
+    from duet.bench.monitor import digits_champion as build
+
+    return build(tmp_path_factory.getbasetemp() / "digits-champion")

@@ -1,5 +1,5 @@
 """``duet bench monitor``: the shifts it applies and the tables it measures, on the
-digits champion the session already trains (tests/test_drift.py), at a tiny size."""
+digits champion the session already trains (the conftest fixture), at a tiny size."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from duet.bench.monitor import MIX_KINDS, Prepared, Scenario, markdown, measure,
 from duet.bench.shifts import SHIFTS, photo_crops, write_shifted
 from duet.monitor.estimate import METHODS
 from helpers import run_cli
-from test_drift import digits_champion  # the same champion, trained once per session
 
 POOL_IMAGES = 120
 WINDOWS = (30, 60)
@@ -72,8 +71,8 @@ def test_shifted_files_keep_their_class_folders(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    run, pool = digits_champion(tmp_path_factory.getbasetemp() / "digits-champion")
+def prepared(digits_champion: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    run, pool = digits_champion
     return prepare(run, pool, work_dir=tmp_path_factory.mktemp("bench-monitor"), max_images=POOL_IMAGES)
 
 
@@ -126,9 +125,9 @@ def test_scaled_digits_lower_the_true_accuracy_and_every_estimate(measured: dict
 
 @pytest.mark.e2e
 def test_the_command_writes_json_and_markdown_and_refuses_half_a_setup(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path, digits_champion: tuple[Path, Path]
 ) -> None:
-    run, pool = digits_champion(tmp_path_factory.getbasetemp() / "digits-champion")
+    run, pool = digits_champion
     out = tmp_path / "m.json"
     proc = run_cli(
         "bench",

@@ -23,7 +23,6 @@ from PIL import Image
 from duet.bench.shifts import write_photos
 from helpers import run_cli
 from serve_support import metric_value, running_server
-from test_drift import digits_champion
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -34,8 +33,8 @@ SCRAPED = ("duet_drift_", "duet_estimated_accuracy", "duet_reference_accuracy")
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    run, pool = digits_champion(tmp_path_factory.getbasetemp() / "digits-champion")
+def live(digits_champion: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    run, pool = digits_champion
     base = tmp_path_factory.mktemp("live")
     proc = run_cli("export", str(run), "--out", str(base / "export"), "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -1,7 +1,9 @@
 """The closed loop on real digits: a challenger trained on new labelled data is
 promoted only when it beats the champion on the same held-out images.
 
-The champion is test_drift's (500 random digits, profiled); the new data are
+The champion is the session's ``digits_champion`` (conftest: 500 random digits,
+profiled); each test gets its own registry with that champion as v1, so the
+tests run alone or in any order. The new data are
 digits it never saw: 300 inverted (white on black: a new camera, real drift,
 correct labels), or 900 with their class labels shuffled between classes
 (every '0' filed as '3', '1' as '4', ...: a broken labelling job).
@@ -25,7 +27,6 @@ import pytest
 
 from duet.lifecycle.registry import ChampionWatcher, Registry
 from helpers import run_cli, write_digit_folder
-from test_drift import digits_champion  # the same champion, trained once per session
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -38,9 +39,11 @@ CHALLENGER = ["--epochs", "3", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    run, pool = digits_champion(tmp_path_factory.getbasetemp() / "digits-champion")
-    base = tmp_path_factory.mktemp("retrain")
+def new_data(digits_champion: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Digits the champion never saw: inverted (real drift, right labels) and with
+    shuffled labels. Written once; the tests only read them."""
+    _run, pool = digits_champion
+    base = tmp_path_factory.mktemp("retrain-data")
     files = sorted(pool.rglob("*.png"))
     order = np.random.default_rng(3).permutation(len(files))
     inverted, shuffled = base / "inverted", base / "shuffled"
@@ -56,13 +59,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         dest = shuffled / str((int(f.parent.name) + 3) % 10) / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dest)
-    return {
-        "champion": run,
-        "inverted": inverted,
-        "shuffled": shuffled,
-        "registry": base / "registry",
-        "runs": base / "runs",
-    }
+    return {"inverted": inverted, "shuffled": shuffled}
+
+
+@pytest.fixture
+def setup(digits_champion: tuple[Path, Path], new_data: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """A fresh registry whose champion (v1) is the session's digits champion, and an
+    empty runs folder: what one test changes, no other test sees."""
+    run = digits_champion[0]
+    Registry(tmp_path / "registry").promote(run, reason="the digits champion")
+    return {"champion": run, **new_data, "registry": tmp_path / "registry", "runs": tmp_path / "runs"}
 
 
 def _splits(run: Path) -> dict[str, str]:
