@@ -39,8 +39,9 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``
+    (what ``write`` returns is ignored)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -26,7 +26,7 @@ CPUINFO = Path("/proc/cpuinfo")
 
 def _cpuinfo(path: Path) -> tuple[str, set[str]]:
     """The first CPU's model name and flags ("" and {} when unreadable)."""
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         text = path.read_text(errors="replace")
     except OSError:

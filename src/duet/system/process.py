@@ -65,7 +65,7 @@ def guard_triton(modules: MutableMapping[str, Any] = sys.modules) -> bool:
         return False
     if importlib.util.find_spec("triton") is None:
         return False  # not installed: nothing can crash
-    modules["triton"] = None  # type: ignore[assignment]  (makes `import triton` raise ImportError)
+    modules["triton"] = None  # None in sys.modules makes `import triton` raise ImportError
     applied.append("triton blocked (TensorFlow loaded first)")
     warnings.warn(
         "duet: TensorFlow was imported before triton; triton is blocked in this process so that PyTorch "
