@@ -57,8 +57,9 @@ def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
             return
         if isinstance(head, nn.Sequential):
             for i in range(len(head) - 1, -1, -1):
-                if isinstance(head[i], nn.Linear):
-                    head[i] = nn.Linear(head[i].in_features, num_classes)
+                layer = head[i]
+                if isinstance(layer, nn.Linear):
+                    head[i] = nn.Linear(layer.in_features, num_classes)
                     return
     raise ModelError(f"cannot find the classifier head of {type(model).__name__} to replace")
 
@@ -113,7 +114,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any parse failure of a user file is a user error

@@ -31,10 +31,10 @@ def param_groups(
     if recipe == "finetune" and hasattr(model, "group_matcher"):
         from timm.optim import param_groups_layer_decay
 
-        groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
-        for g in groups:
+        decayed = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+        for g in decayed:
             g["lr"] = lr * g.pop("lr_scale", 1.0)
-        return groups
+        return decayed
     head = classifier_name(model)
     groups: dict[tuple[bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
