@@ -72,7 +72,7 @@ def test_promote_list_and_rollback_through_the_cli(runs: tuple[Path, Path], tmp_
     back = run_cli("registry", "rollback", "--registry", reg, "--json")
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout)["champion"] == "v1"
-    _one_line_error(run_cli("registry", "rollback", "--registry", reg), 6, "nothing to roll back")
+    _one_line_error(run_cli("registry", "rollback", "--registry", reg), 7, "nothing to roll back")
     again = run_cli("registry", "promote", "v2", "--registry", reg, "--json")
     assert json.loads(again.stdout)["champion"] == "v2"
 
@@ -90,9 +90,9 @@ def test_registering_the_same_run_twice_gives_the_same_version(runs: tuple[Path,
 
 def test_unknown_versions_and_non_runs_are_one_line_errors(runs: tuple[Path, Path], tmp_path: Path) -> None:
     reg = str(tmp_path / "registry")
-    _one_line_error(run_cli("registry", "promote", "v7", "--registry", reg), 6, "no version 'v7'")
+    _one_line_error(run_cli("registry", "promote", "v7", "--registry", reg), 7, "no version 'v7'")
     _one_line_error(run_cli("registry", "promote", str(tmp_path), "--registry", reg), 5, "not a duet run")
-    _one_line_error(run_cli("registry", "rollback", "--registry", reg), 6, "no champion yet")
+    _one_line_error(run_cli("registry", "rollback", "--registry", reg), 7, "no champion yet")
     empty = run_cli("registry", "list", "--registry", reg)
     assert empty.returncode == 0 and "empty" in empty.stdout
 

@@ -63,6 +63,8 @@ INT8 = "duet serve --model-variant int8"
 class BenchError(DuetError):
     """A server under test failed to start or answered errors."""
 
+    exit_code = 8
+
 
 def synthetic_jpegs(n: int = 16, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[bytes]:
     from PIL import Image

@@ -1,3 +1,3 @@
 """The ``duet`` command: one module per command group, all registered on one typer app
-(``duet.cli.main``). Only this package prints and exits.
+(``duet.cli.app``, which also maps every error to its exit code). Only this package prints and exits.
 """

@@ -1,5 +1,5 @@
-"""`duet bench data|train|sample-data|monitor`: the measurements behind docs/benchmarks.md
-and docs/monitoring.md."""
+"""`duet bench data|train|sample-data|monitor|serve`: the measurements behind docs/benchmarks.md,
+docs/serving.md and docs/monitoring.md."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.table import Table
+
+from duet.cli.common import out, print_json, serve_default, stderr_log
 
 bench_app = typer.Typer(
-    help="Measure duet beside the peers, same files, same run (results for docs/benchmarks.md).", no_args_is_help=True
+    help="Measure duet beside its peers on this machine: data, train, serve "
+    "(results for docs/benchmarks.md and docs/serving.md).",
+    no_args_is_help=True,
 )
 
 
@@ -62,7 +67,8 @@ def bench_data_cmd(
         log=log,
     )
     _emit(result, as_json, markdown(result), "duet bench data " + " ".join(sys.argv[3:]))
-    for warning in result["warnings"]:  # after the table, on stderr, even with --quiet/--json
+    warnings: list[str] = result["warnings"]  # type: ignore[assignment]  # bench_data returns dict[str, object]
+    for warning in warnings:  # after the table, on stderr, even with --quiet/--json
         print(f"warning: {warning}", file=sys.stderr)
 
 
@@ -195,11 +201,113 @@ def bench_monitor_cmd(
         print(f"written: {out} and {out.with_suffix('.md')}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    model: Path = typer.Argument(..., help="A run folder or export folder to serve."),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]",
+    ),
+    concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+    requests: int = typer.Option(200, "--requests", min=1, help="Requests per measurement (after warm-up)."),
+    max_batch_size: int = typer.Option(serve_default("max_batch_size"), "--max-batch-size"),
+    max_delay_ms: float = typer.Option(serve_default("max_delay_ms"), "--max-delay-ms"),
+    naive: bool = typer.Option(
+        True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."
+    ),
+    repeat: int = typer.Option(
+        1,
+        "--repeat",
+        min=1,
+        help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine.",
+    ),
+    drift_cost: bool = typer.Option(
+        False,
+        "--drift-cost",
+        help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs.",
+    ),
+    variants: str = typer.Option(
+        "fp32",
+        "--variants",
+        help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
+
+    Measures duet serve (dynamic batcher) at each --concurrency, beside a naive server (one ONNX Runtime call per request) and decode + bare session.run (no HTTP), in one run on this machine.
+
+    Example: duet bench serve runs/pets-r50 --concurrency 1,8,32
+    """
+    from duet.bench.serve import run_bench
+
+    levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    if not levels or min(levels) < 1:
+        from duet.errors import ConfigError
+
+        raise ConfigError(
+            f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}"
+        )
+    result = run_bench(
+        model,
+        images_dir=images,
+        levels=levels,
+        requests=requests,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        naive=naive,
+        log=stderr_log(as_json),
+        repeat=repeat,
+        drift_cost=drift_cost,
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+    )
+    if as_json:
+        print_json(result)
+        return
+    t = Table(title=f"duet bench serve: {result['model']} ({result['image_size']}px, {result['machine']['cpus']} CPUs)")
+    for col in ("server", "clients", "p50 ms", "p99 ms", "images/s", "mean batch"):
+        t.add_column(col, justify="left" if col == "server" else "right")
+    for row in result["rows"]:
+        t.add_row(
+            row["server"],
+            str(row["concurrency"]),
+            f"{row['p50_ms']:.1f}",
+            f"{row['p99_ms']:.1f}",
+            f"{row['throughput']:.1f}",
+            f"{row.get('mean_batch', row.get('batch', 0)):.2f}" if row.get("mean_batch") or row.get("batch") else "",
+        )
+    out.print(t)
+    m = result["machine"]
+    out.print(
+        f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
+        f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}",
+        highlight=False,
+    )
+    v = result["verdict"]
+    if v:
+        line = (
+            f"at {v['concurrency']} clients duet serve reaches {v['share_of_ceiling']:.0%} of the runtime's ceiling "
+            f"(decode + session.run at batch {v['ceiling_batch']}; goal >= 90 %: {'met' if v['share_met'] else 'NOT met'})"
+        )
+        if "p99_vs_naive" in v:
+            line += (
+                f"; p99 {v['p99_vs_naive']:.2f}x the naive server's (goal <= 1: {'met' if v['p99_met'] else 'NOT met'})"
+            )
+        out.print(line, highlight=False)
+    if v.get("drift_cost"):
+        costs = ", ".join(f"{cost:+.1%} at {c} clients" for c, cost in v["drift_cost"].items())
+        out.print(f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)", highlight=False)
+    if v.get("int8_vs_fp32"):
+        ratio = v["int8_vs_fp32"]
+        ceiling_ratio = f" (runtime ceiling: {v['int8_vs_fp32_ceiling']:.2f}x)" if "int8_vs_fp32_ceiling" in v else ""
+        out.print(
+            f"at {v['concurrency']} clients duet serve int8 reaches {ratio:.2f}x fp32's images/s"
+            f"{ceiling_ratio} (goal >= 2x on an AMX/VNNI CPU: {'met' if ratio >= 2 else 'NOT met'})",
+            highlight=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
-    """Add `duet bench data|train|sample-data|monitor`, joining a `bench` group another
-    stage module (serve) may have registered already."""
-    for info in app.registered_groups:
-        if info.name == "bench" and info.typer_instance is not None:
-            info.typer_instance.registered_commands.extend(bench_app.registered_commands)
-            return
+    """Add `duet bench data|train|sample-data|monitor|serve`."""
     app.add_typer(bench_app, name="bench")

@@ -1,13 +1,29 @@
-"""Small output helpers shared by the CLI modules (results on stdout, logs on stderr)."""
+"""What the CLI modules share: output (results on stdout, logs on stderr) and
+help defaults read from the config models.
+
+Defaults are stated once, in the config models (``TrainConfig`` in
+duet/train/config.py, ``ServeConfig`` and ``Limits`` in duet/serve/settings.py).
+A help text names a ``TrainConfig`` default with :func:`train_default`; the
+placeholder is filled when that command's help is shown (``DefaultsFromConfig``),
+so ``duet --help`` does not import pydantic. ``ServeConfig`` is a torch-free
+dataclass: :func:`serve_default` reads it at import.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import typer
+from rich.console import Console
+
 from duet.system.progress import console
+
+out = Console()  # results on stdout; progress bars and logs go to `console` (stderr)
 
 
 def stderr_log(quiet: bool) -> Callable[[str], None]:
@@ -26,3 +42,67 @@ def print_json(obj: Any) -> None:
 
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+# --------------------------------------------------------------------------- defaults
+
+_PLACEHOLDER = re.compile(r"\{train:([a-z_.]+)\}")
+
+
+def train_default(field: str) -> str:
+    """``\\[default: X]`` for a help text, X being ``TrainConfig``'s default of
+    ``field`` (``augment.hflip`` reaches into a nested model). Filled in when the
+    help is shown, by commands registered with ``cls=DefaultsFromConfig``."""
+    return f"\\[default: {{train:{field}}}]"
+
+
+def show_default(value: Any) -> str:
+    """A default as the help shows it: on/off for flags, 0.001 for floats."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def train_config_default(field: str) -> Any:
+    """``TrainConfig``'s default for ``field`` (dotted for nested models), read from the model."""
+    from duet.train.config import TrainConfig
+
+    model: Any = TrainConfig
+    *parents, leaf = field.split(".")
+    for name in parents:
+        model = model.model_fields[name].annotation
+    info = model.model_fields[leaf]
+    return info.get_default(call_default_factory=True)
+
+
+def fill_defaults(text: str) -> str:
+    """``text`` with each :func:`train_default` placeholder replaced by the model's default."""
+    return _PLACEHOLDER.sub(lambda m: show_default(train_config_default(m.group(1))), text)
+
+
+class DefaultsFromConfig(typer.core.TyperCommand):
+    """A command whose help fills :func:`train_default` placeholders from ``TrainConfig``
+    (importing it only when the help is shown)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{train:" in text:
+                param.help = fill_defaults(text)  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
+def serve_default(field: str) -> Any:
+    """``ServeConfig``'s default for ``field`` (``limits.NAME`` for ``Limits``), read from the dataclass."""
+    from duet.serve.settings import Limits, ServeConfig
+
+    cls: Any = Limits if field.startswith("limits.") else ServeConfig
+    name = field.removeprefix("limits.")
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise KeyError(f"{cls.__name__}.{name} has no plain default")
+            return f.default
+    raise KeyError(f"{cls.__name__} has no field {name!r}")

@@ -1,33 +1,22 @@
-"""CLI commands of the export and serve stages: ``duet export``, ``duet serve``, ``duet bench serve``.
+"""CLI commands of the export and serve stages: ``duet export``, ``duet serve``.
 
-``duet.cli.main`` calls :func:`register`; every import of torch, onnx, fastapi or
+``duet.cli.app`` calls :func:`register`. The serve defaults come from ``ServeConfig``
+and ``Limits`` (duet/serve/settings.py, torch-free: read at import); every import of torch, onnx, fastapi or
 uvicorn happens inside a command, so ``duet --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from duet.cli.common import out as stdout
+from duet.cli.common import print_json, serve_default, stderr_log
 from duet.system.progress import console
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _log(quiet: bool):
-    def log(msg: str) -> None:
-        if not quiet:
-            console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
-    return log
 
 
 def export(
@@ -86,7 +75,7 @@ def export(
         int8_tolerance=int8_tolerance,
         calibration_images=calibration_images,
         progress=not (quiet or as_json),
-        log=_log(quiet or as_json),
+        log=stderr_log(quiet or as_json),
     )
     p = res.parity
     summary = {
@@ -99,9 +88,8 @@ def export(
         "seconds": round(res.seconds, 1),
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
-    out_console = console.__class__()
     t = Table(title="duet export", show_header=False, box=None)
     t.add_row("folder", str(res.export_dir))
     for name, entry in res.manifest["files"].items():
@@ -131,7 +119,7 @@ def export(
         ),
     )
     t.add_row("next", f"duet serve {res.export_dir}")
-    out_console.print(t)
+    stdout.print(t)
 
 
 def serve(
@@ -144,74 +132,98 @@ def serve(
         help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2).",
     ),
     poll_interval: float = typer.Option(
-        2.0, "--poll-interval", help="With --registry: seconds between checks of the champion pointer."
+        serve_default("poll_interval"),
+        "--poll-interval",
+        help="With --registry: seconds between checks of the champion pointer.",
     ),
     host: str = typer.Option(
-        "127.0.0.1", help="Address to bind. Anything but loopback needs an API key or --insecure."
+        serve_default("host"), help="Address to bind. Anything but loopback needs an API key or --insecure."
     ),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(serve_default("port"), help="TCP port."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"
     ),
-    model_version: str = typer.Option("1", "--model-version", help="Version reported and accepted in URLs."),
-    runtime: str = typer.Option(
-        "auto", help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
+    model_version: str = typer.Option(
+        serve_default("model_version"), "--model-version", help="Version reported and accepted in URLs."
     ),
-    device: str = typer.Option("auto", help="For --runtime torch: auto | cpu | cuda."),
+    runtime: str = typer.Option(
+        serve_default("runtime"), help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
+    ),
+    device: str = typer.Option(serve_default("device"), help="For --runtime torch: auto | cpu | cuda."),
     model_variant: str = typer.Option(
-        "fp32",
+        serve_default("model_variant"),
         "--model-variant",
         help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime).",
     ),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Dynamic batcher: images per runtime call."),
-    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."),
-    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = one per core)."),
+    max_batch_size: int = typer.Option(
+        serve_default("max_batch_size"), "--max-batch-size", help="Dynamic batcher: images per runtime call."
+    ),
+    max_delay_ms: float = typer.Option(
+        serve_default("max_delay_ms"), "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."
+    ),
+    threads: int = typer.Option(serve_default("threads"), help="ONNX Runtime intra-op threads (0 = one per core)."),
     ort_spinning: bool = typer.Option(
-        False,
+        serve_default("ort_spinning"),
         "--ort-spinning/--no-ort-spinning",
         help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged).",
     ),
     decode_workers: int | None = typer.Option(
         None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"
     ),
-    top_k: int = typer.Option(5, "--top-k", help="Default labels per image on /v1/predict."),
-    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body."),
+    top_k: int = typer.Option(serve_default("top_k"), "--top-k", help="Default labels per image on /v1/predict."),
+    max_body_bytes: int = typer.Option(
+        serve_default("limits.max_body_bytes"), "--max-body-bytes", help="Largest request body."
+    ),
     max_pixels: int = typer.Option(
-        40_000_000, "--max-pixels", help="Largest image (width x height), checked before decoding."
+        serve_default("limits.max_pixels"),
+        "--max-pixels",
+        help="Largest image (width x height), checked before decoding.",
     ),
     max_request_pixels: int = typer.Option(
-        200_000_000,
+        serve_default("limits.max_request_pixels"),
         "--max-request-pixels",
         help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
     ),
-    max_images: int = typer.Option(64, "--max-images", help="Most images in one request."),
+    max_images: int = typer.Option(
+        serve_default("limits.max_images"), "--max-images", help="Most images in one request."
+    ),
     max_queue_images: int = typer.Option(
-        1024, "--max-queue-images", help="Most images waiting for inference; beyond, 503."
+        serve_default("limits.max_queue_images"),
+        "--max-queue-images",
+        help="Most images waiting for inference; beyond, 503.",
     ),
     header_timeout: float = typer.Option(
-        30.0,
+        serve_default("limits.header_timeout"),
         "--header-timeout",
         help="Seconds a client may take to send a request's headers; then 408 and the connection is closed.",
     ),
     body_timeout: float = typer.Option(
-        30.0,
+        serve_default("limits.body_timeout"),
         "--body-timeout",
         help="Longest pause (seconds) while a client sends a request body; then 408 and the connection is closed.",
     ),
     drain_seconds: float = typer.Option(
-        30.0,
+        serve_default("drain_seconds"),
         "--drain-seconds",
         help="On SIGTERM, how long in-flight requests may take to finish (then 503 with Retry-After).",
     ),
     drift: bool = typer.Option(
-        True,
+        serve_default("drift"),
         "--drift/--no-drift",
         help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile.",
     ),
-    drift_window: int = typer.Option(500, "--drift-window", help="Recent images compared with the reference profile."),
-    drift_interval: float = typer.Option(60.0, "--drift-interval", help="Seconds between drift verdicts."),
-    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn access log)."),
+    drift_window: int = typer.Option(
+        serve_default("drift_window"), "--drift-window", help="Recent images compared with the reference profile."
+    ),
+    drift_interval: float = typer.Option(
+        serve_default("drift_interval"), "--drift-interval", help="Seconds between drift verdicts."
+    ),
+    insecure: bool = typer.Option(
+        serve_default("insecure"), "--insecure", help="Allow a non-loopback --host without an API key."
+    ),
+    access_log: bool = typer.Option(
+        serve_default("access_log"), "--access-log", help="Log every request (uvicorn access log)."
+    ),
     check: bool = typer.Option(
         False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."
     ),
@@ -232,7 +244,8 @@ def serve(
     from duet.serve.app import serve as run_server
     from duet.serve.settings import Limits, ServeConfig, api_key_from_env
 
-    if (model is None) == (registry is None):
+    folder = model if model is not None else registry
+    if folder is None or (model is not None and registry is not None):
         raise ConfigError(
             "give a model folder (RUN or EXPORT_DIR) or --registry DIR, not both"
             if model is not None
@@ -243,7 +256,7 @@ def serve(
     if decode_workers is not None:
         kwargs["decode_workers"] = decode_workers
     config = ServeConfig(
-        model_dir=model if model is not None else registry,
+        model_dir=folder,
         host=host,
         port=port,
         model_name=model_name,
@@ -308,7 +321,7 @@ def _print_check(config: Any) -> None:
 
     config, _ = follow_registry(config)
     package, rt = load(config)
-    _print_json(
+    print_json(
         {
             "model": config.model_name or package.name,
             "version": config.model_version,
@@ -324,127 +337,6 @@ def _print_check(config: Any) -> None:
     )
 
 
-def bench_serve(
-    model: Path = typer.Argument(..., help="A run folder or export folder to serve."),
-    images: Path | None = typer.Option(
-        None,
-        "--images",
-        help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]",
-    ),
-    concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
-    requests: int = typer.Option(200, "--requests", min=1, help="Requests per measurement (after warm-up)."),
-    max_batch_size: int = typer.Option(32, "--max-batch-size"),
-    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms"),
-    naive: bool = typer.Option(
-        True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."
-    ),
-    repeat: int = typer.Option(
-        1,
-        "--repeat",
-        min=1,
-        help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine.",
-    ),
-    drift_cost: bool = typer.Option(
-        False,
-        "--drift-cost",
-        help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs.",
-    ),
-    variants: str = typer.Option(
-        "fp32",
-        "--variants",
-        help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
-) -> None:
-    """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
-
-    Measures duet serve (dynamic batcher) at each --concurrency, beside a naive server (one ONNX Runtime call per request) and decode + bare session.run (no HTTP), in one run on this machine.
-
-    Example: duet bench serve runs/pets-r50 --concurrency 1,8,32
-    """
-    from duet.bench.serve import run_bench
-
-    levels = [int(x) for x in concurrency.split(",") if x.strip()]
-    if not levels or min(levels) < 1:
-        from duet.errors import ConfigError
-
-        raise ConfigError(
-            f"`--concurrency` must be a comma-separated list of positive integers. Received: {concurrency}"
-        )
-    result = run_bench(
-        model,
-        images_dir=images,
-        levels=levels,
-        requests=requests,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        naive=naive,
-        log=_log(as_json),
-        repeat=repeat,
-        drift_cost=drift_cost,
-        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
-    )
-    if as_json:
-        _print_json(result)
-        return
-    out_console = console.__class__()
-    t = Table(title=f"duet bench serve: {result['model']} ({result['image_size']}px, {result['machine']['cpus']} CPUs)")
-    for col in ("server", "clients", "p50 ms", "p99 ms", "images/s", "mean batch"):
-        t.add_column(col, justify="left" if col == "server" else "right")
-    for row in result["rows"]:
-        t.add_row(
-            row["server"],
-            str(row["concurrency"]),
-            f"{row['p50_ms']:.1f}",
-            f"{row['p99_ms']:.1f}",
-            f"{row['throughput']:.1f}",
-            f"{row.get('mean_batch', row.get('batch', 0)):.2f}" if row.get("mean_batch") or row.get("batch") else "",
-        )
-    out_console.print(t)
-    m = result["machine"]
-    out_console.print(
-        f"{m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average {m['load_avg_1m']:.2f} at start, "
-        f"{m['load_avg_1m_end']:.2f} at end; {result['images']}; best of {repeat}",
-        highlight=False,
-    )
-    v = result["verdict"]
-    if v:
-        line = (
-            f"at {v['concurrency']} clients duet serve reaches {v['share_of_ceiling']:.0%} of the runtime's ceiling "
-            f"(decode + session.run at batch {v['ceiling_batch']}; goal >= 90 %: {'met' if v['share_met'] else 'NOT met'})"
-        )
-        if "p99_vs_naive" in v:
-            line += (
-                f"; p99 {v['p99_vs_naive']:.2f}x the naive server's (goal <= 1: {'met' if v['p99_met'] else 'NOT met'})"
-            )
-        out_console.print(line, highlight=False)
-    if v.get("drift_cost"):
-        costs = ", ".join(f"{cost:+.1%} at {c} clients" for c, cost in v["drift_cost"].items())
-        out_console.print(
-            f"drift monitoring costs {costs} of the throughput without it (goal <= 5 % at 8)", highlight=False
-        )
-    if v.get("int8_vs_fp32"):
-        ratio = v["int8_vs_fp32"]
-        ceiling_ratio = f" (runtime ceiling: {v['int8_vs_fp32_ceiling']:.2f}x)" if "int8_vs_fp32_ceiling" in v else ""
-        out_console.print(
-            f"at {v['concurrency']} clients duet serve int8 reaches {ratio:.2f}x fp32's images/s"
-            f"{ceiling_ratio} (goal >= 2x on an AMX/VNNI CPU: {'met' if ratio >= 2 else 'NOT met'})",
-            highlight=False,
-        )
-
-
 def register(app: typer.Typer) -> None:
-    """Add `export`, `serve` and `bench serve` to the duet CLI (`bench` is shared with duet.cli.bench)."""
     app.command("export")(export)
     app.command("serve")(serve)
-    for info in app.registered_groups:  # join a `bench` group another stage registered already
-        if info.name == "bench" and info.typer_instance is not None:
-            info.typer_instance.command("serve")(bench_serve)
-            return
-    bench = typer.Typer(
-        help="Measure duet beside its peers on this machine: data, train, serve "
-        "(results for docs/benchmarks.md and docs/serving.md).",
-        no_args_is_help=True,
-    )
-    bench.command("serve")(bench_serve)
-    app.add_typer(bench, name="bench")

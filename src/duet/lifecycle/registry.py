@@ -67,7 +67,7 @@ log = logging.getLogger("duet.lifecycle.registry")
 class RegistryError(DuetError):
     """A registry operation that cannot be done as asked (unknown version, nothing to roll back...)."""
 
-    exit_code = 6
+    exit_code = 7
 
 
 def _now() -> str:

@@ -1,0 +1,296 @@
+"""`duet train` and `duet lr-find`: fit a model on a data folder, or sweep its learning rate.
+
+Defaults in the help come from ``TrainConfig`` (duet.cli.common.train_default); a
+flag left out is ``None`` and the config file or the model decides. After training
+(or ``--resume``) the command writes the run's drift profile itself
+(``duet.monitor.profile.ensure_profile``): the training loop does not.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape  # messages may hold "[...]": print them as text
+from rich.table import Table
+
+from duet.cli.common import DefaultsFromConfig, out, pct, print_json, stderr_log, train_default
+from duet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from duet.train.config import TrainConfig
+    from duet.train.loop import TrainResult
+
+PRECISION_HELP = (
+    "auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), "
+    "else fp32; weights stay fp32. "
+)
+
+
+def train(
+    data_dir: Path | None = typer.Argument(
+        None,
+        help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume.",
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
+    model: str | None = typer.Option(None, help="timm model name, or torchvision:NAME. " + train_default("model")),
+    weights: str | None = typer.Option(
+        None, help="none | imagenet | PATH to a .safetensors/.pth state dict. " + train_default("weights")
+    ),
+    epochs: int | None = typer.Option(None, help="Passes over the training images. " + train_default("epochs")),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step. " + train_default("batch_size")),
+    lr: float | None = typer.Option(
+        None, help="Peak learning rate (AdamW, warm-up then cosine). " + train_default("lr")
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Model input side in pixels. " + train_default("image_size")
+    ),
+    val_split: float | None = typer.Option(
+        None,
+        "--val-split",
+        help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). "
+        + train_default("val_split"),
+    ),
+    test_split: float | None = typer.Option(
+        None,
+        "--test-split",
+        help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). "
+        + train_default("test_split"),
+    ),
+    seed: int | None = typer.Option(None, help="Seed for the split, init and augmentation. " + train_default("seed")),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda. " + train_default("device")),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP + train_default("precision")),
+    workers: int | None = typer.Option(
+        None, help="Data loading processes; -1 = one per core (max 8). " + train_default("workers")
+    ),
+    hflip: bool | None = typer.Option(
+        None, "--hflip/--no-hflip", help="Random horizontal flips. " + train_default("augment.hflip")
+    ),
+    recipe: str | None = typer.Option(
+        None,
+        help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. "
+        + train_default("recipe"),
+    ),
+    ema: bool | None = typer.Option(
+        None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. " + train_default("ema")
+    ),
+    patience: int | None = typer.Option(
+        None, help="Early stopping: epochs without val improvement (0 = off). " + train_default("patience")
+    ),
+    data_backend: str | None = typer.Option(
+        None,
+        "--data-backend",
+        help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. "
+        + train_default("data_backend"),
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
+    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
+    name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
+    resume: Path | None = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+) -> None:
+    """Train a classifier on DATA_DIR and write a run folder (runs/<name>/).
+
+    Example: duet train photos/ --model resnet18 --weights imagenet --epochs 5
+
+    With --resume RUN only --epochs may be given: a new total that extends the run
+    (a finished one too); the LR schedule is re-planned for it from that point.
+    """
+    # The signature is the command's declaration (one parameter per flag); the body stays short.
+    flags = dict(locals())
+    log = stderr_log(quiet or as_json)
+    device_used, workers_used = device or "auto", None
+    if resume is not None:
+        ignored = _flags_resume_cannot_change(flags)
+        if ignored:
+            raise ConfigError(
+                f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
+                f"only --epochs can change. Remove: {' '.join(ignored)}"
+            )
+        from duet.train.loop import resume as resume_run
+
+        result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
+    else:
+        cfg = _train_config(flags)
+        from duet.system.netprobe import start_for_hub_weights
+
+        start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
+        from duet.train.loop import train as train_run
+
+        result = train_run(cfg, progress=not quiet, log=log)
+        device_used, workers_used = cfg.device, (None if cfg.workers < 0 else cfg.workers)  # None: one per core
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 writes the profile and reports
+    from duet.monitor.profile import ensure_profile
+
+    ensure_profile(result.run_dir, device=device_used, workers=workers_used, progress=not quiet, log=log)
+    _report_train(result, as_json)
+
+
+_CONFIG_KEYS = [
+    "model",
+    "weights",
+    "epochs",
+    "batch_size",
+    "lr",
+    "image_size",
+    "val_split",
+    "test_split",
+    "seed",
+    "device",
+    "precision",
+    "workers",
+    "name",
+    "data_backend",
+    "cache_dir",
+    "recipe",
+    "ema",
+    "patience",
+]
+
+
+def _train_config(flags: dict[str, Any]) -> TrainConfig:
+    """The run's TrainConfig from --config and the flags given (a flag left out is None: the file or the model decides)."""
+    from duet.train.config import build_config
+
+    if flags["data_dir"] is None and flags["config"] is None:
+        raise ConfigError("missing DATA_DIR: pass a folder with one sub-folder per class (see `duet train --help`)")
+    overrides = {key: flags[key] for key in _CONFIG_KEYS}
+    overrides["data_dir"] = flags["data_dir"]
+    overrides["out"] = flags["out_dir"]
+    overrides["augment"] = {"hflip": flags["hflip"]} if flags["hflip"] is not None else None
+    return build_config(flags["config"], overrides)
+
+
+def _report_train(result: TrainResult, as_json: bool) -> None:
+    """The one-screen summary of a finished (or resumed) run, or its JSON."""
+    summary = {
+        "run": str(result.run_dir),
+        "best_val_accuracy": result.best_val_accuracy,  # chose the epoch: optimistic
+        "best_epoch": result.best_epoch,
+        "test_accuracy": result.test.get("test_accuracy"),  # held out, measured once after training
+        "test_images": result.num_test,
+        "epochs": result.epochs,
+        "train_images": result.num_train,
+        "val_images": result.num_val,
+        "train_images_per_s": round(result.train_images_per_s, 1),
+        "seconds": round(result.seconds, 1),
+        "load_failures": len(result.load_failures),
+        "stopped_early": result.stopped_early,
+        "events": result.events,
+        "last_epoch": result.last,
+        "precision": result.precision,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    t = Table(title="duet train", show_header=False, box=None)
+    t.add_row("run", str(result.run_dir))
+    t.add_row("images", f"{result.num_train} train / {result.num_val} val / {result.num_test} test")
+    t.add_row(
+        "best val accuracy",
+        f"{pct(result.best_val_accuracy)} (epoch {result.best_epoch}/{result.epochs}; "
+        "validation chose the epoch, so this is optimistic)",
+    )
+    if result.test:
+        t.add_row(
+            "test accuracy",
+            f"[bold]{pct(result.test['test_accuracy'])}[/] on {result.test['test_images']} "
+            "held-out test images (measured once, after training)",
+        )
+    t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
+    if result.precision:
+        t.add_row("precision", escape(result.precision["reason"]))
+    if result.load_failures:
+        t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
+    for event in result.events:
+        t.add_row("event", event)
+    if result.stopped_early:
+        t.add_row("early stop", f"no improvement for the patience window; best epoch {result.best_epoch}")
+    t.add_row("next", f"duet evaluate {result.run_dir}")
+    out.print(t)
+
+
+_RESUME_KEEPS = {"resume", "epochs", "as_json", "quiet"}
+_FLAG_NAMES = {"data_dir": "DATA_DIR", "out_dir": "--out", "hflip": "--hflip/--no-hflip", "ema": "--ema/--no-ema"}
+
+
+def _flags_resume_cannot_change(params: dict[str, Any]) -> list[str]:
+    """The options of `duet train` given besides --resume/--epochs (which --resume would otherwise ignore)."""
+    return [
+        _FLAG_NAMES.get(k, "--" + k.replace("_", "-"))
+        for k, v in params.items()
+        if k not in _RESUME_KEEPS and v is not None
+    ]
+
+
+def _train_command(data_dir: Path, lr: float, flags: dict[str, Any]) -> str:
+    """The `duet train` line that trains with ``lr`` under the settings lr-find measured with."""
+    parts = ["duet", "train", str(data_dir)]
+    for flag, value in flags.items():
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join([*parts, "--lr", f"{lr:.1e}"])
+
+
+def lr_find_cmd(
+    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML settings (as for train)."),
+    model: str | None = typer.Option(None, help="timm model name, or torchvision:NAME. " + train_default("model")),
+    weights: str | None = typer.Option(None, help="none | imagenet | PATH. " + train_default("weights")),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step. " + train_default("batch_size")),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Model input side in pixels. " + train_default("image_size")
+    ),
+    steps: int = typer.Option(100, help="Batches in the sweep (stops early once the loss diverges)."),
+    start: float = typer.Option(1e-7, help="First learning rate."),
+    end: float = typer.Option(10.0, help="Last learning rate."),
+    out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Plot to write (a .json of the curve beside it)."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda. " + train_default("device")),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP + train_default("precision")),
+    workers: int | None = typer.Option(None, help="Data loading processes. " + train_default("workers")),
+    as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Learning-rate range test: a plot of loss vs LR and a suggested --lr."""
+    if not (0 < start < end):
+        raise ConfigError(f"`--start` must be positive and below `--end`. Received: --start={start} --end={end}")
+    from duet.train.config import build_config
+    from duet.train.lr_find import lr_find
+
+    settings = {"model": model, "weights": weights, "batch_size": batch_size, "image_size": image_size}
+    cfg = build_config(
+        config, {"data_dir": data_dir, **settings, "device": device, "precision": precision, "workers": workers}
+    )
+    res = lr_find(cfg, start=start, end=end, steps=steps, out=out_file, progress=not quiet)
+    # What the loss curve depends on travels with the suggestion (not --device/--workers).
+    nxt = _train_command(
+        data_dir, res.suggestion, {"--config": config, **{"--" + k.replace("_", "-"): v for k, v in settings.items()}}
+    )
+    if as_json:
+        print_json(
+            {
+                "suggestion": res.suggestion,
+                "plot": str(res.plot),
+                "steps": len(res.lrs),
+                "next": nxt,
+                "precision": res.precision,
+            }
+        )
+        return
+    out.print(
+        f"suggested learning rate: [bold]{res.suggestion:.2e}[/]  ({len(res.lrs)} steps; plot: {res.plot}; "
+        f"precision {escape(res.precision)})"
+    )
+    out.print(f"next: {nxt}", highlight=False, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", cls=DefaultsFromConfig)(train)
+    app.command("lr-find", cls=DefaultsFromConfig)(lr_find_cmd)
