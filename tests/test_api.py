@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 import duet
-from duet.errors import ConfigError, DataError, RunError
+from duet.errors import ConfigError, DataError, ModelError, RunError
 from helpers import write_digit_folder
 
 TINY: dict[str, Any] = {
@@ -88,6 +89,15 @@ def test_load_of_a_folder_that_is_neither_run_nor_export(tmp_path: Path) -> None
 def test_run_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunError):
         duet.Run(tmp_path)
+
+
+def test_a_taken_run_name_is_refused_before_any_data_is_written(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    with pytest.raises(RunError, match="already exists"):
+        duet.train(tmp_path / "data", val=tmp_path / "val", out=tmp_path / "runs", name="taken")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]
 
 
 # ------------------------------------------------------------------ the notebook walk-through
@@ -195,6 +205,27 @@ def test_drift_of_a_run_and_of_its_export(run: Any, exported: Path, data: Path) 
     assert result.status in ("drift", "no_drift", "insufficient") and result.n_current == 30
     via_export = duet.drift(exported, data / "1", report=False, progress=False)
     assert via_export.n_current == 30
+
+
+@pytest.mark.e2e
+def test_a_run_that_cannot_start_leaves_neither_run_nor_data_folder(data: Path, tmp_path: Path) -> None:
+    val = write_digit_folder(tmp_path / "val", classes=(0, 1, 2), per_class=4, size=20)
+    settings = {**TINY, "model": "no_such_model"}
+    with pytest.raises(ModelError, match="no_such_model"):
+        duet.train(data, val=val, **settings, out=tmp_path / "runs", name="x", progress=False, log=None)
+    assert list((tmp_path / "runs").iterdir()) == []
+    assert len(list((data / "0").iterdir())) == 30  # the linked originals are untouched
+
+
+@pytest.mark.e2e
+def test_drift_of_an_export_whose_run_is_gone_says_so(exported: Path, data: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "export"
+    shutil.copytree(exported, moved)
+    manifest = json.loads((moved / "model.json").read_text())
+    manifest["source"]["run"] = str(tmp_path / "elsewhere")
+    (moved / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="not on this machine"):
+        duet.drift(moved, data / "1", report=False, progress=False)
 
 
 @pytest.mark.e2e

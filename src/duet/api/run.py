@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from duet.api.keras_data import build_data_folder, needs_folder
 from duet.api.model import Model, load
 from duet.artifacts.run_dir import RunInfo, RunPaths, _slug, load_run, read_config
-from duet.errors import ConfigError, ModelError
+from duet.errors import ConfigError, ModelError, RunError
 
 if TYPE_CHECKING:
     from duet.data.scan import Manifest
@@ -164,14 +165,25 @@ def train(
         raise ConfigError("pass the data as train's first argument, not as data_dir=")
     placeholder = data if isinstance(data, (str, os.PathLike)) else "."
     config = build_config(None, {**settings, "data_dir": placeholder}, source="duet.train() settings")
+    written: Path | None = None
     if needs_folder(data, val):
         name = config.name or _new_name(config.out, config.model)
-        folder = build_data_folder(data, val, Path(config.out) / f"{name}.data", value_range=value_range)
-        say(f"data: written as a folder at {folder}")
-        config = config.model_copy(update={"data_dir": folder, "name": name})
+        if (Path(config.out) / name).exists():
+            raise RunError(
+                f"run '{Path(config.out) / name}' already exists and runs are never overwritten; pick another name="
+            )
+        written = build_data_folder(data, val, Path(config.out) / f"{name}.data", value_range=value_range)
+        say(f"data: written as a folder at {written}")
+        config = config.model_copy(update={"data_dir": written, "name": name})
     from duet.train.loop import train as train_run  # torch: only once the settings are known good
 
-    result = train_run(config, progress=progress, log=say)
+    try:
+        result = train_run(config, progress=progress, log=say)
+    except BaseException:
+        # A run that could not start leaves no folder (duet.train.loop); nor does its data.
+        if written is not None and not (Path(config.out) / str(config.name)).exists():
+            shutil.rmtree(written, ignore_errors=True)  # removes the links, never the files they point at
+        raise
     _write_profile(result.run_dir, config.device, progress, say)
     return Run(result.run_dir, result=result)
 
