@@ -114,15 +114,15 @@ def load_pixels(samples: Sequence[Sample], spec: PreprocessSpec) -> tuple[np.nda
             labels.append(s.label)
         except (OSError, DecodeError):
             unreadable += 1
-    s = spec.image_size
-    stacked = np.stack(pixels) if pixels else np.zeros((0, 3, s, s), np.uint8)
+    side = spec.image_size
+    stacked = np.stack(pixels) if pixels else np.zeros((0, 3, side, side), np.uint8)
     return stacked, np.asarray(labels, np.int64), unreadable
 
 
 def _reader(pixels: np.ndarray) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Batches(CalibrationDataReader):  # type: ignore[misc]
+    class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self._it: Iterator[dict[str, np.ndarray]] = iter(
                 {INPUT_NAME: pixels[i : i + _BATCH]} for i in range(0, len(pixels), _BATCH)

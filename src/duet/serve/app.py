@@ -242,7 +242,8 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = 
         port=config.port,
         log_level="info",
         access_log=config.access_log,
-        timeout_graceful_shutdown=config.drain_seconds,
+        # uvicorn annotates int but hands it to asyncio.wait_for, which takes float seconds (--drain-seconds 0.5)
+        timeout_graceful_shutdown=config.drain_seconds,  # type: ignore[arg-type]
         server_header=False,
         proxy_headers=False,
         lifespan="on",

@@ -142,9 +142,9 @@ class DriftWatch:
             run = pending[start:stop]
             self.monitor.add(
                 probabilities=np.concatenate([r[0] for r in run]),
-                image_stats=None if kind[0] else np.concatenate([r[1] for r in run]),  # type: ignore[misc]
+                image_stats=None if kind[0] else np.concatenate([r[1] for r in run]),
                 embeddings=None if kind[1] else np.concatenate([r[2] for r in run]),
-            )  # type: ignore[misc]
+            )
             start = stop
 
     def _flush_and_compute(self) -> Any:

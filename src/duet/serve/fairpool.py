@@ -16,6 +16,7 @@ Everything but the jobs themselves runs on the event loop thread: no locks.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,7 +79,11 @@ class FairPool:
                 continue
             self._running += 1
             done = self._executor.submit(job.fn, job.arg)
-            done.add_done_callback(lambda f, job=job: loop.call_soon_threadsafe(self._finished, loop, job, f))
+            done.add_done_callback(functools.partial(self._back_to_loop, loop, job))
+
+    def _back_to_loop(self, loop: asyncio.AbstractEventLoop, job: _Job[Any, Any], done: Future[Any]) -> None:
+        """Where the job finished (a worker thread): hand it to the event loop thread."""
+        loop.call_soon_threadsafe(self._finished, loop, job, done)
 
     def _finished(self, loop: asyncio.AbstractEventLoop, job: _Job[Any, Any], done: Future[Any]) -> None:
         self._running -= 1

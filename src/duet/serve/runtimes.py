@@ -49,7 +49,7 @@ class Outputs:
     def concat(parts: list[Outputs]) -> Outputs:
         if len(parts) == 1:
             return parts[0]
-        features = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])  # type: ignore[misc]
+        features = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])
         return Outputs(
             np.concatenate([p.logits for p in parts]),
             np.concatenate([p.probabilities for p in parts]),

@@ -269,6 +269,7 @@ class ModelService:
 
         with self.batcher.incoming(len(images)):  # the batcher may wait for these
             results = await self._decode_pool.map(job, images)
+        decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
         for i, r in enumerate(results):
             if isinstance(r, DecodeError):
                 which = f"image {i}" + (f" ('{names[i]}')" if names and names[i] else "")
@@ -277,8 +278,13 @@ class ModelService:
                 raise ApiError(400, f"{which} cannot be decoded: {r.reason}", "bad_image")
             if isinstance(r, BaseException):
                 raise r
-        pixels = np.stack([r[0] for r in results])  # type: ignore[index]
-        return pixels, (np.stack([r[1] for r in results]) if stats else None)  # type: ignore[index]
+            decoded.append(r)
+        pixels = np.stack([r[0] for r in decoded])
+        if not stats:
+            return pixels, None
+        image_stats = [r[1] for r in decoded if r[1] is not None]
+        assert len(image_stats) == len(decoded), "prepare(with_stats=True) returned no statistics"
+        return pixels, np.stack(image_stats)
 
     async def infer(self, pixels: np.ndarray, route: str, image_stats: np.ndarray | None = None) -> Outputs:
         self.metrics.request_images.labels(route).inc(len(pixels))

@@ -7,22 +7,18 @@ Nothing below this module reads the environment: the API key is resolved here
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from duet.errors import ConfigError
+from duet.system.device import cpu_count
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
 MODEL_VARIANTS = ("fp32", "int8")  # duet.artifacts.model_package.VARIANTS: model.onnx, model.int8.onnx
 DEVICES = ("auto", "cpu", "cuda")
 API_KEY_ENV = "DUET_API_KEY"
 API_KEY_FILE_ENV = "DUET_API_KEY_FILE"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class ServeConfig:
     ort_spinning: bool = (
         False  # ONNX Runtime intra-op threads busy-wait between operators (docs/serving.md#performance)
     )
-    decode_workers: int = field(default_factory=_cores)
+    decode_workers: int = field(default_factory=cpu_count)
     top_k: int = 5
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = field(default=None, repr=False)

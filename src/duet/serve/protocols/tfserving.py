@@ -310,11 +310,12 @@ def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
         kinds = {isinstance(p, bytes) for p in parsed}
         if len(kinds) > 1:
             raise _bad("mix of encoded images and pixel lists in one request; send one kind", "bad_instance")
+        encoded = [p for p in parsed if isinstance(p, bytes)]  # all of them or none (one kind)
         stats = None
-        if isinstance(parsed[0], bytes):
-            pixels, stats = await service.decode(parsed)  # type: ignore[arg-type]
+        if encoded:
+            pixels, stats = await service.decode(encoded)
         else:
-            pixels = service.check_pixels(np.stack(parsed))  # type: ignore[arg-type]
+            pixels = service.check_pixels(np.stack([p for p in parsed if not isinstance(p, bytes)]))
         out = await service.infer(pixels, "/v1/models/{name}:predict", stats)
         index = out.probabilities.argmax(1)
         labels = [service.labels[i] for i in index]
