@@ -35,9 +35,9 @@ def write_sample_photos(
         cw, ch = int(rng.integers(w // 3, w)), int(rng.integers(h // 3, h))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         tw, th = int(rng.integers(440, 560)), int(rng.integers(330, 420))
-        img = photo.crop((x, y, x + cw, y + ch)).resize((tw, th), Image.BILINEAR)
+        img = photo.crop((x, y, x + cw, y + ch)).resize((tw, th), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         shift = rng.integers(-25, 26, size=3)
         arr = np.clip(np.asarray(img, dtype=np.int16) + shift, 0, 255).astype(np.uint8)
         buf = io.BytesIO()

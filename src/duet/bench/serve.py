@@ -52,6 +52,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the ann
 from duet.artifacts.model_package import read_package
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.errors import ConfigError, DuetError
+from duet.system.device import cpu_count
 
 Log = Callable[[str], None]
 CEILING = "ceiling (decode + session.run, best batch)"
@@ -293,9 +294,8 @@ def machine() -> dict[str, Any]:
     from duet.system.cpu_caps import cpu_capabilities, summary  # the CPU's name, and what int8/bf16 can run on
 
     caps = cpu_capabilities()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpus": cpus,
+        "cpus": cpu_count(),
         "cpu": f"{caps['cpu']} ({summary(caps)})",
         "capabilities": caps,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -67,7 +67,7 @@ def jpeg(img: Image.Image, _rng: np.random.Generator) -> Image.Image:
 def scale(img: Image.Image, _rng: np.random.Generator) -> Image.Image:
     rgb = img.convert("RGB")
     w, h = rgb.size
-    small = rgb.resize((max(1, round(w * SCALE)), max(1, round(h * SCALE))), Image.BILINEAR)
+    small = rgb.resize((max(1, round(w * SCALE)), max(1, round(h * SCALE))), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (w, h), background(rgb))
     canvas.paste(small, ((w - small.width) // 2, (h - small.height) // 2))
     return canvas
@@ -127,7 +127,7 @@ def photo_crops(count: int, size: int, *, seed: int = 0) -> list[Image.Image]:
         photo = photos[int(rng.integers(len(photos)))]
         side = int(rng.integers(int(0.1 * photo.height), int(0.6 * photo.height) + 1))
         x, y = int(rng.integers(photo.width - side + 1)), int(rng.integers(photo.height - side + 1))
-        crops.append(photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR))
+        crops.append(photo.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BILINEAR))
     return crops
 
 
