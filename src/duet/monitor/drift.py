@@ -39,9 +39,8 @@ bounded, thread-safe window of recent observations and computes a
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -51,140 +50,34 @@ from scipy import stats as sstats
 
 from duet.errors import ConfigError
 from duet.monitor.outliers import outlier_rank, outlier_threshold, window_test
+from duet.monitor.signals import DETECTORS, DriftSettings, Observations
+from duet.monitor.stattests import chi2_permutation_test, mmd_permutation_test, psi
 
 if TYPE_CHECKING:
     from duet.monitor.estimate import AccuracyEstimator
     from duet.monitor.profile import ReferenceProfile
 
-DETECTORS: tuple[str, ...] = ("embedding", "predicted_class", "confidence", "image_stats", "outlier_rate")
+__all__ = [
+    "DETECTORS",
+    "REGISTRY",
+    "STATUSES",
+    "Detector",
+    "DetectorResult",
+    "DriftMonitor",
+    "DriftResult",
+    "DriftSettings",
+    "Observations",
+    "compare",
+    "compare_observations",
+    "false_alarm_rate",
+    "format_statistic",
+    "run_detectors",
+]
+
 STATUSES: tuple[str, ...] = ("drift", "no_drift", "insufficient")
-EMBEDDING_TESTS: tuple[str, ...] = ("mmd", "ks")
-PSI_EPSILON = 1e-4  # share given to an empty class before taking logs (as Evidently does)
 
 
-# --------------------------------------------------------------------------- settings and data
-
-
-@dataclass(frozen=True)
-class DriftSettings:
-    """How the detectors decide. The defaults are calibrated (docs/monitoring.md).
-
-    alpha: bound on the false-alarm rate of the whole verdict when nothing
-        changed. 0.04, not the customary 0.05: Bonferroni across four nearly
-        independent detectors uses most of the bound (0.75-0.9 x alpha measured),
-        and 0.04 keeps the measured rate under 5% with room to spare.
-    embedding_test: "mmd" (kernel MMD, permutation test) or "ks" (KS per
-        PCA component, Bonferroni over components).
-    permutations: permutations of the MMD and class-count tests; the smallest
-        p-value they can give is 1 / (permutations + 1), which must stay below alpha / 4.
-    min_images: a detector does not run on fewer current images.
-    max_reference: reference rows used by the MMD test (a seeded subsample
-        beyond it), which bounds its cost.
-    outlier_rate: share of clean images an image's outlier score exceeds
-        (the per-image threshold, calibrated on the reference).
-    seed: seeds permutations and subsamples, so a result is reproducible.
-    """
-
-    alpha: float = 0.04
-    embedding_test: str = "mmd"
-    permutations: int = 500
-    min_images: int = 30
-    max_reference: int = 1000
-    outlier_rate: float = 0.01
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"`alpha` must be in (0, 1), e.g. 0.04. Received: alpha={self.alpha!r}")
-        if self.embedding_test not in EMBEDDING_TESTS:
-            raise ConfigError(
-                f"`embedding_test` must be one of {', '.join(EMBEDDING_TESTS)}. "
-                f"Received: embedding_test={self.embedding_test!r}"
-            )
-        if self.permutations < 1 or 1 / (self.permutations + 1) >= self.alpha / len(DETECTORS):
-            need = math.ceil(len(DETECTORS) / self.alpha)
-            raise ConfigError(
-                f"`permutations` must be at least {need} so that the permutation test can reach "
-                f"p < alpha/{len(DETECTORS)}. Received: permutations={self.permutations!r}"
-            )
-        if self.min_images < 2:
-            raise ConfigError(f"`min_images` must be at least 2. Received: min_images={self.min_images!r}")
-        if self.max_reference < 2:
-            raise ConfigError(f"`max_reference` must be at least 2. Received: max_reference={self.max_reference!r}")
-        if not 0 < self.outlier_rate < 0.5:
-            raise ConfigError(
-                f"`outlier_rate` must be in (0, 0.5), e.g. 0.01. Received: outlier_rate={self.outlier_rate!r}"
-            )
-
-
-@dataclass
-class Observations:
-    """What the detectors compare, one row per image; any field may be None.
-
-    embeddings: float32 (N, k), penultimate features already projected with the
-        profile's PCA (``ReferenceProfile.project``).
-    classes: int64 (N,), top-1 class index in the run's label order.
-    confidences: float32 (N,), top-1 probability.
-    image_stats: float32 (N, len(STAT_NAMES)), from ``image_stats``.
-    outlier_scores: float32 (N,), from ``OutlierModel.score``.
-    accuracy_scores: float32 (N,), from ``AccuracyEstimator.score`` (not a
-        detector: the window's label-free accuracy estimate).
-    """
-
-    embeddings: np.ndarray | None = None
-    classes: np.ndarray | None = None
-    confidences: np.ndarray | None = None
-    image_stats: np.ndarray | None = None
-    outlier_scores: np.ndarray | None = None
-    accuracy_scores: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        lengths = {len(a) for a in self._arrays().values()}
-        if len(lengths) > 1:
-            raise ValueError(f"observation fields have different lengths: {sorted(lengths)}")
-        if (self.classes is None) != (self.confidences is None):
-            raise ValueError("classes and confidences come together (both or neither)")
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {
-            k: v
-            for k, v in (
-                ("embeddings", self.embeddings),
-                ("classes", self.classes),
-                ("confidences", self.confidences),
-                ("image_stats", self.image_stats),
-                ("outlier_scores", self.outlier_scores),
-                ("accuracy_scores", self.accuracy_scores),
-            )
-            if v is not None
-        }
-
-    def __len__(self) -> int:
-        arrays = self._arrays()
-        return len(next(iter(arrays.values()))) if arrays else 0
-
-    def take(self, index: np.ndarray) -> Observations:
-        return Observations(**{k: v[index] for k, v in self._arrays().items()})
-
-    @staticmethod
-    def from_probabilities(
-        probabilities: np.ndarray,
-        *,
-        embeddings: np.ndarray | None = None,
-        image_stats: np.ndarray | None = None,
-        outlier_scores: np.ndarray | None = None,
-        accuracy_scores: np.ndarray | None = None,
-    ) -> Observations:
-        probabilities = np.asarray(probabilities, dtype=np.float32)
-        classes = probabilities.argmax(1).astype(np.int64)
-        return Observations(
-            embeddings,
-            classes,
-            probabilities[np.arange(len(classes)), classes],
-            image_stats,
-            outlier_scores,
-            accuracy_scores,
-        )
+# --------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -260,133 +153,8 @@ class DriftResult:
         }
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def mmd_permutation_test(
-    x: np.ndarray, y: np.ndarray, *, sigma2: float, permutations: int, rng: np.random.Generator
-) -> tuple[float, float, float]:
-    """Unbiased MMD² between samples ``x`` (n, d) and ``y`` (m, d) with the
-    Gaussian kernel ``exp(-|a-b|² / (2 sigma2))``, and its permutation p-value.
-
-    Every permutation is scored from the one pooled kernel matrix: with ``A``
-    the (N, B) membership matrix of B random relabellings, a single ``K @ A``
-    gives all B statistics (one matmul instead of B index-gathers).
-
-    Returns ``(mmd2, p_value, threshold)``: ``p = (1 + #{perm >= mmd2}) / (B + 1)``
-    (never 0), and ``threshold`` the 95th percentile of the permuted values.
-    """
-    n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        raise ValueError("the MMD test needs at least 2 rows in each sample")
-    z = np.concatenate([x, y]).astype(np.float64)
-    sq = np.einsum("ij,ij->i", z, z)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
-    # float32 for the (N, N) x (N, B) products: about twice as fast as float64
-    # (150 + 100 rows, 500 permutations: ~40 -> ~20 ms on 2 busy cores), and
-    # the rounding (~1e-7 of the kernel sums) is far below the spread of the
-    # permuted statistics.
-    kernel = np.exp(-d2 / (2.0 * sigma2)).astype(np.float32)
-    np.fill_diagonal(kernel, 0.0)  # the unbiased estimator leaves out i == j
-    total = float(kernel.sum(dtype=np.float64))
-    row_sums = kernel.sum(1, dtype=np.float64).astype(np.float32)
-
-    def mmd2(members: np.ndarray) -> np.ndarray:
-        sxx = np.einsum("ib,ib->b", members, kernel @ members).astype(np.float64)
-        sxy = (members.T @ row_sums).astype(np.float64) - sxx
-        syy = total - 2.0 * sxy - sxx
-        return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
-
-    first = np.zeros((n + m, 1), dtype=np.float32)
-    first[:n] = 1.0
-    observed = float(mmd2(first)[0])
-    permuted = []
-    for start in range(0, permutations, 128):  # bounded memory: (N, 128) at a time
-        b = min(128, permutations - start)
-        order = rng.random((n + m, b)).argsort(axis=0)
-        members = np.zeros((n + m, b), dtype=np.float32)
-        np.put_along_axis(members, order[:n], 1.0, axis=0)
-        permuted.append(mmd2(members))
-    null = np.concatenate(permuted)
-    p = (1.0 + float((null >= observed).sum())) / (permutations + 1.0)
-    return observed, p, float(np.quantile(null, 0.95))
-
-
-def median_heuristic_sigma2(z: np.ndarray, *, max_rows: int = 1000, seed: int = 0) -> float:
-    """``sigma²`` of the Gaussian kernel by the median heuristic (Gretton et al.,
-    2012; alibi-detect's ``sigma_median``): half the median squared distance
-    between distinct rows, so ``k = exp(-d² / median(d²))``."""
-    z = np.asarray(z, dtype=np.float64)
-    if len(z) > max_rows:
-        z = z[np.random.default_rng(seed).choice(len(z), max_rows, replace=False)]
-    sq = np.einsum("ij,ij->i", z, z)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
-    off = d2[np.triu_indices(len(z), k=1)]
-    med = float(np.median(off)) if off.size else 1.0
-    return med / 2.0 if med > 0 else 1.0
-
-
-def psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    """Population stability index of two count vectors over the same bins."""
-    p = np.maximum(ref_counts / max(ref_counts.sum(), 1), PSI_EPSILON)
-    q = np.maximum(cur_counts / max(cur_counts.sum(), 1), PSI_EPSILON)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def chi2_permutation_test(
-    ref: np.ndarray, cur: np.ndarray, *, num_classes: int, permutations: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Pearson's chi-square statistic of the 2 x C table of class counts, with a
-    permutation p-value: the class labels of the pooled sample are reassigned
-    to the two samples at random ``permutations`` times. Exact at any sample
-    size: the column totals never change, so no rare class needs pooling (the
-    asymptotic p-value needs ~5 expected counts per cell, a rule that gets
-    shaky at the 1% level the verdict uses).
-
-    Returns ``(chi2, p_value)`` with ``p = (1 + #{perm >= chi2}) / (B + 1)``.
-    """
-    pooled = np.concatenate([ref, cur]).astype(np.int64)
-    n, big_n = len(ref), len(ref) + len(cur)
-    onehot = np.zeros((big_n, num_classes))
-    onehot[np.arange(big_n), pooled] = 1.0
-    totals = onehot.sum(0)
-    present = totals > 0
-    onehot, totals = onehot[:, present], totals[present]
-    expected_ref, expected_cur = n * totals / big_n, (big_n - n) * totals / big_n
-
-    def chi2(ref_counts: np.ndarray) -> np.ndarray:
-        cur_counts = totals - ref_counts
-        return (
-            ((ref_counts - expected_ref) ** 2) / expected_ref + ((cur_counts - expected_cur) ** 2) / expected_cur
-        ).sum(-1)
-
-    observed = float(chi2(onehot[:n].sum(0)))
-    null = []
-    for start in range(0, permutations, 128):
-        b = min(128, permutations - start)
-        order = rng.random((b, big_n)).argsort(axis=1)[:, :n]
-        members = np.zeros((b, big_n))
-        np.put_along_axis(members, order, 1.0, axis=1)
-        null.append(chi2(members @ onehot))
-    null_values = np.concatenate(null)
-    return observed, (1.0 + float((null_values >= observed - 1e-9).sum())) / (permutations + 1.0)
-
-
 def _fmt_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-# --------------------------------------------------------------------------- detectors
-
-
-def _skip(detector: str, method: str, statistic_name: str, n_ref: int, n_cur: int, why: str) -> DetectorResult:
-    return DetectorResult(
-        detector, method, statistic_name, None, None, None, False, f"Not tested: {why}.", n_ref, n_cur, {}, why
-    )
-
-
-def _too_few(n_cur: int, settings: DriftSettings) -> str:
-    return f"only {n_cur} current image{'s' if n_cur != 1 else ''} (needs {settings.min_images})"
 
 
 def format_statistic(name: str, value: float | None, digits: int = 4) -> str:
@@ -400,118 +168,141 @@ def format_statistic(name: str, value: float | None, digits: int = 4) -> str:
     return f"{name} = {value:.{digits}f}"
 
 
-def embedding_detector(
-    ref: np.ndarray | None, cur: np.ndarray | None, *, sigma2: float, settings: DriftSettings, rng: np.random.Generator
-) -> DetectorResult:
-    if settings.embedding_test == "mmd":
-        method = f"MMD, Gaussian kernel (median heuristic), {settings.permutations} permutations"
-        stat_name = "MMD²"
-    else:
-        method = "KS per PCA component, Bonferroni over components"
-        stat_name = "max KS D"
-    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
-    if ref is None or cur is None:
-        return _skip("embedding", method, stat_name, n_ref, n_cur, "no embeddings were recorded")
-    if n_cur < settings.min_images:
-        return _skip("embedding", method, stat_name, n_ref, n_cur, _too_few(n_cur, settings))
-    if n_ref > settings.max_reference:
-        ref = ref[np.sort(rng.choice(n_ref, settings.max_reference, replace=False))]
+# --------------------------------------------------------------------------- the detectors
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a detector may use besides the two samples. One ``rng`` is shared by
+    the detectors in registry order, so a result is reproducible from the seed."""
+
+    settings: DriftSettings
+    rng: np.random.Generator
+    labels: Sequence[str]
+    sigma2: float
+    stat_names: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A detector's test before the verdict's threshold is applied: its score,
+    p-value and details, and the sentence for either decision. ``n_reference``:
+    the reference rows used, when the test subsampled them (else all)."""
+
+    statistic: float
+    p_value: float
+    details: dict[str, Any]
+    if_drift: str
+    if_not: str
+    n_reference: int | None = None
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One entry of the registry (``REGISTRY``).
+
+    signal: the ``Observations`` field it compares.
+    describe: ``(method, statistic name)`` for the settings (a skipped detector reports them too).
+    missing: why it is skipped when either side lacks the signal.
+    test: the test on the two samples; it runs only with both present and at
+        least ``min_images`` current rows (the preamble every detector shares).
+    at_threshold: completes the result once the threshold is known (optional).
+    """
+
+    signal: str
+    describe: Callable[[Context], tuple[str, str]]
+    missing: str
+    test: Callable[[np.ndarray, np.ndarray, Context], Measured]
+    at_threshold: Callable[[Measured, float], Measured] | None = None
+
+
+def _describe_embedding(ctx: Context) -> tuple[str, str]:
+    if ctx.settings.embedding_test == "mmd":
+        return f"MMD, Gaussian kernel (median heuristic), {ctx.settings.permutations} permutations", "MMD²"
+    return "KS per PCA component, Bonferroni over components", "max KS D"
+
+
+def _embedding(ref: np.ndarray, cur: np.ndarray, ctx: Context) -> Measured:
+    settings, rng = ctx.settings, ctx.rng
+    if len(ref) > settings.max_reference:
+        ref = ref[np.sort(rng.choice(len(ref), settings.max_reference, replace=False))]
     details: dict[str, Any] = {"components": int(ref.shape[1]), "reference_rows_used": int(len(ref))}
     if settings.embedding_test == "mmd":
-        stat, p, null95 = mmd_permutation_test(ref, cur, sigma2=sigma2, permutations=settings.permutations, rng=rng)
+        stat, p, null95 = mmd_permutation_test(ref, cur, sigma2=ctx.sigma2, permutations=settings.permutations, rng=rng)
         # The unbiased estimate (``statistic``, kept raw here too) dips below 0 when
         # the samples are alike; sentences and reports show it as "≈ 0" then.
-        details.update({"sigma2": sigma2, "null_95th_percentile": null95, "mmd2_unbiased": float(stat)})
+        details.update({"sigma2": ctx.sigma2, "null_95th_percentile": null95, "mmd2_unbiased": float(stat)})
     else:
         tests = [sstats.ks_2samp(ref[:, j], cur[:, j]) for j in range(ref.shape[1])]
         d = np.array([t.statistic for t in tests])
         ps = np.array([t.pvalue for t in tests])
         stat, p = float(d.max()), float(min(1.0, ps.min() * len(ps)))
         details.update({"most_shifted_component": int(d.argmax()), "per_component_d": d.round(4).tolist()})
-    details["if_drift"] = (
-        f"Embeddings moved away from the reference ({format_statistic(stat_name, stat)}, {_fmt_p(p)}): "
-        "the model is seeing images unlike those it was validated on."
-    )
-    details["if_not"] = f"Embeddings look like the reference ({format_statistic(stat_name, stat)}, {_fmt_p(p)})."
-    return DetectorResult(
-        "embedding", method, stat_name, float(stat), float(p), None, False, "", len(ref), n_cur, details
+    shown = f"{format_statistic(_describe_embedding(ctx)[1], stat)}, {_fmt_p(p)}"
+    return Measured(
+        statistic=float(stat),
+        p_value=float(p),
+        details=details,
+        if_drift=(
+            f"Embeddings moved away from the reference ({shown}): "
+            "the model is seeing images unlike those it was validated on."
+        ),
+        if_not=f"Embeddings look like the reference ({shown}).",
+        n_reference=len(ref),
     )
 
 
-def class_detector(
-    ref: np.ndarray | None,
-    cur: np.ndarray | None,
-    *,
-    labels: Sequence[str],
-    settings: DriftSettings,
-    rng: np.random.Generator,
-) -> DetectorResult:
-    method = f"chi-square of predicted-class counts, {settings.permutations} permutations; PSI as effect size"
-    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
-    if ref is None or cur is None:
-        return _skip("predicted_class", method, "PSI", n_ref, n_cur, "no predictions were recorded")
-    if n_cur < settings.min_images:
-        return _skip("predicted_class", method, "PSI", n_ref, n_cur, _too_few(n_cur, settings))
-    c = len(labels)
+def _predicted_class(ref: np.ndarray, cur: np.ndarray, ctx: Context) -> Measured:
+    labels, c = ctx.labels, len(ctx.labels)
     ref_counts = np.bincount(ref, minlength=c)[:c].astype(np.float64)
     cur_counts = np.bincount(cur, minlength=c)[:c].astype(np.float64)
     index = psi(ref_counts, cur_counts)
     ref_share, cur_share = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
     moved = int(np.argmax(np.abs(cur_share - ref_share)))
-    chi2, p = chi2_permutation_test(ref, cur, num_classes=c, permutations=settings.permutations, rng=rng)
-    details = {
-        "chi2": chi2,
-        "per_class": [
-            {"label": labels[i], "reference_share": float(ref_share[i]), "current_share": float(cur_share[i])}
-            for i in range(c)
-        ],
-        "if_drift": (
+    chi2, p = chi2_permutation_test(ref, cur, num_classes=c, permutations=ctx.settings.permutations, rng=ctx.rng)
+    per_class = [
+        {"label": labels[i], "reference_share": float(ref_share[i]), "current_share": float(cur_share[i])}
+        for i in range(c)
+    ]
+    return Measured(
+        statistic=index,
+        p_value=p,
+        details={"chi2": chi2, "per_class": per_class},
+        if_drift=(
             f"Predicted classes shifted (chi-square {_fmt_p(p)}, PSI {index:.2f}): '{labels[moved]}' is "
             f"{cur_share[moved]:.0%} of predictions now vs {ref_share[moved]:.0%} in the reference."
         ),
-        "if_not": f"The mix of predicted classes matches the reference (chi-square {_fmt_p(p)}, PSI {index:.2f}).",
-    }
-    return DetectorResult("predicted_class", method, "PSI", index, p, None, False, "", n_ref, n_cur, details)
+        if_not=f"The mix of predicted classes matches the reference (chi-square {_fmt_p(p)}, PSI {index:.2f}).",
+    )
 
 
-def confidence_detector(ref: np.ndarray | None, cur: np.ndarray | None, *, settings: DriftSettings) -> DetectorResult:
-    method = "two-sample Kolmogorov-Smirnov test on the top-1 probability"
-    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
-    if ref is None or cur is None:
-        return _skip("confidence", method, "KS D", n_ref, n_cur, "no predictions were recorded")
-    if n_cur < settings.min_images:
-        return _skip("confidence", method, "KS D", n_ref, n_cur, _too_few(n_cur, settings))
+def _confidence(ref: np.ndarray, cur: np.ndarray, ctx: Context) -> Measured:
     test = sstats.ks_2samp(ref, cur)
     d, p = float(test.statistic), float(test.pvalue)
     med_ref, med_cur = float(np.median(ref)), float(np.median(cur))
     low_ref, low_cur = float(np.mean(ref < 0.5)), float(np.mean(cur < 0.5))
     way = "dropped" if med_cur < med_ref else "rose"
-    details = {
-        "reference_median": med_ref,
-        "current_median": med_cur,
-        "reference_below_0.5": low_ref,
-        "current_below_0.5": low_cur,
-        "if_drift": (
+    return Measured(
+        statistic=d,
+        p_value=p,
+        details={
+            "reference_median": med_ref,
+            "current_median": med_cur,
+            "reference_below_0.5": low_ref,
+            "current_below_0.5": low_cur,
+        },
+        if_drift=(
             f"Top-1 confidence {way}: median {med_cur:.2f} now vs {med_ref:.2f} in the reference, "
             f"{low_cur:.0%} of images below 0.5 vs {low_ref:.0%} (KS D = {d:.2f}, {_fmt_p(p)})."
         ),
-        "if_not": f"Top-1 confidence is as in the reference (median {med_cur:.2f} vs {med_ref:.2f}, KS {_fmt_p(p)}).",
-    }
-    return DetectorResult("confidence", method, "KS D", d, p, None, False, "", n_ref, n_cur, details)
+        if_not=f"Top-1 confidence is as in the reference (median {med_cur:.2f} vs {med_ref:.2f}, KS {_fmt_p(p)}).",
+    )
 
 
-def image_stats_detector(
-    ref: np.ndarray | None, cur: np.ndarray | None, *, stat_names: Sequence[str], settings: DriftSettings
-) -> DetectorResult:
-    method = f"two-sample KS test per image statistic, Bonferroni over {len(stat_names)}"
-    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
-    if ref is None or cur is None:
-        return _skip("image_stats", method, "max KS D", n_ref, n_cur, "no image statistics were recorded")
-    if n_cur < settings.min_images:
-        return _skip("image_stats", method, "max KS D", n_ref, n_cur, _too_few(n_cur, settings))
-    k = len(stat_names)
-    per_stat = []
-    for j, name in enumerate(stat_names):
+def _image_stats(ref: np.ndarray, cur: np.ndarray, ctx: Context) -> Measured:
+    k = len(ctx.stat_names)
+    per_stat: list[dict[str, Any]] = []
+    for j, name in enumerate(ctx.stat_names):
         a, b = ref[:, j], cur[:, j]
         if np.all(a == a[0]) and np.all(b == a[0]):
             d, p = 0.0, 1.0  # the same constant on both sides (e.g. every image 32 x 32)
@@ -528,68 +319,158 @@ def image_stats_detector(
                 "current_median": float(np.median(b)),
             }
         )
-    p = min(s["corrected_p"] for s in per_stat)
-    d = max(s["ks_d"] for s in per_stat)
-    details: dict[str, Any] = {
-        "per_stat": per_stat,
-        "if_drift": "Image statistics changed: {changed} (KS, Bonferroni-corrected {p}).".format(
-            changed="{changed}", p=_fmt_p(p)
-        ),
-        "if_not": (
+    p = min(float(s["corrected_p"]) for s in per_stat)
+    return Measured(
+        statistic=max(float(s["ks_d"]) for s in per_stat),
+        p_value=p,
+        details={"per_stat": per_stat},
+        if_drift="",  # names the changed statistics, which depends on the threshold: _image_stats_at
+        if_not=(
             f"Image size, aspect ratio, brightness, contrast and saturation are as in the reference "
             f"(smallest corrected KS {_fmt_p(p)})."
         ),
-    }
-    return DetectorResult("image_stats", method, "max KS D", d, p, None, False, "", n_ref, n_cur, details)
-
-
-def outlier_detector(ref: np.ndarray | None, cur: np.ndarray | None, *, settings: DriftSettings) -> DetectorResult:
-    rate = settings.outlier_rate
-    method = (
-        f"per-image outlier score above the reference's {rate:.0%} threshold, exact beta-binomial test of the count"
     )
-    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
-    if ref is None or cur is None:
-        return _skip(
-            "outlier_rate",
-            method,
-            "outlier share",
-            n_ref,
-            n_cur,
-            "no outlier scores (the profile predates them, or the model gave no embeddings)",
-        )
-    if n_cur < settings.min_images:
-        return _skip("outlier_rate", method, "outlier share", n_ref, n_cur, _too_few(n_cur, settings))
+
+
+def _image_stats_at(measured: Measured, threshold: float) -> Measured:
+    """The statistics whose corrected p-value is below the threshold, most shifted first."""
+    per_stat = measured.details["per_stat"]
+    changed = sorted((s for s in per_stat if s["corrected_p"] < threshold), key=lambda s: -s["ks_d"])
+    named = ", ".join(
+        f"{s['stat']} (median {s['current_median']:.3g} now vs {s['reference_median']:.3g})" for s in changed
+    )
+    return replace(
+        measured,
+        details={**measured.details, "changed": [s["stat"] for s in changed]},
+        if_drift=f"Image statistics changed: {named} (KS, Bonferroni-corrected {_fmt_p(measured.p_value)}).",
+    )
+
+
+def _outlier_rate(ref: np.ndarray, cur: np.ndarray, ctx: Context) -> Measured:
+    rate, n_ref, n_cur = ctx.settings.outlier_rate, len(ref), len(cur)
     x, p = window_test(ref, cur, rate)
     share, expected = x / n_cur, outlier_rank(n_ref, rate) / (n_ref + 1)
-    details = {
-        "outliers": x,
-        "expected_share": expected,
-        "threshold": outlier_threshold(ref, rate),
-        "if_drift": (
+    return Measured(
+        statistic=share,
+        p_value=p,
+        details={"outliers": x, "expected_share": expected, "threshold": outlier_threshold(ref, rate)},
+        if_drift=(
             f"{x} of {n_cur} images ({share:.0%}) are unlike the reference, each on its own (outlier score "
             f"above the threshold {expected:.1%} of clean images exceed; {_fmt_p(p)}): some inputs come "
             "from somewhere else."
         ),
-        "if_not": f"{x} of {n_cur} images are outliers ({share:.0%}; {expected:.1%} expected on clean data, {_fmt_p(p)}).",
-    }
-    return DetectorResult("outlier_rate", method, "outlier share", share, p, None, False, "", n_ref, n_cur, details)
+        if_not=f"{x} of {n_cur} images are outliers ({share:.0%}; {expected:.1%} expected on clean data, {_fmt_p(p)}).",
+    )
 
 
-def _finalise(result: DetectorResult, threshold: float) -> DetectorResult:
-    """Apply the verdict's threshold: the decision and the sentence that goes with it."""
-    details = dict(result.details)
-    if_drift, if_not = details.pop("if_drift"), details.pop("if_not")
-    drift = result.p_value is not None and result.p_value < threshold
-    if result.detector == "image_stats":
-        changed = sorted((s for s in details["per_stat"] if s["corrected_p"] < threshold), key=lambda s: -s["ks_d"])
-        details["changed"] = [s["stat"] for s in changed]
-        if_drift = if_drift.format(
-            changed=", ".join(
-                f"{s['stat']} (median {s['current_median']:.3g} now vs {s['reference_median']:.3g})" for s in changed
-            )
+# Name -> detector, in the order they run (and draw from the shared rng) and report.
+REGISTRY: dict[str, Detector] = {
+    "embedding": Detector(
+        signal="embeddings", describe=_describe_embedding, missing="no embeddings were recorded", test=_embedding
+    ),
+    "predicted_class": Detector(
+        signal="classes",
+        describe=lambda ctx: (
+            f"chi-square of predicted-class counts, {ctx.settings.permutations} permutations; PSI as effect size",
+            "PSI",
+        ),
+        missing="no predictions were recorded",
+        test=_predicted_class,
+    ),
+    "confidence": Detector(
+        signal="confidences",
+        describe=lambda ctx: ("two-sample Kolmogorov-Smirnov test on the top-1 probability", "KS D"),
+        missing="no predictions were recorded",
+        test=_confidence,
+    ),
+    "image_stats": Detector(
+        signal="image_stats",
+        describe=lambda ctx: (
+            f"two-sample KS test per image statistic, Bonferroni over {len(ctx.stat_names)}",
+            "max KS D",
+        ),
+        missing="no image statistics were recorded",
+        test=_image_stats,
+        at_threshold=_image_stats_at,
+    ),
+    "outlier_rate": Detector(
+        signal="outlier_scores",
+        describe=lambda ctx: (
+            f"per-image outlier score above the reference's {ctx.settings.outlier_rate:.0%} threshold, "
+            "exact beta-binomial test of the count",
+            "outlier share",
+        ),
+        missing="no outlier scores (the profile predates them, or the model gave no embeddings)",
+        test=_outlier_rate,
+    ),
+}
+if tuple(REGISTRY) != DETECTORS:  # DriftSettings (duet.monitor.signals) counts them for Bonferroni
+    raise RuntimeError(f"the detector registry {tuple(REGISTRY)} does not match DETECTORS {DETECTORS}")
+
+
+def _measure(
+    name: str, ref: np.ndarray | None, cur: np.ndarray | None, ctx: Context
+) -> tuple[DetectorResult, Measured | None]:
+    """The preamble every detector shares, then its test: ``(result, measured)``;
+    ``measured`` is None when the detector was skipped (``result.skipped`` says why)."""
+    spec = REGISTRY[name]
+    method, statistic_name = spec.describe(ctx)
+    n_ref, n_cur = (0 if ref is None else len(ref)), (0 if cur is None else len(cur))
+    if ref is None or cur is None:
+        why = spec.missing
+    elif n_cur < ctx.settings.min_images:
+        why = f"only {n_cur} current image{'s' if n_cur != 1 else ''} (needs {ctx.settings.min_images})"
+    else:
+        measured = spec.test(ref, cur, ctx)
+        result = DetectorResult(
+            detector=name,
+            method=method,
+            statistic_name=statistic_name,
+            statistic=measured.statistic,
+            p_value=measured.p_value,
+            threshold=None,
+            drift=False,
+            sentence="",
+            n_reference=n_ref if measured.n_reference is None else measured.n_reference,
+            n_current=n_cur,
+            details=measured.details,
         )
-    return replace(result, threshold=threshold, drift=drift, sentence=if_drift if drift else if_not, details=details)
+        return result, measured
+    skipped = DetectorResult(
+        detector=name,
+        method=method,
+        statistic_name=statistic_name,
+        statistic=None,
+        p_value=None,
+        threshold=None,
+        drift=False,
+        sentence=f"Not tested: {why}.",
+        n_reference=n_ref,
+        n_current=n_cur,
+        skipped=why,
+    )
+    return skipped, None
+
+
+def run_detectors(reference: Observations, current: Mapping[str, np.ndarray], ctx: Context) -> list[DetectorResult]:
+    """Every registered detector on its signal, in registry order, decided at the
+    verdict's threshold: ``alpha / m`` for the m detectors that ran (Bonferroni)."""
+    measured = [
+        _measure(name, getattr(reference, spec.signal), current.get(spec.signal), ctx)
+        for name, spec in REGISTRY.items()
+    ]
+    threshold = ctx.settings.alpha / max(sum(m is not None for _, m in measured), 1)
+    results = []
+    for result, m in measured:
+        if m is not None:
+            at_threshold = REGISTRY[result.detector].at_threshold
+            m = at_threshold(m, threshold) if at_threshold is not None else m
+            drift = m.p_value < threshold
+            result = replace(
+                result, threshold=threshold, drift=drift, sentence=m.if_drift if drift else m.if_not, details=m.details
+            )
+        results.append(result)
+    return results
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -621,7 +502,7 @@ def compare_observations(
 
 def _detect(
     reference: Observations,
-    current: dict[str, np.ndarray],
+    current: Mapping[str, np.ndarray],
     *,
     labels: Sequence[str],
     sigma2: float,
@@ -633,53 +514,22 @@ def _detect(
     """The detectors and the verdict. ``current`` maps Observations field names
     to rows; signals may differ in length (a server may record embeddings for
     some requests only), so each detector gets its own rows."""
-    rng = np.random.default_rng(settings.seed)
-    cur = current.get
-    raw = [
-        embedding_detector(reference.embeddings, cur("embeddings"), sigma2=sigma2, settings=settings, rng=rng),
-        class_detector(reference.classes, cur("classes"), labels=labels, settings=settings, rng=rng),
-        confidence_detector(reference.confidences, cur("confidences"), settings=settings),
-        image_stats_detector(reference.image_stats, cur("image_stats"), stat_names=stat_names, settings=settings),
-        outlier_detector(reference.outlier_scores, cur("outlier_scores"), settings=settings),
-    ]
-    ran = [r for r in raw if not r.skipped]
-    threshold = settings.alpha / max(len(ran), 1)
-    results = [r if r.skipped else _finalise(r, threshold) for r in raw]
+    ctx = Context(
+        settings=settings,
+        rng=np.random.default_rng(settings.seed),
+        labels=labels,
+        sigma2=sigma2,
+        stat_names=stat_names,
+    )
+    results = run_detectors(reference, current, ctx)
+    ran = [r for r in results if not r.skipped]
     drifted = [r for r in results if r.drift]
     n_cur = max((r.n_current for r in results), default=0)
-    images = f"{n_cur} image{'s' if n_cur != 1 else ''}"
     status = "insufficient" if not ran else ("drift" if drifted else "no_drift")
-    if not ran:
-        lead = "Warming up" if window else "Not enough data to decide"
-        sentence = f"{lead}: {images}, and each detector needs {settings.min_images}. This is not a 'no drift' verdict."
-    elif drifted:
-        names = ", ".join(r.detector for r in drifted)
-        sentence = f"Drift detected by {len(drifted)} of {len(ran)} detectors ({names}). {drifted[0].sentence}"
-    else:
-        where = f"the last {images}" if window else f"the {images}"
-        sentence = (
-            f"No drift: {where} look like the reference on all {len(ran)} detectors "
-            f"(false-alarm rate at most {settings.alpha:.0%})."
-        )
-    scores = cur("accuracy_scores")
-    estimate = (
-        accuracy.estimate(scores)
-        if accuracy is not None and scores is not None and len(scores) >= settings.min_images
-        else None
-    )
-    if estimate is not None:
-        # Under a shift the model is mostly over-confident, so a confidence-based
-        # estimate errs upward (docs/monitoring.md, "Estimated accuracy"): say so with it.
-        estimate["caution"] = (
-            None
-            if not drifted
-            else f"the inputs drifted ({', '.join(r.detector for r in drifted)}): estimates from "
-            "confidence are often too optimistic under such shifts; label a sample to measure"
-        )
     return DriftResult(
-        accuracy=estimate,
+        accuracy=_accuracy_estimate(accuracy, current.get("accuracy_scores"), drifted, settings),
         drift=None if status == "insufficient" else bool(drifted),
-        sentence=sentence,
+        sentence=_verdict_sentence(ran, drifted, n_cur, settings, window=window),
         detectors=results,
         n_reference=len(reference),
         n_current=n_cur,
@@ -688,6 +538,45 @@ def _detect(
         computed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         status=status,
     )
+
+
+def _verdict_sentence(
+    ran: list[DetectorResult], drifted: list[DetectorResult], n_cur: int, settings: DriftSettings, *, window: bool
+) -> str:
+    images = f"{n_cur} image{'s' if n_cur != 1 else ''}"
+    if not ran:
+        lead = "Warming up" if window else "Not enough data to decide"
+        return f"{lead}: {images}, and each detector needs {settings.min_images}. This is not a 'no drift' verdict."
+    if drifted:
+        names = ", ".join(r.detector for r in drifted)
+        return f"Drift detected by {len(drifted)} of {len(ran)} detectors ({names}). {drifted[0].sentence}"
+    where = f"the last {images}" if window else f"the {images}"
+    return (
+        f"No drift: {where} look like the reference on all {len(ran)} detectors "
+        f"(false-alarm rate at most {settings.alpha:.0%})."
+    )
+
+
+def _accuracy_estimate(
+    accuracy: AccuracyEstimator | None,
+    scores: np.ndarray | None,
+    drifted: list[DetectorResult],
+    settings: DriftSettings,
+) -> dict[str, Any] | None:
+    """The current images' label-free accuracy estimate (None without an estimator
+    or with fewer than ``min_images`` scores), with a caution when they drifted."""
+    if accuracy is None or scores is None or len(scores) < settings.min_images:
+        return None
+    estimate = accuracy.estimate(scores)
+    # Under a shift the model is mostly over-confident, so a confidence-based
+    # estimate errs upward (docs/monitoring.md, "Estimated accuracy"): say so with it.
+    estimate["caution"] = (
+        None
+        if not drifted
+        else f"the inputs drifted ({', '.join(r.detector for r in drifted)}): estimates from "
+        "confidence are often too optimistic under such shifts; label a sample to measure"
+    )
+    return estimate
 
 
 def compare(profile: ReferenceProfile, current: Observations, settings: DriftSettings | None = None) -> DriftResult:
@@ -850,7 +739,7 @@ class DriftMonitor:
             outliers = self.profile.outliers.score(embeddings, stats)
         batch = next((len(a) for a in (classes, projected, stats) if a is not None), 0)
         with self._lock:
-            if classes is not None:
+            if classes is not None and confidences is not None:  # together, checked above
                 self._classes.add(classes)
                 self._confidences.add(confidences)
             if projected is not None:

@@ -50,11 +50,12 @@ from typing import Any
 import numpy as np
 
 from duet.errors import DataError, RunError
-from duet.monitor.drift import DriftSettings, Observations, median_heuristic_sigma2
 from duet.monitor.estimate import AccuracyEstimator
 from duet.monitor.imagestats import STAT_NAMES
 from duet.monitor.outliers import ARRAY_NAMES as OUTLIER_ARRAYS
 from duet.monitor.outliers import OutlierModel, fit_outlier_model
+from duet.monitor.signals import DriftSettings, Observations
+from duet.monitor.stattests import median_heuristic_sigma2
 from duet.system.atomic import write_bytes_atomic, write_json_atomic
 
 SCHEMA = "duet.profile/1"
@@ -126,7 +127,13 @@ class ReferenceProfile:
 
     def observations(self) -> Observations:
         scores = None if self.outliers is None else self.outliers.reference_scores
-        return Observations(self.embeddings, self.classes, self.confidences, self.image_stats, scores)
+        return Observations(
+            embeddings=self.embeddings,
+            classes=self.classes,
+            confidences=self.confidences,
+            image_stats=self.image_stats,
+            outlier_scores=scores,
+        )
 
     def accuracy_scores(self, probabilities: np.ndarray) -> np.ndarray | None:
         """Per-image scores of the label-free accuracy estimator (None without one)."""
@@ -139,8 +146,9 @@ class ReferenceProfile:
         each atomically: a reader sees the old profile or the new one."""
         directory = Path(directory)
         buffer = io.BytesIO()
-        extra = {} if self.outliers is None else self.outliers.arrays()
-        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS}, **extra)
+        arrays: dict[str, Any] = {name: getattr(self, name) for name in _ARRAYS}
+        arrays.update({} if self.outliers is None else self.outliers.arrays())
+        np.savez(buffer, **arrays)
         data = buffer.getvalue()
         write_bytes_atomic(directory / ARRAYS_FILE, data)
         document = {
@@ -338,7 +346,6 @@ def write_profile(
     from duet.data.contract import default_workers
     from duet.data.scan import read_manifest
     from duet.evaluation.inference import load_model
-    from duet.monitor.embed import embed_files
     from duet.system.device import resolve_device
     from duet.train.precision import recorded_or
 
@@ -349,85 +356,138 @@ def write_profile(
         manifest.usable(), max_reference, max_fit, seed, run.paths.root, say
     )
     dev = resolve_device(device)
-    model = load_model(run, dev)
     chosen = recorded_or(precision, run.precision, dev)
     say(f"precision {chosen.reason}")
-    workers = default_workers() if workers is None else workers
-    index = {label: i for i, label in enumerate(run.labels)}
+    embed = _Embedder(
+        model=load_model(run, dev),
+        run=run,
+        data_dir=manifest.data_dir,
+        device=dev,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        progress=progress,
+        precision=chosen,
+    )
+    fit = embed(fit_rows, fit_split, "fit")
+    ref = embed(ref_rows, ref_split, "reference")
+    if fit_split == ref_split:
+        say(f"note: the PCA is fitted on the reference sample itself (no separate {fit_split} images)")
+    profile = _fit_profile(run, fit, ref, components=components, seed=seed, data_dir=manifest.data_dir)
+    profile.save(profile_dir(run.paths.root))
+    say(
+        f"drift profile: {profile.n_reference} {ref_split} images, {profile.n_components} PCA components "
+        f"({100 * float(profile.explained_variance_ratio.sum()):.0f}% of feature variance) "
+        f"-> {profile_dir(run.paths.root)}"
+    )
+    return ReferenceProfile.load(profile_dir(run.paths.root))
 
-    def embed(rows: list[Any], what: str) -> tuple[Any, list[Any]]:
+
+@dataclass(frozen=True)
+class _Sample:
+    """The readable images of one sample, as the model sees them: manifest rows,
+    raw features (N, D), probabilities (N, C), image statistics (N, 6)."""
+
+    split: str
+    rows: list[Any]
+    features: np.ndarray
+    probabilities: np.ndarray
+    image_stats: np.ndarray
+    unreadable: int
+
+
+@dataclass(frozen=True)
+class _Embedder:
+    """Runs the run's model over manifest rows (:func:`duet.monitor.embed.embed_files`)."""
+
+    model: Any
+    run: Any
+    data_dir: Path
+    device: Any
+    batch_size: int
+    workers: int
+    progress: bool
+    precision: Any
+
+    def __call__(self, rows: list[Any], split: str, role: str) -> _Sample:
+        """The readable ones of ``rows``; DataError when none is."""
+        from duet.monitor.embed import embed_files
+
+        what = f"profile: {role} ({split})"
         got = embed_files(
-            model,
-            run,
-            [manifest.data_dir / r.path for r in rows],
-            dev,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
+            self.model,
+            self.run,
+            [self.data_dir / r.path for r in rows],
+            self.device,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=self.progress,
             description=what,
-            precision=chosen,
+            precision=self.precision,
         )
         ok = got.ok
         if not ok.any():
             raise DataError(
-                f"none of the {len(rows)} {what} images of '{run.paths.root}' could be read "
+                f"none of the {len(rows)} {what} images of '{self.run.paths.root}' could be read "
                 f"(e.g. {rows[0].path}: {got.errors[0]}); did the data folder move?"
             )
-        return got, [r for r, good in zip(rows, ok) if good]
+        return _Sample(
+            split=split,
+            rows=[r for r, good in zip(rows, ok) if good],
+            features=got.features[ok],
+            probabilities=got.probabilities[ok],
+            image_stats=got.image_stats[ok],
+            unreadable=int((~ok).sum()),
+        )
 
-    fit, fit_kept = embed(fit_rows, f"profile: fit ({fit_split})")
-    ref, ref_kept = embed(ref_rows, f"profile: reference ({ref_split})")
-    if fit_split == ref_split:
-        say(f"note: the PCA is fitted on the reference sample itself (no separate {fit_split} images)")
-    mean, axes, ratio = fit_pca(fit.features[fit.ok], components)
-    fit_projected = (fit.features[fit.ok] - mean) @ axes.T
-    ref_ok = ref.ok
-    probs = ref.probabilities[ref_ok]
-    classes = probs.argmax(1).astype(np.int64)
-    true = np.array([index.get(r.label, -1) for r in ref_kept], dtype=np.int64)
+
+def _fit_profile(
+    run: Any, fit: _Sample, ref: _Sample, *, components: int, seed: int, data_dir: Path
+) -> ReferenceProfile:
+    """The PCA, kernel bandwidth and outlier model fitted on ``fit``; the reference
+    arrays and the accuracy estimator from ``ref`` (held out)."""
+    index = {label: i for i, label in enumerate(run.labels)}
+    mean, axes, ratio = fit_pca(fit.features, components)
+    classes = ref.probabilities.argmax(1).astype(np.int64)
+    true = np.array([index.get(r.label, -1) for r in ref.rows], dtype=np.int64)
     outliers = fit_outlier_model(
-        fit.features[fit.ok],
-        np.array([index.get(r.label, -1) for r in fit_kept], dtype=np.int64),
-        fit.image_stats[fit.ok],
-        ref.features[ref_ok],
-        ref.image_stats[ref_ok],
+        fit.features,
+        np.array([index.get(r.label, -1) for r in fit.rows], dtype=np.int64),
+        fit.image_stats,
+        ref.features,
+        ref.image_stats,
         num_classes=len(run.labels),
     )
-    profile = ReferenceProfile(
+    return ReferenceProfile(
         labels=list(run.labels),
         stat_names=STAT_NAMES,
-        sigma2=median_heuristic_sigma2(fit_projected, seed=seed),
-        embeddings=((ref.features[ref_ok] - mean) @ axes.T).astype(np.float32),
+        sigma2=median_heuristic_sigma2((fit.features - mean) @ axes.T, seed=seed),
+        embeddings=((ref.features - mean) @ axes.T).astype(np.float32),
         classes=classes,
-        confidences=probs[np.arange(len(classes)), classes].astype(np.float32),
-        image_stats=ref.image_stats[ref_ok].astype(np.float32),
+        confidences=ref.probabilities[np.arange(len(classes)), classes].astype(np.float32),
+        image_stats=ref.image_stats.astype(np.float32),
         true_labels=true,
         pca_mean=mean,
         pca_components=axes,
         explained_variance_ratio=ratio,
-        files=[r.path for r in ref_kept],
+        files=[r.path for r in ref.rows],
         outliers=outliers,
         # Temperature and estimator fitted on the held-out reference (never on training images).
-        accuracy=AccuracyEstimator.fit(probs, true) if np.sum(true >= 0) >= 2 and ref_split != "train" else None,
+        accuracy=(
+            AccuracyEstimator.fit(ref.probabilities, true) if np.sum(true >= 0) >= 2 and ref.split != "train" else None
+        ),
         meta={
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": str(run.paths.root),
             "model": run.model,
-            "data_dir": str(manifest.data_dir),
+            "data_dir": str(data_dir),
             "preprocess": run.preprocess.to_dict(),
             "reference": {
-                "split": ref_split,
-                "images": int(ref_ok.sum()),
-                "unreadable": int((~ref_ok).sum()),
+                "split": ref.split,
+                "images": len(ref.rows),
+                "unreadable": ref.unreadable,
                 "accuracy": float(np.mean(classes == true)) if len(true) else None,
             },
-            "fit": {"split": fit_split, "images": int(fit.ok.sum())},
+            "fit": {"split": fit.split, "images": len(fit.rows)},
             "defaults": asdict(DriftSettings()),
         },
     )
-    profile.save(profile_dir(run.paths.root))
-    say(
-        f"drift profile: {profile.n_reference} {ref_split} images, {profile.n_components} PCA components "
-        f"({100 * float(ratio.sum()):.0f}% of feature variance) -> {profile_dir(run.paths.root)}"
-    )
-    return ReferenceProfile.load(profile_dir(run.paths.root))
