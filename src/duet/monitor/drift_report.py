@@ -169,7 +169,7 @@ def plot_classes(labels: Sequence[str], reference: np.ndarray, current: np.ndarr
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("current - reference")
     bottom.set_title("Per-class shift")
-    names = [labels[i] if len(labels[i]) <= 16 else labels[i][:15] + "…" for i in shown]
+    names = [label if len(label) <= 16 else label[:15] + "…" for label in (labels[int(i)] for i in shown)]
     bottom.set_xticks(x, names, rotation=45 if len(shown) > 8 else 0, ha="right" if len(shown) > 8 else "center")
     return _png(fig)
 
@@ -259,7 +259,9 @@ def _thumbnail(path: Path) -> str:
     img.thumbnail((THUMB_SIDE, THUMB_SIDE))
     if max(img.size) < THUMB_SIDE:  # tiny images (digits) are enlarged to be visible
         scale = THUMB_SIDE / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.NEAREST
+        )
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -341,6 +343,45 @@ def _atypical_card(a: dict[str, Any]) -> str:
     )
 
 
+def _plots_html(profile: ReferenceProfile, current: Observations) -> list[str]:
+    """The figures, reference beside current, for the signals ``current`` has."""
+    e = html.escape
+    parts: list[str] = []
+    if not len(current):
+        return parts
+    if current.embeddings is not None:
+        parts.append(
+            "<h2>Embeddings</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_embeddings(profile.embeddings, current.embeddings)}'>"
+        )
+    if current.classes is not None and current.confidences is not None:
+        parts.append(
+            "<h2>Predicted classes</h2><p>Share of predictions per class, reference beside current "
+            "(top), and the per-class shift (bottom).</p><img class='plot' src='data:image/png;base64,"
+            f"{plot_classes(profile.labels, profile.classes, current.classes)}'>"
+        )
+        parts.append(
+            "<h2>Confidence</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_confidence(profile.confidences, current.confidences)}'>"
+        )
+    if current.image_stats is not None:
+        parts.append(
+            "<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
+            f"{plot_image_stats(profile.stat_names, profile.image_stats, current.image_stats)}'>"
+        )
+        constant = constant_stats(profile.stat_names, profile.image_stats, current.image_stats)
+        if constant:
+            parts.append(
+                "<p class='constant'>One value in both samples (drawn as text, not as a histogram): "
+                + "; ".join(f"<b>{e(n)}</b>: {e(v)}" for n, v in constant.items())
+                + ".</p>"
+            )
+        parts.append(
+            "<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names) + ".</p>"
+        )
+    return parts
+
+
 def render_html(
     result: DriftResult,
     profile: ReferenceProfile,
@@ -383,37 +424,7 @@ def render_html(
         f"level {result.alpha:g} divided by the number of detectors that ran (Bonferroni), so the whole "
         f"verdict raises a false alarm at most {result.alpha:.0%} of the time on unchanged data.</p>"
     )
-    ref = profile.observations()
-    if current.embeddings is not None and len(current):
-        parts.append(
-            "<h2>Embeddings</h2><img class='plot' src='data:image/png;base64,"
-            f"{plot_embeddings(ref.embeddings, current.embeddings)}'>"
-        )
-    if current.classes is not None and len(current):
-        parts.append(
-            "<h2>Predicted classes</h2><p>Share of predictions per class, reference beside current "
-            "(top), and the per-class shift (bottom).</p><img class='plot' src='data:image/png;base64,"
-            f"{plot_classes(profile.labels, ref.classes, current.classes)}'>"
-        )
-        parts.append(
-            "<h2>Confidence</h2><img class='plot' src='data:image/png;base64,"
-            f"{plot_confidence(ref.confidences, current.confidences)}'>"
-        )
-    if current.image_stats is not None and len(current):
-        parts.append(
-            "<h2>Image statistics</h2><img class='plot' src='data:image/png;base64,"
-            f"{plot_image_stats(profile.stat_names, ref.image_stats, current.image_stats)}'>"
-        )
-        constant = constant_stats(profile.stat_names, ref.image_stats, current.image_stats)
-        if constant:
-            parts.append(
-                "<p class='constant'>One value in both samples (drawn as text, not as a histogram): "
-                + "; ".join(f"<b>{e(n)}</b>: {e(v)}" for n, v in constant.items())
-                + ".</p>"
-            )
-        parts.append(
-            "<p>" + "; ".join(f"<b>{e(n)}</b>: {e(STAT_DESCRIPTIONS.get(n, n))}" for n in profile.stat_names) + ".</p>"
-        )
+    parts += _plots_html(profile, current)
     if atypical:
         parts.append(
             "<h2>Most atypical images</h2><p>Farthest from the reference in embedding space (mean "

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,8 +57,9 @@ class FeatureExtractor:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._timm:
-            maps = self.model.forward_features(x)
-            return self.model.forward_head(maps, pre_logits=True), self.model.forward_head(maps)
+            timm_model: Any = self.model  # forward_features / forward_head: checked in __init__
+            maps = timm_model.forward_features(x)
+            return timm_model.forward_head(maps, pre_logits=True), timm_model.forward_head(maps)
         self._captured.clear()
         logits = self.model(x)
         return self._captured[-1].flatten(1), logits

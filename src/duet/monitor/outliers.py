@@ -41,7 +41,7 @@ numpy + scipy only (the server imports it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -190,7 +190,18 @@ class OutlierModel:
 
     @staticmethod
     def from_arrays(arrays: dict[str, np.ndarray], rate: float = DEFAULT_RATE) -> OutlierModel:
-        return OutlierModel(*(np.asarray(arrays[name]) for name in ARRAY_NAMES), rate=rate)
+        a = {name: np.asarray(arrays[name]) for name in ARRAY_NAMES}
+        return OutlierModel(
+            axes=a["ood_axes"],
+            mean=a["ood_mean"],
+            class_means=a["ood_class_means"],
+            precision=a["ood_precision"],
+            stats_mean=a["ood_stats_mean"],
+            stats_precision=a["ood_stats_precision"],
+            standardise=a["ood_standardise"],
+            reference_scores=a["outlier_scores"],
+            rate=rate,
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -234,21 +245,29 @@ def fit_outlier_model(
     stats_mean = s.mean(axis=0)
     stats_precision = _shrunk_precision(s - stats_mean, floor=np.full(s.shape[1], STAT_FLOOR))
     unscaled = OutlierModel(
-        axes,
-        mean,
-        class_means,
-        precision,
-        stats_mean,
-        stats_precision,
-        np.array([0.0, 1.0, 0.0, 1.0]),
-        np.zeros(1),
-        rate,
+        axes=axes,
+        mean=mean,
+        class_means=class_means,
+        precision=precision,
+        stats_mean=stats_mean,
+        stats_precision=stats_precision,
+        standardise=np.array([0.0, 1.0, 0.0, 1.0]),
+        reference_scores=np.zeros(1),
+        rate=rate,
     )
     emb, st = unscaled.parts(x, fit_stats)
     standardise = np.array([emb.mean(), max(emb.std(), 1e-6), st.mean(), max(st.std(), 1e-6)])
     # Stored as float32; the reference is scored with the stored arrays, as every later image will be.
-    stored = [
-        a.astype(np.float32) for a in (axes, mean, class_means, precision, stats_mean, stats_precision, standardise)
-    ]
-    reference = OutlierModel(*stored, np.zeros(1, np.float32), rate).score(reference_features, reference_stats)
-    return OutlierModel(*stored, reference, rate)
+    f32 = np.float32
+    stored = OutlierModel(
+        axes=axes.astype(f32),
+        mean=mean.astype(f32),
+        class_means=class_means.astype(f32),
+        precision=precision.astype(f32),
+        stats_mean=stats_mean.astype(f32),
+        stats_precision=stats_precision.astype(f32),
+        standardise=standardise.astype(f32),
+        reference_scores=np.zeros(1, f32),
+        rate=rate,
+    )
+    return replace(stored, reference_scores=stored.score(reference_features, reference_stats))
