@@ -241,3 +241,11 @@ def test_resume_trains_a_finished_run_longer(data: Path, tmp_path: Path) -> None
     assert longer.path == first.path
     assert [row["epoch"] for row in longer.metrics] == [1, 2]
     assert longer.config.epochs == 2
+
+
+@pytest.mark.slow
+def test_run_demo_writes_the_drift_profile_after_training(tmp_path: Path) -> None:
+    from duet.api.demo import run_demo
+
+    result = run_demo(tmp_path, epochs=1, device="cpu", progress=False, log=lambda _m: None)
+    assert (result.train.run_dir / "profile" / "profile.json").is_file()

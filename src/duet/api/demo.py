@@ -18,7 +18,6 @@ from duet.data.digits import write_digits
 from duet.data.scan import read_manifest
 from duet.evaluation.evaluate import EvalResult, evaluate
 from duet.evaluation.inference import load_model, predict_file, top_k
-from duet.monitor.check import ensure_profile
 from duet.system.device import resolve_device
 from duet.train.config import build_config
 from duet.train.loop import Log, TrainResult, train
@@ -76,6 +75,8 @@ def run_demo(
     config = build_config(overrides=overrides, source="demo settings")
     result = train(config, progress=progress, log=log)
     # The drift reference profile is the caller's to write, after training (as duet.train() does).
+    from duet.monitor.profile import ensure_profile
+
     ensure_profile(result.run_dir, device=device, workers=None, progress=progress, log=log)
     evaluation = evaluate(result.run_dir, device=device, progress=progress)
     run = load_run(result.run_dir)

@@ -120,8 +120,8 @@ def _write_part(obj: Any, folder: Path, value_range: tuple[float, float], name: 
     elif kind == "DirectoryIterator":
         names = {i: label for label, i in obj.class_indices.items()}
         _link_files([(str(p), names[int(c)]) for p, c in zip(obj.filepaths, obj.classes)], folder, name)
-    elif kind == "tf.data.Dataset" and _known_files(obj) is not None:
-        _link_files(_known_files(obj) or [], folder, name)
+    elif kind == "tf.data.Dataset" and (files := _known_files(obj)) is not None:
+        _link_files(files, folder, name)
     else:
         class_names = list(getattr(obj, "class_names", None) or [])
         pairs = _numpy_pairs(obj) if kind == "NumpyArrayIterator" else _dataset_pairs(obj)

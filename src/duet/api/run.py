@@ -200,7 +200,7 @@ def _new_name(out: Path, model: str) -> str:
 
 def _write_profile(run_dir: Path, device: str, progress: bool, log: Log) -> None:
     """The run's drift reference profile (RUN/profile), written once after training."""
-    from duet.monitor.check import ensure_profile
+    from duet.monitor.profile import ensure_profile
 
     ensure_profile(run_dir, device=device, workers=None, progress=progress, log=log)
 
