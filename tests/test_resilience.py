@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,40 @@ def _config(tmp_path: Path, **settings: object) -> str:
     path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
     path.write_text(yaml.safe_dump(settings))
     return str(path)
+
+
+# Faults are injected by the test, not by a user's config: a tiny program calls
+# duet.train.loop.train(config, faults=...) in a fresh process, as `duet train` would.
+_DRIVER = """
+import json, sys
+from duet.errors import DuetError
+from duet.train.config import build_config
+from duet.train.faults import FaultPlan
+from duet.train.loop import train
+settings, faults = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    result = train(build_config(overrides=settings), faults=FaultPlan(**faults), progress=False,
+                   log=lambda line: print(line, file=sys.stderr))
+except DuetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+print(json.dumps({"events": result.events}))
+"""
+
+
+def _train_with_faults(
+    data: Path, out: Path, faults: dict[str, list[int]], **settings: object
+) -> subprocess.CompletedProcess[str]:
+    """A real training process (BASE's settings) with ``faults`` injected at those global steps."""
+    base = dict(image_size=20, batch_size=8, workers=0, device="cpu", seed=5)
+    config = {"data_dir": str(data), "out": str(out), **base, **settings}
+    return subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(config), json.dumps(faults)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def _metrics(run: Path) -> list[tuple[int, float, float, float]]:
@@ -90,9 +125,8 @@ def test_kill_and_signals_mid_epoch_resume_to_the_same_result(data: Path, tmp_pa
 
 
 def test_nan_losses_are_skipped_then_rolled_back_with_a_lower_lr(data: Path, tmp_path: Path) -> None:
-    cfg = _config(tmp_path, epochs=2, checkpoint_every=2, rollback_after=3, inject_faults={"nan": [7, 8, 9]})
-    proc = run_cli(
-        "train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "nan", "--json", *BASE
+    proc = _train_with_faults(
+        data, tmp_path / "runs", {"nan": [7, 8, 9]}, name="nan", epochs=2, checkpoint_every=2, rollback_after=3
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -103,17 +137,15 @@ def test_nan_losses_are_skipped_then_rolled_back_with_a_lower_lr(data: Path, tmp
 
 
 def test_persistent_nan_stops_the_run_with_its_own_exit_code(data: Path, tmp_path: Path) -> None:
-    cfg = _config(tmp_path, epochs=2, max_bad_steps=4, rollback_after=100, inject_faults={"nan": list(range(50))})
-    proc = run_cli("train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), *BASE)
-    assert proc.returncode == 6, proc.stderr
+    proc = _train_with_faults(
+        data, tmp_path / "runs", {"nan": list(range(50))}, epochs=2, max_bad_steps=4, rollback_after=100
+    )
+    assert proc.returncode == 6, proc.stderr  # TrainingDiverged
     assert "non-finite loss" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_out_of_memory_halves_the_micro_batch_and_finishes(data: Path, tmp_path: Path) -> None:
-    cfg = _config(tmp_path, epochs=1, inject_faults={"oom": [2]})
-    proc = run_cli(
-        "train", str(data), "--config", cfg, "--out", str(tmp_path / "runs"), "--name", "oom", "--json", *BASE
-    )
+    proc = _train_with_faults(data, tmp_path / "runs", {"oom": [2]}, name="oom", epochs=1)
     assert proc.returncode == 0, proc.stderr
     assert any("2 micro-batches" in e for e in json.loads(proc.stdout)["events"])
     row = json.loads((tmp_path / "runs" / "oom" / "metrics.jsonl").read_text().splitlines()[0])

@@ -1,16 +1,20 @@
 """A run that cannot start leaves nothing behind, fails fast and says why in one line.
 
-Each case is a real `duet train` subprocess; after it, the same --name is free."""
+Each case is a real subprocess (`duet train`, or a tiny program calling
+`duet.train.loop.train` when the test injects a fault); after it, the same
+--name is free."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from helpers import run_cli, write_digit_folder
 
@@ -101,15 +105,36 @@ def test_fixed_size_model_that_cannot_take_the_size_is_refused_up_front(data: Pa
     assert not (tmp_path / "runs" / "x").exists()
 
 
+# The fault is injected by the test (duet.train.faults.FaultPlan), not by a user's
+# config: a tiny program calls duet.train.loop.train in a fresh process.
+_DRIVER = """
+import json, sys
+from duet.errors import DuetError
+from duet.train.config import build_config
+from duet.train.faults import FaultPlan
+from duet.train.loop import train
+settings, faults = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    train(build_config(overrides=settings), faults=FaultPlan(**faults), log=lambda line: print(line, file=sys.stderr))
+except DuetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+"""
+
+
 def test_a_run_that_fails_before_its_first_checkpoint_removes_its_folder(data: Path, tmp_path: Path) -> None:
     """The safety net for failures past the checks: non-finite losses from the first step."""
-    cfg = tmp_path / "nan.yaml"
-    cfg.write_text(yaml.safe_dump({"max_bad_steps": 0, "inject_faults": {"nan": [0, 1, 2]}}))
     runs = tmp_path / "runs"
-    proc = run_cli(
-        "train", str(data), "--config", str(cfg), "--out", str(runs), "--name", "x", "--device", "cpu", *TINY[:-1]
+    settings = dict(data_dir=str(data), out=str(runs), name="x", device="cpu", max_bad_steps=0)
+    settings.update(epochs=1, image_size=16, batch_size=8, workers=0)  # TINY
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(settings), json.dumps({"nan": [0, 1, 2]})],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert proc.returncode == 6, proc.stderr
+    assert proc.returncode == 6, proc.stderr  # TrainingDiverged
     assert "no checkpoint had been written yet" in proc.stderr and f"removed {runs / 'x'}" in proc.stderr
     assert not (runs / "x").exists() and runs.is_dir()  # only the run's own folder went
 

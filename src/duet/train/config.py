@@ -117,12 +117,9 @@ class TrainConfig(BaseModel):
         3, ge=1, description="non-finite losses in a row before rolling back to the last checkpoint"
     )
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="LR multiplier applied at each rollback")
-    inject_faults: dict[str, list[int]] = Field(
-        default_factory=dict, description="testing only: {'nan': [global steps], 'oom': [global steps]}"
-    )
     out: Path = Path("runs")
     name: str | None = None
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
 
     @field_validator("name")
     @classmethod

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from duet.data import augment
-from duet.data.contract import LoaderOptions, default_workers
+from duet.data.contract import Loader, LoaderOptions, Sample, default_workers
 from duet.data.loaders import make_loader
 from duet.errors import DataError
 from duet.system.atomic import write_bytes_atomic, write_json_atomic
@@ -28,8 +28,8 @@ from duet.system.device import resolve_device
 from duet.system.progress import make_progress
 from duet.train import recipe
 from duet.train.config import TrainConfig
-from duet.train.loop import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
 from duet.train.precision import resolve_precision
+from duet.train.prepare import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
 from duet.train.step import cross_entropy, train_step
 
 
@@ -82,19 +82,7 @@ def lr_find(
     batch_size = min(config.batch_size, len(samples))
     if batch_size < 2:
         raise DataError("lr-find needs at least 2 training images")
-    backend = choose_backend(config, len(samples))
-    options = LoaderOptions(
-        batch_size=batch_size,
-        shuffle=True,
-        device=device,
-        workers=default_workers() if config.workers < 0 else config.workers,
-        seed=config.seed,
-        max_pixels=config.max_pixels,
-        drop_last=True,
-        cache_dir=config.cache_dir,
-        progress=progress,
-    )
-    loader = make_loader(backend, samples, spec, options)
+    loader = _loader(config, samples, batch_size, device, progress=progress)
     model = prepare_model(config, len(manifest.labels)).to(device)
     which = recipe.resolve(config.recipe, config.weights)
     # Probe the phase that the chosen recipe trains longest: all layers.
@@ -147,17 +135,30 @@ def lr_find(
     plot = None
     if out is not None:
         plot = _plot(lrs_f, losses_f, suggestion, Path(out))
+        curve = {"lrs": lrs_f, "losses": losses_f, "suggestion": suggestion}
         write_json_atomic(
-            Path(out).with_suffix(".json"),
-            {
-                "lrs": lrs_f,
-                "losses": losses_f,
-                "suggestion": suggestion,
-                "model": config.model,
-                "precision": precision.to_dict(),
-            },
+            Path(out).with_suffix(".json"), {**curve, "model": config.model, "precision": precision.to_dict()}
         )
     return LrFindResult(lrs_f, losses_f, suggestion, plot, precision.reason)
+
+
+def _loader(
+    config: TrainConfig, samples: list[Sample], batch_size: int, device: torch.device, *, progress: bool
+) -> Loader:
+    """The training split in full batches (a short last batch would jolt the curve)."""
+    backend = choose_backend(config, len(samples))
+    options = LoaderOptions(
+        batch_size=batch_size,
+        shuffle=True,
+        device=device,
+        workers=default_workers() if config.workers < 0 else config.workers,
+        seed=config.seed,
+        max_pixels=config.max_pixels,
+        drop_last=True,
+        cache_dir=config.cache_dir,
+        progress=progress,
+    )
+    return make_loader(backend, samples, config.preprocess(), options)
 
 
 def _plot(lrs: list[float], losses: list[float], suggestion: float, out: Path) -> Path:
