@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from duet.monitor.profile import JSON_FILE, ensure_profile, profile_dir
+from duet.monitor.profile import JSON_FILE, ensure_profile, load_profile, profile_dir
 from helpers import snapshot, write_digit_folder
 
 
@@ -37,9 +37,15 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digit_folder(tmp_path_factory.mktemp("digits"), per_class=20, size=16)
 
 
+@pytest.fixture(scope="module")
+def trained(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with a validation split (tests copy it before changing it)."""
+    return _train(digits, tmp_path_factory.mktemp("runs"), "with-val", val_split=0.3)
+
+
 @pytest.mark.e2e
-def test_ensure_profile_writes_once_and_then_loads(digits: Path, tmp_path: Path) -> None:
-    run = _train(digits, tmp_path, "with-val", val_split=0.3)
+def test_ensure_profile_writes_once_and_then_loads(trained: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
     shutil.rmtree(profile_dir(run), ignore_errors=True)  # whatever training left: start without one
     said: list[str] = []
     written = ensure_profile(run, device="cpu", workers=0, progress=False, log=said.append)
@@ -59,3 +65,16 @@ def test_ensure_profile_of_a_run_without_validation_images_writes_nothing(digits
     before = snapshot(run)
     assert ensure_profile(run, device="cpu", workers=0, progress=False, log=lambda _m: None) is None
     assert not profile_dir(run).exists() and snapshot(run) == before
+
+
+@pytest.mark.e2e
+def test_retrain_gives_the_challenger_a_profile_whether_or_not_it_is_promoted(trained: Path, tmp_path: Path) -> None:
+    from duet.lifecycle.retrain import retrain
+
+    new = write_digit_folder(tmp_path / "new", classes=(0, 1, 2), per_class=25, size=16)
+    result = retrain(
+        trained, new, out=tmp_path / "runs", epochs=1, device="cpu", workers=0, progress=False, log=lambda _m: None
+    )
+    assert result.promoted is False  # no registry: never promoted
+    profile = load_profile(result.challenger_run)
+    assert profile.meta["reference"]["split"] == "val" and profile.meta["run"] == str(result.challenger_run)

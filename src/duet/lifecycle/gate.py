@@ -276,7 +276,9 @@ def class_rows(
                 "support": t.images,
                 "champion_recall": t.champion_accuracy,
                 "challenger_recall": t.challenger_accuracy,
-                "change": t.challenger_accuracy - t.champion_accuracy,
+                "change": None
+                if t.challenger_accuracy is None or t.champion_accuracy is None
+                else t.challenger_accuracy - t.champion_accuracy,
                 "p_value": t.p_value,
                 "checked": label in checked,
                 "min_detectable_drop": t.min_detectable_drop if label in checked else None,

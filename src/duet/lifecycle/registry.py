@@ -372,7 +372,7 @@ class Registry:
                 except (OSError, json.JSONDecodeError):
                     pass  # an unreadable export is ignored; the run itself is the version
             write_json_atomic(self.versions_dir / f"v{number}.json", record)
-            forced = {"forced": f"unfinished run: {_progress(training)}"} if training["forced"] else {}
+            forced: dict[str, Any] = {"forced": f"unfinished run: {_progress(training)}"} if training["forced"] else {}
             self.log("register", version=f"v{number}", run=str(root), parent=parent, note=note, **forced)
         return self.get(f"v{number}")
 

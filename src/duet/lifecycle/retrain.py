@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from duet.lifecycle.gate import Comparison, GateSettings, compare_predictions, m
 from duet.lifecycle.merge import MergeSummary, known_hashes, merge_data
 from duet.lifecycle.registry import Registry, RegistryError
 from duet.system.atomic import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from duet.train.config import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -240,139 +243,183 @@ def retrain(
         gate: the promotion rule.
         device, workers: override the champion's settings.
     """
-    from duet.artifacts.run_dir import RunPaths, load_run, read_config
-    from duet.monitor.profile import profile_dir, write_profile
-    from duet.train.config import TrainConfig, config_from_dict
+    from duet.artifacts.run_dir import load_run
+    from duet.monitor.profile import ensure_profile
     from duet.train.loop import train
 
     t0 = time.perf_counter()
-    if champion_run is None:
-        if registry is None or registry.champion() is None:
-            raise RegistryError("no RUN given and no champion in the registry; pass the champion's run folder")
-        champion_run = registry.champion().run  # type: ignore[union-attr]
-    champion = load_run(champion_run)
+    champion = load_run(_champion_run(champion_run, registry))
     champion_version = _check_champion(registry, champion.paths.root, log) if registry is not None else None
     out = Path(out)
     name = name or _challenger_name(out, champion.paths.root.name)
     if (out / name).exists():
         raise DataError(f"run '{out / name}' already exists and runs are never overwritten; pick another --name")
-    merge = merge_data(champion.paths.root, Path(new_data), out / f"{name}.data", progress=progress)
+    merge = _merge(champion.paths.root, Path(new_data), out / f"{name}.data", progress=progress, log=log)
+    overrides = {"epochs": epochs, "lr": lr, "device": device, "workers": workers}
+    config = _challenger_config(champion.paths.root, merge, out, name, overrides)
+    log(f"training challenger {out / name} warm-started from {champion.paths.best}")
+    challenger_dir = Path(train(config, progress=progress, log=log).run_dir)
+    run_workers = config.workers if config.workers >= 0 else None
+    # Training writes no drift profile; the challenger gets one as any trained run does.
+    ensure_profile(challenger_dir, device=config.device, workers=run_workers, progress=progress, log=log)
+    comparison = compare_runs(
+        champion.paths.root, challenger_dir, gate=gate, device=config.device, workers=run_workers, progress=progress
+    )
+    challenger_version, blocked = None, ""  # promoted as, or why a passing challenger was not
+    if comparison.promote and registry is not None and promote:
+        challenger_version, blocked = _register_and_promote(
+            registry, champion_version, challenger_dir, comparison, config, progress=progress, log=log
+        )
+    result = RetrainResult(
+        champion_run=champion.paths.root,
+        challenger_run=challenger_dir,
+        merge=merge,
+        comparison=comparison,
+        promoted=challenger_version is not None,
+        decision=_decision(comparison, challenger_version, blocked, registry),
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        report={},
+        seconds=0.0,
+    )
+    result.report = _write_report(result, registry)
+    log(f"{result.decision}: " + "; ".join(comparison.reasons))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_report(result: RetrainResult, registry: Registry | None) -> dict[str, Path]:
+    """``<challenger>/retrain/comparison.{json,md}``, written either way; with a
+    registry, the decision goes to its event log too."""
+    comparison, merge = result.comparison, result.merge
+    document = {
+        "decision": result.decision,
+        "promoted": result.promoted,
+        "passed_gate": comparison.promote,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "champion": {"run": str(result.champion_run), "version": result.champion_version},
+        "challenger": {"run": str(result.challenger_run), "version": result.challenger_version},
+        "comparison": asdict(comparison),
+        "merge": {**asdict(merge), "data_dir": str(merge.data_dir)},
+    }
+    text = _markdown(
+        comparison,
+        champion=result.champion_run,
+        challenger=result.challenger_run,
+        merge=merge,
+        decision=result.decision,
+    )
+    report_dir = result.challenger_run / "retrain"
+    report = {
+        "json": write_json_atomic(report_dir / "comparison.json", document),
+        "md": write_text_atomic(report_dir / "comparison.md", text),
+    }
+    if registry is not None:
+        registry.log(
+            "retrain",
+            decision=result.decision,
+            champion=result.champion_version,
+            challenger=str(result.challenger_run),
+            version=result.challenger_version,
+            reasons=comparison.reasons,
+            report=str(report["md"]),
+        )
+    return report
+
+
+def _champion_run(champion_run: Path | None, registry: Registry | None) -> Path:
+    """The run folder given, else the registry's champion."""
+    if champion_run is not None:
+        return champion_run
+    champion = None if registry is None else registry.champion()
+    if champion is None:
+        raise RegistryError("no RUN given and no champion in the registry; pass the champion's run folder")
+    return champion.run
+
+
+def _merge(champion_dir: Path, new_data: Path, dest: Path, *, progress: bool, log: Log) -> MergeSummary:
+    """Merge the champion's data with ``new_data`` into ``dest`` and say what happened."""
+    merge = merge_data(champion_dir, new_data, dest, progress=progress)
     log(
         f"merged data: {merge.old_images} champion images + {merge.new_images} new "
         f"({', '.join(f'{n} {s}' for s, n in sorted(merge.new_per_split.items()))}) -> {merge.data_dir}"
     )
     if merge.conflicts:
+        first = merge.conflicts[0]
         log(
             f"left out {len(merge.conflicts)} new images whose bytes the champion knows under another label "
-            f"(e.g. {merge.conflicts[0]['path']}: '{merge.conflicts[0]['label']}' vs '{merge.conflicts[0]['known_as']}')"
+            f"(e.g. {first['path']}: '{first['label']}' vs '{first['known_as']}')"
         )
+    return merge
 
-    cfg = read_config(RunPaths(champion.paths.root))
-    cfg.update(
-        {"data_dir": str(merge.data_dir), "weights": str(champion.paths.best.resolve()), "out": str(out), "name": name}
-    )
+
+def _challenger_config(
+    champion_dir: Path, merge: MergeSummary, out: Path, name: str, overrides: dict[str, Any]
+) -> TrainConfig:
+    """The champion's settings on the merged data, warm-started from its best weights;
+    ``overrides`` that are not None replace the champion's values."""
+    from duet.artifacts.run_dir import RunPaths, read_config
+    from duet.train.config import TrainConfig, config_from_dict
+
+    paths = RunPaths(champion_dir)
+    cfg = read_config(paths)
+    cfg.update({"data_dir": str(merge.data_dir), "weights": str(paths.best.resolve()), "out": str(out), "name": name})
     if "recipe" in TrainConfig.model_fields and not merge.labels_added:
         # The head already fits these classes: continue training every layer from
         # the first step rather than the head-first fine-tune a weights file implies.
         cfg["recipe"] = "scratch"
-    for key, value in (("epochs", epochs), ("lr", lr), ("device", device), ("workers", workers)):
-        if value is not None:
-            cfg[key] = value
-    config = config_from_dict(cfg, f"{champion.paths.config} (+ retrain overrides)")
-    log(f"training challenger {out / name} warm-started from {champion.paths.best}")
-    trained = train(config, progress=progress, log=log)
-    challenger_dir = Path(trained.run_dir)
+    cfg.update({key: value for key, value in overrides.items() if value is not None})
+    return config_from_dict(cfg, f"{paths.config} (+ retrain overrides)")
 
-    comparison = compare_runs(
-        champion.paths.root,
-        challenger_dir,
-        gate=gate,
-        device=config.device,
-        workers=config.workers if config.workers >= 0 else None,
-        progress=progress,
+
+def _register_and_promote(
+    registry: Registry,
+    champion_version: str | None,
+    challenger_dir: Path,
+    comparison: Comparison,
+    config: TrainConfig,
+    *,
+    progress: bool,
+    log: Log,
+) -> tuple[str | None, str]:
+    """Register and promote a challenger that passed the gate: ``(its version, "")``,
+    or ``(None, why not)`` when it cannot be served (its export failed)."""
+    from duet.monitor.profile import profile_dir, write_profile
+
+    workers = config.workers if config.workers >= 0 else None
+    if not (profile_dir(challenger_dir) / "profile.json").is_file():
+        # No validation split: a served model still needs a reference (test or training images).
+        write_profile(challenger_dir, device=config.device, workers=workers, progress=progress, log=log)
+    if registry.get(champion_version).export_dir is not None:  # type: ignore[arg-type]
+        blocked = _export(challenger_dir, progress=progress, log=log)
+        if blocked:
+            return None, blocked
+    gate_record = {
+        "champion": champion_version,
+        "split": comparison.split,
+        "images": comparison.images,
+        "champion_accuracy": comparison.champion["accuracy"],
+        "challenger_accuracy": comparison.challenger["accuracy"],
+        "min_detectable_drop": comparison.drop_test.get("min_detectable_drop"),
+        "reasons": comparison.reasons,
+    }
+    version = registry.register(
+        challenger_dir, parent=champion_version, note="challenger; passed the gate", gate=gate_record
     )
-    passed = comparison.promote
-    promoted = False
-    challenger_version = None
-    blocked = ""
-    if passed and registry is not None and promote:
-        if not (profile_dir(challenger_dir) / "profile.json").is_file():
-            write_profile(
-                challenger_dir,
-                device=config.device,
-                workers=config.workers if config.workers >= 0 else None,
-                progress=progress,
-                log=log,
-            )
-        if registry.get(champion_version).export_dir is not None:  # type: ignore[arg-type]
-            blocked = _export(challenger_dir, progress=progress, log=log)
-        if not blocked:
-            gate_record = {
-                "champion": champion_version,
-                "split": comparison.split,
-                "images": comparison.images,
-                "champion_accuracy": comparison.champion["accuracy"],
-                "challenger_accuracy": comparison.challenger["accuracy"],
-                "min_detectable_drop": comparison.drop_test.get("min_detectable_drop"),
-                "reasons": comparison.reasons,
-            }
-            version = registry.register(
-                challenger_dir, parent=champion_version, note="challenger; passed the gate", gate=gate_record
-            )
-            registry.promote(version.version, reason="; ".join(comparison.reasons))
-            challenger_version, promoted = version.version, True
-    if promoted:
-        decision = "promoted"
-    elif blocked:
-        decision = f"passed the gate, not promoted: {blocked}"
+    registry.promote(version.version, reason="; ".join(comparison.reasons))
+    return version.version, ""
+
+
+def _decision(comparison: Comparison, challenger_version: str | None, blocked: str, registry: Registry | None) -> str:
+    """One line for the report and the registry log (adds ``blocked`` to the reasons)."""
+    if challenger_version is not None:
+        return "promoted"
+    if blocked:
         comparison.reasons.append(blocked)
-    elif passed:
-        decision = "passed the gate (not promoted: " + ("no registry)" if registry is None else "--no-promote)")
-    else:
-        decision = "kept champion"
-    report_dir = challenger_dir / "retrain"
-    document = {
-        "decision": decision,
-        "promoted": promoted,
-        "passed_gate": passed,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "champion": {"run": str(champion.paths.root), "version": champion_version},
-        "challenger": {"run": str(challenger_dir), "version": challenger_version},
-        "comparison": asdict(comparison),
-        "merge": {**asdict(merge), "data_dir": str(merge.data_dir)},
-    }
-    report = {
-        "json": write_json_atomic(report_dir / "comparison.json", document),
-        "md": write_text_atomic(
-            report_dir / "comparison.md",
-            _markdown(
-                comparison, champion=champion.paths.root, challenger=challenger_dir, merge=merge, decision=decision
-            ),
-        ),
-    }
-    if registry is not None:
-        registry.log(
-            "retrain",
-            decision=decision,
-            champion=champion_version,
-            challenger=str(challenger_dir),
-            version=challenger_version,
-            reasons=comparison.reasons,
-            report=str(report["md"]),
-        )
-    log(f"{decision}: " + "; ".join(comparison.reasons))
-    return RetrainResult(
-        champion.paths.root,
-        challenger_dir,
-        merge,
-        comparison,
-        promoted,
-        decision,
-        champion_version,
-        challenger_version,
-        report,
-        time.perf_counter() - t0,
-    )
+        return f"passed the gate, not promoted: {blocked}"
+    if comparison.promote:
+        return "passed the gate (not promoted: " + ("no registry)" if registry is None else "--no-promote)")
+    return "kept champion"
 
 
 def _export(run_dir: Path, *, progress: bool, log: Log) -> str:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,24 +85,20 @@ def watch(
     """
     from duet.monitor.check import drift_check
 
-    def check(run: Path, source: Path) -> Any:
-        return drift_check(
-            run, source, settings=drift_settings, device=device, workers=workers, progress=progress, log=log
-        )
-
-    def retrain_champion(run: Path) -> RetrainResult:
-        return retrain(
-            run,
-            Path(data_dir),
-            registry=registry,
-            out=out,
-            epochs=epochs,
-            gate=gate,
-            device=device if device != "auto" else None,
-            workers=workers,
-            progress=progress,
-            log=log,
-        )
+    # What one iteration calls: the drift check of a folder, and a retrain of the champion.
+    check = partial(drift_check, settings=drift_settings, device=device, workers=workers, progress=progress, log=log)
+    retrain_champion = partial(
+        retrain,
+        new_data=Path(data_dir),
+        registry=registry,
+        out=out,
+        epochs=epochs,
+        gate=gate,
+        device=device if device != "auto" else None,
+        workers=workers,
+        progress=progress,
+        log=log,
+    )
 
     # Unbounded, the loop keeps only its last 1000 decisions (the events keep every announced one).
     decisions: deque[WatchDecision] = deque(maxlen=None if iterations is not None else 1000)
@@ -109,14 +106,8 @@ def watch(
     i = 0
     while iterations is None or i < iterations:
         i += 1
-        champion = registry.champion()
-        if champion is None:
-            raise RegistryError(
-                f"registry '{registry.root}' has no champion to watch; `duet registry promote RUN` first"
-            )
         d = _watch_once(
             i,
-            champion,
             Path(data_dir),
             None if live_dir is None else Path(live_dir),
             registry,
@@ -169,7 +160,6 @@ def _has_images(folder: Path) -> bool:
 
 def _watch_once(
     i: int,
-    champion: Any,
     data_dir: Path,
     live_dir: Path | None,
     registry: Registry,
@@ -180,6 +170,9 @@ def _watch_once(
     progress: bool,
 ) -> WatchDecision:
     """One iteration of ``watch``: look, decide, act (retrain at most once)."""
+    champion = registry.champion()  # read each time: a person may promote another version meanwhile
+    if champion is None:
+        raise RegistryError(f"registry '{registry.root}' has no champion to watch; `duet registry promote RUN` first")
     v = champion.version
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     d = WatchDecision(i, now, v, 0, None, "", "none")
