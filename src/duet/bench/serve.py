@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation by name
 
-from duet.artifacts.model_package import read_package
+from duet.artifacts.model_package import ModelPackage, read_package
 from duet.data.imageio import IMAGE_EXTENSIONS
 from duet.errors import ConfigError, DuetError
 from duet.system.device import cpu_count
@@ -305,6 +305,9 @@ def machine() -> dict[str, Any]:
 
 
 NO_DRIFT = "duet serve --no-drift"
+BARE = "bare (decode + session.run)"
+NAIVE = "naive (1 session.run per request)"
+ROW_ORDER = [BARE, CEILING, CEILING_INT8, DUET, INT8, NO_DRIFT, NAIVE]
 
 
 def run_bench(
@@ -329,13 +332,7 @@ def run_bench(
     beside the first, so the verdict can state what monitoring costs. With
     ``"int8"`` in ``variants`` a duet server on model.int8.onnx is measured too."""
     package = read_package(model)
-    if "fp32" not in variants or not set(variants) <= {"fp32", "int8"}:
-        raise ConfigError(
-            f"`--variants` must list fp32 (the baseline), optionally int8. Received: {','.join(variants)}"
-        )
-    int8 = "int8" in variants
-    if int8:
-        package.variant_path("int8")  # a one-line error now, not a server that fails to start
+    int8 = _int8_asked(package, variants)
     images, source = _load_images(images_dir)
     result: dict[str, Any] = {
         "model": package.name,
@@ -355,104 +352,90 @@ def run_bench(
     }
     warmup = max(10, requests // 10)
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    best: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def keep(name: str, c: int, row: dict[str, Any]) -> None:
-        if (name, c) not in best or row["throughput"] > best[(name, c)]["throughput"]:
-            best[(name, c)] = {"server": name, "concurrency": c, **row}
-
+    best = _Best()
     try:
-        port = _free_port()
-        servers[DUET] = (
-            _start(
-                [
-                    "duet",
-                    "serve",
-                    str(package.root),
-                    "--max-batch-size",
-                    str(max_batch_size),
-                    "--max-delay-ms",
-                    str(max_delay_ms),
-                ],
-                port,
-            ),
-            port,
-        )
-        if int8:
-            port = _free_port()
-            servers[INT8] = (
-                _start(
-                    [
-                        "duet",
-                        "serve",
-                        str(package.root),
-                        "--model-variant",
-                        "int8",
-                        "--max-batch-size",
-                        str(max_batch_size),
-                        "--max-delay-ms",
-                        str(max_delay_ms),
-                    ],
-                    port,
-                ),
-                port,
-            )
-        if drift_cost:
-            port = _free_port()
-            servers[NO_DRIFT] = (
-                _start(
-                    [
-                        "duet",
-                        "serve",
-                        str(package.root),
-                        "--no-drift",
-                        "--max-batch-size",
-                        str(max_batch_size),
-                        "--max-delay-ms",
-                        str(max_delay_ms),
-                    ],
-                    port,
-                ),
-                port,
-            )
-        if naive:
-            port = _free_port()
-            servers["naive (1 session.run per request)"] = (
-                _start(["duet.bench.serve", "naive", str(package.root)], port),
-                port,
-            )
+        batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", str(max_delay_ms)]
+        _start_servers(servers, package.root, batching, int8=int8, drift_cost=drift_cost, naive=naive)
         for r in range(repeat):
             log(f"round {r + 1}/{repeat}: bare decode + session.run, batch 1")
-            keep("bare (decode + session.run)", 1, bare(model, images, requests))
+            best.keep(BARE, 1, bare(model, images, requests))
             log(f"round {r + 1}/{repeat}: ceiling: decode + session.run at batch 1..{max_batch_size}")
-            keep(CEILING, 1, ceiling(model, images, max_batch_size))
+            best.keep(CEILING, 1, ceiling(model, images, max_batch_size))
             if int8:
-                keep(CEILING_INT8, 1, ceiling(model, images, max_batch_size, variant="int8"))
+                best.keep(CEILING_INT8, 1, ceiling(model, images, max_batch_size, variant="int8"))
             for c in levels:
                 for name, (_proc, port) in servers.items():
                     log(f"round {r + 1}/{repeat}: {name}, {c} concurrent clients")
-                    s0, n0 = _batch_stats(port) if name.startswith("duet") else (0.0, 0.0)
-                    row = load(f"http://127.0.0.1:{port}/v1/predict", images, c, requests, warmup)
-                    if name.startswith("duet"):
-                        s1, n1 = _batch_stats(port)
-                        row["mean_batch"] = (s1 - s0) / max(n1 - n0, 1)
-                    keep(name, c, row)
+                    best.keep(name, c, _load_server(name, port, images, c, requests, warmup))
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    order = [
-        "bare (decode + session.run)",
-        CEILING,
-        CEILING_INT8,
-        DUET,
-        INT8,
-        NO_DRIFT,
-        "naive (1 session.run per request)",
-    ]
-    result["rows"] = sorted(best.values(), key=lambda row: (order.index(row["server"]), row["concurrency"]))
+    result["rows"] = best.ordered()
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["verdict"] = verdict(result["rows"])
     return result
+
+
+def _int8_asked(package: ModelPackage, variants: tuple[str, ...]) -> bool:
+    """Whether the int8 variant is measured too; refuses a list without fp32 or with other names."""
+    if "fp32" not in variants or not set(variants) <= {"fp32", "int8"}:
+        raise ConfigError(
+            f"`--variants` must list fp32 (the baseline), optionally int8. Received: {','.join(variants)}"
+        )
+    if "int8" not in variants:
+        return False
+    package.variant_path("int8")  # a one-line error now, not a server that fails to start
+    return True
+
+
+def _start_servers(
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]],
+    root: Path,
+    batching: list[str],
+    *,
+    int8: bool,
+    drift_cost: bool,
+    naive: bool,
+) -> None:
+    """Start each server under test, one free port each, into ``servers`` (name -> process,
+    port) as it starts, so that the caller stops every one that started even when a later
+    one fails."""
+    commands = {DUET: ["duet", "serve", str(root), *batching]}
+    if int8:
+        commands[INT8] = ["duet", "serve", str(root), "--model-variant", "int8", *batching]
+    if drift_cost:
+        commands[NO_DRIFT] = ["duet", "serve", str(root), "--no-drift", *batching]
+    if naive:
+        commands[NAIVE] = ["duet.bench.serve", "naive", str(root)]
+    for name, command in commands.items():
+        port = _free_port()
+        servers[name] = (_start(command, port), port)
+
+
+def _load_server(name: str, port: int, images: list[bytes], clients: int, requests: int, warmup: int) -> dict[str, Any]:
+    """One load level against one server; a duet server's row adds the mean batch it formed."""
+    s0, n0 = _batch_stats(port) if name.startswith("duet") else (0.0, 0.0)
+    row = load(f"http://127.0.0.1:{port}/v1/predict", images, clients, requests, warmup)
+    if name.startswith("duet"):
+        s1, n1 = _batch_stats(port)
+        row["mean_batch"] = (s1 - s0) / max(n1 - n0, 1)
+    return row
+
+
+class _Best:
+    """The best row (highest throughput) of each server and concurrency over the repeats."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def keep(self, name: str, concurrency: int, row: dict[str, Any]) -> None:
+        key = (name, concurrency)
+        if key not in self._rows or row["throughput"] > self._rows[key]["throughput"]:
+            self._rows[key] = {"server": name, "concurrency": concurrency, **row}
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The rows in ``ROW_ORDER``, then by concurrency."""
+        return sorted(self._rows.values(), key=lambda row: (ROW_ORDER.index(row["server"]), row["concurrency"]))
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -470,7 +453,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "share_of_ceiling": duet_row["throughput"] / ceil["throughput"],
     }
     out["share_met"] = out["share_of_ceiling"] >= 0.9
-    naive = by.get(("naive (1 session.run per request)", top))
+    naive = by.get((NAIVE, top))
     if naive is not None:
         out["p99_vs_naive"] = duet_row["p99_ms"] / naive["p99_ms"]
         out["p99_met"] = duet_row["p99_ms"] <= naive["p99_ms"]
