@@ -2,8 +2,12 @@
 
 - :mod:`duet.monitor.profile`: the reference profile written into ``RUN/profile/``
   (``write_profile``, ``ensure_profile``, ``ReferenceProfile.load``).
-- :mod:`duet.monitor.drift`: the detectors, the verdict (``compare``) and the
-  rolling window a server keeps (``DriftMonitor``).
+- :mod:`duet.monitor.signals`: what the detectors compare (``Observations``) and
+  how they decide (``DriftSettings``), shared by the profile and the detectors.
+- :mod:`duet.monitor.stattests`: the two-sample tests (MMD, chi-square, PSI).
+- :mod:`duet.monitor.drift`: the detector registry (``REGISTRY``: name -> signal,
+  description, test; adding a detector is adding an entry), the verdict
+  (``compare``) and the rolling window a server keeps (``DriftMonitor``).
 - :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
 - :mod:`duet.monitor.outliers`: per-image outlier scores and the window's
   outlier-rate test (``OutlierModel``).
