@@ -6,7 +6,8 @@
   how they decide (``DriftSettings``), shared by the profile and the detectors.
 - :mod:`duet.monitor.stattests`: the two-sample tests (MMD, chi-square, PSI).
 - :mod:`duet.monitor.drift`: the detector registry (``REGISTRY``: name -> signal,
-  description, test; adding a detector is adding an entry), the verdict
+  description, test; a new detector is an entry there and its name in
+  ``signals.DETECTORS``), the verdict
   (``compare``) and the rolling window a server keeps (``DriftMonitor``).
 - :mod:`duet.monitor.imagestats`: per-image statistics (``image_stats``).
 - :mod:`duet.monitor.outliers`: per-image outlier scores and the window's
