@@ -64,6 +64,7 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_tensorflow_then_torchvision_does_not_crash_through_duet() -> None:
     """On this stack `import tensorflow; import torchvision` kills the process with
     SIGSEGV (triton's bundled LLVM loaded after TensorFlow's). duet imports torch,
