@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -21,6 +23,14 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("DUET_CACHE_DIR", None)
     else:
         os.environ["DUET_CACHE_DIR"] = old
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tell tests/helpers.py the tier of the test about to run (before its fixtures,
+    which may build a trained run): run_cli and running_server refuse to run in a
+    test without the e2e mark."""
+    helpers.CURRENT_TEST.update(name=item.nodeid, e2e=item.get_closest_marker("e2e") is not None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

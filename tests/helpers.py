@@ -11,11 +11,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The tier of the test now running, set by tests/conftest.py before its fixtures.
+# True outside pytest (a script may use these helpers).
+CURRENT_TEST = {"name": "", "e2e": True}
+
+
+def require_e2e(what: str) -> None:
+    """Fail a test that ``what`` (runs the CLI, starts a server) without the e2e mark,
+    so `pytest -m "not e2e"` stays the fast tier."""
+    if not CURRENT_TEST["e2e"]:
+        raise AssertionError(
+            f"{CURRENT_TEST['name']} {what}: mark it @pytest.mark.e2e (or the module: pytestmark = pytest.mark.e2e)"
+        )
+
 
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m duet ARGS` in a fresh process, the way a user does."""
+    """Run `python -m duet ARGS` in a fresh process, the way a user does (e2e tests only)."""
+    require_e2e("runs the CLI in a subprocess")
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "duet", *args],
@@ -58,5 +72,7 @@ def write_digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_cla
         idx = np.flatnonzero(digits.target == c)[:per_class]
         for i in idx:
             arr = (255 - digits.images[i] * 255 / 16).round().astype(np.uint8)
-            Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
+            Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR).convert("RGB").save(
+                folder / f"{i:04d}.png"
+            )
     return root

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import run_cli, write_digit_folder
+from helpers import require_e2e, run_cli, write_digit_folder
 
 FAST = ["--image-size", "24", "--batch-size", "16", "--workers", "0", "--quiet"]
 
@@ -90,7 +90,8 @@ def running_server(
     model: Path | None, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> Iterator[Server]:
     """`python -m duet serve MODEL --port P ARGS` until the block ends (then SIGTERM).
-    With ``model=None`` the ARGS say what to serve (e.g. ``--registry DIR``)."""
+    With ``model=None`` the ARGS say what to serve (e.g. ``--registry DIR``). e2e tests only."""
+    require_e2e("starts a server")
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_API_KEY")}
