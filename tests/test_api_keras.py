@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,24 @@ def test_a_folder_with_a_separate_val_folder(data: Path, tmp_path: Path) -> None
     folder = build_data_folder(data, val, tmp_path / "runs" / "f.data")
     assert sorted(p.name for p in (folder / "train").iterdir()) == ["0", "1", "2"]
     assert os.path.realpath(folder / "val" / "2") == os.path.realpath(val / "2")
+
+
+def test_a_keras_session_that_imported_tensorflow_first_trains(data: Path, tmp_path: Path) -> None:
+    """The user's order: TensorFlow first, then duet, then torch (imported by
+    duet.train). On this stack the other order of triton and TensorFlow segfaults;
+    duet's guard keeps the process alive."""
+    code = "\n".join(
+        [
+            "import sys",
+            "import tensorflow as tf",
+            "import duet",
+            f"train_ds, val_ds = tf.keras.utils.image_dataset_from_directory({str(data)!r}, validation_split=0.25,",
+            "    subset='both', seed=1, image_size=(20, 20), batch_size=8)",
+            f"run = duet.train(train_ds, val=val_ds, out={str(tmp_path)!r}, name='k', progress=False, log=None,",
+            "    model='test_resnet', image_size=16, batch_size=16, epochs=1, workers=0, device='cpu')",
+            "print('ok', run.labels, run.best['epoch'])",
+        ]
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip().splitlines()[-1] == "ok ['0', '1', '2'] 1"
