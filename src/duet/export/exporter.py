@@ -192,10 +192,7 @@ def export_run(
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
     t0 = time.perf_counter()
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"`--quantize` must be int8 (or left out for fp32 only). Received: --quantize={quantize}")
-    if calibration_images < 1:
-        raise ConfigError(f"`--calibration-images` must be >= 1. Received: {calibration_images}")
+    _check_options(quantize, calibration_images)
     run = load_run(run_dir)
     dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
     if dest.exists() and not force:
@@ -209,12 +206,7 @@ def export_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         log(f"exporting {run.model} ({run.num_classes} classes, {spec.image_size}px) to ONNX")
-        graph = onnx_graph.export_onnx(model, spec, tmp / ONNX_FILE, opset=opset)
-        onnx_graph.write_metadata(tmp / ONNX_FILE, onnx_graph.metadata_props(run.labels, spec, run.model))
-        shutil.copyfile(run.paths.best, tmp / WEIGHTS_FILE)
-        profile = run.paths.root / PROFILE_DIR
-        if (profile / "profile.json").is_file():  # the drift reference travels with the model
-            shutil.copytree(profile, tmp / PROFILE_DIR)
+        graph = _write_model_files(run, model, tmp, opset)
         log(f"parity gate: {len(samples)} {split} images through PyTorch and ONNX Runtime")
         parity = check_parity(
             model,
@@ -234,18 +226,9 @@ def export_run(
             )
         variants = None
         if quantize == "int8":
-            variants = {
-                "int8": _int8_variant(
-                    run,
-                    tmp,
-                    Path(data_dir) if data_dir else run.data_dir,
-                    samples,
-                    split,
-                    int8_tolerance,
-                    calibration_images,
-                    log,
-                )
-            }
+            data_root = Path(data_dir) if data_dir else run.data_dir
+            int8 = _int8_variant(run, tmp, data_root, samples, split, int8_tolerance, calibration_images, log)
+            variants = {"int8": int8}
         manifest = _manifest(run, spec, graph, parity, tmp, variants)
         write_json_atomic(tmp / MANIFEST, manifest)
         _make_readable(tmp)
@@ -254,6 +237,25 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(dest, manifest, parity, time.perf_counter() - t0, variants)
+
+
+def _check_options(quantize: str | None, calibration_images: int) -> None:
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"`--quantize` must be int8 (or left out for fp32 only). Received: --quantize={quantize}")
+    if calibration_images < 1:
+        raise ConfigError(f"`--calibration-images` must be >= 1. Received: {calibration_images}")
+
+
+def _write_model_files(run: RunInfo, model: torch.nn.Module, folder: Path, opset: int) -> dict[str, Any]:
+    """model.onnx with its metadata, the weights, and the run's drift profile when it has one."""
+    spec = run.preprocess
+    graph = onnx_graph.export_onnx(model, spec, folder / ONNX_FILE, opset=opset)
+    onnx_graph.write_metadata(folder / ONNX_FILE, onnx_graph.metadata_props(run.labels, spec, run.model))
+    shutil.copyfile(run.paths.best, folder / WEIGHTS_FILE)
+    profile = run.paths.root / PROFILE_DIR
+    if (profile / "profile.json").is_file():  # the drift reference travels with the model
+        shutil.copytree(profile, folder / PROFILE_DIR)
+    return graph
 
 
 def _int8_variant(

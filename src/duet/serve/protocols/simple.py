@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
 from duet.serve.service import ModelService
+from duet.serve.settings import Limits
 
 PREDICT_BODY = {
     "requestBody": {
@@ -65,6 +66,38 @@ async def _form(request: Request, max_images: int, max_part_bytes: int) -> FormD
         raise ApiError(400, f"the multipart body cannot be parsed: {e.detail}", "bad_multipart") from None
 
 
+async def _images(request: Request, limits: Limits) -> tuple[list[bytes], list[str]]:
+    """The request's encoded images and their file names ("" for a raw body): every file part
+    of a multipart form, or the whole body of an image/* or octet-stream request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    names: list[str]
+    if content_type == "multipart/form-data":
+        form = await _form(request, limits.max_images, limits.max_body_bytes)
+        try:
+            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            names = [u.filename or "" for u in uploads]
+            images = [await u.read() for u in uploads]
+        finally:
+            await form.close()
+        if not images:
+            raise ApiError(
+                400, "the multipart body holds no file part; send the image as e.g. -F file=@cat.jpg", "no_images"
+            )
+    elif content_type in ("", "application/octet-stream") or content_type.startswith("image/"):
+        images, names = [await request.body()], [""]
+        if not images[0]:
+            raise ApiError(400, "the request body is empty; send an image file", "no_images")
+    else:
+        raise ApiError(
+            415,
+            f"Content-Type '{content_type}' is not accepted here: send multipart/form-data, "
+            "image/* or application/octet-stream (JSON goes to /v2/models/{m}/infer or "
+            "/v1/models/{m}:predict)",
+            "unsupported_media_type",
+        )
+    return images, names
+
+
 def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["simple"])
     limits = service.limits
@@ -87,32 +120,7 @@ def router(service: ModelService) -> APIRouter:
                 "(re-export the run with this version of duet)",
                 "outliers_unavailable",
             )
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        names: list[str]
-        if content_type == "multipart/form-data":
-            form = await _form(request, limits.max_images, limits.max_body_bytes)
-            try:
-                uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-                names = [u.filename or "" for u in uploads]
-                images = [await u.read() for u in uploads]
-            finally:
-                await form.close()
-            if not images:
-                raise ApiError(
-                    400, "the multipart body holds no file part; send the image as e.g. -F file=@cat.jpg", "no_images"
-                )
-        elif content_type in ("", "application/octet-stream") or content_type.startswith("image/"):
-            images, names = [await request.body()], [""]
-            if not images[0]:
-                raise ApiError(400, "the request body is empty; send an image file", "no_images")
-        else:
-            raise ApiError(
-                415,
-                f"Content-Type '{content_type}' is not accepted here: send multipart/form-data, "
-                "image/* or application/octet-stream (JSON goes to /v2/models/{m}/infer or "
-                "/v1/models/{m}:predict)",
-                "unsupported_media_type",
-            )
+        images, names = await _images(request, limits)
         pixels, stats = await service.decode(images, names)
         out = await service.infer(pixels, "/v1/predict", stats)
         predictions = []
