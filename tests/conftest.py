@@ -50,3 +50,21 @@ def digits_champion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     from duet.bench.monitor import digits_champion as build
 
     return build(tmp_path_factory.getbasetemp() / "digits-champion")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small trained run (3 digit classes, 24 px, one epoch) the export, quantize and
+    serve tests share, trained once per session (tests/serve_support.py builds it).
+    Read-only: a test that changes it copies it first."""
+    from serve_support import shared_run
+
+    return shared_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``small_run`` exported to RUN/export (once per session; read-only)."""
+    from serve_support import shared_export
+
+    return shared_export(tmp_path_factory)

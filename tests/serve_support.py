@@ -1,5 +1,6 @@
-"""Shared by the export and serve tests: one trained run per test session, and a
-real `duet serve` process on 127.0.0.1."""
+"""Shared by the export and serve tests: the builders of one small trained run and
+its export per test session (the ``small_run`` and ``small_export`` fixtures of
+conftest.py call them), and a real `duet serve` process on 127.0.0.1."""
 
 from __future__ import annotations
 

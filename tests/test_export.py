@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from helpers import one_line_error, run_cli
-from serve_support import shared_export, shared_run, val_files
+from serve_support import val_files
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_run(tmp_path_factory)
+def run(small_run: Path) -> Path:
+    return small_run
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_export(tmp_path_factory)
+def export_dir(small_export: Path) -> Path:
+    return small_export
 
 
 @pytest.mark.e2e

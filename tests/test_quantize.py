@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from helpers import one_line_error, run_cli
-from serve_support import running_server, shared_export, shared_run, val_files
+from serve_support import running_server, val_files
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -20,8 +20,8 @@ TOLERANCE = 12.0
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_run(tmp_path_factory)
+def run(small_run: Path) -> Path:
+    return small_run
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_serve_int8_answers_like_fp32_and_keeps_drift_features(
     assert same >= 0.7 * len(images), (labels, same)  # most images: a near-chance model has thin margins
 
 
-def test_serving_a_variant_the_folder_lacks_is_aone_line_error(tmp_path_factory: pytest.TempPathFactory) -> None:
-    export_dir = shared_export(tmp_path_factory)  # exported without --quantize
+def test_serving_a_variant_the_folder_lacks_is_aone_line_error(small_export: Path) -> None:
+    export_dir = small_export  # exported without --quantize
     one_line_error(
         run_cli("serve", str(export_dir), "--model-variant", "int8", "--check"),
         4,

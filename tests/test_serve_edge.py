@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli
-from serve_support import Server, metric_value, running_server, shared_export, val_files
+from serve_support import Server, metric_value, running_server, val_files
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -29,8 +29,8 @@ SLACK = 2.0  # scheduling on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_export(tmp_path_factory)
+def export(small_export: Path) -> Path:
+    return small_export
 
 
 @pytest.fixture(scope="module")

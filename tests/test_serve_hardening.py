@@ -23,7 +23,7 @@ from PIL import Image
 
 from helpers import run_cli
 from oddfiles import huge_header_png_bytes, truncated_jpeg_bytes
-from serve_support import Server, metric_value, running_server, shared_export, val_files
+from serve_support import Server, metric_value, running_server, val_files
 
 KEY = "k3y-for-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -31,8 +31,8 @@ LIMITS = ["--max-body-bytes", "300000", "--max-pixels", "1000000", "--max-images
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_export(tmp_path_factory)
+def export(small_export: Path) -> Path:
+    return small_export
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from helpers import run_cli
-from serve_support import FAST, Server, metric_value, running_server, shared_export, val_files
+from serve_support import FAST, Server, metric_value, running_server, val_files
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -23,9 +23,9 @@ POLL = "0.25"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def runs(small_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two exported runs on the same data: the shared one, and one more with another seed."""
-    first = shared_export(tmp_path_factory).parent
+    first = small_export.parent
     info = json.loads((first / "run.json").read_text())
     base = tmp_path_factory.mktemp("hotswap-runs")
     proc = run_cli(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from helpers import run_cli
-from serve_support import Server, running_server, shared_export, val_files
+from serve_support import Server, running_server, val_files
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -35,8 +35,8 @@ sys.meta_path.insert(0, _NotInstalled())
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_export(tmp_path_factory)
+def export(small_export: Path) -> Path:
+    return small_export
 
 
 @pytest.fixture(scope="module")

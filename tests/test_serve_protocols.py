@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_support import Server, metric_value, running_server, shared_export, shared_run, val_files
+from serve_support import Server, metric_value, running_server, val_files
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
 
@@ -23,14 +23,13 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_run(tmp_path_factory)
+def run(small_run: Path) -> Path:
+    return small_run
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    export = shared_export(tmp_path_factory)
-    run = export.parent
+def server(small_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    run = small_export.parent
     with running_server(run, tmp_path_factory.mktemp("logs"), "--max-batch-size", "8") as s:
         yield s
 
@@ -346,10 +345,10 @@ def test_drift_verdict_on_recent_requests(server: Server, run: Path) -> None:
 
 
 def test_outlier_fields_are_refused_up_front_when_drift_is_off(
-    tmp_path_factory: pytest.TempPathFactory, run: Path
+    small_export: Path, tmp_path_factory: pytest.TempPathFactory, run: Path
 ) -> None:
     """?outliers=true on a server without monitoring: 409 with the reason, before any image is decoded."""
-    with running_server(shared_export(tmp_path_factory), tmp_path_factory.mktemp("logs"), "--no-drift") as s:
+    with running_server(small_export, tmp_path_factory.mktemp("logs"), "--no-drift") as s:
         p, _ = val_files(run)[0]
         r = httpx.post(
             f"{s.url}/v1/predict",
@@ -385,12 +384,12 @@ def test_openapi_docs(server: Server) -> None:
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
-def test_torch_runtime_matches_onnx_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_torch_runtime_matches_onnx_runtime(small_export: Path) -> None:
     """The PyTorch runtime (used on CUDA) computes what the ONNX graph computes; here on the CPU."""
     from duet.artifacts.model_package import read_package
     from duet.serve.runtimes import OnnxRuntime, load_runtime
 
-    package = read_package(shared_export(tmp_path_factory))
+    package = read_package(small_export)
     torch_rt = load_runtime(package, "torch", device="cpu")
     assert torch_rt.name == "torch" and torch_rt.device == "cpu"
     pixels = np.random.default_rng(3).integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
@@ -399,10 +398,10 @@ def test_torch_runtime_matches_onnx_runtime(tmp_path_factory: pytest.TempPathFac
     assert (a.probabilities.argmax(1) == b.probabilities.argmax(1)).all()
 
 
-def test_bench_serve_measures_duet_naive_and_bare(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_bench_serve_measures_duet_naive_and_bare(small_export: Path) -> None:
     from helpers import run_cli
 
-    export = shared_export(tmp_path_factory)
+    export = small_export
     proc = run_cli("bench", "serve", str(export), "--requests", "12", "--concurrency", "1,3", "--drift-cost", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -598,9 +597,11 @@ def test_one_multipart_file_over_the_limit_gets_the_documented_413(server: Serve
     assert at_limit.status_code == 200 and len(at_limit.json()["predictions"]) == 64, at_limit.text
 
 
-def test_tf_serving_reports_a_registry_version_as_its_int64(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_tf_serving_reports_a_registry_version_as_its_int64(
+    small_export: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """TF Serving versions are int64: duet's registry version "v3" is 3 there, in answers and in URLs."""
-    export = shared_export(tmp_path_factory)
+    export = small_export
     with running_server(export, tmp_path_factory.mktemp("logs"), "--model-version", "v3") as s:
         status = httpx.get(f"{s.url}/v1/models/digits/versions/3")
         assert status.status_code == 200, status.text
