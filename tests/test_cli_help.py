@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from duet.cli import bench, data, serve, train
 from duet.cli.common import serve_default, show_default, train_config_default
 from duet.serve.settings import Limits, ServeConfig
-from duet.train.config import TrainConfig
+from duet.training.config import TrainConfig
 
 
 def _app(*modules: object) -> typer.Typer:

@@ -38,6 +38,7 @@ CLASS_CODES = {
     "QuantizeError": 4,
     "RunError": 5,
     "ProfileError": 5,
+    "RunFinished": 5,
     "TrainingDiverged": 6,
     "RegistryError": 7,
     "BenchError": 8,

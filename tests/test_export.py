@@ -140,8 +140,8 @@ def test_parity_gate_fails_the_export_and_writes_nothing(
 ) -> None:
     """A graph that differs from the PyTorch model (here: a shifted head bias, as a
     preprocessing or exporter bug would cause) must not ship."""
-    from duet.export import exporter, onnx_graph
-    from duet.export.parity import ParityError
+    from duet.exporting import exporter, onnx_graph
+    from duet.exporting.parity import ParityError
 
     real_export = onnx_graph.export_onnx
 
@@ -161,7 +161,7 @@ def test_parity_gate_fails_the_export_and_writes_nothing(
 
 
 def test_compare_counts_top1_flips_and_max_difference() -> None:
-    from duet.export.parity import compare
+    from duet.exporting.parity import compare
 
     a = np.array([[0.6, 0.4], [0.2, 0.8]], dtype=np.float32)
     assert compare(a, a) == (0, 0.0)

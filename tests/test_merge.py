@@ -17,7 +17,7 @@ from duet.data.scan import read_manifest, scan, write_manifest
 from duet.data.split import assign_splits
 from duet.errors import DataError
 from duet.lifecycle.merge import merge_data
-from duet.train.checkpoint import save_weights
+from duet.training.checkpoint import save_weights
 from helpers import write_digit_folder
 
 SEED, VAL = 5, 0.3

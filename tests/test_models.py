@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from duet.errors import ModelError
-from duet.train.models import build
+from duet.training.models import build
 
 
 def test_timm_resnet18_gets_an_n_way_head() -> None:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from duet.errors import ConfigError
-from duet.train.config import build_config
-from duet.train.precision import resolve_precision
+from duet.training.config import build_config
+from duet.training.precision import resolve_precision
 from helpers import run_cli, write_digit_folder
 
 AVX2 = {"avx2": True, "architecture": "x86_64"}
@@ -128,7 +128,7 @@ def test_bf16_training_keeps_fp32_weights_and_records_its_precision(tmp_path: Pa
 def test_a_resume_keeps_the_precision_its_checkpoint_recorded() -> None:
     import torch
 
-    from duet.train.loop import resumed_precision
+    from duet.training.loop import resumed_precision
 
     cpu = torch.device("cpu")
     kept = resumed_precision(
@@ -195,7 +195,7 @@ def test_a_bf16_step_with_a_finite_loss_but_an_inf_gradient_is_skipped() -> None
     16 px digits); stepping on them wrote Inf into the weights. The step is skipped instead."""
     import torch
 
-    from duet.train.step import train_step
+    from duet.training.step import train_step
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(

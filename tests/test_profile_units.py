@@ -13,8 +13,8 @@ from helpers import snapshot, write_digit_folder
 
 
 def _train(data: Path, out: Path, name: str, val_split: float) -> Path:
-    from duet.train.config import TrainConfig
-    from duet.train.loop import train
+    from duet.training.config import TrainConfig
+    from duet.training.loop import train
 
     config = TrainConfig(
         data_dir=data,

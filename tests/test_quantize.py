@@ -155,7 +155,7 @@ def test_quantize_accepts_only_int8(run: Path, tmp_path: Path) -> None:
 def test_calibration_draws_seeded_training_images_only(run: Path) -> None:
     import csv
 
-    from duet.export.quantize import calibration_samples
+    from duet.exporting.quantize import calibration_samples
 
     info = json.loads((run / "run.json").read_text())
     data = Path(info["data_dir"])

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from duet.lifecycle.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
-from duet.train.config import build_config
-from duet.train.loop import train
+from duet.artifacts.registry import HISTORY_KEPT, ChampionWatcher, Registry, RegistryError
+from duet.training.config import build_config
+from duet.training.loop import train
 from helpers import run_cli, write_digit_folder
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess

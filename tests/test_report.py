@@ -197,8 +197,8 @@ def same_images_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[_Page,
     (width, height, aspect ratio and saturation each take one value), and the
     same embeddings on both sides, so the unbiased MMD² is below 0 by construction."""
     from duet.monitor.check import drift_check
-    from duet.train.config import build_config
-    from duet.train.loop import train
+    from duet.training.config import build_config
+    from duet.training.loop import train
 
     base = tmp_path_factory.mktemp("drift-report")
     data = write_digit_folder(base / "data", classes=(0, 1), per_class=40, size=16)

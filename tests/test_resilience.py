@@ -32,13 +32,13 @@ def _config(tmp_path: Path, **settings: object) -> str:
 
 
 # Faults are injected by the test, not by a user's config: a tiny program calls
-# duet.train.loop.train(config, faults=...) in a fresh process, as `duet train` would.
+# duet.training.loop.train(config, faults=...) in a fresh process, as `duet train` would.
 _DRIVER = """
 import json, sys
 from duet.errors import DuetError
-from duet.train.config import build_config
-from duet.train.faults import FaultPlan
-from duet.train.loop import train
+from duet.training.config import build_config
+from duet.training.faults import FaultPlan
+from duet.training.loop import train
 settings, faults = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 try:
     result = train(build_config(overrides=settings), faults=FaultPlan(**faults), progress=False,

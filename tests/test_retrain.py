@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duet.lifecycle.registry import ChampionWatcher, Registry
+from duet.artifacts.registry import ChampionWatcher, Registry
 from helpers import run_cli, write_digit_folder
 
 pytestmark = pytest.mark.e2e  # trains, serves or runs the CLI in a subprocess
@@ -186,8 +186,8 @@ def test_watch_waits_for_a_missing_then_empty_data_folder_and_says_so_once(tmp_p
     """`duet watch` on a --data folder that does not exist yet keeps watching: it says
     so once, then once that the folder has no labelled images, then once that the
     images in it are not new, and ends after --iterations like any other run."""
-    from duet.train.config import build_config
-    from duet.train.loop import train
+    from duet.training.config import build_config
+    from duet.training.loop import train
 
     data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=12, size=16)
     cfg = build_config(

@@ -1,7 +1,7 @@
 """A run that cannot start leaves nothing behind, fails fast and says why in one line.
 
 Each case is a real subprocess (`duet train`, or a tiny program calling
-`duet.train.loop.train` when the test injects a fault); after it, the same
+`duet.training.loop.train` when the test injects a fault); after it, the same
 --name is free."""
 
 from __future__ import annotations
@@ -105,14 +105,14 @@ def test_fixed_size_model_that_cannot_take_the_size_is_refused_up_front(data: Pa
     assert not (tmp_path / "runs" / "x").exists()
 
 
-# The fault is injected by the test (duet.train.faults.FaultPlan), not by a user's
-# config: a tiny program calls duet.train.loop.train in a fresh process.
+# The fault is injected by the test (duet.training.faults.FaultPlan), not by a user's
+# config: a tiny program calls duet.training.loop.train in a fresh process.
 _DRIVER = """
 import json, sys
 from duet.errors import DuetError
-from duet.train.config import build_config
-from duet.train.faults import FaultPlan
-from duet.train.loop import train
+from duet.training.config import build_config
+from duet.training.faults import FaultPlan
+from duet.training.loop import train
 settings, faults = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 try:
     train(build_config(overrides=settings), faults=FaultPlan(**faults), log=lambda line: print(line, file=sys.stderr))

@@ -49,8 +49,8 @@ warnings.simplefilter("default")
 import tensorflow
 {duet_import}
 import torch
-from duet.train.models import build
-from duet.train.step import cross_entropy, train_step
+from duet.training.models import build
+from duet.training.step import cross_entropy, train_step
 model = build("resnet18", 2)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
@@ -74,7 +74,7 @@ def _notebook(duet_import: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "duet_import",
     [
-        "import duet.train.loop",  # training
+        "import duet.training.loop",  # training
         "from duet.data.tfdata import import_tensorflow; import_tensorflow()",  # the tf backend: guarded, not "too late"
     ],
 )

@@ -17,10 +17,10 @@ from torch import nn
 
 from duet.artifacts.run_dir import RunPaths, read_config, write_config
 from duet.errors import ConfigError, RunError
-from duet.train import checkpoint, recipe
-from duet.train.config import build_config, config_from_dict
-from duet.train.models import build
-from duet.train.schedule import warmup_cosine
+from duet.training import checkpoint, recipe
+from duet.training.config import build_config, config_from_dict
+from duet.training.models import build
+from duet.training.schedule import warmup_cosine
 
 # --------------------------------------------------------------------------- schedule
 

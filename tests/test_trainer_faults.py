@@ -1,4 +1,4 @@
-"""The training loop's fault handling (duet.train.faults), unit by unit, and the
+"""The training loop's fault handling (duet.training.faults), unit by unit, and the
 fault injector that tests supply: never a setting of a user's config."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from duet.errors import ConfigError, DataError, Interrupted, TrainingDiverged
-from duet.train import loop
-from duet.train.config import TrainConfig, build_config
-from duet.train.faults import (
+from duet.training import loop
+from duet.training.config import TrainConfig, build_config
+from duet.training.faults import (
     FaultPlan,
     Injector,
     count_bad_step,
@@ -24,8 +24,8 @@ from duet.train.faults import (
     step_with_oom_retry,
     stop_signals,
 )
-from duet.train.state import LoopState
-from duet.train.step import StepResult
+from duet.training.state import LoopState
+from duet.training.step import StepResult
 
 
 def test_inject_faults_in_a_user_config_is_an_unknown_setting(tmp_path: Path) -> None:

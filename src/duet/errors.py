@@ -22,9 +22,9 @@ EXIT_CODES: dict[int, str] = {
     2: "a bad option, config file or value; a missing extra",  # ConfigError, MissingExtra, click usage errors
     3: "unusable data",  # DataError (also files `duet predict` cannot read)
     4: "a model, weights, export or parity problem",  # ModelError, ArtifactError, ParityError, QuantizeError
-    5: "a run folder that is missing, incomplete or inconsistent",  # RunError, ProfileError
+    5: "a run folder that is missing, incomplete or inconsistent",  # RunError, RunFinished, ProfileError
     6: "the training run diverged",  # TrainingDiverged
-    7: "a registry operation that cannot be done as asked",  # RegistryError (duet.lifecycle.registry)
+    7: "a registry operation that cannot be done as asked",  # RegistryError (duet.artifacts.registry)
     8: "a benchmark's server failed to start or answered errors",  # BenchError (duet.bench.serve)
     70: "an unexpected error: a bug in duet (traceback shown)",  # anything that is not a DuetError
     130: "interrupted (SIGINT/SIGTERM)",  # Interrupted, KeyboardInterrupt
@@ -83,6 +83,15 @@ class RunError(DuetError):
     """A run directory that is missing, incomplete or inconsistent."""
 
     exit_code = 5
+
+
+class RunFinished(RunError):
+    """``--resume`` of a run that already trained all its epochs (its records are
+    brought up to its last checkpoint first); ``run_dir`` names it."""
+
+    def __init__(self, message: str, run_dir: str) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 class TrainingDiverged(DuetError):

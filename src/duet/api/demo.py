@@ -19,9 +19,9 @@ from duet.data.scan import read_manifest
 from duet.evaluation.evaluate import EvalResult, evaluate
 from duet.evaluation.inference import load_model, predict_file, top_k
 from duet.system.device import resolve_device
-from duet.train.config import build_config
-from duet.train.loop import Log, TrainResult, train
-from duet.train.precision import recorded_or
+from duet.training.config import build_config
+from duet.training.loop import Log, TrainResult, train
+from duet.training.precision import recorded_or
 
 # Measured on 2 CPU cores (see README): resnet18 from scratch at 32 px, digits
 # need no flips (a mirrored 3 is not a 3) and only mild crops.

@@ -180,7 +180,7 @@ def _load_run(path: Path, device: str, precision: str | None) -> Model:
     from duet.data.augment import normalise
     from duet.evaluation.inference import load_model
     from duet.system.device import resolve_device
-    from duet.train.precision import autocast, recorded_or
+    from duet.training.precision import autocast, recorded_or
 
     run = load_run(path)
     if not run.paths.best.is_file():

@@ -3,8 +3,8 @@
 ``train(data, **settings) -> Run``, ``resume(run) -> Run``,
 ``evaluate(run) -> EvalResult``, ``export(run) -> ExportResult``,
 ``drift(run_or_export, folder) -> DriftResult``, ``scan(folder) -> Manifest``.
-Each wraps the function the CLI command calls (``duet.train.loop.train`` /
-``resume``, ``duet.evaluation.evaluate.evaluate``, ``duet.export.exporter.export_run``,
+Each wraps the function the CLI command calls (``duet.training.loop.train`` /
+``resume``, ``duet.evaluation.evaluate.evaluate``, ``duet.exporting.exporter.export_run``,
 ``duet.monitor.check.drift_check``, ``duet.data.scan.scan``): a notebook and
 a shell get the same run folder, the same numbers and the same errors
 (:mod:`duet.errors`, one line each).
@@ -31,10 +31,10 @@ from duet.errors import ConfigError, ModelError, RunError
 if TYPE_CHECKING:
     from duet.data.scan import Manifest
     from duet.evaluation.evaluate import EvalResult
-    from duet.export.exporter import ExportResult
+    from duet.exporting.exporter import ExportResult
     from duet.monitor.drift import DriftResult
-    from duet.train.config import TrainConfig
-    from duet.train.loop import TrainResult
+    from duet.training.config import TrainConfig
+    from duet.training.loop import TrainResult
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike[str]
@@ -87,7 +87,7 @@ class Run:
     @property
     def config(self) -> TrainConfig:
         """The resolved settings it was trained with (config.yaml)."""
-        from duet.train.config import config_from_dict
+        from duet.training.config import config_from_dict
 
         paths = RunPaths(self.path)
         return config_from_dict(read_config(paths), str(paths.config))
@@ -143,7 +143,7 @@ def train(
             (Keras yields 0..255; ``(0, 1)`` after ``Rescaling(1/255)``).
         progress: progress bars on stderr.
         log: receives the epoch lines (None: silent).
-        **settings: any ``duet.train.config.TrainConfig`` field: ``model``,
+        **settings: any ``duet.training.config.TrainConfig`` field: ``model``,
             ``epochs``, ``batch_size``, ``lr``, ``image_size``, ``out``,
             ``name``, ``device``, ``seed``, ... (``duet train --help``).
 
@@ -158,7 +158,7 @@ def train(
         DataError: unusable data. RunError: the run name is taken.
         TrainingDiverged, Interrupted: as ``duet train``.
     """
-    from duet.train.config import build_config
+    from duet.training.config import build_config
 
     say = log or _quiet
     if "data_dir" in settings:
@@ -175,12 +175,12 @@ def train(
         written = build_data_folder(data, val, Path(config.out) / f"{name}.data", value_range=value_range)
         say(f"data: written as a folder at {written}")
         config = config.model_copy(update={"data_dir": written, "name": name})
-    from duet.train.loop import train as train_run  # torch: only once the settings are known good
+    from duet.training.loop import train as train_run  # torch: only once the settings are known good
 
     try:
         result = train_run(config, progress=progress, log=say)
     except BaseException:
-        # A run that could not start leaves no folder (duet.train.loop); nor does its data.
+        # A run that could not start leaves no folder (duet.training.loop); nor does its data.
         if written is not None and not (Path(config.out) / str(config.name)).exists():
             shutil.rmtree(written, ignore_errors=True)  # removes the links, never the files they point at
         raise
@@ -208,7 +208,7 @@ def _write_profile(run_dir: Path, device: str, progress: bool, log: Log) -> None
 def resume(run: PathLike, *, epochs: int | None = None, progress: bool = True, log: Log | None = print) -> Run:
     """Continue an interrupted run from its last checkpoint (``duet train --resume``);
     ``epochs``: a new total, to train a finished run longer. Writes the drift profile if missing."""
-    from duet.train.loop import resume as resume_run
+    from duet.training.loop import resume as resume_run
 
     say = log or _quiet
     result = resume_run(Path(run), epochs=epochs, progress=progress, log=say)
@@ -245,9 +245,9 @@ def export(
     ``out`` (default RUN/export/), behind the parity gate.
 
     ``options``: ``force``, ``quantize="int8"``, ``tolerance``, ``data_dir``, ...
-    of ``duet.export.exporter.export_run``. Returns its ``ExportResult``
+    of ``duet.exporting.exporter.export_run``. Returns its ``ExportResult``
     (``.export_dir``); ``duet.load(result.export_dir)`` opens it."""
-    from duet.export.exporter import export_run
+    from duet.exporting.exporter import export_run
 
     folder = Path(out) if out is not None else None
     return export_run(Path(run), out_dir=folder, progress=progress, log=log or _quiet, **options)

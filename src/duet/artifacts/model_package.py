@@ -12,7 +12,7 @@ EXPORT_DIR/                 (by default RUN/export/)
 
 ``model.json`` (``"schema": "duet.model/1"``) is plain JSON with these keys:
 
-- ``name``, ``created`` (UTC ISO 8601), ``architecture`` (duet.train.models name),
+- ``name``, ``created`` (UTC ISO 8601), ``architecture`` (duet.training.models name),
   ``labels`` (index -> label), ``num_classes``;
 - ``preprocess``: the run's :class:`~duet.data.preprocess.PreprocessSpec` as a dict
   (``image_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``,
@@ -28,7 +28,7 @@ EXPORT_DIR/                 (by default RUN/export/)
 - ``variants`` (only with ``--quantize int8``): ``{"int8": {"file", "sha256",
   "calibration", "gate"}}``: the quantized graph, how it was calibrated
   (training images, seed, settings) and its accuracy gate against fp32
-  (``duet.export.quantize``); the file is also listed in ``files``;
+  (``duet.exporting.quantize``); the file is also listed in ``files``;
 - ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
   onnxruntime, python), ``source`` (the run folder and its weights' sha256).
 

@@ -12,7 +12,7 @@ runs/<name>/
 ```
 A run is never overwritten: creating one with an existing name is an error.
 A new run that fails before its first checkpoint removes its folder, so the name
-stays free (``duet.train.loop``).
+stays free (``duet.training.loop``).
 """
 
 from __future__ import annotations

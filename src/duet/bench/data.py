@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -261,10 +262,10 @@ def timing_warnings(rows: list[Row], images: int, batch_size: int) -> list[str]:
     ]
 
 
-def markdown(result: dict[str, object]) -> str:
-    rows = result["rows"]  # type: ignore[index]
+def markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
     lines = ["| pipeline | images/s | × ImageFolder | note |", "|---|---:|---:|---|"]
-    for r in rows:  # type: ignore[union-attr]
+    for r in rows:
         note = r["note"]
         if r["seconds"] < MIN_ROW_SECONDS:
             note = f"{note}; " if note else ""

@@ -15,7 +15,7 @@ Same model, same device, same batch, same run:
   same synthetic batch, fp32 and bf16: the serving side of the precision table.
 
 The end-to-end rows run in the precision a training run would choose
-(``precision="auto"``, resolved by ``duet.train.precision``: bf16 autocast on CUDA
+(``precision="auto"``, resolved by ``duet.training.precision``: bf16 autocast on CUDA
 and on CPUs with AMX; fp32 elsewhere), or the one asked for. Every row carries its
 ratio to the limit of its own precision (``vs_synthetic``: how much of the
 model's speed the input path delivers; on a GPU the target is >= 90%) and to
@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -42,9 +43,9 @@ from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefo
 from duet.data.contract import LoaderOptions, Sample, default_workers
 from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
-from duet.train.models import build
-from duet.train.precision import Precision, autocast, resolve_precision
-from duet.train.step import train_step
+from duet.training.models import build
+from duet.training.precision import Precision, autocast, resolve_precision
+from duet.training.step import train_step
 
 PRECISIONS = ("fp32", "bf16")  # the limit is measured in both
 LIMIT = "synthetic tensors on the device (model limit)"
@@ -279,7 +280,7 @@ def bench_train(
     model = build(model_name, num_classes).to(device)
     model = model.to(memory_format=torch.channels_last)  # as duet trains it, on every device
     if compile:
-        model = torch.compile(model)
+        model = cast(torch.nn.Module, torch.compile(model))  # compiled, still called as the model
     gen = torch.Generator(device="cpu").manual_seed(seed)
     # In the layout the model is fastest with, so that the limit is a limit.
     fixed = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
@@ -323,12 +324,12 @@ def bench_train(
     }
 
 
-def markdown(result: dict[str, object]) -> str:
+def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| pipeline | images/s | of model limit (same precision) | vs fp32 limit | note |",
         "|---|---:|---:|---:|---|",
     ]
-    for r in result["rows"]:  # type: ignore[union-attr]
+    for r in result["rows"]:
         lines.append(
             f"| {r['name']} | {r['images_per_s']:,.1f} | {100 * r['vs_synthetic']:.0f}% "
             f"| {r['vs_fp32_limit']:.2f}× | {r['note']} |"
@@ -339,18 +340,18 @@ def markdown(result: dict[str, object]) -> str:
             "",
             "torch.compile: first (untimed) step of each row, compile included: "
             + ", ".join(f"{r['name']} {r['first_step_s']:.1f}s" for r in [*result["rows"], *result["inference"]]),
-        ]  # type: ignore[misc]
+        ]
     return "\n".join(lines)
 
 
-def precision_table(result: dict[str, object]) -> str:
+def precision_table(result: dict[str, Any]) -> str:
     """The issue's table: the limits in fp32 and bf16 autocast, and their ratio."""
     lines = ["| synthetic limit | fp32 | bf16 autocast | × |", "|---|---:|---:|---:|"]
     for label, rows in (
         ("training images/s (AdamW step)", result["rows"]),
         ("inference images/s", result["inference"]),
     ):
-        limits = [r for r in rows if r["name"].startswith(("synthetic", "inference"))]  # type: ignore[union-attr]
+        limits = [r for r in rows if r["name"].startswith(("synthetic", "inference"))]
         by = {r["precision"]: r["images_per_s"] for r in limits}
         if len(by) == 2:
             lines.append(f"| {label} | {by['fp32']:,.1f} | {by['bf16']:,.1f} | {by['bf16'] / by['fp32']:.2f} |")

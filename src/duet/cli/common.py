@@ -2,7 +2,7 @@
 help defaults read from the config models.
 
 Defaults are stated once, in the config models (``TrainConfig`` in
-duet/train/config.py, ``ServeConfig`` and ``Limits`` in duet/serve/settings.py).
+duet/training/config.py, ``ServeConfig`` and ``Limits`` in duet/serve/settings.py).
 A help text names a ``TrainConfig`` default with :func:`train_default`; the
 placeholder is filled when that command's help is shown (``DefaultsFromConfig``),
 so ``duet --help`` does not import pydantic. ``ServeConfig`` is a torch-free
@@ -67,7 +67,7 @@ def show_default(value: Any) -> str:
 
 def train_config_default(field: str) -> Any:
     """``TrainConfig``'s default for ``field`` (dotted for nested models), read from the model."""
-    from duet.train.config import TrainConfig
+    from duet.training.config import TrainConfig
 
     model: Any = TrainConfig
     *parents, leaf = field.split(".")

@@ -73,7 +73,7 @@ def predict(
     from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
     from duet.evaluation.inference import load_model, predict_file, top_k
     from duet.system.device import resolve_device
-    from duet.train.precision import recorded_or
+    from duet.training.precision import recorded_or
 
     files = _expand_folders(files)
     info = load_run(run)

@@ -26,7 +26,7 @@ registry_app = typer.Typer(
 
 
 def _registry(path: Path):
-    from duet.lifecycle.registry import Registry
+    from duet.artifacts.registry import Registry
 
     return Registry(path)
 

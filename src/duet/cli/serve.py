@@ -61,7 +61,7 @@ def export(
 
     Example: duet export runs/pets-r50 && duet serve runs/pets-r50
     """
-    from duet.export.exporter import export_run
+    from duet.exporting.exporter import export_run
 
     res = export_run(
         run,

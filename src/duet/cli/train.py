@@ -18,11 +18,11 @@ from rich.markup import escape  # messages may hold "[...]": print them as text
 from rich.table import Table
 
 from duet.cli.common import DefaultsFromConfig, out, pct, print_json, stderr_log, train_default
-from duet.errors import ConfigError
+from duet.errors import ConfigError, RunFinished
 
 if TYPE_CHECKING:
-    from duet.train.config import TrainConfig
-    from duet.train.loop import TrainResult
+    from duet.training.config import TrainConfig
+    from duet.training.loop import TrainResult
 
 PRECISION_HELP = (
     "auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), "
@@ -113,15 +113,23 @@ def train(
                 f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
                 f"only --epochs can change. Remove: {' '.join(ignored)}"
             )
-        from duet.train.loop import resume as resume_run
+        from duet.training.loop import resume as resume_run
 
-        result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
+        try:
+            result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
+        except RunFinished as finished:
+            # A run killed after its last checkpoint may lack its profile: write it, then say "finished".
+            if os.environ.get("RANK", "0") == "0":
+                from duet.monitor.profile import ensure_profile
+
+                ensure_profile(Path(finished.run_dir), device=device_used, progress=not quiet, log=log)
+            raise
     else:
         cfg = _train_config(flags)
         from duet.system.netprobe import start_for_hub_weights
 
         start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
-        from duet.train.loop import train as train_run
+        from duet.training.loop import train as train_run
 
         result = train_run(cfg, progress=not quiet, log=log)
         device_used, workers_used = cfg.device, (None if cfg.workers < 0 else cfg.workers)  # None: one per core
@@ -157,7 +165,7 @@ _CONFIG_KEYS = [
 
 def _train_config(flags: dict[str, Any]) -> TrainConfig:
     """The run's TrainConfig from --config and the flags given (a flag left out is None: the file or the model decides)."""
-    from duet.train.config import build_config
+    from duet.training.config import build_config
 
     if flags["data_dir"] is None and flags["config"] is None:
         raise ConfigError("missing DATA_DIR: pass a folder with one sub-folder per class (see `duet train --help`)")
@@ -261,8 +269,8 @@ def lr_find_cmd(
     """Learning-rate range test: a plot of loss vs LR and a suggested --lr."""
     if not (0 < start < end):
         raise ConfigError(f"`--start` must be positive and below `--end`. Received: --start={start} --end={end}")
-    from duet.train.config import build_config
-    from duet.train.lr_find import lr_find
+    from duet.training.config import build_config
+    from duet.training.lr_find import lr_find
 
     settings = {"model": model, "weights": weights, "batch_size": batch_size, "image_size": image_size}
     cfg = build_config(

@@ -27,7 +27,7 @@ from duet.evaluation.inference import load_model, predict_samples
 from duet.evaluation.metrics import compute_metrics
 from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
-from duet.train.precision import recorded_or
+from duet.training.precision import recorded_or
 
 SPLIT_MEANINGS = {
     "test": "test: held out, used neither for training nor to choose the epoch",

@@ -21,9 +21,9 @@ from duet.data.imageio import DecodeError, decode
 from duet.data.loaders import make_loader
 from duet.data.preprocess import to_load_square
 from duet.system.progress import make_progress
-from duet.train.checkpoint import load_weights
-from duet.train.models import build
-from duet.train.precision import FP32, Precision, autocast
+from duet.training.checkpoint import load_weights
+from duet.training.models import build
+from duet.training.precision import FP32, Precision, autocast
 
 
 def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:

@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from duet.artifacts.registry import Registry, RegistryError
 from duet.errors import DataError
 from duet.lifecycle.gate import Comparison, GateSettings, compare_predictions, markdown
 from duet.lifecycle.merge import MergeSummary, known_hashes, merge_data
-from duet.lifecycle.registry import Registry, RegistryError
 from duet.system.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from duet.train.config import TrainConfig
+    from duet.training.config import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -245,7 +245,7 @@ def retrain(
     """
     from duet.artifacts.run_dir import load_run
     from duet.monitor.profile import ensure_profile
-    from duet.train.loop import train
+    from duet.training.loop import train
 
     t0 = time.perf_counter()
     champion = load_run(_champion_run(champion_run, registry))
@@ -359,7 +359,7 @@ def _challenger_config(
     """The champion's settings on the merged data, warm-started from its best weights;
     ``overrides`` that are not None replace the champion's values."""
     from duet.artifacts.run_dir import RunPaths, read_config
-    from duet.train.config import TrainConfig, config_from_dict
+    from duet.training.config import TrainConfig, config_from_dict
 
     paths = RunPaths(champion_dir)
     cfg = read_config(paths)
@@ -426,7 +426,7 @@ def _export(run_dir: Path, *, progress: bool, log: Log) -> str:
     """Export a challenger the way its champion was (servers load exports); "" when
     it worked, else why it did not (a challenger that cannot be served is not promoted)."""
     from duet.errors import DuetError
-    from duet.export.exporter import export_run
+    from duet.exporting.exporter import export_run
 
     try:
         export_run(run_dir, progress=progress, log=log)

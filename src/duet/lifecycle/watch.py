@@ -18,10 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from duet.artifacts.registry import Registry, RegistryError
 from duet.errors import DataError
 from duet.lifecycle.gate import GateSettings
 from duet.lifecycle.merge import _link, fresh_rows
-from duet.lifecycle.registry import Registry, RegistryError
 from duet.lifecycle.retrain import Log, RetrainResult, retrain
 
 # --------------------------------------------------------------------------- watch

@@ -81,7 +81,7 @@ def observe_files(
     run = load_run(run_dir)
     dev = resolve_device(device)
     model = model if model is not None else load_model(run, dev)
-    from duet.train.precision import recorded_or
+    from duet.training.precision import recorded_or
 
     got = embed_files(
         model,

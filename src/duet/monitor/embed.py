@@ -32,7 +32,7 @@ from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode
 from duet.data.preprocess import PreprocessSpec, to_load_square
 from duet.monitor.imagestats import STAT_NAMES, image_stats
 from duet.system.progress import make_progress
-from duet.train.precision import FP32, Precision, autocast
+from duet.training.precision import FP32, Precision, autocast
 
 
 class FeatureExtractor:
@@ -66,7 +66,7 @@ class FeatureExtractor:
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier ``nn.Linear`` of a torchvision model (where ``duet.train.models`` replaced it)."""
+    """The classifier ``nn.Linear`` of a torchvision model (where ``duet.training.models`` replaced it)."""
     for attr in ("fc", "classifier", "head", "heads"):
         head = getattr(model, attr, None)
         if isinstance(head, nn.Linear):

@@ -347,7 +347,7 @@ def write_profile(
     from duet.data.scan import read_manifest
     from duet.evaluation.inference import load_model
     from duet.system.device import resolve_device
-    from duet.train.precision import recorded_or
+    from duet.training.precision import recorded_or
 
     say = log or (lambda _msg: None)
     run = load_run(run_dir)

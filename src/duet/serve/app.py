@@ -189,7 +189,7 @@ def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
     and the ChampionWatcher that will notice the next switch. Else ``(config, None)``."""
     if config.registry is None:
         return config, None
-    from duet.lifecycle.registry import ChampionWatcher, Registry
+    from duet.artifacts.registry import ChampionWatcher, Registry
 
     registry = Registry(config.registry)
     if not registry.root.is_dir():

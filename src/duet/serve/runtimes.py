@@ -5,10 +5,10 @@
   (``duet export --quantize int8``). Normalisation is inside the graph; its
   ``features`` output (the penultimate layer, fp32 in both variants) is read
   along with the probabilities for drift monitoring.
-- ``torch``: ``model.safetensors`` in its architecture (``duet.train.models.build``)
+- ``torch``: ``model.safetensors`` in its architecture (``duet.training.models.build``)
   on CUDA when available: the same weights the ONNX file was checked against,
   normalised with the same ``augment.normalise``; its forward pass runs in
-  ``duet.train.precision``'s auto choice (bf16 autocast on CUDA and on CPUs with
+  ``duet.training.precision``'s auto choice (bf16 autocast on CUDA and on CPUs with
   native bf16, else fp32; the weights stay fp32, as the parity gate checked).
 
 ``load_runtime(package, name="auto")`` picks PyTorch when CUDA is present and
@@ -110,15 +110,15 @@ class TorchRuntime:
 
         from duet.data.augment import normalise
         from duet.monitor.embed import FeatureExtractor
-        from duet.train.models import build
-        from duet.train.precision import autocast, resolve_precision
+        from duet.training.models import build
+        from duet.training.precision import autocast, resolve_precision
 
         self._torch = torch
         self._normalise = normalise
         self._spec = package.spec
         self._device = torch.device(device)
         self.device = str(self._device)
-        # bf16 autocast where auto picks it (duet.train.precision); the weights stay fp32.
+        # bf16 autocast where auto picks it (duet.training.precision); the weights stay fp32.
         self.precision = resolve_precision(precision, self._device)
         self._autocast = lambda: autocast(self.precision, self._device)
         model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size)

@@ -88,7 +88,7 @@ class ModelService:
             if profile is not None
             else None
         )
-        self.watcher = watcher  # duet.lifecycle.registry.ChampionWatcher when following a registry
+        self.watcher = watcher  # duet.artifacts.registry.ChampionWatcher when following a registry
         self._follow_task: asyncio.Task[None] | None = None
         self.set_model_info()
 

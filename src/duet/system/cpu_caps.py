@@ -1,6 +1,6 @@
 """What the CPU can do for bf16 and int8: the capability fields of every
 benchmark's machine line (`duet bench data|train|serve`). Which precision a
-run picks from them is ``duet.train.precision``'s decision (from torch's own cpuinfo).
+run picks from them is ``duet.training.precision``'s decision (from torch's own cpuinfo).
 
 Read from ``/proc/cpuinfo`` (Linux; elsewhere the flags read as absent and the
 name falls back to ``platform.processor()``), plus the SIMD level torch's

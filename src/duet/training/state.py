@@ -59,5 +59,5 @@ class TrainResult:
     # The held-out test split, evaluated once after training with the best
     # epoch's weights: {"test_accuracy", "test_loss", "test_images"}; {} without one.
     test: dict[str, Any] = field(default_factory=dict)
-    # The forward-pass precision and why: {"name", "requested", "reason"} (duet.train.precision).
+    # The forward-pass precision and why: {"name", "requested", "reason"} (duet.training.precision).
     precision: dict[str, str] = field(default_factory=dict)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from duet.train.models import classifier_name
+from duet.training.models import classifier_name
 
 
 def resolve(recipe: str, weights: str) -> str:

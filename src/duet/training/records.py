@@ -15,9 +15,9 @@ import duet
 from duet.artifacts.run_dir import RunPaths, write_info
 from duet.data.scan import Manifest
 from duet.system.atomic import write_text_atomic
-from duet.train.config import TrainConfig
-from duet.train.precision import Precision
-from duet.train.state import Log, LoopState
+from duet.training.config import TrainConfig
+from duet.training.precision import Precision
+from duet.training.state import Log, LoopState
 
 
 def _versions() -> dict[str, str]:

@@ -2,17 +2,17 @@
 
 Read it as the story of a run. ``train`` first does everything that can fail
 cheaply (the device, the model name, the data scan, the weights and one image at
-the input size: ``duet.train.prepare``), so a run that cannot start leaves no
+the input size: ``duet.training.prepare``), so a run that cannot start leaves no
 folder; then it creates the run folder (config.yaml, manifest.csv,
 data_report.json, run.json), and a run that fails before its first checkpoint
 removes it again. ``resume`` reads the folder back and continues from
-checkpoints/last.pt. Both hand the epochs to ``duet.train.trainer.Trainer``; its
+checkpoints/last.pt. Both hand the epochs to ``duet.training.trainer.Trainer``; its
 ``fit`` trains, validates, checkpoints and finally measures the test split once
 (validation chose the epoch; test never took part). Every forward pass runs in
-the run's precision (``duet.train.precision``: resolved once at the start,
+the run's precision (``duet.training.precision``: resolved once at the start,
 recorded in run.json and the checkpoint, kept by a resume).
 
-Resilience (``duet.train.faults``): checkpoints at every epoch end and every
+Resilience (``duet.training.faults``): checkpoints at every epoch end and every
 ``checkpoint_every`` steps / ``checkpoint_minutes``, written atomically, never
 with non-finite weights; a resume continues from the exact batch (same seed =>
 same result); SIGINT/SIGTERM checkpoint and exit with the command that resumes;
@@ -37,18 +37,18 @@ import torch
 
 from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
 from duet.data.scan import data_report, read_manifest, write_manifest
-from duet.errors import ConfigError, RunError
+from duet.errors import ConfigError, RunError, RunFinished
 from duet.system.atomic import write_json_atomic
 from duet.system.device import resolve_device
-from duet.train import checkpoint, distributed
-from duet.train.config import TrainConfig, config_from_dict
-from duet.train.faults import FaultPlan
-from duet.train.models import check_source
-from duet.train.precision import Precision, resolve_precision
-from duet.train.prepare import prepare_data, prepare_model
-from duet.train.records import catch_up_run_info, run_info
-from duet.train.state import Log, LoopState, TrainResult, silent
-from duet.train.trainer import Trainer
+from duet.training import checkpoint, distributed
+from duet.training.config import TrainConfig, config_from_dict
+from duet.training.faults import FaultPlan
+from duet.training.models import check_source
+from duet.training.precision import Precision, resolve_precision
+from duet.training.prepare import prepare_data, prepare_model
+from duet.training.records import catch_up_run_info, run_info
+from duet.training.state import Log, LoopState, TrainResult, silent
+from duet.training.trainer import Trainer
 
 __all__ = ["FaultPlan", "Log", "LoopState", "TrainResult", "resume", "resumed_precision", "train"]
 
@@ -59,7 +59,7 @@ def train(
     """Train a new run from ``config``; returns when all epochs are done.
 
     ``faults``: for tests only, steps at which to inject NaN inputs or an
-    out-of-memory error (``duet.train.faults``).
+    out-of-memory error (``duet.training.faults``).
 
     Under torchrun, rank 0 scans, creates the run folder and writes every file;
     the other ranks wait for it and read the same manifest."""
@@ -135,9 +135,10 @@ def resume(
     elif finished:
         if d.main:
             catch_up_run_info(paths, config, manifest, loop, precision, log)
-        raise RunError(
+        raise RunFinished(
             f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
-            f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})"
+            f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})",
+            str(paths.root),
         )
     try:
         if d.main:

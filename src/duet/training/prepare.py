@@ -1,7 +1,7 @@
 """Everything a run needs before its first step: the data (scan, split, loaders),
 the model (device, weights, input size) and the seeds.
 
-Shared by the training loop (``duet.train.loop``/``trainer``) and ``duet lr-find``,
+Shared by the training loop (``duet.training.loop``/``trainer``) and ``duet lr-find``,
 so both see the same splits, the same backend choice and the same seeded model.
 The three loaders of a run (train, val, test) are made here and nowhere else.
 """
@@ -23,10 +23,10 @@ from duet.data.split import assign_splits
 from duet.errors import ConfigError, DataError
 from duet.system.device import resolve_device
 from duet.system.process import guard_triton
-from duet.train import distributed
-from duet.train.config import TrainConfig
-from duet.train.models import build, check_input_size
-from duet.train.state import Log
+from duet.training import distributed
+from duet.training.config import TrainConfig
+from duet.training.models import build, check_input_size
+from duet.training.state import Log
 
 
 def choose_backend(config: TrainConfig, num_images: int) -> str:

@@ -12,7 +12,7 @@ part of what makes a run repeatable for a seed, so keep it. ``fit`` is the loop:
     then the test split, once, with the best epoch's weights (``_test_once``)
 
 What goes wrong on the way (non-finite losses, out-of-memory, signals, files that
-stop loading) is handled in ``duet.train.faults``. Everything a resume needs is
+stop loading) is handled in ``duet.training.faults``. Everything a resume needs is
 ``LoopState`` plus the state dicts of ``snapshot``, saved in checkpoints/last.pt.
 """
 
@@ -30,10 +30,10 @@ from duet.data.contract import Batch, rank_slice
 from duet.data.scan import Manifest
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
-from duet.train import checkpoint, distributed, faults, recipe
-from duet.train.config import TrainConfig
-from duet.train.precision import Precision
-from duet.train.prepare import (
+from duet.training import checkpoint, distributed, faults, recipe
+from duet.training.config import TrainConfig
+from duet.training.precision import Precision
+from duet.training.prepare import (
     build_data,
     class_counts,
     make_test_loader,
@@ -41,11 +41,11 @@ from duet.train.prepare import (
     seed_everything,
     split_samples,
 )
-from duet.train.records import append_metrics, best_record, epoch_line, keep_metrics_until, run_info
-from duet.train.schedule import warmup_cosine
-from duet.train.state import Log, LoopState, TrainResult
-from duet.train.step import LossFn, StepResult, cross_entropy, train_step
-from duet.train.validation import validate, validate_empty
+from duet.training.records import append_metrics, best_record, epoch_line, keep_metrics_until, run_info
+from duet.training.schedule import warmup_cosine
+from duet.training.state import Log, LoopState, TrainResult
+from duet.training.step import LossFn, StepResult, cross_entropy, train_step
+from duet.training.validation import validate, validate_empty
 
 
 class Trainer:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from duet.data import augment
 from duet.data.contract import Loader
 from duet.data.preprocess import PreprocessSpec
-from duet.train import distributed
-from duet.train.precision import FP32, Precision, autocast
+from duet.training import distributed
+from duet.training.precision import FP32, Precision, autocast
 
 
 @torch.no_grad()

@@ -26,11 +26,11 @@ from duet.errors import DataError
 from duet.system.atomic import write_bytes_atomic, write_json_atomic
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
-from duet.train import recipe
-from duet.train.config import TrainConfig
-from duet.train.precision import resolve_precision
-from duet.train.prepare import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
-from duet.train.step import cross_entropy, train_step
+from duet.training import recipe
+from duet.training.config import TrainConfig
+from duet.training.precision import resolve_precision
+from duet.training.prepare import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
+from duet.training.step import cross_entropy, train_step
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What the training loop does when something goes wrong, in one place.
 
-- A non-finite loss (or gradient) skips the step (``duet.train.step``);
+- A non-finite loss (or gradient) skips the step (``duet.training.step``);
   ``rollback_after`` in a row reload the last checkpoint with the learning rate
   times ``rollback_lr_factor``; more than ``max_bad_steps`` in the whole run stop
   it with ``TrainingDiverged`` (exit 6), naming the last good checkpoint.
@@ -30,10 +30,10 @@ import torch
 
 from duet.data.contract import Sample
 from duet.errors import DataError, Interrupted, TrainingDiverged
-from duet.train import checkpoint
-from duet.train.config import TrainConfig
-from duet.train.state import Log, LoopState
-from duet.train.step import StepResult
+from duet.training import checkpoint
+from duet.training.config import TrainConfig
+from duet.training.state import Log, LoopState
+from duet.training.step import StepResult
 
 
 @dataclass(frozen=True, init=False)

@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="forward-pass precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
-        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.train.precision)",
+        "(AMX or AVX-512-BF16), else fp32; weights, optimizer state and checkpoints stay fp32 (duet.training.precision)",
     )
     workers: int = Field(-1, ge=-1, description="DataLoader workers; -1 = one per CPU core (at most 8)")
     data_backend: Literal["auto", "torch", "cache", "tf"] = Field(

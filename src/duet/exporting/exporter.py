@@ -5,11 +5,11 @@ Steps, in order (the story of an export):
 1. open the run and its best weights (``duet.evaluation.inference.load_model``, fp32, CPU);
 2. write ``model.onnx`` (uint8 pixels in, normalisation inside, dynamic batch)
    and ``model.safetensors`` into a temporary folder beside the destination;
-3. the parity gate (``duet.export.parity``) over the whole validation split:
+3. the parity gate (``duet.exporting.parity``) over the whole validation split:
    fail, and leave nothing behind, unless top-1 agrees on 100% and
    max |Δprobability| <= 1e-4 in fp32;
 4. with ``quantize="int8"``: ``model.int8.onnx``, calibrated on training
-   images and gated on the validation split (``duet.export.quantize``); a
+   images and gated on the validation split (``duet.exporting.quantize``); a
    failed int8 gate fails the whole export, so nothing is written;
 5. the run's drift reference profile (``RUN/profile``, when training wrote one)
    is copied to ``profile/``, so a server gets it verified with the model;
@@ -52,10 +52,10 @@ from duet.data.contract import Sample
 from duet.data.scan import read_manifest
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.inference import load_model
-from duet.export import onnx_graph
-from duet.export.card import render_card
-from duet.export.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity
-from duet.export.quantize import (
+from duet.exporting import onnx_graph
+from duet.exporting.card import render_card
+from duet.exporting.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, check_parity
+from duet.exporting.quantize import (
     CALIBRATION_IMAGES,
     CALIBRATION_SEED,
     DEFAULT_INT8_TOLERANCE,
@@ -182,7 +182,7 @@ def export_run(
         batch_size: images per parity batch.
         opset: ONNX opset for the exporter.
         force: replace an existing export folder (only after the new one passed).
-        quantize: ``"int8"`` adds model.int8.onnx (``duet.export.quantize``); None: fp32 only.
+        quantize: ``"int8"`` adds model.int8.onnx (``duet.exporting.quantize``); None: fp32 only.
         int8_tolerance: percentage points of validation top-1 accuracy int8 may lose against fp32.
         calibration_images: most training images drawn (seeded) to calibrate int8.
 

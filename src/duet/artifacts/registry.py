@@ -61,7 +61,7 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 _SWITCH_EVENTS = ("promote", "rollback", "switch_interrupted")
 
 
-log = logging.getLogger("duet.lifecycle.registry")
+log = logging.getLogger("duet.artifacts.registry")
 
 
 class RegistryError(DuetError):
