@@ -5,4 +5,7 @@ layout from here, never from each other. No torch.
   ``create_run_dir``, config.yaml and run.json, ``load_run`` -> ``RunInfo``).
 - ``model_package``: the exported model folder and its ``model.json`` (``ModelPackage``,
   ``read_package``, file hashes and ``verify_files``), written by export, read by serve.
+- ``registry``: numbered versions of runs and the champion pointer (``Registry``,
+  ``ChampionWatcher``), written by ``duet registry``/``duet retrain``, followed by
+  ``duet serve`` for hot swaps.
 """

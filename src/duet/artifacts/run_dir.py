@@ -8,11 +8,15 @@ runs/<name>/
   data_report.json   counts per class and split, skipped files and why, duplicates
   metrics.jsonl      one line per epoch
   checkpoints/       last.pt (full state, for --resume), best.safetensors (weights only)
-  eval/              report.json, report.md, confusion_matrix.png
+  profile/           the drift reference (duet.monitor.profile), written by the caller after training
+  eval/              report.json, report.md, confusion_matrix.png (duet evaluate)
+  export/            the model folder (duet.artifacts.model_package), by default
+  retrain/           comparison.json/.md when the run is a challenger (duet retrain)
 ```
 A run is never overwritten: creating one with an existing name is an error.
 A new run that fails before its first checkpoint removes its folder, so the name
-stays free (``duet.training.loop``).
+stays free (``duet.training.loop``). The folder is written atomically, file by
+file (``duet.system.atomic``).
 """
 
 from __future__ import annotations

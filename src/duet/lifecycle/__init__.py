@@ -1,4 +1,6 @@
-"""The model lifecycle after the first training: the registry of versions and its champion
-(``registry``), the champion/challenger gate (``gate``), retraining on merged data
-(``retrain``) and the watch loop that triggers it.
+"""The model lifecycle after the first training: the champion/challenger gate (``gate``),
+new labelled data merged without moving any old file across splits (``merge``), a
+challenger trained and judged behind the gate (``retrain``) and the loop that
+triggers it (``watch``). The versions and the champion pointer they promote are
+``duet.artifacts.registry`` (the server reads them too).
 """
