@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from duet.cli import bench, data, serve, train
-from duet.cli.common import serve_default, show_default, train_config_default
+from duet.cli import bench, data, monitor, serve, train
+from duet.cli.common import drift_settings_default, serve_default, show_default, train_config_default
 from duet.serve.settings import Limits, ServeConfig
 from duet.training.config import TrainConfig
 
@@ -58,6 +58,20 @@ def test_a_changed_train_default_changes_the_help(monkeypatch: pytest.MonkeyPatc
     assert _defaults_shown(_help(_app(train, data), "train"))["--epochs"] == "37"
     monkeypatch.setattr(TrainConfig.model_fields["val_split"], "default", 0.25)
     assert _defaults_shown(_help(_app(train, data), "scan"))["--val-split"] == "0.25"
+
+
+def test_drift_help_shows_drift_settings_defaults_and_omitted_options_keep_them() -> None:
+    from duet.cli.monitor import _drift_settings
+    from duet.monitor.signals import DriftSettings
+
+    shown = _defaults_shown(_help(_app(monitor), "drift"))
+    flags = {"--alpha": "alpha", "--permutations": "permutations", "--min-images": "min_images"}
+    flags["--embedding-test"] = "embedding_test"
+    for flag, field in flags.items():
+        assert shown[flag] == show_default(drift_settings_default(field)), flag
+    assert shown["--alpha"] == "0.04" and shown["--min-images"] == "30"
+    assert _drift_settings(None, None, None, None) == DriftSettings()
+    assert _drift_settings(0.01, "ks", None, 50) == DriftSettings(alpha=0.01, embedding_test="ks", min_images=50)
 
 
 def test_serve_defaults_are_the_serve_config_defaults() -> None:

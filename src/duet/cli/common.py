@@ -46,7 +46,7 @@ def pct(x: float | None) -> str:
 
 # --------------------------------------------------------------------------- defaults
 
-_PLACEHOLDER = re.compile(r"\{train:([a-z_.]+)\}")
+_PLACEHOLDER = re.compile(r"\{(train|drift):([a-z_.]+)\}")
 
 
 def train_default(field: str) -> str:
@@ -77,9 +77,26 @@ def train_config_default(field: str) -> Any:
     return info.get_default(call_default_factory=True)
 
 
+def drift_default(field: str) -> str:
+    """``\\[default: X]`` for a help text, X being ``DriftSettings``' default of ``field``
+    (duet/monitor/signals.py), filled in when the help is shown like :func:`train_default`."""
+    return f"\\[default: {{drift:{field}}}]"
+
+
+def drift_settings_default(field: str) -> Any:
+    """``DriftSettings``' default for ``field``, read from the dataclass (imports numpy, not torch)."""
+    from duet.monitor.signals import DriftSettings
+
+    for f in dataclasses.fields(DriftSettings):
+        if f.name == field:
+            return f.default
+    raise KeyError(f"DriftSettings has no field {field!r}")
+
+
 def fill_defaults(text: str) -> str:
-    """``text`` with each :func:`train_default` placeholder replaced by the model's default."""
-    return _PLACEHOLDER.sub(lambda m: show_default(train_config_default(m.group(1))), text)
+    """``text`` with each :func:`train_default` / :func:`drift_default` placeholder replaced by the model's default."""
+    readers = {"train": train_config_default, "drift": drift_settings_default}
+    return _PLACEHOLDER.sub(lambda m: show_default(readers[m.group(1)](m.group(2))), text)
 
 
 class DefaultsFromConfig(typer.core.TyperCommand):
@@ -89,7 +106,7 @@ class DefaultsFromConfig(typer.core.TyperCommand):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         for param in self.params:
             text = getattr(param, "help", None)
-            if text and "{train:" in text:
+            if text and ("{train:" in text or "{drift:" in text):
                 param.help = fill_defaults(text)  # type: ignore[attr-defined]
         super().format_help(ctx, formatter)
 

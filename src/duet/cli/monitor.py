@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from duet.cli.common import out, pct, print_json, stderr_log
+from duet.cli.common import DefaultsFromConfig, drift_default, out, pct, print_json, stderr_log
 from duet.errors import DriftGateFailed
 
 
@@ -22,10 +22,19 @@ def _p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _drift_settings(alpha: float, embedding_test: str, permutations: int, min_images: int):
+def _drift_settings(
+    alpha: float | None, embedding_test: str | None, permutations: int | None, min_images: int | None
+) -> Any:
+    """``DriftSettings`` with the options given; the others keep the dataclass's defaults (stated once)."""
     from duet.monitor.drift import DriftSettings
 
-    return DriftSettings(alpha=alpha, embedding_test=embedding_test, permutations=permutations, min_images=min_images)
+    given: dict[str, Any] = {
+        "alpha": alpha,
+        "embedding_test": embedding_test,
+        "permutations": permutations,
+        "min_images": min_images,
+    }
+    return DriftSettings(**{k: v for k, v in given.items() if v is not None})
 
 
 VERDICT_STYLE = {
@@ -73,14 +82,22 @@ def drift_cmd(
     max_images: int = typer.Option(
         1000, "--max-images", help="Compare a seeded random sample of at most this many images."
     ),
-    alpha: float = typer.Option(
-        0.04, help="Bound on the verdict's false-alarm rate when nothing changed (measured: ~3%)."
+    alpha: float | None = typer.Option(
+        None,
+        help="Bound on the verdict's false-alarm rate when nothing changed (measured: ~3%). " + drift_default("alpha"),
     ),
-    embedding_test: str = typer.Option(
-        "mmd", "--embedding-test", help="mmd (kernel MMD, permutation test) | ks (KS per PCA component, Bonferroni)."
+    embedding_test: str | None = typer.Option(
+        None,
+        "--embedding-test",
+        help="mmd (kernel MMD, permutation test) | ks (KS per PCA component, Bonferroni). "
+        + drift_default("embedding_test"),
     ),
-    permutations: int = typer.Option(500, help="Permutations of the MMD test."),
-    min_images: int = typer.Option(30, "--min-images", help="Detectors do not run on fewer images."),
+    permutations: int | None = typer.Option(
+        None, help="Permutations of the MMD test. " + drift_default("permutations")
+    ),
+    min_images: int | None = typer.Option(
+        None, "--min-images", help="Detectors do not run on fewer images. " + drift_default("min_images")
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int | None = typer.Option(None, help="Image loading processes. \\[default: one per core, max 8]"),
@@ -214,5 +231,5 @@ def profile_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("drift")(drift_cmd)
+    app.command("drift", cls=DefaultsFromConfig)(drift_cmd)
     app.command("profile")(profile_cmd)

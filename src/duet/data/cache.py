@@ -49,6 +49,7 @@ from duet.data.contract import Batch, LoaderOptions, PlanSampler, Sample
 from duet.data.imageio import DecodeError, decode
 from duet.data.preprocess import PreprocessSpec, to_load_square
 from duet.system.atomic import write_json_atomic
+from duet.system.device import cpu_count
 from duet.system.progress import make_progress
 from duet.system.threads import torch_worker_pool
 
@@ -214,7 +215,7 @@ class CacheLoader:
             self.samples,
             spec,
             Path(options.cache_dir) if options.cache_dir else default_cache_dir(os.environ),
-            workers=max(2, min(os.cpu_count() or 1, options.workers * 2)),
+            workers=max(2, min(cpu_count(), options.workers * 2)),
             max_pixels=options.max_pixels,
             progress=options.progress,
         )

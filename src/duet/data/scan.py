@@ -40,6 +40,7 @@ from typing import Any
 from duet.data.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode
 from duet.errors import DataError
 from duet.system.atomic import write_text_atomic
+from duet.system.device import cpu_count
 from duet.system.progress import track
 
 STATUS_OK = "ok"
@@ -222,7 +223,7 @@ def _has_image_extension(rel: str) -> bool:
 def _process_all(
     candidates: list[_Candidate], max_pixels: int, workers: int | None, progress: bool
 ) -> list[ManifestRow]:
-    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    workers = workers or min(32, cpu_count() + 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_process, c, max_pixels) for c in candidates]
         done = track(as_completed(futures), total=len(futures), description="Scanning", enabled=progress)
