@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -76,3 +77,15 @@ def write_digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_cla
                 folder / f"{i:04d}.png"
             )
     return root
+
+
+# The smallest run the Python API tests train: one epoch of a tiny ResNet on 16 px images.
+TINY: dict[str, Any] = {
+    "model": "test_resnet",
+    "image_size": 16,
+    "batch_size": 16,
+    "epochs": 1,
+    "workers": 0,
+    "device": "cpu",
+    "precision": "fp32",
+}

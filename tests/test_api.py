@@ -17,18 +17,7 @@ from PIL import Image
 
 import duet
 from duet.errors import ConfigError, DataError, ModelError, RunError
-from helpers import write_digit_folder
-
-TINY: dict[str, Any] = {
-    "model": "test_resnet",
-    "image_size": 16,
-    "batch_size": 16,
-    "epochs": 1,
-    "workers": 0,
-    "device": "cpu",
-    "precision": "fp32",
-}
-
+from helpers import TINY, write_digit_folder
 
 # ------------------------------------------------------------------ import duet, fast
 

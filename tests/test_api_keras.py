@@ -25,20 +25,10 @@ from duet.api.keras_data import build_data_folder
 from duet.data.scan import read_manifest
 from duet.data.tfdata import import_tensorflow
 from duet.errors import ConfigError
-from helpers import write_digit_folder
+from helpers import TINY, write_digit_folder
 
 tf = import_tensorflow()
 pytestmark = pytest.mark.e2e  # TensorFlow in the process; most of these train
-
-TINY: dict[str, Any] = {
-    "model": "test_resnet",
-    "image_size": 16,
-    "batch_size": 16,
-    "epochs": 1,
-    "workers": 0,
-    "device": "cpu",
-    "precision": "fp32",
-}
 
 
 @pytest.fixture(scope="module")
