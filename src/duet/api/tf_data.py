@@ -43,6 +43,15 @@ from duet.errors import ConfigError, DataError, RunError
 SIZES = ("load", "eval")
 
 
+def _check_args(split: str, size: str | None, batch_size: int | None) -> None:
+    if split not in SPLIT_NAMES:
+        raise ConfigError(f"`split` must be one of {list(SPLIT_NAMES)}. Received: split={split!r}")
+    if size is not None and size not in SIZES:
+        raise ConfigError(f"`size` must be one of {list(SIZES)} or None. Received: size={size!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
+
+
 def tf_dataset(
     run_or_manifest: str | Path | RunInfo | Manifest,
     split: str = "train",
@@ -93,12 +102,7 @@ def tf_dataset(
         RunError: not a run folder.
         DataError: the split has no usable image.
     """
-    if split not in SPLIT_NAMES:
-        raise ConfigError(f"`split` must be one of {list(SPLIT_NAMES)}. Received: split={split!r}")
-    if size is not None and size not in SIZES:
-        raise ConfigError(f"`size` must be one of {list(SIZES)} or None. Received: size={size!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
+    _check_args(split, size, batch_size)
     manifest, labels, run_spec = _open(run_or_manifest)
     spec = spec or run_spec
     size = size or ("load" if split == "train" else "eval")

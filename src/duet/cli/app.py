@@ -2,9 +2,11 @@
 
 Each command module (train, evaluate, data, demo, serve, bench, monitor,
 lifecycle) registers its commands on ``app`` and imports torch, onnx or
-fastapi only inside a command, so ``duet --help`` stays fast. A command
-function is as long as its flags (one parameter per option, with its help);
-the code under the signature stays short: parse, call the stage, print.
+fastapi only inside a command, so ``duet --help`` stays fast. An option
+whose declaration spans lines is a module constant just above its command
+(``_SERVE_PORT = typer.Option(...)``), so a command reads as one line per
+flag, then: parse, call the stage, print (the summary in a ``_print_*``
+function of its own).
 
 :func:`main` is the only place that turns an error into an exit code, by the
 table in :mod:`duet.errors` (``EXIT_CODES``, also in README.md): a

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -201,37 +202,44 @@ def bench_monitor_cmd(
         print(f"written: {out} and {out.with_suffix('.md')}")
 
 
+_BENCH_SERVE_IMAGES = typer.Option(
+    None,
+    "--images",
+    help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]",
+)
+_BENCH_SERVE_NAIVE = typer.Option(
+    True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."
+)
+_BENCH_SERVE_REPEAT = typer.Option(
+    1,
+    "--repeat",
+    min=1,
+    help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine.",
+)
+_BENCH_SERVE_DRIFT_COST = typer.Option(
+    False,
+    "--drift-cost",
+    help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs.",
+)
+_BENCH_SERVE_VARIANTS = typer.Option(
+    "fp32",
+    "--variants",
+    help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's.",
+)
+
+
 @bench_app.command("serve")
 def bench_serve(
     model: Path = typer.Argument(..., help="A run folder or export folder to serve."),
-    images: Path | None = typer.Option(
-        None,
-        "--images",
-        help="Folder of images to send (searched recursively). \\[default: 16 synthetic 500x375 JPEGs]",
-    ),
+    images: Path | None = _BENCH_SERVE_IMAGES,
     concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
     requests: int = typer.Option(200, "--requests", min=1, help="Requests per measurement (after warm-up)."),
     max_batch_size: int = typer.Option(serve_default("max_batch_size"), "--max-batch-size"),
     max_delay_ms: float = typer.Option(serve_default("max_delay_ms"), "--max-delay-ms"),
-    naive: bool = typer.Option(
-        True, "--naive/--no-naive", help="Also measure a naive server (one ONNX Runtime call per request, no batching)."
-    ),
-    repeat: int = typer.Option(
-        1,
-        "--repeat",
-        min=1,
-        help="Measure each point this many times (alternating servers) and keep the best: use on a shared machine.",
-    ),
-    drift_cost: bool = typer.Option(
-        False,
-        "--drift-cost",
-        help="Also measure duet serve --no-drift, to see what drift monitoring (features, outlier scores, the window) costs.",
-    ),
-    variants: str = typer.Option(
-        "fp32",
-        "--variants",
-        help="Model variants served side by side: fp32, or fp32,int8 (needs `duet export --quantize int8`); the verdict gives int8's throughput as a multiple of fp32's.",
-    ),
+    naive: bool = _BENCH_SERVE_NAIVE,
+    repeat: int = _BENCH_SERVE_REPEAT,
+    drift_cost: bool = _BENCH_SERVE_DRIFT_COST,
+    variants: str = _BENCH_SERVE_VARIANTS,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Serving latency (p50/p99) and throughput over HTTP on 127.0.0.1.
@@ -265,6 +273,11 @@ def bench_serve(
     if as_json:
         print_json(result)
         return
+    _print_serve_bench(result, repeat)
+
+
+def _print_serve_bench(result: dict[str, Any], repeat: int) -> None:
+    """The one-screen summary of `duet bench serve`: the table, the machine line and the verdicts."""
     t = Table(title=f"duet bench serve: {result['model']} ({result['image_size']}px, {result['machine']['cpus']} CPUs)")
     for col in ("server", "clients", "p50 ms", "p99 ms", "images/s", "mean batch"):
         t.add_column(col, justify="left" if col == "server" else "right")

@@ -7,6 +7,7 @@ commands, so `duet --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -152,6 +153,20 @@ def _gate(margin: float, tolerance: float, drop_margin: float = 0.02):
     return GateSettings(tolerance=tolerance, drop_margin=drop_margin, class_margin=margin)
 
 
+_RETRAIN_CMD_MARGIN = typer.Option(
+    0.05,
+    help="Largest allowed drop of any class's recall (0.05 = 5 points), counted when significant (McNemar, 5%, Bonferroni over the classes with enough images to test).",
+)
+_RETRAIN_CMD_TOLERANCE = typer.Option(
+    0.0, help="How far the challenger's overall accuracy may fall below the champion's."
+)
+_RETRAIN_CMD_DROP_MARGIN = typer.Option(
+    0.02,
+    "--drop-margin",
+    help="On the champion's own held-out images, refuse a drop larger than this (0.02 = 2 points) when it is significant (exact McNemar, 5%).",
+)
+
+
 def retrain_cmd(
     run: Path | None = typer.Argument(None, help="The champion's run folder. \\[default: the registry's champion]"),
     data: Path = typer.Option(..., "--data", help="New labelled images: class sub-folders (or train/ val/)."),
@@ -162,18 +177,9 @@ def retrain_cmd(
     name: str | None = typer.Option(None, help="Challenger run name. \\[default: <champion>-rN]"),
     epochs: int | None = typer.Option(None, min=1, help="Challenger epochs. \\[default: the champion's]"),
     lr: float | None = typer.Option(None, help="Challenger peak learning rate. \\[default: the champion's]"),
-    margin: float = typer.Option(
-        0.05,
-        help="Largest allowed drop of any class's recall (0.05 = 5 points), counted when significant (McNemar, 5%, Bonferroni over the classes with enough images to test).",
-    ),
-    tolerance: float = typer.Option(
-        0.0, help="How far the challenger's overall accuracy may fall below the champion's."
-    ),
-    drop_margin: float = typer.Option(
-        0.02,
-        "--drop-margin",
-        help="On the champion's own held-out images, refuse a drop larger than this (0.02 = 2 points) when it is significant (exact McNemar, 5%).",
-    ),
+    margin: float = _RETRAIN_CMD_MARGIN,
+    tolerance: float = _RETRAIN_CMD_TOLERANCE,
+    drop_margin: float = _RETRAIN_CMD_DROP_MARGIN,
     device: str | None = typer.Option(None, help="auto | cpu | cuda. \\[default: the champion's]"),
     workers: int | None = typer.Option(None, help="Data loading processes. \\[default: the champion's]"),
     as_json: bool = typer.Option(False, "--json", help="Print the decision and both models' scores as JSON."),
@@ -215,7 +221,12 @@ def retrain_cmd(
     if as_json:
         print_json(s)
         return
-    colour = "green" if result.promoted else "yellow"
+    _print_retrain(s, result.promoted)
+
+
+def _print_retrain(s: dict[str, Any], promoted: bool) -> None:
+    """The one-screen summary of `duet retrain`: the decision, what the gate could detect, both models."""
+    colour = "green" if promoted else "yellow"
     out.print(f"[bold {colour}]{s['decision'].upper()}[/]", highlight=False, markup=True)
     t = s["drop_test"]
     mdd = (

@@ -73,42 +73,50 @@ def _print_verdict(result: Any) -> None:
 # --------------------------------------------------------------------------- drift / profile
 
 
+_DRIFT_CMD_RUN = typer.Argument(
+    ..., help="A run folder made by `duet train` (its profile is written first if missing)."
+)
+_DRIFT_CMD_MAX_IMAGES = typer.Option(
+    1000, "--max-images", help="Compare a seeded random sample of at most this many images."
+)
+_DRIFT_CMD_ALPHA = typer.Option(
+    None,
+    help="Bound on the verdict's false-alarm rate when nothing changed (measured: ~3%). " + drift_default("alpha"),
+)
+_DRIFT_CMD_EMBEDDING_TEST = typer.Option(
+    None,
+    "--embedding-test",
+    help="mmd (kernel MMD, permutation test) | ks (KS per PCA component, Bonferroni). "
+    + drift_default("embedding_test"),
+)
+_DRIFT_CMD_PERMUTATIONS = typer.Option(None, help="Permutations of the MMD test. " + drift_default("permutations"))
+_DRIFT_CMD_MIN_IMAGES = typer.Option(
+    None, "--min-images", help="Detectors do not run on fewer images. " + drift_default("min_images")
+)
+_DRIFT_CMD_FAIL_ON_DRIFT = typer.Option(
+    False,
+    "--fail-on-drift",
+    help="Exit with status 1 when drift is detected, or when there are too few images to decide (for scripts and CI; see the exit codes in README.md).",
+)
+_DRIFT_CMD_ALLOW_INSUFFICIENT = typer.Option(
+    False, "--allow-insufficient", help="With --fail-on-drift: exit 0 when there are too few images to decide."
+)
+
+
 def drift_cmd(
-    run: Path = typer.Argument(
-        ..., help="A run folder made by `duet train` (its profile is written first if missing)."
-    ),
+    run: Path = _DRIFT_CMD_RUN,
     data: Path = typer.Option(..., "--data", help="Folder of new images, any layout (labels are not needed)."),
     out_dir: Path | None = typer.Option(None, "--out", help="Report folder. \\[default: RUN/drift/<folder name>]"),
-    max_images: int = typer.Option(
-        1000, "--max-images", help="Compare a seeded random sample of at most this many images."
-    ),
-    alpha: float | None = typer.Option(
-        None,
-        help="Bound on the verdict's false-alarm rate when nothing changed (measured: ~3%). " + drift_default("alpha"),
-    ),
-    embedding_test: str | None = typer.Option(
-        None,
-        "--embedding-test",
-        help="mmd (kernel MMD, permutation test) | ks (KS per PCA component, Bonferroni). "
-        + drift_default("embedding_test"),
-    ),
-    permutations: int | None = typer.Option(
-        None, help="Permutations of the MMD test. " + drift_default("permutations")
-    ),
-    min_images: int | None = typer.Option(
-        None, "--min-images", help="Detectors do not run on fewer images. " + drift_default("min_images")
-    ),
+    max_images: int = _DRIFT_CMD_MAX_IMAGES,
+    alpha: float | None = _DRIFT_CMD_ALPHA,
+    embedding_test: str | None = _DRIFT_CMD_EMBEDDING_TEST,
+    permutations: int | None = _DRIFT_CMD_PERMUTATIONS,
+    min_images: int | None = _DRIFT_CMD_MIN_IMAGES,
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int | None = typer.Option(None, help="Image loading processes. \\[default: one per core, max 8]"),
-    fail_on_drift: bool = typer.Option(
-        False,
-        "--fail-on-drift",
-        help="Exit with status 1 when drift is detected, or when there are too few images to decide (for scripts and CI; see the exit codes in README.md).",
-    ),
-    allow_insufficient: bool = typer.Option(
-        False, "--allow-insufficient", help="With --fail-on-drift: exit 0 when there are too few images to decide."
-    ),
+    fail_on_drift: bool = _DRIFT_CMD_FAIL_ON_DRIFT,
+    allow_insufficient: bool = _DRIFT_CMD_ALLOW_INSUFFICIENT,
     as_json: bool = typer.Option(False, "--json", help="Print the verdict and every detector as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines."),
 ) -> None:

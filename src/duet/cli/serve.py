@@ -18,38 +18,45 @@ from duet.cli.common import out as stdout
 from duet.cli.common import print_json, serve_default, stderr_log
 from duet.system.progress import console
 
+_EXPORT_DATA = typer.Option(
+    None,
+    "--data",
+    help="Where the run's images are now, if they moved since training (the parity gate reads the validation split).",
+)
+_EXPORT_TOLERANCE = typer.Option(
+    1e-4, "--tolerance", min=0.0, help="Parity gate: max |Δprobability| between ONNX Runtime and PyTorch (fp32)."
+)
+_EXPORT_FORCE = typer.Option(
+    False, "--force", help="Replace an existing export folder (only once the new one has passed)."
+)
+_EXPORT_QUANTIZE = typer.Option(
+    None,
+    "--quantize",
+    help="int8: also write model.int8.onnx (static QDQ quantization, per-channel weights, calibrated on training images), behind its own accuracy gate.",
+)
+_EXPORT_INT8_TOLERANCE = typer.Option(
+    1.0,
+    "--int8-tolerance",
+    min=-100.0,
+    max=100.0,
+    help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written).",
+)
+_EXPORT_CALIBRATION_IMAGES = typer.Option(
+    256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."
+)
+
 
 def export(
     run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
     out: Path | None = typer.Option(None, "--out", help="Export folder. \\[default: RUN/export]"),
-    data: Path | None = typer.Option(
-        None,
-        "--data",
-        help="Where the run's images are now, if they moved since training (the parity gate reads the validation split).",
-    ),
-    tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Parity gate: max |Δprobability| between ONNX Runtime and PyTorch (fp32)."
-    ),
+    data: Path | None = _EXPORT_DATA,
+    tolerance: float = _EXPORT_TOLERANCE,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per parity batch."),
     opset: int = typer.Option(20, "--opset", min=13, help="ONNX opset."),
-    force: bool = typer.Option(
-        False, "--force", help="Replace an existing export folder (only once the new one has passed)."
-    ),
-    quantize: str | None = typer.Option(
-        None,
-        "--quantize",
-        help="int8: also write model.int8.onnx (static QDQ quantization, per-channel weights, calibrated on training images), behind its own accuracy gate.",
-    ),
-    int8_tolerance: float = typer.Option(
-        1.0,
-        "--int8-tolerance",
-        min=-100.0,
-        max=100.0,
-        help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written).",
-    ),
-    calibration_images: int = typer.Option(
-        256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."
-    ),
+    force: bool = _EXPORT_FORCE,
+    quantize: str | None = _EXPORT_QUANTIZE,
+    int8_tolerance: float = _EXPORT_INT8_TOLERANCE,
+    calibration_images: int = _EXPORT_CALIBRATION_IMAGES,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
@@ -80,7 +87,7 @@ def export(
     p = res.parity
     summary = {
         "export": str(res.export_dir),
-        "files": {k: v for k, v in res.manifest["files"].items()},
+        "files": dict(res.manifest["files"]),
         "parity": p.to_dict(),
         "variants": res.variants or {},
         "onnx": res.manifest["onnx"],
@@ -90,6 +97,12 @@ def export(
     if as_json:
         print_json(summary)
         return
+    _print_export(res)
+
+
+def _print_export(res: Any) -> None:
+    """The one-screen summary of `duet export`: files, the parity gate, each variant's gate, the graph."""
+    p = res.parity
     t = Table(title="duet export", show_header=False, box=None)
     t.add_row("folder", str(res.export_dir))
     for name, entry in res.manifest["files"].items():
@@ -122,111 +135,137 @@ def export(
     stdout.print(t)
 
 
+_SERVE_MODEL = typer.Argument(
+    None, help="A run folder (its export/ is served) or an export folder with model.json (or give --registry)."
+)
+_SERVE_REGISTRY = typer.Option(
+    None,
+    "--registry",
+    help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2).",
+)
+_SERVE_POLL_INTERVAL = typer.Option(
+    serve_default("poll_interval"),
+    "--poll-interval",
+    help="With --registry: seconds between checks of the champion pointer.",
+)
+_SERVE_HOST = typer.Option(
+    serve_default("host"), help="Address to bind. Anything but loopback needs an API key or --insecure."
+)
+_SERVE_MODEL_NAME = typer.Option(
+    None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"
+)
+_SERVE_MODEL_VERSION = typer.Option(
+    serve_default("model_version"), "--model-version", help="Version reported and accepted in URLs."
+)
+_SERVE_RUNTIME = typer.Option(
+    serve_default("runtime"), help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
+)
+_SERVE_MODEL_VARIANT = typer.Option(
+    serve_default("model_variant"),
+    "--model-variant",
+    help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime).",
+)
+_SERVE_MAX_BATCH_SIZE = typer.Option(
+    serve_default("max_batch_size"), "--max-batch-size", help="Dynamic batcher: images per runtime call."
+)
+_SERVE_MAX_DELAY_MS = typer.Option(
+    serve_default("max_delay_ms"), "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."
+)
+_SERVE_ORT_SPINNING = typer.Option(
+    serve_default("ort_spinning"),
+    "--ort-spinning/--no-ort-spinning",
+    help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged).",
+)
+_SERVE_DECODE_WORKERS = typer.Option(
+    None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"
+)
+_SERVE_MAX_BODY_BYTES = typer.Option(
+    serve_default("limits.max_body_bytes"), "--max-body-bytes", help="Largest request body."
+)
+_SERVE_MAX_PIXELS = typer.Option(
+    serve_default("limits.max_pixels"),
+    "--max-pixels",
+    help="Largest image (width x height), checked before decoding.",
+)
+_SERVE_MAX_REQUEST_PIXELS = typer.Option(
+    serve_default("limits.max_request_pixels"),
+    "--max-request-pixels",
+    help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
+)
+_SERVE_MAX_IMAGES = typer.Option(serve_default("limits.max_images"), "--max-images", help="Most images in one request.")
+_SERVE_MAX_QUEUE_IMAGES = typer.Option(
+    serve_default("limits.max_queue_images"),
+    "--max-queue-images",
+    help="Most images waiting for inference; beyond, 503.",
+)
+_SERVE_HEADER_TIMEOUT = typer.Option(
+    serve_default("limits.header_timeout"),
+    "--header-timeout",
+    help="Seconds a client may take to send a request's headers; then 408 and the connection is closed.",
+)
+_SERVE_BODY_TIMEOUT = typer.Option(
+    serve_default("limits.body_timeout"),
+    "--body-timeout",
+    help="Longest pause (seconds) while a client sends a request body; then 408 and the connection is closed.",
+)
+_SERVE_DRAIN_SECONDS = typer.Option(
+    serve_default("drain_seconds"),
+    "--drain-seconds",
+    help="On SIGTERM, how long in-flight requests may take to finish (then 503 with Retry-After).",
+)
+_SERVE_DRIFT = typer.Option(
+    serve_default("drift"),
+    "--drift/--no-drift",
+    help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile.",
+)
+_SERVE_DRIFT_WINDOW = typer.Option(
+    serve_default("drift_window"), "--drift-window", help="Recent images compared with the reference profile."
+)
+_SERVE_DRIFT_INTERVAL = typer.Option(
+    serve_default("drift_interval"), "--drift-interval", help="Seconds between drift verdicts."
+)
+_SERVE_INSECURE = typer.Option(
+    serve_default("insecure"), "--insecure", help="Allow a non-loopback --host without an API key."
+)
+_SERVE_ACCESS_LOG = typer.Option(
+    serve_default("access_log"), "--access-log", help="Log every request (uvicorn access log)."
+)
+_SERVE_CHECK = typer.Option(
+    False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."
+)
+
+
 def serve(
-    model: Path | None = typer.Argument(
-        None, help="A run folder (its export/ is served) or an export folder with model.json (or give --registry)."
-    ),
-    registry: Path | None = typer.Option(
-        None,
-        "--registry",
-        help="Serve this registry's champion and hot-swap to each newly promoted one (instead of MODEL; the version is the registry's, e.g. v2).",
-    ),
-    poll_interval: float = typer.Option(
-        serve_default("poll_interval"),
-        "--poll-interval",
-        help="With --registry: seconds between checks of the champion pointer.",
-    ),
-    host: str = typer.Option(
-        serve_default("host"), help="Address to bind. Anything but loopback needs an API key or --insecure."
-    ),
+    model: Path | None = _SERVE_MODEL,
+    registry: Path | None = _SERVE_REGISTRY,
+    poll_interval: float = _SERVE_POLL_INTERVAL,
+    host: str = _SERVE_HOST,
     port: int = typer.Option(serve_default("port"), help="TCP port."),
-    model_name: str | None = typer.Option(
-        None, "--model-name", help="Name in the URLs (/v2/models/NAME). \\[default: the run's name]"
-    ),
-    model_version: str = typer.Option(
-        serve_default("model_version"), "--model-version", help="Version reported and accepted in URLs."
-    ),
-    runtime: str = typer.Option(
-        serve_default("runtime"), help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
-    ),
+    model_name: str | None = _SERVE_MODEL_NAME,
+    model_version: str = _SERVE_MODEL_VERSION,
+    runtime: str = _SERVE_RUNTIME,
     device: str = typer.Option(serve_default("device"), help="For --runtime torch: auto | cpu | cuda."),
-    model_variant: str = typer.Option(
-        serve_default("model_variant"),
-        "--model-variant",
-        help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime).",
-    ),
-    max_batch_size: int = typer.Option(
-        serve_default("max_batch_size"), "--max-batch-size", help="Dynamic batcher: images per runtime call."
-    ),
-    max_delay_ms: float = typer.Option(
-        serve_default("max_delay_ms"), "--max-delay-ms", help="Dynamic batcher: longest wait for a fuller batch."
-    ),
+    model_variant: str = _SERVE_MODEL_VARIANT,
+    max_batch_size: int = _SERVE_MAX_BATCH_SIZE,
+    max_delay_ms: float = _SERVE_MAX_DELAY_MS,
     threads: int = typer.Option(serve_default("threads"), help="ONNX Runtime intra-op threads (0 = one per core)."),
-    ort_spinning: bool = typer.Option(
-        serve_default("ort_spinning"),
-        "--ort-spinning/--no-ort-spinning",
-        help="Let ONNX Runtime threads busy-wait between operators: off by default, so they leave the CPU to decoding (+3-5 % images/s at 32 clients on 2 cores, batch-1 latency unchanged).",
-    ),
-    decode_workers: int | None = typer.Option(
-        None, "--decode-workers", help="Threads decoding images. \\[default: one per core]"
-    ),
+    ort_spinning: bool = _SERVE_ORT_SPINNING,
+    decode_workers: int | None = _SERVE_DECODE_WORKERS,
     top_k: int = typer.Option(serve_default("top_k"), "--top-k", help="Default labels per image on /v1/predict."),
-    max_body_bytes: int = typer.Option(
-        serve_default("limits.max_body_bytes"), "--max-body-bytes", help="Largest request body."
-    ),
-    max_pixels: int = typer.Option(
-        serve_default("limits.max_pixels"),
-        "--max-pixels",
-        help="Largest image (width x height), checked before decoding.",
-    ),
-    max_request_pixels: int = typer.Option(
-        serve_default("limits.max_request_pixels"),
-        "--max-request-pixels",
-        help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
-    ),
-    max_images: int = typer.Option(
-        serve_default("limits.max_images"), "--max-images", help="Most images in one request."
-    ),
-    max_queue_images: int = typer.Option(
-        serve_default("limits.max_queue_images"),
-        "--max-queue-images",
-        help="Most images waiting for inference; beyond, 503.",
-    ),
-    header_timeout: float = typer.Option(
-        serve_default("limits.header_timeout"),
-        "--header-timeout",
-        help="Seconds a client may take to send a request's headers; then 408 and the connection is closed.",
-    ),
-    body_timeout: float = typer.Option(
-        serve_default("limits.body_timeout"),
-        "--body-timeout",
-        help="Longest pause (seconds) while a client sends a request body; then 408 and the connection is closed.",
-    ),
-    drain_seconds: float = typer.Option(
-        serve_default("drain_seconds"),
-        "--drain-seconds",
-        help="On SIGTERM, how long in-flight requests may take to finish (then 503 with Retry-After).",
-    ),
-    drift: bool = typer.Option(
-        serve_default("drift"),
-        "--drift/--no-drift",
-        help="Monitor input drift (GET /v1/monitor, duet_drift_* metrics) when the model folder has a reference profile.",
-    ),
-    drift_window: int = typer.Option(
-        serve_default("drift_window"), "--drift-window", help="Recent images compared with the reference profile."
-    ),
-    drift_interval: float = typer.Option(
-        serve_default("drift_interval"), "--drift-interval", help="Seconds between drift verdicts."
-    ),
-    insecure: bool = typer.Option(
-        serve_default("insecure"), "--insecure", help="Allow a non-loopback --host without an API key."
-    ),
-    access_log: bool = typer.Option(
-        serve_default("access_log"), "--access-log", help="Log every request (uvicorn access log)."
-    ),
-    check: bool = typer.Option(
-        False, "--check", help="Verify the artifacts and load the model, print a summary and exit (no server)."
-    ),
+    max_body_bytes: int = _SERVE_MAX_BODY_BYTES,
+    max_pixels: int = _SERVE_MAX_PIXELS,
+    max_request_pixels: int = _SERVE_MAX_REQUEST_PIXELS,
+    max_images: int = _SERVE_MAX_IMAGES,
+    max_queue_images: int = _SERVE_MAX_QUEUE_IMAGES,
+    header_timeout: float = _SERVE_HEADER_TIMEOUT,
+    body_timeout: float = _SERVE_BODY_TIMEOUT,
+    drain_seconds: float = _SERVE_DRAIN_SECONDS,
+    drift: bool = _SERVE_DRIFT,
+    drift_window: int = _SERVE_DRIFT_WINDOW,
+    drift_interval: float = _SERVE_DRIFT_INTERVAL,
+    insecure: bool = _SERVE_INSECURE,
+    access_log: bool = _SERVE_ACCESS_LOG,
+    check: bool = _SERVE_CHECK,
 ) -> None:
     """Serve a model over HTTP (FastAPI + uvicorn, one dynamic batcher for all routes).
 
@@ -240,9 +279,9 @@ def serve(
 
     Example: duet serve runs/pets-r50 --port 8080
     """
+    flags = dict(locals())
     from duet.errors import ConfigError
     from duet.serve.app import serve as run_server
-    from duet.serve.settings import Limits, ServeConfig, api_key_from_env
 
     folder = model if model is not None else registry
     if folder is None or (model is not None and registry is not None):
@@ -252,43 +291,7 @@ def serve(
             else "missing MODEL: give a run or export folder, or --registry DIR to serve its champion"
         )
 
-    kwargs: dict[str, Any] = {}
-    if decode_workers is not None:
-        kwargs["decode_workers"] = decode_workers
-    config = ServeConfig(
-        model_dir=folder,
-        host=host,
-        port=port,
-        model_name=model_name,
-        model_version=model_version,
-        runtime=runtime,
-        device=device,
-        model_variant=model_variant,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        threads=threads,
-        ort_spinning=ort_spinning,
-        top_k=top_k,
-        limits=Limits(
-            max_body_bytes=max_body_bytes,
-            max_pixels=max_pixels,
-            max_images=max_images,
-            max_queue_images=max_queue_images,
-            max_request_pixels=max_request_pixels,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-        ),
-        api_key=api_key_from_env(os.environ),
-        insecure=insecure,
-        drain_seconds=drain_seconds,
-        drift=drift,
-        drift_window=drift_window,
-        drift_interval=drift_interval,
-        access_log=access_log,
-        registry=registry,
-        poll_interval=poll_interval,
-        **kwargs,
-    )
+    config = _serve_config(flags, folder)
     config.check()
     if check:
         _print_check(config)
@@ -312,6 +315,21 @@ def serve(
         )
 
     run_server(config, on_ready=ready)
+
+
+def _serve_config(flags: dict[str, Any], folder: Path) -> Any:
+    """``ServeConfig`` (and its ``Limits``) from the command's flags, which carry the fields' names;
+    the API key comes from the environment, never from a flag."""
+    import dataclasses
+
+    from duet.serve.settings import Limits, ServeConfig, api_key_from_env
+
+    def given(cls: Any) -> dict[str, Any]:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in flags.items() if k in names and v is not None}
+
+    fields = given(ServeConfig) | {"limits": Limits(**given(Limits))}
+    return ServeConfig(**(fields | {"model_dir": folder, "api_key": api_key_from_env(os.environ)}))
 
 
 def _print_check(config: Any) -> None:

@@ -30,65 +30,78 @@ PRECISION_HELP = (
 )
 
 
+_TRAIN_DATA_DIR = typer.Argument(
+    None,
+    help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume.",
+)
+_TRAIN_WEIGHTS = typer.Option(
+    None, help="none | imagenet | PATH to a .safetensors/.pth state dict. " + train_default("weights")
+)
+_TRAIN_LR = typer.Option(None, help="Peak learning rate (AdamW, warm-up then cosine). " + train_default("lr"))
+_TRAIN_IMAGE_SIZE = typer.Option(
+    None, "--image-size", help="Model input side in pixels. " + train_default("image_size")
+)
+_TRAIN_VAL_SPLIT = typer.Option(
+    None,
+    "--val-split",
+    help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). "
+    + train_default("val_split"),
+)
+_TRAIN_TEST_SPLIT = typer.Option(
+    None,
+    "--test-split",
+    help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). "
+    + train_default("test_split"),
+)
+_TRAIN_WORKERS = typer.Option(
+    None, help="Data loading processes; -1 = one per core (max 8). " + train_default("workers")
+)
+_TRAIN_HFLIP = typer.Option(
+    None, "--hflip/--no-hflip", help="Random horizontal flips. " + train_default("augment.hflip")
+)
+_TRAIN_RECIPE = typer.Option(
+    None,
+    help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. "
+    + train_default("recipe"),
+)
+_TRAIN_EMA = typer.Option(
+    None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. " + train_default("ema")
+)
+_TRAIN_PATIENCE = typer.Option(
+    None, help="Early stopping: epochs without val improvement (0 = off). " + train_default("patience")
+)
+_TRAIN_DATA_BACKEND = typer.Option(
+    None,
+    "--data-backend",
+    help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. "
+    + train_default("data_backend"),
+)
+_TRAIN_CACHE_DIR = typer.Option(
+    None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
+)
+
+
 def train(
-    data_dir: Path | None = typer.Argument(
-        None,
-        help="Folder with one sub-folder per class (or train/ and val/ sub-folders). Optional with --config or --resume.",
-    ),
+    data_dir: Path | None = _TRAIN_DATA_DIR,
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of settings; flags override it."),
     model: str | None = typer.Option(None, help="timm model name, or torchvision:NAME. " + train_default("model")),
-    weights: str | None = typer.Option(
-        None, help="none | imagenet | PATH to a .safetensors/.pth state dict. " + train_default("weights")
-    ),
+    weights: str | None = _TRAIN_WEIGHTS,
     epochs: int | None = typer.Option(None, help="Passes over the training images. " + train_default("epochs")),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step. " + train_default("batch_size")),
-    lr: float | None = typer.Option(
-        None, help="Peak learning rate (AdamW, warm-up then cosine). " + train_default("lr")
-    ),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Model input side in pixels. " + train_default("image_size")
-    ),
-    val_split: float | None = typer.Option(
-        None,
-        "--val-split",
-        help="Fraction of each class held out for validation, which picks the best epoch (ignored with train/ val/ folders). "
-        + train_default("val_split"),
-    ),
-    test_split: float | None = typer.Option(
-        None,
-        "--test-split",
-        help="Fraction of each class held out as a test split, evaluated once after training; only when every class has >= 20 images; 0 = none (ignored with train/ val/ folders). "
-        + train_default("test_split"),
-    ),
+    lr: float | None = _TRAIN_LR,
+    image_size: int | None = _TRAIN_IMAGE_SIZE,
+    val_split: float | None = _TRAIN_VAL_SPLIT,
+    test_split: float | None = _TRAIN_TEST_SPLIT,
     seed: int | None = typer.Option(None, help="Seed for the split, init and augmentation. " + train_default("seed")),
     device: str | None = typer.Option(None, help="auto | cpu | cuda. " + train_default("device")),
     precision: str | None = typer.Option(None, help=PRECISION_HELP + train_default("precision")),
-    workers: int | None = typer.Option(
-        None, help="Data loading processes; -1 = one per core (max 8). " + train_default("workers")
-    ),
-    hflip: bool | None = typer.Option(
-        None, "--hflip/--no-hflip", help="Random horizontal flips. " + train_default("augment.hflip")
-    ),
-    recipe: str | None = typer.Option(
-        None,
-        help="auto | finetune | scratch. finetune = head first, then all layers with layer-wise LRs; auto = finetune with pretrained weights. "
-        + train_default("recipe"),
-    ),
-    ema: bool | None = typer.Option(
-        None, "--ema/--no-ema", help="Keep an EMA of the weights; validate and save it. " + train_default("ema")
-    ),
-    patience: int | None = typer.Option(
-        None, help="Early stopping: epochs without val improvement (0 = off). " + train_default("patience")
-    ),
-    data_backend: str | None = typer.Option(
-        None,
-        "--data-backend",
-        help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. "
-        + train_default("data_backend"),
-    ),
-    cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
-    ),
+    workers: int | None = _TRAIN_WORKERS,
+    hflip: bool | None = _TRAIN_HFLIP,
+    recipe: str | None = _TRAIN_RECIPE,
+    ema: bool | None = _TRAIN_EMA,
+    patience: int | None = _TRAIN_PATIENCE,
+    data_backend: str | None = _TRAIN_DATA_BACKEND,
+    cache_dir: Path | None = _TRAIN_CACHE_DIR,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
     name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
     resume: Path | None = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
