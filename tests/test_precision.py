@@ -140,6 +140,11 @@ def test_a_resume_keeps_the_precision_its_checkpoint_recorded() -> None:
 
 @pytest.mark.slow
 def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: Path) -> None:
+    """One intra-op thread in every process: a CI run once saw two uninterrupted
+    multi-threaded bf16 runs of one seed differ from the first epoch (never
+    reproduced here, 12 of 12 equal under load), so what this test pins is the
+    resume (RNG, schedule, optimizer, step position), not oneDNN's threading."""
+    import os
     import signal
     import subprocess
     import sys
@@ -168,9 +173,13 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
         "5",
         "--quiet",
     ]
-    assert run_cli(*common, "--name", "full").returncode == 0
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    assert run_cli(*common, "--name", "full", env=one_thread).returncode == 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "duet", *common, "--name", "cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "duet", *common, "--name", "cut"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **one_thread},
     )
     last = runs / "cut" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -179,7 +188,7 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
     assert last.exists(), proc.communicate()[1].decode()[-2000:]
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    resumed = run_cli("train", "--resume", str(runs / "cut"), "--quiet")
+    resumed = run_cli("train", "--resume", str(runs / "cut"), "--quiet", env=one_thread)
     assert resumed.returncode == 0 or "nothing to resume" in resumed.stderr, resumed.stderr
 
     def metrics(run: Path) -> list[tuple[float, float, float]]:
