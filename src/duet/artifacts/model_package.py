@@ -4,6 +4,9 @@
 EXPORT_DIR/                 (by default RUN/export/)
   model.onnx                uint8 NCHW pixels in, logits + probabilities out
   model.int8.onnx           the same graph, statically quantized (``duet export --quantize int8``), when asked
+  savedmodel/<name>/1/      TensorFlow SavedModel in TF Serving's layout (``--format savedmodel``)
+  savedmodel/models.config  TF Serving's --model_config_file for it
+  model.tflite              TFLite fp32 (``--format tflite``); model.fp16.tflite, model.int8.tflite likewise
   model.safetensors         the same weights for PyTorch (the CUDA runtime)
   MODEL_CARD.md             what the model is for, its data, metrics and limits
   profile/                  the run's drift reference profile (duet.monitor), when it has one
@@ -29,6 +32,12 @@ EXPORT_DIR/                 (by default RUN/export/)
   "calibration", "gate"}}``: the quantized graph, how it was calibrated
   (training images, seed, settings) and its accuracy gate against fp32
   (``duet.exporting.quantize``); the file is also listed in ``files``;
+- ``formats``: ``{format: entry}`` for every format written (``FORMATS``;
+  ``onnx`` always): each entry has ``files`` (paths relative to the folder,
+  also listed in ``files``), ``runtime`` (what runs it) and ``gate`` (its
+  export gate against PyTorch on the validation split, ``passed`` true); the
+  SavedModel's entry adds ``path`` (the version folder), ``signatures`` and
+  ``bytes_gate`` (the encoded-image signature's own gate);
 - ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
   onnxruntime, python), ``source`` (the run folder and its weights' sha256).
 
@@ -54,6 +63,12 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the int8 variant (duet export --quantize int8)
 VARIANTS = ("fp32", "int8")  # what `duet serve --model-variant` accepts
 WEIGHTS_FILE = "model.safetensors"
+# `duet export --format`: what each format writes (savedmodel: a folder in TF Serving's layout)
+FORMATS = ("onnx", "savedmodel", "tflite", "tflite-fp16", "tflite-int8")
+SAVEDMODEL_DIR = "savedmodel"  # SAVEDMODEL_DIR/<model name>/<SAVEDMODEL_VERSION>/saved_model.pb + variables/
+SAVEDMODEL_VERSION = 1
+MODELS_CONFIG = "savedmodel/models.config"
+TFLITE_FILES = {"tflite": "model.tflite", "tflite-fp16": "model.fp16.tflite", "tflite-int8": "model.int8.tflite"}
 CARD_FILE = "MODEL_CARD.md"
 PROFILE_DIR = "profile"  # the run's drift reference (duet.monitor), when it has one
 
@@ -157,6 +172,23 @@ class ModelPackage:
                 "or serve --model-variant fp32"
             )
         return self.root / str(entry["file"])
+
+    @property
+    def formats(self) -> dict[str, Any]:
+        """model.json's ``formats`` (an export older than it: ONNX only)."""
+        return dict(self.manifest.get("formats") or {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime"}})
+
+    def format_path(self, fmt: str) -> Path:
+        """The file (TFLite, ONNX) or version folder (SavedModel) of ``fmt``;
+        :class:`ArtifactError` naming the way to export it when the folder has none."""
+        entry = self.formats.get(fmt)
+        if not isinstance(entry, dict):
+            have = ", ".join(sorted(self.formats))
+            raise ArtifactError(
+                f"model folder '{self.root}' has no {fmt} format (it has: {have}); "
+                f"export it with `duet export RUN --format onnx,{fmt} --force`"
+            )
+        return self.root / str(entry.get("path") or entry["files"][0])
 
     @property
     def weights_path(self) -> Path:
