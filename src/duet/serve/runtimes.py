@@ -22,44 +22,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ModelPackage
 from duet.errors import ConfigError, ModelError
-
-
-@dataclass
-class Outputs:
-    logits: np.ndarray  # float32 (N, C)
-    probabilities: np.ndarray  # float32 (N, C)
-    version: str | None = None  # the model version that computed these rows (set by ModelService)
-    features: np.ndarray | None = None  # float32 (N, D) penultimate features, when the graph has them
-
-    def __len__(self) -> int:
-        return len(self.logits)
-
-    def rows(self, start: int, stop: int) -> Outputs:
-        features = None if self.features is None else self.features[start:stop]
-        return Outputs(self.logits[start:stop], self.probabilities[start:stop], self.version, features)
-
-    @staticmethod
-    def concat(parts: list[Outputs]) -> Outputs:
-        if len(parts) == 1:
-            return parts[0]
-        features = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])
-        return Outputs(
-            np.concatenate([p.logits for p in parts]),
-            np.concatenate([p.probabilities for p in parts]),
-            parts[-1].version,
-            features,
-        )
+from duet.serve.outputs import Outputs
 
 
 class Runtime(Protocol):
-    name: str  # "onnxruntime" | "torch"
+    name: str  # "onnxruntime" | "torch" | "tflite" | "savedmodel"
     device: str  # "cpu" | "cuda:0"
     platform: str  # KServe V2 platform string
 
@@ -174,8 +147,20 @@ def load_runtime(
     spinning: bool = False,
     variant: str = "fp32",
 ) -> Runtime:
-    """The runtime ``name`` for ``package``; ``variant`` other than fp32 exists only as an ONNX file,
-    so it is served by ONNX Runtime (``auto`` then never picks PyTorch)."""
+    """The runtime ``name`` for ``package``. ``tflite`` runs ``model.tflite`` /
+    ``model.{fp16,int8}.tflite`` by ``variant`` and ``savedmodel`` the SavedModel
+    (``duet.serve.tf_runtimes``). Otherwise a ``variant`` other than fp32 exists
+    only as an ONNX file, so it is served by ONNX Runtime (``auto`` then never picks PyTorch)."""
+    if name == "tflite":
+        from duet.serve.tf_runtimes import TfliteRuntime
+
+        return TfliteRuntime(package, variant, threads)
+    if name == "savedmodel":
+        if variant != "fp32":
+            raise ConfigError(f"the SavedModel is fp32 only; --model-variant {variant} is not available with it")
+        from duet.serve.tf_runtimes import SavedModelRuntime
+
+        return SavedModelRuntime(package)
     if variant != "fp32":
         if name == "torch":
             raise ConfigError(
@@ -197,4 +182,4 @@ def load_runtime(
             if device == "cuda":
                 raise ConfigError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
         return TorchRuntime(package, "cpu")
-    raise ConfigError(f"`--runtime` must be one of auto, onnxruntime, torch. Received: {name}")
+    raise ConfigError(f"`--runtime` must be one of auto, onnxruntime, torch, tflite, savedmodel. Received: {name}")
