@@ -39,7 +39,13 @@ _EXPORT_INT8_TOLERANCE = typer.Option(
     "--int8-tolerance",
     min=-100.0,
     max=100.0,
-    help="int8 gate: most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written).",
+    help="int8 gates (model.int8.onnx and model.int8.tflite): most points of validation top-1 accuracy int8 may lose against fp32 (a failed gate fails the export; nothing is written).",
+)
+_EXPORT_FORMAT = typer.Option(
+    "onnx",
+    "--format",
+    "-f",
+    help="Comma-separated formats: onnx (always written), savedmodel (TF Serving layout, pixels + image-bytes signatures), tflite, tflite-fp16, tflite-int8 (LiteRT), or all. Each passes its own gate against PyTorch or the export fails and nothing is written. Needs the tf extra beyond onnx.",
 )
 _EXPORT_CALIBRATION_IMAGES = typer.Option(
     256, "--calibration-images", min=1, help="int8: training images drawn (seeded) to calibrate activation ranges."
@@ -57,14 +63,17 @@ def export(
     quantize: str | None = _EXPORT_QUANTIZE,
     int8_tolerance: float = _EXPORT_INT8_TOLERANCE,
     calibration_images: int = _EXPORT_CALIBRATION_IMAGES,
+    formats: str = _EXPORT_FORMAT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
-    """Export RUN to ONNX + safetensors + model.json + model card, behind a parity gate.
+    """Export RUN to ONNX (+ SavedModel, TFLite) + safetensors + model.json + model card, behind parity gates.
 
     The ONNX graph takes uint8 NCHW pixels (the centre crop) and normalises inside, with a dynamic batch. The parity gate runs the whole validation split through ONNX Runtime and PyTorch (fp32): unless top-1 agrees on 100% of images and max |Δprobability| <= --tolerance, the export fails and nothing is written.
 
     With --quantize int8, model.int8.onnx is added: calibrated on up to --calibration-images training images, then the validation split runs through both graphs; if int8's top-1 accuracy is more than --int8-tolerance points below fp32's, the whole export fails and nothing is written (export again without --quantize for fp32 alone). Serve it with `duet serve RUN --model-variant int8`.
+
+    With --format savedmodel,tflite,tflite-fp16,tflite-int8 (or all), TensorFlow formats are added (docs/serving.md): savedmodel/<name>/1 for TF Serving (with savedmodel/models.config), model.tflite, model.fp16.tflite and model.int8.tflite (full-integer, calibrated on --calibration-images training images). Gates, on the validation split against PyTorch: SavedModel and TFLite fp32 as ONNX (100% top-1, max |Δp| <= 1e-4); the SavedModel's image-bytes signature and TFLite fp16 >= 99.5% top-1 agreement; TFLite int8 loses <= --int8-tolerance accuracy points (1) and is <= 30% of the fp32 size.
 
     Example: duet export runs/pets-r50 && duet serve runs/pets-r50
     """
@@ -81,6 +90,7 @@ def export(
         quantize=quantize,
         int8_tolerance=int8_tolerance,
         calibration_images=calibration_images,
+        formats=formats,
         progress=not (quiet or as_json),
         log=stderr_log(quiet or as_json),
     )
@@ -90,6 +100,7 @@ def export(
         "files": dict(res.manifest["files"]),
         "parity": p.to_dict(),
         "variants": res.variants or {},
+        "formats": res.manifest.get("formats", {}),
         "onnx": res.manifest["onnx"],
         "data_fingerprint": res.manifest["data"]["fingerprint"],
         "seconds": round(res.seconds, 1),
@@ -105,8 +116,11 @@ def _print_export(res: Any) -> None:
     p = res.parity
     t = Table(title="duet export", show_header=False, box=None)
     t.add_row("folder", str(res.export_dir))
+    formats = {k: v for k, v in res.manifest.get("formats", {}).items() if k != "onnx"}
+    grouped = {f for entry in formats.values() for f in entry["files"]}
     for name, entry in res.manifest["files"].items():
-        t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
+        if name not in grouped:
+            t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
     t.add_row(
         "parity",
         f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
@@ -121,6 +135,16 @@ def _print_export(res: Any) -> None:
             f"{100 * g['top1_agreement']:.2f}%; calibrated on {variant['calibration']['images']} training "
             "images [bold green]passed[/]",
         )
+    for name, entry in formats.items():
+        for key, label in (("gate", name), ("bytes_gate", f"{name} (bytes)")):
+            if key in entry:
+                g = entry[key]
+                t.add_row(
+                    label,
+                    f"{entry.get('path') or entry['files'][0]}: {g['size_bytes'] / 1e6:.1f} MB; top-1 agreement "
+                    f"{100 * g['top1_agreement']:.2f}%, max |Δp| {g['max_abs_prob_diff']:.1e}, accuracy "
+                    f"{100 * g['accuracy']:.2f}% (PyTorch {100 * g['reference_accuracy']:.2f}%) [bold green]passed[/]",
+                )
     t.add_row(
         "graph",
         f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
@@ -158,12 +182,13 @@ _SERVE_MODEL_VERSION = typer.Option(
     serve_default("model_version"), "--model-version", help="Version reported and accepted in URLs."
 )
 _SERVE_RUNTIME = typer.Option(
-    serve_default("runtime"), help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch."
+    serve_default("runtime"),
+    help="auto (PyTorch on CUDA when available, else ONNX Runtime) | onnxruntime | torch | tflite (LiteRT: model.int8.tflite by default, for small CPU deployments) | savedmodel (TensorFlow). tflite and savedmodel need `duet export --format ...` and the tf extra.",
 )
 _SERVE_MODEL_VARIANT = typer.Option(
     serve_default("model_variant"),
     "--model-variant",
-    help="fp32 (model.onnx) | int8 (model.int8.onnx, written by `duet export --quantize int8`; served by ONNX Runtime).",
+    help="fp32 | int8 | fp16. ONNX Runtime: model.onnx | model.int8.onnx (`duet export --quantize int8`). tflite: model.tflite | model.int8.tflite | model.fp16.tflite. \\[default: fp32; tflite: int8, else the smallest TFLite file exported]",
 )
 _SERVE_MAX_BATCH_SIZE = typer.Option(
     serve_default("max_batch_size"), "--max-batch-size", help="Dynamic batcher: images per runtime call."
@@ -269,7 +294,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP (FastAPI + uvicorn, one dynamic batcher for all routes).
 
-    Routes: POST /v1/predict (multipart or raw image), KServe V2 / Open Inference Protocol (/v2/...), TF Serving REST (/v1/models/NAME:predict), GET /metrics, docs at /docs. Runtime: ONNX Runtime on CPU, PyTorch on CUDA when available. Artifacts are checked against their sha256 in model.json before loading.
+    Routes: POST /v1/predict (multipart or raw image), KServe V2 / Open Inference Protocol (/v2/...), TF Serving REST (/v1/models/NAME:predict), GET /metrics, docs at /docs. Runtime: ONNX Runtime on CPU, PyTorch on CUDA when available; --runtime tflite (LiteRT, the int8 TFLite file) or savedmodel (TensorFlow) serve the TensorFlow exports. Artifacts are checked against their sha256 in model.json before loading.
 
     API key: set DUET_API_KEY (or DUET_API_KEY_FILE=path); clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'. Health routes (/v2/health/*, /healthz, /readyz) stay open. SIGTERM drains in-flight requests; those still running after --drain-seconds get 503 with Retry-After.
 
@@ -306,9 +331,8 @@ def serve(
 
     def ready(what: str, bound_port: int) -> None:
         url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
-        variant = f", {config.model_variant}" if config.model_variant != "fp32" else ""
         console.print(
-            f"serving {what}{variant} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
+            f"serving {what} at {url}  ({auth}; docs at /docs, metrics at /metrics)",
             highlight=False,
             markup=False,
             soft_wrap=True,

@@ -50,6 +50,7 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         *_metric_lines(metrics),
         "",
         *_variant_lines(m.get("variants") or {}),
+        *_format_lines(m.get("formats") or {}),
         "## Preprocessing (inside and outside the graph)",
         "",
         "1. decode with `duet.data.imageio.decode` (EXIF orientation applied; alpha composited on white; RGB uint8)",
@@ -129,3 +130,28 @@ def _variant_lines(variants: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _format_lines(formats: dict[str, Any]) -> list[str]:
+    """The card's table of TensorFlow formats (``duet export --format``), empty with ONNX alone."""
+    rows = []
+    for name, entry in formats.items():
+        for key, label in (("gate", name), ("bytes_gate", f"{name} (image bytes)")):
+            g = entry.get(key)
+            if name == "onnx" or not g:
+                continue
+            rows.append(
+                f"| {label} | `{entry.get('path') or entry['files'][0]}` | {entry['runtime']} | "
+                f"{g['size_bytes'] / 1e6:.1f} MB | {_pct(g['top1_agreement'])} | {g['max_abs_prob_diff']:.1e} | "
+                f"{_pct(g['accuracy'])} (PyTorch {_pct(g['reference_accuracy'])}) |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Other formats (each passed its gate on the validation split, against PyTorch)",
+        "",
+        "| format | file | runtime | size | top-1 agreement | max abs Δp | accuracy |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]

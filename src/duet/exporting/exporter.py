@@ -25,12 +25,13 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import duet
@@ -65,6 +66,7 @@ from duet.exporting.quantize import (
     load_pixels,
     quantize_int8,
 )
+from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
 
 Log = Callable[[str], None]
@@ -142,12 +144,12 @@ def _metrics(run: RunInfo) -> dict[str, Any]:
     return metrics
 
 
-def _versions() -> dict[str, str]:
+def _versions(with_tf: bool = False) -> dict[str, str]:
     import onnx
     import onnxruntime
     import timm
 
-    return {
+    versions = {
         "duet": duet.__version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -155,6 +157,14 @@ def _versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
+    if with_tf:
+        from importlib.metadata import version
+
+        from duet.system.tensorflow_import import import_tensorflow
+
+        versions["tensorflow"] = import_tensorflow().__version__
+        versions["ai_edge_litert"] = version("ai-edge-litert")
+    return versions
 
 
 def export_run(
@@ -169,6 +179,7 @@ def export_run(
     quantize: str | None = None,
     int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
     calibration_images: int = CALIBRATION_IMAGES,
+    formats: Sequence[str] | str = ("onnx",),
     progress: bool = True,
     log: Log = print,
 ) -> ExportResult:
@@ -183,16 +194,22 @@ def export_run(
         opset: ONNX opset for the exporter.
         force: replace an existing export folder (only after the new one passed).
         quantize: ``"int8"`` adds model.int8.onnx (``duet.exporting.quantize``); None: fp32 only.
-        int8_tolerance: percentage points of validation top-1 accuracy int8 may lose against fp32.
+        int8_tolerance: percentage points of validation top-1 accuracy int8 may lose against fp32
+            (model.int8.onnx and model.int8.tflite alike).
         calibration_images: most training images drawn (seeded) to calibrate int8.
+        formats: what to write besides ONNX (always written): ``savedmodel``, ``tflite``,
+            ``tflite-fp16``, ``tflite-int8`` (``duet.exporting.tf_formats``; needs the
+            ``tf`` extra), as a sequence or ``"onnx,savedmodel,..."``/``"all"``.
 
     Raises:
         ParityError: the graph disagrees with PyTorch; nothing is written.
         QuantizeError: the int8 graph lost more than ``int8_tolerance``; nothing is written.
+        FormatGateError: a TensorFlow format failed its gate; nothing is written.
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
     t0 = time.perf_counter()
     _check_options(quantize, calibration_images)
+    wanted = parse_formats(formats)
     run = load_run(run_dir)
     dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
     if dest.exists() and not force:
@@ -225,11 +242,18 @@ def export_run(
                 "Re-run with --debug, try another --opset, or report the model name as an exporter bug"
             )
         variants = None
+        data_root = Path(data_dir) if data_dir else run.data_dir
         if quantize == "int8":
-            data_root = Path(data_dir) if data_dir else run.data_dir
             int8 = _int8_variant(run, tmp, data_root, samples, split, int8_tolerance, calibration_images, log)
             variants = {"int8": int8}
-        manifest = _manifest(run, spec, graph, parity, tmp, variants)
+        formats_section = {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime", "gate": parity.to_dict()}}
+        if len(wanted) > 1:
+            formats_section.update(
+                _tf_formats(
+                    run, model, tmp, wanted, (data_root, samples, split), (calibration_images, int8_tolerance), log
+                )
+            )
+        manifest = _manifest(run, spec, graph, parity, tmp, variants, formats_section)
         write_json_atomic(tmp / MANIFEST, manifest)
         _make_readable(tmp)
         _swap_into_place(tmp, dest)
@@ -298,6 +322,38 @@ def _int8_variant(
     }
 
 
+def _tf_formats(
+    run: RunInfo,
+    model: torch.nn.Module,
+    tmp: Path,
+    wanted: Sequence[str],
+    data: tuple[Path, list[Sample], str],
+    int8: tuple[int, float],
+    log: Log,
+) -> dict[str, dict[str, Any]]:
+    """SavedModel and TFLite files in ``tmp``, each gated (``duet.exporting.tf_formats``)."""
+    from duet.exporting.tf_formats import GateImages, write_tf_formats
+
+    data_root, samples, split = data
+    calibration_images, int8_points = int8
+    spec = run.preprocess
+    calibration = np.zeros((0, 3, spec.image_size, spec.image_size), np.uint8)
+    if "tflite-int8" in wanted:
+        picked = calibration_samples(run.paths.manifest, data_root, run.labels, count=calibration_images)
+        calibration = load_pixels(picked, spec)[0]
+    return write_tf_formats(
+        wanted,
+        tmp,
+        model=model,
+        spec=spec,
+        name=run.paths.root.resolve().name,
+        images=GateImages.load(samples, spec, split),
+        calibration=calibration,
+        log=log,
+        int8_points=int8_points,
+    )
+
+
 def _manifest(
     run: RunInfo,
     spec: Any,
@@ -305,6 +361,7 @@ def _manifest(
     parity: ParityReport,
     tmp: Path,
     variants: dict[str, Any] | None = None,
+    formats: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     inputs, outputs = signature(spec, run.num_classes)
     metrics = _metrics(run)
@@ -321,8 +378,9 @@ def _manifest(
         "outputs": outputs,
         "metrics": metrics,
         "data": _data_section(run),
+        "formats": formats or {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime", "gate": parity.to_dict()}},
         "onnx": graph,
-        "versions": _versions(),
+        "versions": _versions(with_tf=len(formats or {}) > 1),
         "source": {
             "run": str(run.paths.root.resolve()),
             "data_dir": str(run.data_dir),
@@ -331,7 +389,8 @@ def _manifest(
         },
     }
     profile = sorted(p.relative_to(tmp).as_posix() for p in (tmp / PROFILE_DIR).rglob("*") if p.is_file())
-    models = (ONNX_FILE, *(v["file"] for v in (variants or {}).values()), WEIGHTS_FILE)
+    tf_files = [f for name, entry in (formats or {}).items() if name != "onnx" for f in entry["files"]]
+    models = (ONNX_FILE, *(v["file"] for v in (variants or {}).values()), *tf_files, WEIGHTS_FILE)
     files = file_entries(tmp, (*models, *profile))
     if variants:
         for v in variants.values():

@@ -13,15 +13,15 @@ SavedModels), in three kinds:
 Only ``serving_default`` is converted: TFLite has no image decoder, so a device
 app decodes and crops, then calls the interpreter with uint8 pixels.
 
-The runner uses the LiteRT interpreter (``ai-edge-litert``, TFLite's successor);
-``tf.lite.Interpreter`` is deprecated in TensorFlow 2.20+.
+They run on the LiteRT interpreter (``ai-edge-litert``, TFLite's successor;
+``tf.lite.Interpreter`` is deprecated in TensorFlow 2.20+): ``duet.serve.tf_runtimes``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def convert(savedmodel_dir: Path, kind: str, representative: np.ndarray | None =
     """The TFLite flatbuffer of ``savedmodel_dir``'s ``serving_default`` signature.
 
     ``representative``: uint8 ``(N, 3, S, S)`` training crops; required for int8."""
-    from duet.system.tensorflow_import import import_tensorflow
+    from duet.system.tensorflow_import import import_tensorflow, stderr_silenced
 
     tf = import_tensorflow()
     if kind not in KINDS:
@@ -52,25 +52,13 @@ def convert(savedmodel_dir: Path, kind: str, representative: np.ndarray | None =
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
-    return bytes(converter.convert())
+    with warnings.catch_warnings(), stderr_silenced(True):
+        # int8 calibration runs the deprecated tf.lite.Interpreter inside TensorFlow (its
+        # warning is not ours to fix), and the converter prints its settings on stderr.
+        warnings.simplefilter("ignore")
+        return bytes(converter.convert())
 
 
 def _one_at_a_time(pixels: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
     for i in range(len(pixels)):
         yield {INPUT_NAME: pixels[i : i + 1]}
-
-
-class TfliteRunner:
-    """``runner(pixels) -> {output name: array}`` over a .tflite file with the
-    LiteRT interpreter; the batch dimension is resized as batches come."""
-
-    def __init__(self, model: Path | bytes, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self._interpreter = Interpreter(model_content=content, num_threads=threads)
-        self._runner = self._interpreter.get_signature_runner(SIGNATURE_PIXELS)
-
-    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        out: dict[str, Any] = self._runner(**{INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
-        return {k: np.asarray(v) for k, v in out.items()}

@@ -24,6 +24,7 @@ from duet.artifacts.model_package import FEATURES_NAME, INPUT_NAME, ModelPackage
 from duet.errors import ModelError
 from duet.serve.outputs import Outputs
 from duet.system.extras import MissingExtra
+from duet.system.tensorflow_import import stderr_silenced
 
 TFLITE_FORMAT = {"fp32": "tflite", "fp16": "tflite-fp16", "int8": "tflite-int8"}  # variant -> export format
 
@@ -52,7 +53,10 @@ class TfliteRuntime:
         try:
             self._interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
             self._runner = self._interpreter.get_signature_runner("serving_default")
-        except (ValueError, RuntimeError) as e:
+            size = int(self._runner.get_input_details()[INPUT_NAME]["shape"][-1])
+            with stderr_silenced(True):  # the first call prints LiteRT's "INFO: Created ... XNNPACK delegate"
+                self._runner(**{INPUT_NAME: np.zeros((1, 3, size, size), np.uint8)})
+        except (ValueError, RuntimeError, KeyError) as e:
             raise ModelError(f"LiteRT cannot load '{path}': {str(e).splitlines()[0]}") from e
         self.has_features = FEATURES_NAME in self._runner.get_output_details()
         self._lock = threading.Lock()
@@ -84,11 +88,15 @@ class SavedModelRuntime:
             self._fn = self._model.signatures["serving_default"]
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"TensorFlow cannot load the SavedModel '{path}': {str(e).splitlines()[0]}") from e
-        self._tf = tf
+        self.tf = tf
         self.has_features = True
 
+    def signature(self, name: str) -> Any:
+        """One of the SavedModel's signatures (``serving_default``, ``serving_bytes``), as a function."""
+        return self._model.signatures[name]
+
     def __call__(self, pixels: np.ndarray) -> Outputs:
-        out = self._fn(**{INPUT_NAME: self._tf.constant(np.ascontiguousarray(pixels, dtype=np.uint8))})
+        out = self._fn(**{INPUT_NAME: self.tf.constant(np.ascontiguousarray(pixels, dtype=np.uint8))})
         return Outputs(
             out["logits"].numpy(),
             out["probabilities"].numpy(),

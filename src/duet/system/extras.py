@@ -29,6 +29,7 @@ _OWNERS: dict[str, tuple[str, str]] = {
         )
     },
     "tensorflow": ("TensorFlow", "tf"),
+    "ai_edge_litert": ("the LiteRT (TFLite) interpreter", "tf"),
 }
 
 

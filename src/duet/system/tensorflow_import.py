@@ -54,7 +54,7 @@ def import_tensorflow() -> Any:
                 pass
     quiet = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "3"
     try:
-        with _stderr_silenced(quiet):
+        with stderr_silenced(quiet):
             import tensorflow as tf
     except ImportError as e:
         raise MissingExtra(
@@ -75,7 +75,7 @@ def import_tensorflow() -> Any:
 
 
 @contextlib.contextmanager
-def _stderr_silenced(enabled: bool) -> Iterator[None]:
+def stderr_silenced(enabled: bool) -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for the block (C++ writes there directly)."""
     if not enabled:
         yield
