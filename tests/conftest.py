@@ -68,3 +68,15 @@ def small_export(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from serve_support import shared_export
 
     return shared_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_tf_run(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``small_run`` exported with every format (`duet export --format all`:
+    ONNX, SavedModel, TFLite fp32/fp16/int8), once per session; read-only. Skips
+    where the tf extra (TensorFlow, LiteRT) is not installed."""
+    pytest.importorskip("tensorflow", reason="the tf extra is not installed: pip install 'duet[tf]'")
+    pytest.importorskip("ai_edge_litert", reason="the tf extra is not installed: pip install 'duet[tf]'")
+    from serve_support import shared_tf_export
+
+    return shared_tf_export(tmp_path_factory)

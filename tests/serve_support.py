@@ -58,6 +58,22 @@ def shared_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run / "export"
 
 
+def shared_tf_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared run exported with every format (``--format all``), once per
+    session; returns the copy's run folder (its export/ holds the formats)."""
+    import shutil
+
+    src = shared_run(tmp_path_factory)
+    run = tmp_path_factory.getbasetemp() / "shared-tf-export" / "digits"
+    if not (run / "export" / "model.json").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(src, run, ignore=shutil.ignore_patterns("export"))
+        proc = run_cli("export", str(run), "--format", "all", "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        (run.parent / "export-stdout.json").write_text(proc.stdout)
+    return run
+
+
 def val_files(run: Path) -> list[tuple[Path, str]]:
     """(absolute path, label) of every validation image of a run, in manifest order."""
     import csv
