@@ -36,6 +36,8 @@ CLASS_CODES = {
     "ArtifactError": 4,
     "ParityError": 4,
     "QuantizeError": 4,
+    "FormatGateError": 4,
+    "UnsupportedGraph": 4,
     "RunError": 5,
     "ProfileError": 5,
     "RunFinished": 5,

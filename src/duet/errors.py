@@ -21,7 +21,7 @@ EXIT_CODES: dict[int, str] = {
     1: "the drift gate failed (--fail-on-drift: drift found, or too few images to decide)",  # DriftGateFailed
     2: "a bad option, config file or value; a missing extra",  # ConfigError, MissingExtra, click usage errors
     3: "unusable data",  # DataError (also files `duet predict` cannot read)
-    4: "a model, weights, export or parity problem",  # ModelError, ArtifactError, ParityError, QuantizeError
+    4: "a model, weights, export or parity problem",  # ModelError, ArtifactError, ParityError, QuantizeError, FormatGateError
     5: "a run folder that is missing, incomplete or inconsistent",  # RunError, RunFinished, ProfileError
     6: "the training run diverged",  # TrainingDiverged
     7: "a registry operation that cannot be done as asked",  # RegistryError (duet.artifacts.registry)

@@ -34,7 +34,7 @@ from duet.artifacts.model_package import (
 from duet.data.contract import Sample
 from duet.data.imageio import DecodeError
 from duet.data.preprocess import PreprocessSpec
-from duet.errors import ConfigError
+from duet.errors import ConfigError, ModelError
 from duet.exporting import format_gate
 from duet.exporting.format_gate import FormatGate, FormatGateError
 
@@ -108,7 +108,14 @@ def write_tf_formats(
     fp32_bytes = (folder / ONNX_FILE).stat().st_size
     version = Path(SAVEDMODEL_DIR) / name / str(SAVEDMODEL_VERSION)
     log(f"TensorFlow: converting model.onnx and writing the SavedModel ({', '.join(wanted)} asked for)")
-    write_savedmodel(build_module(folder / ONNX_FILE, spec), folder / version)
+    try:
+        write_savedmodel(build_module(folder / ONNX_FILE, spec), folder / version)
+    except Exception as e:  # UnsupportedGraph, or TensorFlow's own errors while tracing the graph
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"cannot convert this model to TensorFlow ({first}); export it with --format onnx alone "
+            "(the ONNX graph is fine), or report the architecture"
+        ) from e
     entries: dict[str, dict[str, Any]] = {}
 
     def gate(fmt: str, rule: str, probs: np.ndarray, size: int, failed: np.ndarray | None = None) -> FormatGate:

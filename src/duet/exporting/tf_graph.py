@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from duet.errors import ModelError
 from duet.system.tensorflow_import import import_tensorflow
 
 tf = import_tensorflow()
@@ -43,7 +44,7 @@ _DTYPES: dict[int, Any] = {
 }
 
 
-class UnsupportedGraph(ValueError):
+class UnsupportedGraph(ModelError):
     """The ONNX graph uses an operator or attribute this converter does not map."""
 
 
