@@ -88,6 +88,8 @@ class RunInfo:
     best: dict[str, Any]
     # run.json "precision": {"name", "requested", "reason"} as training resolved it ({} for older runs)
     precision: dict[str, Any] = field(default_factory=dict)
+    norm: str = "batch"  # "group": BatchNorm replaced by GroupNorm (a DP-SGD run; duet.training.models.build)
+    privacy: dict[str, Any] | None = None  # run.json "privacy": the DP-SGD record, None without DP
 
     @property
     def num_classes(self) -> int:
@@ -156,6 +158,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             data_dir=Path(d["data_dir"]),
             best=d.get("best") or {},
             precision=dict(d.get("precision") or {}),
+            norm=str(d.get("norm") or "batch"),
+            privacy=d.get("privacy"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise RunError(f"'{paths.info}' is damaged ({type(e).__name__}: {e}); re-run `duet train`") from e

@@ -8,6 +8,7 @@ flag left out is ``None`` and the config file or the model decides. After traini
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -76,6 +77,12 @@ _TRAIN_DATA_BACKEND = typer.Option(
     help="auto | cache | torch | tf. auto = decode once into a cache when it fits --cache-max-gb, else torch. "
     + train_default("data_backend"),
 )
+_TRAIN_DP_EPSILON = typer.Option(
+    None,
+    "--dp-epsilon",
+    min=0.01,
+    help="Train with differential privacy (DP-SGD, the dp extra): the total privacy budget ε; noise is calibrated to spend it over the planned epochs. δ and the clip norm: `dp:` in --config (docs/privacy.md).",
+)
 _TRAIN_CACHE_DIR = typer.Option(
     None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
 )
@@ -100,6 +107,7 @@ def train(
     recipe: str | None = _TRAIN_RECIPE,
     ema: bool | None = _TRAIN_EMA,
     patience: int | None = _TRAIN_PATIENCE,
+    dp_epsilon: float | None = _TRAIN_DP_EPSILON,
     data_backend: str | None = _TRAIN_DATA_BACKEND,
     cache_dir: Path | None = _TRAIN_CACHE_DIR,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
@@ -186,6 +194,7 @@ def _train_config(flags: dict[str, Any]) -> TrainConfig:
     overrides["data_dir"] = flags["data_dir"]
     overrides["out"] = flags["out_dir"]
     overrides["augment"] = {"hflip": flags["hflip"]} if flags["hflip"] is not None else None
+    overrides["dp"] = {"epsilon": flags["dp_epsilon"]} if flags["dp_epsilon"] is not None else None
     return build_config(flags["config"], overrides)
 
 
@@ -207,6 +216,7 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
         "events": result.events,
         "last_epoch": result.last,
         "precision": result.precision,
+        "privacy": _privacy(result),
     }
     if as_json:
         print_json(summary)
@@ -228,6 +238,13 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
     t.add_row("speed", f"{result.train_images_per_s:.0f} train images/s, {result.seconds:.1f}s total")
     if result.precision:
         t.add_row("precision", escape(result.precision["reason"]))
+    p = _privacy(result)
+    if p:
+        t.add_row(
+            "privacy",
+            f"DP-SGD: ε = {p['epsilon']:.2f} spent (target {p['target_epsilon']:g}), δ = {p['delta']:.1e}; "
+            f"noise multiplier {p['noise_multiplier']:.3f}, clip {p['max_grad_norm']:g}, {p['steps']} steps",
+        )
     if result.load_failures:
         t.add_row("load failures", f"{len(result.load_failures)} (see run.json / metrics.jsonl)")
     for event in result.events:
@@ -315,3 +332,11 @@ def lr_find_cmd(
 def register(app: typer.Typer) -> None:
     app.command("train", cls=DefaultsFromConfig)(train)
     app.command("lr-find", cls=DefaultsFromConfig)(lr_find_cmd)
+
+
+def _privacy(result: TrainResult) -> dict[str, Any] | None:
+    """run.json's DP-SGD record (None for a run without differential privacy)."""
+    try:
+        return json.loads((Path(result.run_dir) / "run.json").read_text(encoding="utf-8")).get("privacy")
+    except (OSError, ValueError):
+        return None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -80,6 +81,9 @@ class LoaderOptions:
         progress: "cache" only: show a progress bar while the cache is built.
         device_share: "cache" only: hold the store on the accelerator when it
             fits in this share of its free memory.
+        poisson: Poisson sampling (DP-SGD, ``duet.training.privacy``): each of
+            the epoch's ``plan_sizes`` steps takes every sample independently
+            with probability ``batch_size / n``, so batch sizes vary; one process only.
     """
 
     batch_size: int
@@ -94,6 +98,7 @@ class LoaderOptions:
     cache_dir: Path | None = None
     progress: bool = True
     device_share: float = 0.5
+    poisson: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -104,6 +109,8 @@ class LoaderOptions:
             raise ValueError(f"rank must be in [0, world), got rank={self.rank}, world={self.world}")
         if not 0.0 <= self.device_share <= 1.0:
             raise ValueError(f"device_share must be in [0, 1], got {self.device_share}")
+        if self.poisson and self.world > 1:
+            raise ValueError("Poisson sampling is for one process (DP-SGD refuses distributed runs)")
 
 
 # ------------------------------------------------------------------ the batch plan
@@ -181,6 +188,18 @@ def batch_plan(
     return plan
 
 
+def poisson_plan(n: int, *, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of Poisson sampling: ``len(plan_sizes(n, batch_size))`` steps, each
+    taking every sample independently with probability ``q = batch_size / n``
+    (the sampling DP-SGD's privacy accounting assumes). Steps can be empty;
+    ``batch_plan`` leaves those out and the trainer counts them for the
+    accountant (``duet.training.privacy``)."""
+    q = min(1.0, batch_size / max(n, 1))
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    steps = len(plan_sizes(n, batch_size=batch_size, drop_last=False))
+    return [np.flatnonzero(rng.random(n) < q).tolist() for _ in range(steps)]
+
+
 class PlanSampler(Sampler[list[int]]):
     """Every backend's position in the plan: ``batch_plan`` over ``n`` samples
     with ``options``, for the epoch set last, from batch ``start`` on. The
@@ -197,6 +216,9 @@ class PlanSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         o = self.options
+        if o.poisson:
+            steps = poisson_plan(self.n, batch_size=o.batch_size, seed=o.seed, epoch=self.epoch)
+            return iter([b for b in steps if b][self.start :])  # start counts the steps taken
         plan = batch_plan(
             self.n,
             batch_size=o.batch_size,

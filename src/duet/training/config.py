@@ -42,6 +42,18 @@ class AugmentConfig(BaseModel):
         return v
 
 
+class DPConfig(BaseModel):
+    """Differentially private training (DP-SGD, ``duet.training.privacy``; the ``dp`` extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(..., gt=0, le=1000, description="the privacy budget ε the run may spend, in total")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="δ of (ε, δ); default min(1e-5, 0.1 / training images), below 1/n"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm C")
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a training run. Saved resolved as RUN/config.yaml."""
 
@@ -120,6 +132,7 @@ class TrainConfig(BaseModel):
     out: Path = Path("runs")
     name: str | None = None
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
+    dp: DPConfig | None = Field(None, description="DP-SGD: {epsilon, delta, max_grad_norm} (None = off)")
 
     @field_validator("name")
     @classmethod
@@ -171,8 +184,8 @@ def build_config(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key == "augment" and isinstance(value, dict):
-            data["augment"] = {**data.get("augment", {}), **value}
+        if key in ("augment", "dp") and isinstance(value, dict):
+            data[key] = {**(data.get(key) or {}), **value}
         else:
             data[key] = value
     try:

@@ -40,7 +40,7 @@ from duet.data.scan import data_report, read_manifest, write_manifest
 from duet.errors import ConfigError, RunError, RunFinished
 from duet.system.atomic import write_json_atomic
 from duet.system.device import resolve_device
-from duet.training import checkpoint, distributed
+from duet.training import checkpoint, distributed, privacy
 from duet.training.config import TrainConfig, config_from_dict
 from duet.training.faults import FaultPlan
 from duet.training.models import check_source
@@ -64,6 +64,7 @@ def train(
     Under torchrun, rank 0 scans, creates the run folder and writes every file;
     the other ranks wait for it and read the same manifest."""
     d = distributed.from_env(os.environ, config.device)
+    privacy.check(config, d.world)  # DP-SGD: Opacus installed, no setting that breaks the guarantee
     try:
         model = None
         if d.main:
@@ -194,6 +195,12 @@ def _replan(
     """Give a resumed run a new total of epochs (see ``resume``); records it in
     the checkpoint's events, config.yaml and run.json."""
     done = LoopState(**state["loop"]).epoch - 1
+    if config.dp is not None:
+        raise ConfigError(
+            f"run '{paths.root}' is differentially private: its noise was calibrated to spend ε={config.dp.epsilon:g} "
+            f"over {config.epochs} epochs, and more epochs would spend more; start a new run with the epochs "
+            "(and the ε) you want"
+        )
     if epochs <= done:
         raise ConfigError(
             f"--epochs {epochs} is not more than the {done} epochs run '{paths.root}' has already "

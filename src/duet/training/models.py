@@ -20,6 +20,7 @@ machine fails in seconds instead of spending ~50 s in the hub client's retries.
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.parse
 from collections.abc import Iterator
@@ -143,8 +144,18 @@ def load_weights_file(model: nn.Module, path: Path) -> list[str]:
     return sorted(set(own) - set(fitting))
 
 
-def build(name: str, num_classes: int, weights: str = "none", image_size: int | None = None) -> nn.Module:
+NORMS = ("batch", "group")
+
+
+def build(
+    name: str, num_classes: int, weights: str = "none", image_size: int | None = None, norm: str = "batch"
+) -> nn.Module:
     """Build classifier ``name`` with ``num_classes`` outputs.
+
+    norm: ``batch`` (the architecture as published) or ``group``: every
+    BatchNorm replaced by a GroupNorm (``batchnorm_to_groupnorm``), which
+    DP-SGD needs (BatchNorm mixes the samples of a batch); run.json and
+    model.json record it, so evaluation and serving rebuild the same model.
 
     weights: ``none`` (random init), ``imagenet`` (the library's pretrained
     weights, downloaded through its normal cache when online, fast failure
@@ -154,6 +165,39 @@ def build(name: str, num_classes: int, weights: str = "none", image_size: int | 
     image_size: the input side the model will see; fixed-size timm models are
     built for it (``None``: the model's default).
     """
+    if norm not in NORMS:
+        raise ModelError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    model = _build(name, num_classes, weights, image_size)
+    if norm == "group":
+        batchnorm_to_groupnorm(model)
+        for module in model.modules():  # Opacus' per-sample hooks cannot see through in-place activations
+            if isinstance(getattr(module, "inplace", None), bool):
+                module.inplace = False  # type: ignore[assignment]
+    return model
+
+
+def batchnorm_to_groupnorm(model: nn.Module) -> int:
+    """Replace every BatchNorm (1d/2d/3d, timm's BatchNormAct2d with its activation
+    kept) by a GroupNorm of gcd(32, C) groups over the same C channels, in place,
+    as Opacus' ``ModuleValidator.fix`` does; returns how many were replaced.
+    Written here so that loading a DP model needs no Opacus (the server has none)."""
+    count = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm):
+                continue
+            channels = child.num_features
+            groups = math.gcd(32, channels)
+            norm: nn.Module = nn.GroupNorm(groups, channels, eps=child.eps, affine=True)
+            act, drop = getattr(child, "act", None), getattr(child, "drop", None)
+            if isinstance(act, nn.Module) or isinstance(drop, nn.Module):  # timm's BatchNormAct2d
+                norm = nn.Sequential(norm, drop or nn.Identity(), act or nn.Identity())
+            setattr(parent, child_name, norm)
+            count += 1
+    return count
+
+
+def _build(name: str, num_classes: int, weights: str, image_size: int | None) -> nn.Module:
     if num_classes < 2:
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
     tv = name.startswith(TORCHVISION_PREFIX)

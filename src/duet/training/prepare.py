@@ -75,7 +75,11 @@ def prepare_model(config: TrainConfig, num_classes: int, weights: str | None = N
     guard_triton()
     seed_everything(config.seed)
     model = build(
-        config.model, num_classes, config.weights if weights is None else weights, image_size=config.image_size
+        config.model,
+        num_classes,
+        config.weights if weights is None else weights,
+        image_size=config.image_size,
+        norm="group" if config.dp is not None else "batch",  # DP-SGD: BatchNorm mixes a batch's images
     )
     check_input_size(model, config.model, config.image_size)
     return model
@@ -125,7 +129,9 @@ def build_data(
         progress=progress,
         device_share=config.cache_device_share,
     )
-    train_options = replace(common, batch_size=batch_size, shuffle=True, rank=dist.rank, world=dist.world)
+    train_options = replace(
+        common, batch_size=batch_size, shuffle=True, rank=dist.rank, world=dist.world, poisson=config.dp is not None
+    )
     train_loader = make_loader(backend, train_samples, spec, train_options)
     sizes = plan_sizes(len(train_samples), batch_size=batch_size, drop_last=False)
     val_share = val_samples[dist.rank :: dist.world]

@@ -32,10 +32,18 @@ def _versions() -> dict[str, str]:
     }
 
 
-def run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any], precision: Precision) -> dict[str, Any]:
-    """run.json's content; ``best`` is {} until the first epoch ends (see ``best_record``)."""
-    return {
+def run_info(
+    config: TrainConfig,
+    manifest: Manifest,
+    best: dict[str, Any],
+    precision: Precision,
+    privacy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """run.json's content; ``best`` is {} until the first epoch ends (see ``best_record``);
+    ``privacy``: the DP-SGD record (``duet.training.privacy.Private.record``) of a DP run."""
+    info = {
         "model": config.model,
+        "norm": "group" if config.dp is not None else "batch",
         "labels": manifest.labels,
         "num_classes": len(manifest.labels),
         "preprocess": config.preprocess().to_dict(),
@@ -44,6 +52,9 @@ def run_info(config: TrainConfig, manifest: Manifest, best: dict[str, Any], prec
         "best": best,
         "versions": _versions(),
     }
+    if privacy is not None:
+        info["privacy"] = privacy
+    return info
 
 
 def best_record(state: LoopState, *, epochs_done: int, stopped_early: bool) -> dict[str, Any]:
@@ -72,7 +83,7 @@ def catch_up_run_info(
     if recorded < done:
         stopped_early = bool(config.patience) and loop.stale_epochs >= config.patience
         best = best_record(loop, epochs_done=done, stopped_early=stopped_early)
-        write_info(paths, run_info(config, manifest, best, precision))
+        write_info(paths, run_info(config, manifest, best, precision, _recorded_privacy(paths)))
         log(f"run.json recorded {recorded} of {done} finished epochs (interrupted while writing); brought up to date")
 
 
@@ -101,4 +112,14 @@ def epoch_line(row: dict[str, Any], epochs: int, is_best: bool) -> str:
         parts.append(f"{row['load_failures']} load failures")
     if row["bad_steps"]:
         parts.append(f"{row['bad_steps']} non-finite steps skipped")
+    if "epsilon" in row:
+        parts.append(f"ε {row['epsilon']:.2f}")
     return "  ".join(parts) + ("  *best" if is_best else "")
+
+
+def _recorded_privacy(paths: RunPaths) -> dict[str, Any] | None:
+    """run.json's DP record as last written (kept when run.json is caught up)."""
+    try:
+        return json.loads(paths.info.read_text(encoding="utf-8")).get("privacy")
+    except (OSError, ValueError):
+        return None

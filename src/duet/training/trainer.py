@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from duet.artifacts.run_dir import RunPaths, write_info
-from duet.data import augment
+from duet.data import augment, contract
 from duet.data.contract import Batch, rank_slice
 from duet.data.scan import Manifest
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
-from duet.training import checkpoint, distributed, faults, recipe
+from duet.training import checkpoint, distributed, faults, privacy, recipe
 from duet.training.config import TrainConfig
 from duet.training.precision import Precision
 from duet.training.prepare import (
@@ -124,6 +124,23 @@ class Trainer:
         self.loss_fn = self._loss()
         self.aug_gen = torch.Generator().manual_seed(config.seed)
         self.net: torch.nn.Module = self.model
+        self.private: privacy.Private | None = None
+        if config.dp is not None:
+            self.private = privacy.make_private(
+                self.model,
+                self.optimizer,
+                config.dp,
+                n_train=len(self.data.train_samples),
+                batch_size=self.data.batch_size,
+                planned_steps=total_steps,
+            )
+            self.optimizer, self.net = self.private.optimizer, self.private.module
+            p = self.private
+            self.log(
+                f"DP-SGD: ε={p.target_epsilon:g}, δ={p.delta:.1e} over {total_steps} Poisson steps "
+                f"(q={p.sample_rate:.4f}) -> noise multiplier {p.noise_multiplier:.3f}, clip {p.max_grad_norm:g}; "
+                "model norm: group"
+            )
         if self.dist.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model,
@@ -136,7 +153,9 @@ class Trainer:
         config = self.config
         counts = class_counts(self.data.train_samples, len(self.manifest.labels))
         ratio = max(counts) / max(1, min(counts))
-        use_weights = config.class_weights == "on" or (config.class_weights == "auto" and ratio >= 3)
+        use_weights = config.class_weights == "on" or (
+            config.class_weights == "auto" and ratio >= 3 and config.dp is None  # counting classes reads the data
+        )
         weight = recipe.class_weights(counts).to(self.device) if use_weights else None
         if use_weights:
             self.log(f"class imbalance {ratio:.1f}:1 -> class-weighted loss")
@@ -163,6 +182,7 @@ class Trainer:
             "config": self.config.to_yaml_dict(),
             "labels": self.manifest.labels,
             "precision": self.precision.to_dict(),
+            "privacy": self.private.state_dict() if self.private is not None else None,
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -175,6 +195,8 @@ class Trainer:
         checkpoint.set_rng_state(saved["rng"])
         for k, v in saved["loop"].items():
             setattr(self.state, k, v)
+        if self.private is not None:
+            self.private.load_state_dict(saved.get("privacy") or {})
 
     def resume_from(self, saved: dict[str, Any]) -> None:
         """Continue from a last.pt (mid-epoch included); drops metrics of epochs it will redo."""
@@ -245,7 +267,8 @@ class Trainer:
         ok = batch.labels >= 0
         if not bool(ok.all()):
             faults.count_load_failures(state, batch.index.tolist(), batch.errors, self.data.train_samples, config)
-        global_size = self.data.sizes[state.step_in_epoch]
+        # Poisson batches (DP-SGD, one process) vary in size: the batch is the global batch
+        global_size = batch.labels.shape[0] if self.private is not None else self.data.sizes[state.step_in_epoch]
         x = augment.train_batch(
             batch.images,
             self.spec,
@@ -327,12 +350,15 @@ class Trainer:
         self.last_save = time.monotonic()
         if dist.main:
             best = best_record(state, epochs_done=epoch, stopped_early=self.stopped_early)
-            write_info(self.paths, run_info(config, self.manifest, best, self.precision))
+            write_info(self.paths, run_info(config, self.manifest, best, self.precision, self._privacy()))
         self.last_row = row
         self.log(epoch_line(row, config.epochs, improved))
         if self.stopped_early:
             self.log(f"early stop: no val improvement for {config.patience} epochs (best epoch {state.best_epoch})")
         return self.stopped_early
+
+    def _privacy(self) -> dict[str, Any] | None:
+        return self.private.record() if self.private is not None else None
 
     def _epoch_row(self, seconds: float, new_images: int) -> dict[str, Any]:
         """The epoch's line of metrics.jsonl (training numbers summed over ranks, then validation's)."""
@@ -349,6 +375,12 @@ class Trainer:
             "bad_steps": state.epoch_bad_steps,
             "micro_batches": state.micro_batches,
         }
+        if self.private is not None:
+            empty = contract.poisson_plan(
+                len(self.data.train_samples), batch_size=self.data.batch_size, seed=self.config.seed, epoch=state.epoch
+            )
+            self.private.count_empty_steps(sum(1 for b in empty if not b))
+            row["epsilon"] = self.private.epsilon()
         val_loader = self.data.val_loader
         if val_loader is not None:
             row.update(validate(self.eval_model, val_loader, self.spec, self.device, dist, self.precision))
@@ -390,7 +422,7 @@ class Trainer:
             state = self.state
             best = best_record(state, epochs_done=state.epoch - 1, stopped_early=self.stopped_early)
             best.update(selected_on="val", **test)
-            write_info(self.paths, run_info(self.config, self.manifest, best, self.precision))
+            write_info(self.paths, run_info(self.config, self.manifest, best, self.precision, self._privacy()))
             self.log(
                 f"test accuracy {100 * test['test_accuracy']:.2f}% on {test['test_images']} held-out test images "
                 f"(epoch {state.best_epoch}, chosen on validation; the test split was measured once, now)"
