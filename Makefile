@@ -39,8 +39,8 @@ $(TRAIN_STAMP): pyproject.toml | $(VENV)/bin/python
 # its protobuf messages, without its "tensorflow" requirement (tensorflow-cpu
 # provides the same module).
 $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
-	@echo "installing duet[dev,tf] into $(VENV) (first time: a few minutes)"
-	@$(BIN)/python -m pip install -q -e ".[dev,tf]" 2>&1 | ($(QUIET_PIP))
+	@echo "installing duet[dev,tf,dp] into $(VENV) (first time: a few minutes)"
+	@$(BIN)/python -m pip install -q -e ".[dev,tf,dp]" 2>&1 | ($(QUIET_PIP))
 	@$(BIN)/python -m pip install -q --no-deps "tensorflow-serving-api>=2.16" 2>&1 | ($(QUIET_PIP))
 	@$(BIN)/python -c "import duet, torch, timm; print('duet', duet.__version__, '| torch', torch.__version__, '| timm', timm.__version__)"
 	@touch $(DEV_STAMP) $(TRAIN_STAMP)

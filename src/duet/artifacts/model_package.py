@@ -38,6 +38,9 @@ EXPORT_DIR/                 (by default RUN/export/)
   export gate against PyTorch on the validation split, ``passed`` true); the
   SavedModel's entry adds ``path`` (the version folder), ``signatures`` and
   ``bytes_gate`` (the encoded-image signature's own gate);
+- ``norm`` (``batch``, or ``group`` for a DP-SGD run whose BatchNorm layers are
+  GroupNorm: ``duet.training.models.build(norm=...)``) and ``privacy`` (the
+  run's DP-SGD record: ε spent, δ, noise multiplier, clip; null without DP);
 - ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
   onnxruntime, python), ``source`` (the run folder and its weights' sha256).
 

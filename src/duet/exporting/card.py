@@ -7,6 +7,7 @@ intended-use and limitation lines are prompts for the owner to complete.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -51,6 +52,7 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "",
         *_variant_lines(m.get("variants") or {}),
         *_format_lines(m.get("formats") or {}),
+        *_privacy_lines(m.get("privacy")),
         "## Preprocessing (inside and outside the graph)",
         "",
         "1. decode with `duet.data.imageio.decode` (EXIF orientation applied; alpha composited on white; RGB uint8)",
@@ -153,5 +155,28 @@ def _format_lines(formats: dict[str, Any]) -> list[str]:
         "| format | file | runtime | size | top-1 agreement | max abs Δp | accuracy |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+
+
+def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
+    """The card's privacy section: the DP-SGD guarantee, or that there is none."""
+    if not privacy:
+        return [
+            "## Privacy",
+            "",
+            "Trained without differential privacy: the weights may reveal whether a given image was in the "
+            "training set. `duet audit privacy RUN` measures it; `duet train --dp-epsilon` bounds it.",
+            "",
+        ]
+    return [
+        "## Privacy",
+        "",
+        f"Trained with differential privacy ({privacy['mechanism']}): "
+        f"(ε = {privacy['epsilon']:.2f}, δ = {privacy['delta']:.1e}) over {privacy['steps']} steps, "
+        f"noise multiplier {privacy['noise_multiplier']:g}, per-sample clip {privacy['max_grad_norm']:g}, "
+        f"{privacy['accountant'].upper()} accountant. Whatever an attacker knows, the model changes their odds "
+        f"that any one image was in the training set by a factor of at most e^ε = "
+        f"{math.exp(min(privacy['epsilon'], 50)):.3g} (except with probability δ; docs/privacy.md).",
         "",
     ]
