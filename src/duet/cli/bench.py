@@ -1,4 +1,4 @@
-"""`duet bench data|train|sample-data|monitor|serve`: the measurements behind docs/benchmarks.md,
+"""`duet bench data|train|sample-data|monitor|serve|export`: the measurements behind docs/benchmarks.md,
 docs/serving.md and docs/monitoring.md."""
 
 from __future__ import annotations
@@ -321,6 +321,75 @@ def _print_serve_bench(result: dict[str, Any], repeat: int) -> None:
         )
 
 
+_BENCH_EXPORT_MODEL = typer.Argument(
+    ...,
+    help="A run folder exported with `duet export` (any --format), or its export folder.",
+)
+_BENCH_EXPORT_THREADS = typer.Option(
+    None, "--threads", help="Intra-op threads for every runtime. \\[default: every core this process may use]"
+)
+_BENCH_EXPORT_OUT = typer.Option(
+    Path("bench-export.json"), "--out", help="The JSON result (the table goes beside it as .md)."
+)
+
+
+@bench_app.command("export")
+def bench_export_cmd(
+    model: Path = _BENCH_EXPORT_MODEL,
+    data: Path | None = typer.Option(None, "--data", help="Where the run's images are now, if they moved."),
+    threads: int | None = _BENCH_EXPORT_THREADS,
+    latency_runs: int = typer.Option(50, "--latency-runs", help="Timed batch-1 calls per format."),
+    throughput_batches: int = typer.Option(10, "--throughput-batches", help="Timed batches per format."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per throughput (and accuracy) batch."),
+    out: Path = _BENCH_EXPORT_OUT,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Every exported format of one model in one table: size, validation accuracy, batch-1 latency, images/s.
+
+    A row per format in the export (PyTorch, ONNX, ONNX int8, SavedModel, TFLite fp32/fp16/int8), each on its own runtime on this CPU with the same threads and the same validation images, decoded once. A format the export lacks has no row; one whose runtime is not installed is listed as skipped.
+
+    Example: duet bench export runs/pets-r50 --out bench-export.json
+    """
+    from duet.bench.export import Plan, bench_export, markdown
+    from duet.system.atomic import write_json_atomic, write_text_atomic
+
+    result = bench_export(
+        model,
+        data_dir=data,
+        threads=threads,
+        plan=Plan(latency_runs=latency_runs, throughput_batches=throughput_batches, batch_size=batch_size),
+        progress=not (quiet or as_json),
+        log=stderr_log(quiet or as_json),
+    )
+    command = "duet bench export " + " ".join(sys.argv[3:])
+    result["command"] = command
+    write_json_atomic(out, result)
+    machine = "machine: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())
+    write_text_atomic(out.with_suffix(".md"), f"{markdown(result)}\n\ncommand: {command}\n{machine}\n")
+    if as_json:
+        print_json(result)
+        return
+    _print_export_bench(result)
+    print(f"written: {out} and {out.with_suffix('.md')}")
+
+
+def _print_export_bench(result: dict[str, Any]) -> None:
+    """The one-screen summary of `duet bench export`: the table, what was measured, the machine."""
+    from duet.bench.export import SHORT_COLUMNS, caption, table_rows
+
+    t = Table(title=f"duet bench export: {result['model']}")
+    for col in SHORT_COLUMNS:
+        t.add_column(col, justify="left" if col in ("format", "runtime") else "right", no_wrap=True)
+    for cells in table_rows(result):
+        t.add_row(*cells)
+    out.print(t)
+    out.print(caption(result), highlight=False)
+    for s in result["skipped"]:
+        out.print(f"skipped {s['format']}: {s['reason']}", highlight=False)
+    out.print("machine: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items()), highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `duet bench data|train|sample-data|monitor|serve`."""
+    """Add `duet bench data|train|sample-data|monitor|serve|export`."""
     app.add_typer(bench_app, name="bench")
