@@ -264,7 +264,9 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str, int], None] | None = 
     server = _Server(uv)
     sock = _listen(config.host, config.port)
     if on_ready is not None:
-        on_ready(f"{package.name}: {runtime.name} on {runtime.device}", sock.getsockname()[1])
+        variant = getattr(runtime, "variant", "fp32")  # the file served: model.int8.onnx, model.int8.tflite...
+        what = f"{package.name}: {runtime.name} on {runtime.device}{f', {variant}' if variant != 'fp32' else ''}"
+        on_ready(what, sock.getsockname()[1])
     server.run(sockets=[sock])
 
 

@@ -116,6 +116,17 @@ class TorchRuntime:
             return Outputs(logits.cpu().numpy(), probs.cpu().numpy(), features=features.float().cpu().numpy())
 
 
+def tflite_variant(package: ModelPackage) -> str:
+    """The TFLite file served when no variant is asked for: the smallest one exported
+    (int8, then fp16, then fp32), for small CPU deployments; int8 when there is none
+    (loading it then says how to export it)."""
+    formats = package.formats
+    return next((v for v, fmt in _TFLITE_FORMATS if fmt in formats), "int8")
+
+
+_TFLITE_FORMATS = (("int8", "tflite-int8"), ("fp16", "tflite-fp16"), ("fp32", "tflite"))
+
+
 def _cuda_present() -> bool:
     """Cheap check before importing torch: an NVIDIA driver device node exists
     and PyTorch is installed (``duet[serve]`` leaves it out)."""
@@ -145,16 +156,18 @@ def load_runtime(
     device: str = "auto",
     threads: int = 0,
     spinning: bool = False,
-    variant: str = "fp32",
+    variant: str | None = "fp32",
 ) -> Runtime:
     """The runtime ``name`` for ``package``. ``tflite`` runs ``model.tflite`` /
     ``model.{fp16,int8}.tflite`` by ``variant`` and ``savedmodel`` the SavedModel
     (``duet.serve.tf_runtimes``). Otherwise a ``variant`` other than fp32 exists
-    only as an ONNX file, so it is served by ONNX Runtime (``auto`` then never picks PyTorch)."""
+    only as an ONNX file, so it is served by ONNX Runtime (``auto`` then never picks PyTorch).
+    ``variant=None``: the runtime's default, :func:`tflite_variant` for tflite, fp32 for the others."""
     if name == "tflite":
         from duet.serve.tf_runtimes import TfliteRuntime
 
-        return TfliteRuntime(package, variant, threads)
+        return TfliteRuntime(package, variant or tflite_variant(package), threads)
+    variant = variant or "fp32"
     if name == "savedmodel":
         if variant != "fp32":
             raise ConfigError(f"the SavedModel is fp32 only; --model-variant {variant} is not available with it")

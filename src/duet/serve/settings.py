@@ -14,8 +14,9 @@ from pathlib import Path
 from duet.errors import ConfigError
 from duet.system.device import cpu_count
 
-RUNTIMES = ("auto", "onnxruntime", "torch")
-MODEL_VARIANTS = ("fp32", "int8")  # duet.artifacts.model_package.VARIANTS: model.onnx, model.int8.onnx
+RUNTIMES = ("auto", "onnxruntime", "torch", "tflite", "savedmodel")
+# ONNX: model.onnx, model.int8.onnx (duet.artifacts.model_package.VARIANTS); TFLite: model{,.fp16,.int8}.tflite
+MODEL_VARIANTS = ("fp32", "int8", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 API_KEY_ENV = "DUET_API_KEY"
 API_KEY_FILE_ENV = "DUET_API_KEY_FILE"
@@ -53,7 +54,9 @@ class ServeConfig:
     model_version: str = "1"
     runtime: str = "auto"  # auto: PyTorch on CUDA when available, else ONNX Runtime
     device: str = "auto"  # torch runtime only
-    model_variant: str = "fp32"  # int8: serve model.int8.onnx (duet export --quantize int8) with ONNX Runtime
+    # None: the runtime's default (tflite: int8 when exported, duet.serve.runtimes.tflite_variant; others: fp32).
+    # int8: model.int8.onnx (duet export --quantize int8) on ONNX Runtime, model.int8.tflite on tflite.
+    model_variant: str | None = None
     max_batch_size: int = 32
     max_delay_ms: float = 2.0
     threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
@@ -76,10 +79,14 @@ class ServeConfig:
     def check(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"`--runtime` must be one of {', '.join(RUNTIMES)}. Received: --runtime={self.runtime}")
-        if self.model_variant not in MODEL_VARIANTS:
+        if self.model_variant is not None and self.model_variant not in MODEL_VARIANTS:
             raise ConfigError(
                 f"`--model-variant` must be one of {', '.join(MODEL_VARIANTS)}. "
                 f"Received: --model-variant={self.model_variant}"
+            )
+        if self.model_variant == "fp16" and self.runtime != "tflite":
+            raise ConfigError(
+                "--model-variant fp16 is a TFLite file (model.fp16.tflite); serve it with --runtime tflite"
             )
         if self.device not in DEVICES:
             raise ConfigError(f"`--device` must be one of {', '.join(DEVICES)}. Received: --device={self.device}")
