@@ -10,9 +10,19 @@ import typer
 from duet.cli.common import out, print_json
 from duet.errors import ConfigError, DataError
 
+_MODEL = typer.Argument(
+    ...,
+    help="A run folder made by `duet train` (PyTorch), its export folder (ONNX), or an exported file: model.onnx, model.int8.onnx, model*.tflite, savedmodel/<name>/1. The runtime follows the file.",
+)
+_FORMAT = typer.Option(
+    None,
+    "--format",
+    help="Run this exported format of the run's (or model folder's) export instead: onnx | onnx-int8 | savedmodel | tflite | tflite-fp16 | tflite-int8.",
+)
+
 
 def evaluate(
-    run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
+    run: Path = _MODEL,
     data: Path | None = typer.Option(
         None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."
     ),
@@ -22,17 +32,25 @@ def evaluate(
         None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"
     ),
     batch_size: int = typer.Option(64, "--batch-size"),
+    fmt: str | None = _FORMAT,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and a confusion matrix, written to RUN/eval/."""
+    """Accuracy, per-class precision/recall/F1 and a confusion matrix, written to RUN/eval/ (an exported format: RUN/eval/FORMAT/)."""
     if split is not None and split not in ("train", "val", "test"):
         raise ConfigError(f"`--split` must be one of train, val, test. Received: --split={split}")
-    from duet.evaluation.evaluate import evaluate as evaluate_run
+    from duet.api.exported import evaluate as evaluate_target
+    from duet.api.exported import resolve_target
     from duet.evaluation.report import format_summary
 
-    res = evaluate_run(
-        run, data_dir=data, split=split, device=device, batch_size=batch_size, progress=not quiet, precision=precision
+    res = evaluate_target(
+        resolve_target(run, fmt),
+        data_dir=data,
+        split=split,
+        device=device,
+        batch_size=batch_size,
+        progress=not quiet,
+        precision=precision,
     )
     if as_json:
         print_json(
@@ -44,11 +62,13 @@ def evaluate(
                 "files": {k: str(v) for k, v in res.files.items()},
                 "metrics": res.metrics,
                 "precision": res.precision,
+                "runtime": res.runtime,
             }
         )
         return
     out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
     out.print(f"split      {res.split_meaning}", highlight=False)
+    out.print(f"runtime    {res.runtime}", highlight=False, markup=False)
     out.print(f"precision  {res.precision}", highlight=False, markup=False)
     out.print(format_summary(res.metrics), highlight=False)
     if res.num_failed:
@@ -57,7 +77,7 @@ def evaluate(
 
 
 def predict(
-    run: Path = typer.Argument(..., help="A run folder made by `duet train`."),
+    run: Path = _MODEL,
     files: list[Path] = typer.Argument(
         ..., help="Image files, or folders (searched recursively for images), to classify."
     ),
@@ -66,25 +86,22 @@ def predict(
     precision: str | None = typer.Option(
         None, help="auto | fp32 | bf16. \\[default: the precision the run was trained in]"
     ),
+    fmt: str | None = _FORMAT,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
 ) -> None:
     """Top-k labels with probabilities for each FILE (a folder: every image under it, sorted). Exits 3 if any file cannot be read (the others are still shown)."""
-    from duet.artifacts.run_dir import load_run
-    from duet.data.imageio import DEFAULT_MAX_PIXELS, DecodeError
-    from duet.evaluation.inference import load_model, predict_file, top_k
-    from duet.system.device import resolve_device
-    from duet.training.precision import recorded_or
+    from duet.api.exported import file_predictor, resolve_target
+    from duet.data.imageio import DecodeError
+    from duet.evaluation.inference import top_k
 
+    target = resolve_target(run, fmt)
     files = _expand_folders(files)
-    info = load_run(run)
-    dev = resolve_device(device)
-    model = load_model(info, dev)
-    chosen = recorded_or(precision, info.precision, dev)
+    model = file_predictor(target, device=device, precision=precision)
     results: list[dict[str, Any]] = []
     for f in files:
         try:
-            probs = predict_file(model, info, f, dev, DEFAULT_MAX_PIXELS, precision=chosen)
-            results.append({"file": str(f), "top": top_k(probs, info.labels, top)})
+            probs = model.probabilities(f)
+            results.append({"file": str(f), "top": top_k(probs, model.labels, top), "runtime": model.runtime})
         except DecodeError as e:
             results.append({"file": str(f), "error": e.reason})
         except OSError as e:
@@ -92,6 +109,7 @@ def predict(
     if as_json:
         print_json(results)
     else:
+        out.print(f"runtime: {model.runtime}", highlight=False, markup=False)
         for r in results:
             if "error" in r:
                 out.print(f"{r['file']}: [red]error[/]: {r['error']}", highlight=False)

@@ -7,6 +7,11 @@ confusion_matrix.png. Every result names its split and what that split means
 optimistic; the test split took no part in training or in that choice. ``evaluate(run_dir, data_dir=DIR)`` does the same for any
 folder of class sub-folders whose names are among the run's labels, writing
 RUN/eval/<folder name>/.
+
+``evaluate(run_dir, exported=Exported(...))`` measures an exported file (ONNX,
+SavedModel, TFLite) with its own runtime instead of the run's PyTorch weights,
+on the same images, and writes RUN/eval/<format>/ (or RUN/eval/<folder name>/<format>/),
+so the PyTorch report is kept beside it. Every report names what ran the model.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from duet.data.contract import Sample
 from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.scan import read_manifest, scan
 from duet.errors import DataError, RunError
-from duet.evaluation.inference import load_model, predict_samples
+from duet.evaluation.inference import Exported, load_model, predict_samples
 from duet.evaluation.metrics import compute_metrics
 from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
@@ -45,6 +50,7 @@ class EvalResult:
     num_failed: int
     split_meaning: str = ""
     precision: str = ""  # what the forward pass ran in, and why
+    runtime: str = ""  # what ran the model: PyTorch on the run's weights, or an exported format on its runtime
 
 
 def describe_split(split: str, folder: Path | None = None) -> str:
@@ -100,8 +106,11 @@ def evaluate(
     workers: int | None = None,
     progress: bool = True,
     precision: str | None = None,
+    exported: Exported | None = None,
 ) -> EvalResult:
-    """``precision``: auto | fp32 | bf16; None = the run's recorded precision (run.json)."""
+    """``precision``: auto | fp32 | bf16; None = the run's recorded precision (run.json).
+    ``exported``: run this exported model instead of the run's weights (on the CPU;
+    ``device`` and ``precision`` then do not apply)."""
     run = load_run(run_dir)
     if data_dir is None:
         samples, split_name, source = _run_split_samples(run, split)
@@ -109,9 +118,13 @@ def evaluate(
     else:
         samples, split_name, source = _folder_samples(run, Path(data_dir), split, progress)
         out = out_dir or run.paths.eval / _slug(Path(data_dir).resolve().name)
-    dev = resolve_device(device)
+    if exported is not None and out_dir is None:
+        out = out / exported.format
+    dev = resolve_device("cpu" if exported is not None else device)
     chosen = recorded_or(precision, run.precision, dev)
-    model = load_model(run, dev)
+    model = exported or load_model(run, dev)
+    runtime = exported.describe() if exported else f"torch on {dev} (the run's best weights, {run.paths.best.name})"
+    precision_used = "as exported (the file fixes it)" if exported else chosen.reason
     preds = predict_samples(
         model,
         run,
@@ -149,14 +162,15 @@ def evaluate(
         "images": len(samples),
         "unreadable": len(failed),
         "image_size": run.preprocess.image_size,
-        "precision": chosen.reason,
+        "runtime": runtime,
+        "precision": precision_used,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     files = write_report(
         metrics,
         out,
-        title=f"Evaluation of {run.paths.root.name} on {split_name}",
+        title=f"Evaluation of {run.paths.root.name}{f' ({exported.format})' if exported else ''} on {split_name}",
         context=context,
         misclassified=misclassified,
     )
-    return EvalResult(metrics, files, split_name, source, len(failed), meaning, chosen.reason)
+    return EvalResult(metrics, files, split_name, source, len(failed), meaning, precision_used, runtime)

@@ -3,11 +3,17 @@
 It uses the same decode, the same load square and the same centre crop as
 validation during training, so an offline prediction here is what the model
 saw at validation time.
+
+The model is the run's PyTorch weights (:func:`load_model`) or an exported
+file run by its own runtime (:class:`Exported`: ONNX, SavedModel, TFLite),
+which the caller composes (the cli/api layer; evaluation never imports
+``duet.serve``): it gets the same uint8 centre crops the exported graphs take
+and the server feeds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from duet.data import augment
 from duet.data.contract import LoaderOptions, Sample, default_workers
 from duet.data.imageio import DecodeError, decode
 from duet.data.loaders import make_loader
-from duet.data.preprocess import to_load_square
+from duet.data.preprocess import PreprocessSpec, to_load_square
 from duet.system.progress import make_progress
 from duet.training.checkpoint import load_weights
 from duet.training.models import build
@@ -33,6 +39,23 @@ def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
     return model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class Exported:
+    """An exported model and the runtime that runs it, for evaluation.
+
+    ``forward`` maps uint8 ``(N, 3, S, S)`` centre crops to float32 ``(N, C)``
+    probabilities; ``format`` is the export format (``duet.artifacts.model_package.FORMATS``,
+    or ``onnx-int8``), ``runtime`` what ran it and ``path`` the file or folder it read."""
+
+    format: str
+    runtime: str
+    path: Path
+    forward: Callable[[np.ndarray], np.ndarray]
+
+    def describe(self) -> str:
+        return f"{self.format} on {self.runtime} ({self.path})"
+
+
 @dataclass
 class Predictions:
     probs: np.ndarray  # float32 (N, C); rows of failed files are NaN
@@ -42,7 +65,7 @@ class Predictions:
 
 @torch.no_grad()
 def predict_samples(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Exported,
     run: RunInfo,
     samples: Sequence[Sample],
     device: torch.device,
@@ -74,12 +97,29 @@ def predict_samples(
                 if err:
                     errors[i] = err
             if bool(ok.any()):
-                x = augment.eval_batch(batch.images[ok], spec)
-                with autocast(precision, device):
-                    logits = model(x)
-                probs[idx[ok.cpu().numpy()]] = torch.softmax(logits.float(), 1).cpu().numpy()
+                probs[idx[ok.cpu().numpy()]] = _forward(model, batch.images[ok], spec, device, precision)
             bar.advance(task, len(idx))
     return Predictions(probs, np.array([s.label for s in samples], dtype=np.int64), errors)
+
+
+def _forward(
+    model: torch.nn.Module | Exported,
+    squares: torch.Tensor,
+    spec: PreprocessSpec,
+    device: torch.device,
+    precision: Precision,
+) -> np.ndarray:
+    """Probabilities of a batch of uint8 load squares: PyTorch normalises the centre
+    crops itself; an exported graph takes them as uint8 and normalises inside."""
+    if isinstance(model, Exported):
+        crops = np.ascontiguousarray(augment.centre_crop(squares, spec).cpu().numpy())
+        probs = np.asarray(model.forward(crops), dtype=np.float32)
+        # A full-integer graph's softmax is quantized (steps of 1/256 in TFLite int8), so
+        # its rows sum to 1 only within a few steps: rescaled, which keeps every argmax.
+        return probs / np.maximum(probs.sum(1, keepdims=True), np.finfo(np.float32).tiny)
+    with autocast(precision, device):
+        logits = model(augment.eval_batch(squares, spec))
+    return torch.softmax(logits.float(), 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -100,4 +140,4 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, float 
     return [{"label": labels[i], "probability": float(probs[i])} for i in order]
 
 
-__all__ = ["DecodeError", "Predictions", "load_model", "predict_file", "predict_samples", "top_k"]
+__all__ = ["DecodeError", "Exported", "Predictions", "load_model", "predict_file", "predict_samples", "top_k"]
