@@ -76,6 +76,8 @@ def resolve_target(path: str | Path, fmt: str | None = None) -> Target:
         return Target(p, fmt, p)
     if p.is_dir() and (p / MANIFEST).is_file():
         return Target(p, fmt or "onnx", p)
+    if not p.exists() and p.suffix in (".onnx", ".tflite"):
+        raise ModelError(f"model file '{p}' does not exist; {_WHAT_TO_PASS}")
     named = _format_of_path(p)
     if named is None:
         if p.is_file():
