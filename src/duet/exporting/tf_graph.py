@@ -131,7 +131,13 @@ def _conv(xs: list[_Value], attrs: dict[str, Any]) -> _Value:
     elif group == c_in:
         mult = w.shape[0] // c_in
         kernel = np.transpose(w.reshape(c_in, mult, *w.shape[2:]), (2, 3, 0, 1))
-        y = tf.nn.depthwise_conv2d(x, kernel, strides, "VALID", dilations=dilations)
+        if any(d > 1 for d in dilations) and any(s > 1 for s in strides):
+            # depthwise_conv2d takes strides or dilations, not both (it returns wrong
+            # shapes and values, no error): stride 1, then keep every stride-th row/column
+            y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID", dilations=dilations)
+            y = y[:, :: strides[1], :: strides[2], :]
+        else:
+            y = tf.nn.depthwise_conv2d(x, kernel, strides, "VALID", dilations=dilations)
     else:
         outs, per_in, per_out = [], c_in // group, w.shape[0] // group
         for g in range(group):
@@ -143,7 +149,9 @@ def _conv(xs: list[_Value], attrs: dict[str, Any]) -> _Value:
             )
         y = tf.concat(outs, axis=-1)
     if len(xs) > 2:
-        y = tf.nn.bias_add(y, xs[2].tensor)
+        # AddV2, not BiasAdd: grappler fuses Conv2D + BiasAdd + Add into one kernel that
+        # fails at run time when the Add's other operand broadcasts ((1,1,H,W), (1,1,1,1))
+        y = y + xs[2].tensor
     return _Value(y, nhwc=True)
 
 
