@@ -34,7 +34,7 @@ from duet.training.precision import FP32, Precision, autocast
 
 def load_model(run: RunInfo, device: torch.device) -> torch.nn.Module:
     """The run's best weights in its architecture, in eval mode on ``device``."""
-    model = build(run.model, run.num_classes, "none", image_size=run.preprocess.image_size)
+    model = build(run.model, run.num_classes, "none", image_size=run.preprocess.image_size, norm=run.norm)
     model.load_state_dict(load_weights(run.paths.best))
     return model.to(device).eval()
 

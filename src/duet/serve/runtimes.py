@@ -94,7 +94,8 @@ class TorchRuntime:
         # bf16 autocast where auto picks it (duet.training.precision); the weights stay fp32.
         self.precision = resolve_precision(precision, self._device)
         self._autocast = lambda: autocast(self.precision, self._device)
-        model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size)
+        norm = str(package.manifest.get("norm") or "batch")  # "group": a DP-SGD run's GroupNorm model
+        model = build(package.architecture, package.num_classes, "none", image_size=package.spec.image_size, norm=norm)
         try:
             model.load_state_dict(load_file(str(package.weights_path)))
         except Exception as e:
