@@ -225,22 +225,7 @@ def export_run(
         log(f"exporting {run.model} ({run.num_classes} classes, {spec.image_size}px) to ONNX")
         graph = _write_model_files(run, model, tmp, opset)
         log(f"parity gate: {len(samples)} {split} images through PyTorch and ONNX Runtime")
-        parity = check_parity(
-            model,
-            tmp / ONNX_FILE,
-            spec,
-            samples,
-            split=split,
-            tolerance=tolerance,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        if not parity.passed:
-            raise ParityError(
-                f"export of '{run.paths.root}' failed the parity gate: {parity.failure()} "
-                f"({parity.images} {split} images, fp32); nothing was written. "
-                "Re-run with --debug, try another --opset, or report the model name as an exporter bug"
-            )
+        parity = _onnx_parity(run, model, tmp, (samples, split), tolerance, batch_size, progress)
         variants = None
         data_root = Path(data_dir) if data_dir else run.data_dir
         if quantize == "int8":
@@ -261,6 +246,36 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(dest, manifest, parity, time.perf_counter() - t0, variants)
+
+
+def _onnx_parity(
+    run: RunInfo,
+    model: torch.nn.Module,
+    tmp: Path,
+    data: tuple[list[Sample], str],
+    tolerance: float,
+    batch_size: int,
+    progress: bool,
+) -> ParityReport:
+    """The ONNX parity gate (``duet.exporting.parity``); ParityError when it fails."""
+    samples, split = data
+    parity = check_parity(
+        model,
+        tmp / ONNX_FILE,
+        run.preprocess,
+        samples,
+        split=split,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if not parity.passed:
+        raise ParityError(
+            f"export of '{run.paths.root}' failed the parity gate: {parity.failure()} "
+            f"({parity.images} {split} images, fp32); nothing was written. "
+            "Re-run with --debug, try another --opset, or report the model name as an exporter bug"
+        )
+    return parity
 
 
 def _check_options(quantize: str | None, calibration_images: int) -> None:
