@@ -45,12 +45,12 @@ def build_module(onnx_path: Path, spec: PreprocessSpec) -> Any:
     size = spec.image_size
     module = tf.Module()
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 3, size, size], tf.uint8, name=INPUT_NAME)])
+    @tf.function(input_signature=[tf.TensorSpec([None, 3, size, size], tf.uint8, name=INPUT_NAME)], autograph=False)
     def pixels(batch: Any) -> dict[str, Any]:
         out = core(batch)
         return {name: out[name] for name in GRAPH_OUTPUTS}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)], autograph=False)
     def image_bytes(batch: Any) -> dict[str, Any]:
         crops = tf.map_fn(
             lambda b: decode_centre_crop(b, spec),
