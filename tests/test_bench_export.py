@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401  # before TensorFlow (duet.system.tensorflow_import)
 
 from helpers import one_line_error, run_cli
 
@@ -31,45 +30,45 @@ def assert_measured(row: dict) -> None:
 
 
 @pytest.mark.e2e
-def test_every_exported_format_gets_a_row_and_the_others_none(small_run: Path, tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow", reason="tflite-int8 export needs the tf extra (tensorflow-cpu)")
-    pytest.importorskip("ai_edge_litert", reason="the TFLite row runs on LiteRT (ai-edge-litert, the tf extra)")
-    export = tmp_path / "export"
-    formats = ["--format", "onnx,tflite-int8", "--quantize", "int8"]
-    # 12 points: the 1-epoch run has 18 validation images, one flip is 5.6 points (as in test_quantize.py)
-    proc = run_cli("export", str(small_run), "--out", str(export), *formats, "--int8-tolerance", "12", "-q")
-    assert proc.returncode == 0, proc.stderr
+def test_every_exported_format_gets_a_row_and_the_others_none(small_tf_run: Path, tmp_path: Path) -> None:
+    result = bench(small_tf_run, tmp_path / "bench.json")  # the run folder: its export/ has --format all
 
-    result = bench(export, tmp_path / "bench.json")
-
-    assert [r["format"] for r in result["rows"]] == ["pytorch", "onnx", "onnx-int8", "tflite-int8"]
+    formats = ["pytorch", "onnx", "savedmodel", "tflite", "tflite-fp16", "tflite-int8"]
+    assert [r["format"] for r in result["rows"]] == formats  # no ONNX int8: exported without --quantize
     assert result["skipped"] == []
     for row in result["rows"]:
         assert_measured(row)
     rows = {r["format"]: r for r in result["rows"]}
     assert rows["pytorch"]["agrees_with_pytorch"] is None  # the reference itself
-    assert rows["onnx"]["agrees_with_pytorch"] == 1.0  # fp32 passed its parity gate on this very split
-    assert rows["tflite-int8"]["size_mb"] < 0.3 * rows["onnx"]["size_mb"]
+    for fmt in ("onnx", "savedmodel", "tflite"):  # fp32 formats passed exact gates on this very split
+        assert rows[fmt]["agrees_with_pytorch"] == 1.0 and rows[fmt]["accuracy"] == rows["pytorch"]["accuracy"]
+    assert rows["tflite-int8"]["size_mb"] < 0.3 * rows["tflite"]["size_mb"]
+    assert rows["savedmodel"]["file"].startswith("savedmodel/")  # the version folder, its size in total
     assert result["split"] == "val" and result["images"] > 0 and result["threads"] == 1
     assert result["environment"]["threads"].startswith("1 intra-op thread")
-    # the table on stdout and in the .md beside the JSON: the exported formats, nothing else
+    # the table on stdout and in the .md beside the JSON
     md = (tmp_path / "bench.md").read_text()
     for text in (result["stdout"], md):
-        for label in ("PyTorch", "ONNX int8", "TFLite int8"):
+        for label in ("PyTorch", "SavedModel", "TFLite fp16", "TFLite int8"):
             assert label in text
-        assert "SavedModel" not in text and "TFLite fp16" not in text
+        assert "ONNX int8" not in text
 
 
 @pytest.mark.e2e
-def test_an_onnx_only_export_is_measured_from_its_run_folder(
-    small_run: Path, small_export: Path, tmp_path: Path
-) -> None:
-    result = bench(small_run, tmp_path / "bench.json")
-    assert [r["format"] for r in result["rows"]] == ["pytorch", "onnx"]
+def test_an_onnx_export_with_int8_has_those_rows_only(small_run: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    # 12 points: the 1-epoch run has 18 validation images, one flip is 5.6 points (as in test_quantize.py)
+    proc = run_cli("export", str(small_run), "--out", str(export), "--quantize", "int8", "--int8-tolerance", "12", "-q")
+    assert proc.returncode == 0, proc.stderr
+
+    result = bench(export, tmp_path / "bench.json")  # the export folder: its run is found from model.json
+
+    assert [r["format"] for r in result["rows"]] == ["pytorch", "onnx", "onnx-int8"]
     for row in result["rows"]:
         assert_measured(row)
-    assert result["export_dir"] == str(small_export)
-    assert result["rows"][0]["file"] == "model.safetensors" and result["rows"][1]["file"] == "model.onnx"
+    assert [r["file"] for r in result["rows"]] == ["model.safetensors", "model.onnx", "model.int8.onnx"]
+    assert result["export_dir"] == str(export) and result["skipped"] == []
+    assert "TFLite" not in result["stdout"] and "SavedModel" not in result["stdout"]
 
 
 @pytest.mark.e2e

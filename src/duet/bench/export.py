@@ -364,7 +364,7 @@ def environment(threads: int, load_start: float) -> dict[str, str]:
     env["onnxruntime"] = _dist_version("onnxruntime")
     env["tensorflow"] = _dist_version("tensorflow-cpu", "tensorflow")
     env["ai-edge-litert"] = _dist_version("ai-edge-litert")
-    env["threads"] = f"{threads} intra-op threads for every runtime"
+    env["threads"] = f"{threads} intra-op thread{'' if threads == 1 else 's'} for every runtime"
     env["load average"] = f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (1 min)"
     return env
 
@@ -384,7 +384,7 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                 r["runtime"],
                 f"{r['size_mb']:.2f}",
                 f"{r['accuracy']:.2%}",
-                "ref" if r["format"] == "pytorch" else ("n/a" if agree is None else f"{agree:.1%}"),
+                "reference" if r["format"] == "pytorch" else ("n/a" if agree is None else f"{agree:.1%}"),
                 f"{r['p50_ms']:.2f}",
                 f"{r['p90_ms']:.2f}",
                 f"{r['images_per_s']:.0f}",
@@ -400,7 +400,7 @@ def caption(result: dict[str, Any]) -> str:
         f"{result['model']} ({result['architecture']}, {result['image_size']}px): accuracy on "
         f"{result['images']} {result['split']} images; p50/p90 of {p['latency_runs']} batch-1 calls; "
         f"images/s over {p['throughput_batches']} batches of {p['batch_size']}; "
-        f"{result['threads']} threads for every runtime"
+        f"{result['threads']} thread{'' if result['threads'] == 1 else 's'} for every runtime"
     )
 
 
