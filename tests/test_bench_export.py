@@ -78,3 +78,10 @@ def test_a_run_without_export_is_one_line_error(tmp_path: Path) -> None:
     proc = run_cli("bench", "export", str(tmp_path / "run"), "--out", str(tmp_path / "b.json"))
     one_line_error(proc, 4, "has not been exported yet", "duet export")
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.e2e
+def test_threads_below_one_are_refused_before_anything_runs(small_export: Path, tmp_path: Path) -> None:
+    proc = run_cli("bench", "export", str(small_export), "--threads", "0", "--out", str(tmp_path / "b.json"))
+    one_line_error(proc, 2, "`--threads` must be >= 1", "Received: --threads=0")
+    assert not (tmp_path / "b.json").exists()

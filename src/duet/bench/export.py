@@ -282,7 +282,7 @@ def bench_export(
     from duet.system.device import cpu_count
 
     plan = plan or Plan()
-    threads = threads or cpu_count()
+    threads = cpu_count() if threads is None else threads
     _check(plan, threads)
     load_start = os.getloadavg()[0]
     package, run = open_model(model)
