@@ -277,7 +277,7 @@ def bench_export(
         threads: intra-op threads for every runtime (default: every core this process may use).
         plan: latency runs, throughput batches and batch size (defaults: 50, 10, 32).
     """
-    from duet.exporting.exporter import _parity_samples  # the split the export gates were run on
+    from duet.exporting.exporter import validation_samples  # the split the export gates ran on
     from duet.exporting.quantize import load_pixels
     from duet.system.device import cpu_count
 
@@ -286,7 +286,7 @@ def bench_export(
     _check(plan, threads)
     load_start = os.getloadavg()[0]
     package, run = open_model(model)
-    samples, split = _parity_samples(run, data_dir)
+    samples, split = validation_samples(run, data_dir)
     log(f"decoding and cropping {len(samples)} {split} images once ({package.spec.image_size}px)")
     pixels, labels, unreadable = load_pixels(samples, package.spec)
     if not len(pixels):

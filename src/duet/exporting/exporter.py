@@ -81,7 +81,7 @@ class ExportResult:
     variants: dict[str, Any] | None = None  # model.json's "variants" (with --quantize)
 
 
-def _parity_samples(run: RunInfo, data_dir: Path | None) -> tuple[list[Sample], str]:
+def validation_samples(run: RunInfo, data_dir: Path | None) -> tuple[list[Sample], str]:
     """The validation split of the run's manifest (the test split, then the
     training split, when a run has none), with paths under ``data_dir``."""
     root = Path(data_dir) if data_dir is not None else run.data_dir
@@ -214,7 +214,7 @@ def export_run(
     dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
     if dest.exists() and not force:
         raise RunError(f"'{dest}' already exists; pass --force to replace it, or --out DIR for another folder")
-    samples, split = _parity_samples(run, data_dir)
+    samples, split = validation_samples(run, data_dir)
     spec = run.preprocess
     cpu = torch.device("cpu")
     model = load_model(run, cpu).float()
