@@ -259,3 +259,16 @@ def test_refusals_name_each_setting_that_breaks_the_guarantee(tmp_path: Path) ->
     assert "torchrun" in problem
     everything = config(mixup=0.2, class_weights="on", grad_clip=1.0, precision="bf16")
     assert len(refusals(everything, world=2)) == 5
+
+
+@pytest.mark.e2e
+def test_every_planned_step_is_counted_even_with_one_image_batches(tmp_path: Path, dp_setup: dict[str, Any]) -> None:
+    """At batch size 2 of ~63 images a quarter of the Poisson steps take one image
+    (or none): each must reach the accountant, or the ε reported is below the ε spent."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"epochs": 1, "batch_size": 2, "dp": {"epsilon": EPSILON}}))
+    proc = run_cli(*_train_args(dp_setup["data"], cfg, tmp_path / "runs", "small-batches"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    privacy = json.loads(proc.stdout)["privacy"]
+    assert privacy["steps"] == privacy["planned_steps"] > 20
+    assert EPSILON - 0.05 < privacy["epsilon"] <= EPSILON + 1e-6  # the planned steps spend the budget

@@ -284,7 +284,8 @@ class Trainer:
             x, y = self.mixup(x, y)
         # BatchNorm cannot train on a single image (the plan never makes one; load
         # failures can), and under DDP either every process steps or none does.
-        if not distributed.any_rank(dist, x.shape[0] < 2, self.device):
+        # DP-SGD (GroupNorm) trains on one image: skipping a 1-image Poisson step would not count it.
+        if not distributed.any_rank(dist, x.shape[0] < (1 if self.private is not None else 2), self.device):
             # DDP averages the processes' mean losses; weighting each by its share
             # of the global batch keeps that the global mean when shares differ.
             share = batch.labels.shape[0] * dist.world / global_size
