@@ -87,6 +87,7 @@ def test_each_format_in_its_own_runtime_matches_onnx(small_tf_run: Path) -> None
 
     tf = import_tensorflow()  # first: LiteRT may load parts of TensorFlow
     from ai_edge_litert.interpreter import Interpreter
+
     export = small_tf_run / "export"
     manifest = json.loads((export / "model.json").read_text())
     side = manifest["preprocess"]["image_size"]
