@@ -23,8 +23,6 @@ import yaml
 from helpers import one_line_error, run_cli, snapshot, write_digit_folder
 from serve_support import running_server
 
-pytest.importorskip("opacus", reason="the dp extra is not installed: pip install 'duet[dp]'")
-
 EPSILON = 8.0
 # One intra-op thread in every process, so that an interrupted run and an
 # uninterrupted one compute the same floats (see test_precision's bf16 resume test).
@@ -62,6 +60,7 @@ def _train_args(data: Path, cfg: Path, runs: Path, name: str) -> list[str]:
 def dp_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """3 digit classes at 16 px, the DP config, and one uninterrupted DP run of it
     (2 epochs of test_resnet, ε = 8) with its --json summary; shared read-only."""
+    pytest.importorskip("opacus", reason="the dp extra is not installed: pip install 'duet[dp]'")
     root = tmp_path_factory.mktemp("dp")
     data = write_digit_folder(root / "data", classes=(0, 1, 2), per_class=30, size=16)
     cfg = root / "cfg.yaml"
