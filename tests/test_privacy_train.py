@@ -178,11 +178,17 @@ def test_a_dp_run_exports_serves_and_evaluates(tmp_path: Path, dp_setup: dict[st
     assert "privacy" in (run / "export" / "MODEL_CARD.md").read_text().lower()
 
     image = next((dp_setup["data"] / "1").glob("*.png"))
-    with running_server(run, tmp_path) as server:
-        r = httpx.post(f"{server.url}/v1/predict", files=[("file", (image.name, image.read_bytes(), "image/png"))])
-        assert r.status_code == 200, r.text
-        (pred,) = r.json()["predictions"]
-        assert pred["label"] in {"0", "1", "2"} and 0 < pred["probability"] <= 1 and len(pred["top"]) == 3
+    answers = {}
+    for runtime in ("onnxruntime", "torch"):  # torch rebuilds the GroupNorm model from model.json's norm
+        with running_server(run, tmp_path, "--runtime", runtime) as server:
+            files = [("file", (image.name, image.read_bytes(), "image/png"))]
+            r = httpx.post(f"{server.url}/v1/predict", files=files)
+            assert r.status_code == 200, r.text
+            (pred,) = r.json()["predictions"]
+            assert pred["label"] in {"0", "1", "2"} and 0 < pred["probability"] <= 1 and len(pred["top"]) == 3
+            answers[runtime] = pred
+    assert answers["torch"]["label"] == answers["onnxruntime"]["label"]
+    assert abs(answers["torch"]["probability"] - answers["onnxruntime"]["probability"]) < 1e-3
 
     # The PyTorch path rebuilds the GroupNorm model from run.json (no Opacus needed).
     info = load_run(run)
