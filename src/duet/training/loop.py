@@ -76,7 +76,10 @@ def train(
         else:
             paths = RunPaths(Path(_announce(d, "")))
             manifest = read_manifest(paths.manifest, Path(config.data_dir).resolve())
-        precision = resolve_precision(config.precision, resolve_device(config.device))
+        if config.dp is not None:  # per-sample gradients in fp32 (an explicit bf16 is refused by privacy.check)
+            precision = Precision("fp32", config.precision, "fp32: differentially private training (DP-SGD)")
+        else:
+            precision = resolve_precision(config.precision, resolve_device(config.device))
         with _discard_unless_checkpointed(paths, d, log):
             if d.main:
                 write_config(paths, config.to_yaml_dict())
