@@ -68,9 +68,9 @@ def offline_lira_scores(target: np.ndarray, shadows: np.ndarray, out: np.ndarray
     ``-log P[Z >= target]`` with ``Z ~ N(mean_out, std_out)`` per example: high
     when the target is far more confident than models that did not see it.
 
-    The std is per example when it has at least ``MIN_OUT_FOR_OWN_STD`` OUT
-    shadows, else the pooled std of all examples (few samples make a per-example
-    std noisy; Carlini et al. fix the variance for small K)."""
+    The std is per example when every example has at least ``MIN_OUT_FOR_OWN_STD``
+    OUT shadows, else the pooled std of all examples for all (few samples make a
+    per-example std noisy; Carlini et al. fix the variance for small K)."""
     target = np.asarray(target, dtype=np.float64)
     shadows = np.asarray(shadows, dtype=np.float64)
     out = np.asarray(out, dtype=bool)
@@ -83,7 +83,7 @@ def offline_lira_scores(target: np.ndarray, shadows: np.ndarray, out: np.ndarray
     dev = np.where(out, shadows - mean, 0.0)
     var_own = (dev**2).sum(0) / np.maximum(counts - 1, 1)
     pooled = float((dev**2).sum() / max(int(counts.sum()) - len(counts), 1))
-    var = np.where(counts >= MIN_OUT_FOR_OWN_STD, var_own, pooled)
+    var = var_own if counts.min() >= MIN_OUT_FOR_OWN_STD else np.full_like(var_own, pooled)
     std = np.sqrt(np.maximum(var, 1e-12))
     return -norm.logsf((target - mean) / std)
 

@@ -18,7 +18,8 @@ Attacks (``duet.audit.membership``): the loss threshold, always; with
 ``shadow=K`` the offline LiRA, whose K shadow models train with the run's own
 config (including its DP-SGD settings, if any) on stratified halves of the
 non-member pool, so no shadow ever saw a member and each non-member is OUT of
-about half of them. The shadows live in a temporary folder under RUN/audit/
+one of each complementary pair; every audited image, member or not, is compared
+with as many OUT shadows. The shadows live in a temporary folder under RUN/audit/
 that is removed afterwards.
 
 The ε it reports is a *lower bound from this audit*: what these attacks prove
@@ -203,9 +204,8 @@ def _shadows(
     their confidences on the audited images (K, N), the OUT mask (K, N) and what was done."""
     base = config_from_dict(read_config(run.paths), str(run.paths.config))
     halves = _halves(audit_set.pool, k, seed)
-    position = {s.path: i for i, s in enumerate(audit_set.samples)}
+    out = _out_mask(halves, audit_set, seed)
     confs = np.zeros((k, len(audit_set.samples)))
-    out = np.ones((k, len(audit_set.samples)), dtype=bool)
     labels = np.array([s.label for s in audit_set.samples], dtype=np.int64)
     audit_dir = run.paths.root / "audit"
     audit_dir.mkdir(parents=True, exist_ok=True)
@@ -218,9 +218,6 @@ def _shadows(
             model = load_model(shadow_run, resolve_device(device))
             probs = _probs(model, shadow_run, audit_set.samples, resolve_device(device), 64, workers, False, "")
             confs[i] = membership.logit_confidence(_reorder(probs, shadow_run.labels, run.labels), labels)
-            for s in half:
-                if s.path in position:
-                    out[i, position[s.path]] = False
             shutil.rmtree(Path(tmp) / f"s{i}", ignore_errors=True)
             bar.advance(task)
     info = {
@@ -228,12 +225,37 @@ def _shadows(
         "epochs": epochs or base.epochs,
         "images_each": [len(h) for h in halves],
         "trained_on": "stratified halves of the non-member pool (val + test), complementary in pairs: "
-        "no shadow saw a member; each non-member is OUT of about half of them",
+        "no shadow saw a member; every image is scored against one shadow of each pair that never saw it",
         "dp": _shadow_dp(base),
         "seconds": round(time.perf_counter() - start, 1),
         "out_per_example": {"min": int(out.sum(0).min()), "max": int(out.sum(0).max())},
     }
     return confs, out, info
+
+
+def _out_mask(halves: list[list[Sample]], audit_set: AuditSet, seed: int) -> np.ndarray:
+    """(K, N): True where shadow k is an OUT reference for audited image n.
+
+    A non-member is OUT of the half of each complementary pair it is not in; a
+    member is OUT of every shadow, but takes one of each pair, drawn at random,
+    so both kinds are compared with as many shadows (a Gaussian fitted to more
+    samples would treat members differently from non-members). An odd last
+    shadow serves half of each kind, at random for members."""
+    k, n = len(halves), len(audit_set.samples)
+    rng = np.random.default_rng(seed + 7)
+    out = np.ones((k, n), dtype=bool)
+    position = {s.path: i for i, s in enumerate(audit_set.samples)}
+    for i, half in enumerate(halves):
+        for s in half:
+            if s.path in position:
+                out[i, position[s.path]] = False
+    members = np.flatnonzero(audit_set.member)
+    for first in range(0, k - 1, 2):
+        pick = rng.integers(0, 2, len(members))
+        out[first + 1 - pick, members] = False  # the other one of the pair is not used
+    if k % 2:
+        out[k - 1, members[rng.random(len(members)) < 0.5]] = False
+    return out
 
 
 def _shadow_dp(base: TrainConfig) -> str:
