@@ -102,21 +102,34 @@ def calibration_samples(
 
 def load_pixels(samples: Sequence[Sample], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, int]:
     """uint8 ``(N, 3, S, S)`` model inputs as the server prepares them, their labels, and the unreadable count."""
+    _, pixels, labels, unreadable = load_encoded_and_pixels(samples, spec)
+    return pixels, labels, unreadable
+
+
+def load_encoded_and_pixels(
+    samples: Sequence[Sample], spec: PreprocessSpec
+) -> tuple[list[bytes], np.ndarray, np.ndarray, int]:
+    """``load_pixels`` plus each readable image's encoded bytes (the SavedModel's
+    image-bytes signature is gated on them), every file read once."""
     from duet.data.imageio import DecodeError
     from duet.serve.images import prepare
 
+    encoded: list[bytes] = []
     pixels: list[np.ndarray] = []
     labels: list[int] = []
     unreadable = 0
     for s in samples:
         try:
-            pixels.append(prepare(s.path.read_bytes(), spec, _MAX_PIXELS, with_stats=False)[0])
-            labels.append(s.label)
+            data = s.path.read_bytes()
+            pixels.append(prepare(data, spec, _MAX_PIXELS, with_stats=False)[0])
         except (OSError, DecodeError):
             unreadable += 1
+            continue
+        encoded.append(data)
+        labels.append(s.label)
     side = spec.image_size
     stacked = np.stack(pixels) if pixels else np.zeros((0, 3, side, side), np.uint8)
-    return stacked, np.asarray(labels, np.int64), unreadable
+    return encoded, stacked, np.asarray(labels, np.int64), unreadable
 
 
 def _reader(pixels: np.ndarray) -> Any:

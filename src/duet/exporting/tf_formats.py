@@ -32,14 +32,13 @@ from duet.artifacts.model_package import (
     TFLITE_FILES,
 )
 from duet.data.contract import Sample
-from duet.data.imageio import DecodeError
 from duet.data.preprocess import PreprocessSpec
 from duet.errors import ConfigError, ModelError
 from duet.exporting import format_gate
 from duet.exporting.format_gate import FormatGate, FormatGateError
+from duet.exporting.quantize import load_encoded_and_pixels
 
 Log = Callable[[str], None]
-_MAX_PIXELS = 200_000_000  # as duet.exporting.quantize: the gate reads the run's own images
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -67,22 +66,9 @@ class GateImages:
 
     @classmethod
     def load(cls, samples: Sequence[Sample], spec: PreprocessSpec, split: str) -> GateImages:
-        from duet.serve.images import prepare
-
-        encoded: list[bytes] = []
-        crops: list[np.ndarray] = []
-        labels: list[int] = []
-        for s in samples:
-            try:
-                data = s.path.read_bytes()
-                crops.append(prepare(data, spec, _MAX_PIXELS, with_stats=False)[0])
-            except (OSError, DecodeError):
-                continue  # the ONNX parity gate already counted it as unreadable
-            encoded.append(data)
-            labels.append(s.label)
-        side = spec.image_size
-        pixels = np.stack(crops) if crops else np.zeros((0, 3, side, side), np.uint8)
-        return cls(encoded, pixels, np.asarray(labels, np.int64), split)
+        """Unreadable images are left out (the ONNX parity gate already counted them)."""
+        encoded, pixels, labels, _ = load_encoded_and_pixels(samples, spec)
+        return cls(encoded, pixels, labels, split)
 
 
 def write_tf_formats(
