@@ -140,11 +140,11 @@ def test_a_resume_keeps_the_precision_its_checkpoint_recorded() -> None:
 
 @pytest.mark.slow
 def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: Path) -> None:
-    """One intra-op thread in every process: a CI run once saw two uninterrupted
-    multi-threaded bf16 runs of one seed differ from the first epoch (never
-    reproduced here, 12 of 12 equal under load), so what this test pins is the
-    resume (RNG, schedule, optimizer, step position), not oneDNN's threading."""
-    import os
+    """Twice in CI this failed (once the uninterrupted run, once the resumed one,
+    had a skipped step): oneDNN's bf16 weight gradient of layer4's stride-2 convs
+    on a 1x1 map was not repeatable (duet.training.bf16_convs now runs them in fp32).
+    The stop lands wherever the signal does; every stop step 1-7 was checked by hand,
+    with one and two threads."""
     import signal
     import subprocess
     import sys
@@ -173,13 +173,11 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
         "5",
         "--quiet",
     ]
-    one_thread = {"OMP_NUM_THREADS": "1"}
-    assert run_cli(*common, "--name", "full", env=one_thread).returncode == 0
+    assert run_cli(*common, "--name", "full").returncode == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "duet", *common, "--name", "cut"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, **one_thread},
     )
     last = runs / "cut" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -188,7 +186,7 @@ def test_bf16_resume_after_sigterm_equals_the_uninterrupted_bf16_run(tmp_path: P
     assert last.exists(), proc.communicate()[1].decode()[-2000:]
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    resumed = run_cli("train", "--resume", str(runs / "cut"), "--quiet", env=one_thread)
+    resumed = run_cli("train", "--resume", str(runs / "cut"), "--quiet")
     assert resumed.returncode == 0 or "nothing to resume" in resumed.stderr, resumed.stderr
 
     def metrics(run: Path) -> list[tuple[float, float, float]]:
@@ -220,3 +218,49 @@ def test_a_bf16_step_with_a_finite_loss_but_an_inf_gradient_is_skipped() -> None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
     hook.remove()
     assert train_step(model, opt, x, y, precision=resolve_precision("bf16", "cpu", AVX2)).stepped
+
+
+def test_convs_smaller_than_their_stride_run_in_fp32_under_bf16_on_the_cpu() -> None:
+    """ResNet-18 at 16 px feeds layer4's stride-2 convs a 1x1 map: those two, and
+    only in bf16 on the CPU, become Fp32Conv2d; the state dict is unchanged."""
+    import torch
+
+    from duet.training.bf16_convs import Fp32Conv2d, keep_fp32_where_bf16_breaks
+    from duet.training.models import build
+
+    bf16, fp32, cpu = (
+        resolve_precision("bf16", "cpu", AVX2),
+        resolve_precision("fp32", "cpu", AVX2),
+        torch.device("cpu"),
+    )
+    model = build("resnet18", num_classes=2)
+    keys = list(model.state_dict())
+    assert keep_fp32_where_bf16_breaks(model, 16, fp32, cpu) == []
+    assert keep_fp32_where_bf16_breaks(model, 16, bf16, torch.device("cuda")) == []
+    assert keep_fp32_where_bf16_breaks(model, 64, bf16, cpu) == []
+    assert keep_fp32_where_bf16_breaks(model, 16, bf16, cpu) == ["layer4.0.conv1", "layer4.0.downsample.0"]
+    assert isinstance(model.layer4[0].conv1, Fp32Conv2d) and type(model.layer4[0].conv2) is torch.nn.Conv2d
+    assert list(model.state_dict()) == keys and model.training
+
+
+def test_a_bf16_weight_gradient_of_a_conv_smaller_than_its_stride_is_repeatable() -> None:
+    """The cause of two CI failures of the bf16 resume test: oneDNN's bf16 weight
+    gradient of a stride-2 conv on a 1x1 map read unwritten memory (273 of 300 calls
+    differed, 104 were non-finite, on this machine). Guarded, every call is equal."""
+    import torch
+
+    from duet.training.bf16_convs import keep_fp32_where_bf16_breaks
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False))
+    assert keep_fp32_where_bf16_breaks(model, 1, resolve_precision("bf16", "cpu", AVX2), torch.device("cpu"), 64)
+    x = torch.randn(8, 64, 1, 1).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for _ in range(40):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+        grads.append(model[0].weight.grad.clone())
+        torch.randn(50_000).mul_(1e30)  # dirty the allocator's memory between calls
+    assert all(torch.isfinite(g).all() and torch.equal(g, grads[0]) for g in grads)

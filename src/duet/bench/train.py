@@ -29,6 +29,7 @@ one steady step.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from duet.bench.data import Row, bench_samples, duet_epoch, environment, imagefo
 from duet.data.contract import LoaderOptions, Sample, default_workers
 from duet.data.loaders import make_loader
 from duet.data.preprocess import PreprocessSpec
+from duet.training.bf16_convs import keep_fp32_where_bf16_breaks
 from duet.training.models import build
 from duet.training.precision import Precision, autocast, resolve_precision
 from duet.training.step import train_step
@@ -108,6 +110,9 @@ def _train_steps(
 ) -> tuple[int, float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator(device="cpu").manual_seed(0)
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    keep_fp32_where_bf16_breaks(model, int(first.shape[-1]), precision, device)
 
     def step(x: torch.Tensor) -> None:
         y = torch.randint(0, num_classes, (x.shape[0],), generator=g).to(device)

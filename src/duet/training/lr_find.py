@@ -27,6 +27,7 @@ from duet.system.atomic import write_bytes_atomic, write_json_atomic
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
 from duet.training import recipe
+from duet.training.bf16_convs import keep_fp32_where_bf16_breaks
 from duet.training.config import TrainConfig
 from duet.training.precision import resolve_precision
 from duet.training.prepare import choose_backend, prepare_data, prepare_model, seed_everything, split_samples
@@ -84,6 +85,7 @@ def lr_find(
         raise DataError("lr-find needs at least 2 training images")
     loader = _loader(config, samples, batch_size, device, progress=progress)
     model = prepare_model(config, len(manifest.labels)).to(device)
+    keep_fp32_where_bf16_breaks(model, spec.image_size, precision, device)
     which = recipe.resolve(config.recipe, config.weights)
     # Probe the phase that the chosen recipe trains longest: all layers.
     groups = recipe.param_groups(

@@ -82,8 +82,9 @@ def train_step(
         raise
     if grad_clip > 0 or precision.bf16:
         # bf16 autocast can give a finite loss with non-finite gradients (measured: a
-        # test_resnet conv weight on the digits turned Inf in epoch 3); the inf-norm
-        # (max |g|) finds them without clipping anything.
+        # test_resnet conv weight on the digits turned Inf in epoch 3; the cause found
+        # was oneDNN, see duet.training.bf16_convs); the inf-norm (max |g|) finds
+        # them without clipping anything.
         norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None],
             grad_clip if grad_clip > 0 else float("inf"),

@@ -31,6 +31,7 @@ from duet.data.scan import Manifest
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
 from duet.training import checkpoint, distributed, faults, privacy, recipe
+from duet.training.bf16_convs import keep_fp32_where_bf16_breaks
 from duet.training.config import TrainConfig
 from duet.training.precision import Precision
 from duet.training.prepare import (
@@ -91,6 +92,12 @@ class Trainer:
         config, state = self.config, self.state
         self.recipe = recipe.resolve(config.recipe, config.weights)
         model = model.to(self.device)
+        fp32_convs = keep_fp32_where_bf16_breaks(model, self.spec.image_size, self.precision, self.device)
+        if fp32_convs:
+            self.log(
+                f"bf16: {len(fp32_convs)} conv(s) whose input is smaller than their stride run in fp32 "
+                f"({', '.join(fp32_convs)}): oneDNN's bf16 gradient for them is not repeatable"
+            )
         self.model = model.to(memory_format=torch.channels_last)  # every device: see train/step.py
         groups = recipe.param_groups(
             self.model,
