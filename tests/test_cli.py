@@ -159,6 +159,8 @@ def test_train_evaluate_predict_on_digits(tmp_path: Path) -> None:
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["epochs"] == 6 and saved["augment"]["hflip"] is False and saved["lr"] == 0.003
     assert (run / "profile" / "profile.json").is_file()  # `duet train` writes the drift profile after training
+    curves = run / "eval" / "curves.png"  # written by training, before any evaluate
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ev = run_cli("evaluate", str(run), "--json", "--quiet")
     assert ev.returncode == 0, ev.stderr
@@ -168,6 +170,7 @@ def test_train_evaluate_predict_on_digits(tmp_path: Path) -> None:
     assert result["metrics"]["top_k_accuracy"] == {"k": 2, "value": result["metrics"]["top_k_accuracy"]["value"]}
     md = (run / "eval" / "report.md").read_text()
     assert "## Summary (test split)" in md and "neither for training nor to choose the epoch" in md
+    assert "## Training curves" in md and "](curves.png)" in md
     val = json.loads(run_cli("evaluate", str(run), "--split", "val", "--json", "--quiet").stdout)
     assert val["split"] == "val" and "optimistic" in val["split_means"]
     # Three very different digits at the plateau: seeds 0-4 on this setup all reached

@@ -9,7 +9,8 @@ runs/<name>/
   metrics.jsonl      one line per epoch
   checkpoints/       last.pt (full state, for --resume), best.safetensors (weights only)
   profile/           the drift reference (duet.monitor.profile), written by the caller after training
-  eval/              report.json, report.md, confusion_matrix.png (duet evaluate)
+  eval/              curves.png (loss, val accuracy, lr per epoch; after training and on evaluate),
+                     report.json, report.md, confusion_matrix.png (duet evaluate)
   export/            the model folder (duet.artifacts.model_package), by default
   retrain/           comparison.json/.md when the run is a challenger (duet retrain)
 ```

@@ -30,7 +30,7 @@ import typer
 from rich.markup import escape  # messages may hold "[...]" (e.g. duet[train]): print them as text
 
 import duet
-from duet.cli import audit, bench, data, demo, evaluate, lifecycle, monitor, serve, train
+from duet.cli import audit, bench, data, demo, evaluate, lifecycle, monitor, predict, serve, train
 from duet.errors import BUG_EXIT_CODE, INTERRUPTED_EXIT_CODE, ConfigError, DuetError
 from duet.system.progress import console
 
@@ -69,7 +69,7 @@ def _main(
     _state["debug"] = debug
 
 
-for _group in (train, evaluate, data, demo, serve, bench, monitor, lifecycle, audit):
+for _group in (train, evaluate, predict, data, demo, serve, bench, monitor, lifecycle, audit):
     _group.register(app)
 
 

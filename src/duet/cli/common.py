@@ -123,3 +123,15 @@ def serve_default(field: str) -> Any:
                 raise KeyError(f"{cls.__name__}.{name} has no plain default")
             return f.default
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+# The model a command runs (duet evaluate, duet predict): the runtime follows the file.
+MODEL_ARG = typer.Argument(
+    ...,
+    help="A run folder made by `duet train` (PyTorch), its export folder (ONNX), or an exported file: model.onnx, model.int8.onnx, model*.tflite, savedmodel/<name>/1. The runtime follows the file.",
+)
+FORMAT_OPTION = typer.Option(
+    None,
+    "--format",
+    help="Run this exported format of the run's (or model folder's) export instead: onnx | onnx-int8 | savedmodel | tflite | tflite-fp16 | tflite-int8.",
+)

@@ -32,6 +32,7 @@ from duet.evaluation.inference import Exported, load_model, predict_samples
 from duet.evaluation.metrics import compute_metrics
 from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
+from duet.training.curves import write_curves
 from duet.training.precision import recorded_or
 
 SPLIT_MEANINGS = {
@@ -172,5 +173,6 @@ def evaluate(
         title=f"Evaluation of {run.paths.root.name}{f' ({exported.format})' if exported else ''} on {split_name}",
         context=context,
         misclassified=misclassified,
+        curves=write_curves(run.paths.root),
     )
     return EvalResult(metrics, files, split_name, source, len(failed), meaning, precision_used, runtime)

@@ -17,6 +17,7 @@ Nothing here computes a metric; everything reads the dict it is given.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def write_report(
     title: str,
     context: dict[str, Any] | None = None,
     misclassified: list[dict[str, Any]] | None = None,
+    curves: Path | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``confusion_matrix.png`` atomically.
 
@@ -76,6 +78,8 @@ def write_report(
             the summary heading and the confusion matrix's title.
         misclassified: rows with ``path``, ``true``, ``predicted`` and
             ``confidence``; all go to JSON, the first 20 to Markdown.
+        curves: the run's learning curves (a PNG), shown in the Markdown by its
+            path relative to ``out_dir``.
 
     Returns:
         ``{"json": path, "md": path, "png": path}``.
@@ -88,7 +92,13 @@ def write_report(
         "json": write_json_atomic(out_dir / "report.json", document),
         "md": write_text_atomic(
             out_dir / "report.md",
-            render_markdown(metrics, title=title, context=context, misclassified=misclassified),
+            render_markdown(
+                metrics,
+                title=title,
+                context=context,
+                misclassified=misclassified,
+                curves=None if curves is None else Path(os.path.relpath(curves, out_dir)).as_posix(),
+            ),
         ),
         "png": write_bytes_atomic(
             out_dir / "confusion_matrix.png", render_confusion_png(metrics, context.get("split"))
@@ -102,12 +112,15 @@ def render_markdown(
     title: str,
     context: dict[str, Any],
     misclassified: list[dict[str, Any]],
+    curves: str | None = None,
 ) -> str:
-    """The human-readable report as one Markdown string."""
+    """The human-readable report as one Markdown string (``curves``: the
+    learning curves' PNG, a path relative to the report)."""
     sections = [
         f"# {title}\n",
         _md_context(context),
         _md_headline(metrics, context.get("split")),
+        f"## Training curves\n\n![loss, validation accuracy and learning rate per epoch]({curves})\n" if curves else "",
         _md_per_class(metrics["per_class"]),
         _md_confusion(metrics["confusion_matrix"]),
         _md_most_confused(metrics["most_confused"]),

@@ -33,6 +33,7 @@ from duet.system.progress import make_progress
 from duet.training import checkpoint, distributed, faults, privacy, recipe
 from duet.training.bf16_convs import keep_fp32_where_bf16_breaks
 from duet.training.config import TrainConfig
+from duet.training.curves import write_curves
 from duet.training.precision import Precision
 from duet.training.prepare import (
     build_data,
@@ -242,6 +243,8 @@ class Trainer:
                 if self._end_epoch(*trained):
                     break  # early stop
         test = self._test_once()
+        if self.dist.main:
+            write_curves(self.paths.root)  # eval/curves.png from metrics.jsonl
         return self._result(test, time.perf_counter() - t_run)
 
     def _train_epoch(self, bar: Any, stop: dict[str, str]) -> tuple[float, int] | None:
