@@ -7,8 +7,10 @@
 2. load the runtime (ONNX Runtime on CPU, or PyTorch on CUDA);
 3. build the app: protocols (simple, KServe V2, TF Serving), /metrics, OpenAPI
    docs at /docs (Swagger UI served from the installed ``swagger-ui-bundle``
-   package, no CDN); middleware, outermost first: metrics -> shutdown guard ->
-   API key -> body limit -> content encoding (gzip/deflate bodies);
+   package, no CDN); the web page at / (``duet.serve.page``: try the model,
+   read its card from GET /v1/card, watch drift; no assets from the internet);
+   middleware, outermost first: metrics -> shutdown guard -> API key -> body
+   limit -> content encoding (gzip/deflate bodies);
 4. run uvicorn with read deadlines (``duet.serve.deadlines``: request head and
    body progress). SIGTERM/SIGINT: stop accepting connections, let in-flight
    requests finish (up to ``drain_seconds``; those still running then get 503
@@ -44,6 +46,7 @@ from duet.serve.encoding import ContentEncodingMiddleware
 from duet.serve.errors import ApiError, error_response
 from duet.serve.limits import BodyLimitMiddleware
 from duet.serve.metrics import MetricsMiddleware, ServeMetrics
+from duet.serve.page import router as page_router
 from duet.serve.protocols import kserve_v2, simple, tfserving
 from duet.serve.runtimes import Runtime, load_runtime
 from duet.serve.service import ModelService
@@ -89,6 +92,7 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     app.include_router(simple.router(service))
     app.include_router(kserve_v2.router(service))
     app.include_router(tfserving.router(service))
+    app.include_router(page_router(service))
 
     @app.get("/metrics", summary="Prometheus metrics", tags=["monitoring"])
     async def prometheus_metrics() -> Response:

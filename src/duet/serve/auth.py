@@ -4,7 +4,9 @@ The key is accepted as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``
 and compared with :func:`hmac.compare_digest` on SHA-256 digests, so the time
 taken depends neither on where the keys differ nor on their lengths. Health
 routes stay open (load balancers and orchestrators probe them without
-secrets); everything else, /metrics and the docs included, needs the key.
+secrets), and so do the web page's own files (``duet.serve.page.PAGE_PATHS``:
+the page holds no model data and asks for the key itself); everything else,
+/metrics, /docs and every route the page fetches included, needs the key.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from duet.serve.errors import error_response
+from duet.serve.page import PAGE_PATHS
 
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/healthz", "/readyz"}) | PAGE_PATHS
 
 
 def _digest(value: bytes) -> bytes:

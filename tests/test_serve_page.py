@@ -1,0 +1,232 @@
+"""The web page `duet serve` shows at /, driven in a real browser (Debian's chromium
+through Selenium and /usr/bin/chromedriver; .ci/run installs them).
+
+A real server on 127.0.0.1 serves the small export; the browser loads the page,
+uploads a validation image through the file input and reads the predicted label,
+which must be the one `duet predict` gives for the same file. With an API key the
+page must load without it, show the 401 and then succeed once the key is typed in,
+and leave no trace of the key in any storage.
+
+``DUET_UPDATE_SCREENSHOT=1`` also writes the screenshot to docs/img/serve-page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import run_cli
+from serve_support import running_server, val_files
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "serve-page.png"
+KEY = "page-test-key-0123456789abcdef"
+WAIT_S = 20
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless chromium at 1280x800 with a fresh profile; nothing is downloaded
+    (the driver path is given, so Selenium Manager never runs)."""
+    if not CHROMEDRIVER.is_file():
+        pytest.skip("no /usr/bin/chromedriver: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    viewport(driver, 1280, 800)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def viewport(driver: Any, width: int, height: int, *, mobile: bool = False) -> None:
+    """The page's viewport exactly (window-size would include the browser's own frame)."""
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+
+def wait_for(driver: Any, condition: Any, what: str) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.find_element("id", element_id).text)
+
+
+def upload(driver: Any, image: Path) -> None:
+    """Pick ``image`` with the page's file input, as a user's file dialog would."""
+    driver.find_element("id", "file").send_keys(str(image))
+
+
+def wait_for_prediction(driver: Any) -> str:
+    """The top-1 label, once the answer is on screen (the page empties it while it waits)."""
+    wait_for(
+        driver,
+        lambda d: d.find_element("id", "result").is_displayed() and text_of(d, "top1-label"),
+        "the prediction",
+    )
+    return text_of(driver, "top1-label")
+
+
+def send_directly(url: str, images: list[Path]) -> None:
+    """One multipart request with ``images`` (traffic the drift window counts)."""
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in images]
+    answer = httpx.post(url + "/v1/predict", files=files, timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
+def cli_top1(run: Path, image: Path) -> tuple[str, float]:
+    proc = run_cli("predict", str(run), str(image), "--format", "onnx", "--json", "-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.splitlines()[0])  # one file: one JSON object
+    top = (answer[0] if isinstance(answer, list) else answer)["top"][0]
+    return str(top["label"]), float(top["probability"])
+
+
+@pytest.mark.e2e
+def test_the_page_predicts_what_duet_predict_says_and_shows_card_and_drift(
+    browser: Any, small_run: Path, small_export: Path, tmp_path: Path
+) -> None:
+    image = val_files(small_run)[0][0]
+    with running_server(small_export, tmp_path, "--drift-interval", "1") as server:
+        info = httpx.get(server.url + "/v1/card", timeout=10).json()
+        assert info["labels"] == ["0", "1", "7"] and info["image_size"] == 24 and info["version"] == "1"
+        assert info["drift"] == {"on": True, "window": 500, "interval": 1.0}
+        assert info["card"] == (small_export / "MODEL_CARD.md").read_text()
+
+        browser.get(server.url + "/")
+        wait_for(browser, lambda d: text_of(d, "model-title") == "digits", "the model name from /v1/card")
+        assert text_of(browser, "model-version") == "v1"
+        card = text_of(browser, "card-text")
+        assert "Model card: digits" in card and "Intended use" in card
+        assert browser.find_elements("css selector", "#card-text table")  # the card's tables are tables
+        facts = text_of(browser, "facts")
+        assert "resnet18" in facts and "24 × 24" in facts and "0, 1, 7" in facts
+
+        upload(browser, image)
+        label = wait_for_prediction(browser)
+        cli_label, cli_probability = cli_top1(small_run, image)
+        assert label == cli_label
+        assert text_of(browser, "top1-prob") == f"{100 * cli_probability:.1f} %"
+        assert len(browser.find_elements("css selector", "#bars li")) == 3  # top-k capped at the 3 labels
+        assert "Round trip" in text_of(browser, "latency")
+
+        # the drift panel refreshes by itself: the image just sent reaches the window
+        wait_for(browser, lambda d: text_of(d, "drift-fill") == "1 / 500 images", "the drift window to fill")
+        assert text_of(browser, "drift-verdict") == "Warming up"
+        assert "predicted_class" in text_of(browser, "drift-detectors")
+        # past the detectors' 30 images: a verdict with each detector's value
+        send_directly(server.url, [f for f, _ in val_files(small_run)] * 2)
+        total = 1 + 2 * len(val_files(small_run))
+        wait_for(browser, lambda d: text_of(d, "drift-fill") == f"{total} / 500 images", "the drift verdict")
+        assert text_of(browser, "drift-verdict") in ("No drift", "Drift detected")
+        confidence = browser.find_element("xpath", "//table[@id='drift-detectors']//tr[td[1]='confidence']")
+        assert confidence.text.startswith("confidence KS D 0.") and not confidence.text.endswith("skipped")
+
+        # a server error is shown as its text, not as markup
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"<b>not a png</b>")
+        upload(browser, bad)
+        wait_for(browser, lambda d: d.find_element("id", "predict-message").is_displayed(), "the error message")
+        message = text_of(browser, "predict-message")
+        assert "400" in message and "broken.png" in message
+        assert not browser.find_elements("css selector", "#predict-message *")
+
+        # a phone's width: everything reflows into one column, nothing scrolls sideways
+        viewport(browser, 390, 844, mobile=True)
+        widths = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == 390, widths
+        viewport(browser, 1280, 800)
+
+        urls = browser.execute_script(
+            "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))"
+        )
+        assert urls and all(u.startswith(server.url + "/") for u in urls), urls
+        save_screenshot(browser, image, tmp_path)
+
+
+def test_the_card_is_shown_only_while_it_matches_model_json(tmp_path: Path) -> None:
+    """read_card: the served folder's MODEL_CARD.md, None without one or once it changed."""
+    from duet.artifacts.model_package import ModelPackage, sha256_file
+    from duet.serve.page import read_card
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card: x\n")
+    listed = ModelPackage(tmp_path, {"files": {"MODEL_CARD.md": {"sha256": sha256_file(card)}}})
+    assert read_card(listed) == "# Model card: x\n"
+    assert read_card(ModelPackage(tmp_path, {"files": {}})) is None  # an export without a card
+    card.write_text("# Model card: changed after export\n")
+    assert read_card(listed) is None
+
+
+def save_screenshot(driver: Any, image: Path, tmp_path: Path) -> None:
+    """The page with a prediction on screen, to tmp_path (and docs/img on request)."""
+    upload(driver, image)
+    wait_for(driver, lambda d: not d.find_element("id", "predict-message").is_displayed(), "the result again")
+    wait_for_prediction(driver)
+    shot = tmp_path / "serve-page.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("DUET_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+@pytest.mark.e2e
+def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_memory_only(
+    browser: Any, small_run: Path, small_export: Path, tmp_path: Path
+) -> None:
+    image = val_files(small_run)[1][0]
+    with running_server(small_export, tmp_path, env={"DUET_API_KEY": KEY}) as server:
+        for path in ("/", "/page/page.js", "/page/page.css"):  # the page's own files are open
+            assert httpx.get(server.url + path, timeout=10).status_code == 200, path
+        for path in ("/v1/card", "/v1/monitor", "/metrics"):  # what it fetches is not
+            assert httpx.get(server.url + path, timeout=10).status_code == 401, path
+        with image.open("rb") as f:
+            assert httpx.post(server.url + "/v1/predict", files={"file": f}, timeout=10).status_code == 401
+
+        browser.get(server.url + "/")
+        wait_for(browser, lambda d: d.find_element("id", "auth").is_displayed(), "the API key form")
+        assert "needs an API key" in text_of(browser, "auth-message")
+        upload(browser, image)
+        wait_for(browser, lambda d: d.find_element("id", "predict-message").is_displayed(), "the 401 message")
+        assert "Not authorised (401)" in text_of(browser, "predict-message")
+
+        browser.find_element("id", "api-key").send_keys(KEY)
+        browser.find_element("id", "api-key-use").click()
+        wait_for(browser, lambda d: text_of(d, "model-title") == "digits", "the card, with the key")
+        upload(browser, image)
+        assert wait_for_prediction(browser) == cli_top1(small_run, image)[0]
+        assert not browser.find_element("id", "predict-message").is_displayed()
+
+        stored = browser.execute_script(
+            "return [localStorage.length, sessionStorage.length, document.cookie, location.href,"
+            " document.getElementById('api-key').value]"
+        )
+        assert stored == [0, 0, "", server.url + "/", ""]
+        assert KEY not in browser.page_source
