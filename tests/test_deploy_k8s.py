@@ -163,6 +163,11 @@ def _check_serving_container(pod_spec: dict[str, Any], container: dict[str, Any]
     tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert tmp, "a read-only root filesystem needs a writable /tmp (emptyDir)"
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
+    # thread pools sized by the CPU limit, not by the node's cores
+    cpus = container["resources"]["limits"]["cpu"]
+    for flag in ("--threads", "--decode-workers"):
+        assert args[args.index(flag) + 1] == cpus, (flag, cpus)
+    assert _env(container)["OMP_NUM_THREADS"] == cpus
 
 
 def test_deployment_serves_the_mounted_export_with_the_secret_key() -> None:
