@@ -76,7 +76,9 @@ def predict(
             emit: Callable[[list[Result]], None] = appender
         else:
             emit = _json_writer(stdout) if as_json else _text_writer(stdout, model.runtime)
-        bar = stack.enter_context(_progress(not quiet and len(items) >= PROGRESS_FROM))
+        # Readable lines on a terminal are their own progress (a bar would be drawn through them).
+        lines_on_tty = output is None and not as_json and stdout.isatty()
+        bar = stack.enter_context(_progress(not quiet and not lines_on_tty and len(items) >= PROGRESS_FROM))
         task = bar.add_task("predict", total=len(items), completed=len(items) - _todo(items, done), info="")
         summary = bp.predict_files(
             model, items, emit, top=top, done=done, batch_size=batch_size, on_batch=lambda n: bar.advance(task, n)
