@@ -12,8 +12,10 @@ and leave no trace of the key in any storage.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +87,24 @@ def upload(driver: Any, image: Path) -> None:
     driver.find_element("id", "file").send_keys(str(image))
 
 
+DROP_JS = """
+const [name, b64] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, {type: "image/png"}));
+const zone = document.getElementById("drop");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+}
+"""
+
+
+def drop(driver: Any, image: Path) -> None:
+    """Drop ``image`` on the page's drop zone: the drag events a desktop drag delivers
+    (WebDriver cannot drag a file from outside the browser)."""
+    driver.execute_script(DROP_JS, image.name, base64.b64encode(image.read_bytes()).decode())
+
+
 def wait_for_prediction(driver: Any) -> str:
     """The top-1 label, once the answer is on screen (the page empties it while it waits)."""
     wait_for(
@@ -138,13 +158,18 @@ def test_the_page_predicts_what_duet_predict_says_and_shows_card_and_drift(
         assert len(browser.find_elements("css selector", "#bars li")) == 3  # top-k capped at the 3 labels
         assert "Round trip" in text_of(browser, "latency")
 
+        dropped = next(f for f, _ in val_files(small_run) if f.name != image.name)  # a new name on screen
+        drop(browser, dropped)
+        wait_for(browser, lambda d: dropped.name in text_of(d, "latency"), "the dropped image's answer")
+        assert wait_for_prediction(browser) == cli_top1(small_run, dropped)[0]
+
         # the drift panel refreshes by itself: the image just sent reaches the window
-        wait_for(browser, lambda d: text_of(d, "drift-fill") == "1 / 500 images", "the drift window to fill")
+        wait_for(browser, lambda d: text_of(d, "drift-fill") == "2 / 500 images", "the drift window to fill")
         assert text_of(browser, "drift-verdict") == "Warming up"
         assert "predicted_class" in text_of(browser, "drift-detectors")
         # past the detectors' 30 images: a verdict with each detector's value
         send_directly(server.url, [f for f, _ in val_files(small_run)] * 2)
-        total = 1 + 2 * len(val_files(small_run))
+        total = 2 + 2 * len(val_files(small_run))
         wait_for(browser, lambda d: text_of(d, "drift-fill") == f"{total} / 500 images", "the drift verdict")
         assert text_of(browser, "drift-verdict") in ("No drift", "Drift detected")
         confidence = browser.find_element("xpath", "//table[@id='drift-detectors']//tr[td[1]='confidence']")
@@ -169,6 +194,9 @@ def test_the_page_predicts_what_duet_predict_says_and_shows_card_and_drift(
             "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))"
         )
         assert urls and all(u.startswith(server.url + "/") for u in urls), urls
+        # what the page's CSP blocked leaves no resource entry, only a console error
+        blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert not blocked, blocked
         save_screenshot(browser, image, tmp_path)
 
 
@@ -184,6 +212,23 @@ def test_the_card_is_shown_only_while_it_matches_model_json(tmp_path: Path) -> N
     assert read_card(ModelPackage(tmp_path, {"files": {}})) is None  # an export without a card
     card.write_text("# Model card: changed after export\n")
     assert read_card(listed) is None
+
+
+def test_the_page_files_name_nothing_outside_the_server() -> None:
+    """No absolute URL in the shipped page (src, href, fetch, CSS url() or @import), and every
+    file the HTML loads is one the server serves."""
+    from duet.serve.page import ASSETS, HERE
+
+    served = {name for name, _ in ASSETS.values()}
+    assert {p.name for p in HERE.iterdir() if p.suffix in (".html", ".js", ".css")} == served
+    for name in served:
+        text = (HERE / name).read_text()
+        assert not re.search(r"(https?:)?//[\w.-]+\.\w", text.replace("// ", "")), name
+        assert "@import" not in text, name
+        # text goes in with textContent; the key goes nowhere but a variable
+        assert not re.search(r"\.(inner|outer)HTML\b|(local|session)Storage\.|document\.cookie", text), name
+    loaded = re.findall(r'(?:src|href)="([^"]+)"', (HERE / "index.html").read_text())
+    assert sorted(loaded) == ["data:,", "docs", "metrics", "openapi.json", "page/page.css", "page/page.js"]
 
 
 def save_screenshot(driver: Any, image: Path, tmp_path: Path) -> None:
