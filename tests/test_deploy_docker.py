@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
@@ -174,10 +174,34 @@ def _clean_venv(tmp: Path) -> Path:
     return venv
 
 
-def _substitute(value: str, mounts: dict[str, Path], port: int) -> str:
-    for image_path, local in mounts.items():
-        value = value.replace(image_path, str(local))
-    return value.replace(f":{IMAGE_PORT}/", f":{port}/") if "://" in value else value.replace(IMAGE_PORT, str(port))
+@dataclass
+class LocalRun:
+    """`docker run -v EXPORT:/models/model:ro -v KEY:/run/secrets/duet_api_key:ro -p PORT:8080 IMAGE`
+    without Docker: the image's paths mapped to folders under ``root`` and its port to ``port``."""
+
+    root: Path
+    port: int
+
+    def mounts(self, final: Stage) -> dict[str, Path]:
+        model_dir = PurePosixPath(final.exec_form("CMD")[0]).parent  # /models
+        secrets_dir = PurePosixPath(final.env()["DUET_API_KEY_FILE"]).parent  # /run/secrets
+        return {str(model_dir): self.root / "models", str(secrets_dir): self.root / "secrets"}
+
+    def word(self, final: Stage, word: str) -> str:
+        """One word of the image's command (or an ENV value) as it runs here."""
+        if word == IMAGE_PORT:
+            return str(self.port)
+        word = word.replace(f"127.0.0.1:{IMAGE_PORT}/", f"127.0.0.1:{self.port}/")
+        for image_path, local in self.mounts(final).items():
+            if word == image_path or word.startswith(image_path + "/"):
+                return str(local) + word[len(image_path) :]
+        return word
+
+    def mount(self, final: Stage, export: Path, key: str) -> None:
+        shutil.copytree(export, self.word(final, final.exec_form("CMD")[0]))
+        secret = Path(self.word(final, final.env()["DUET_API_KEY_FILE"]))
+        secret.parent.mkdir(parents=True)
+        secret.write_text(key + "\n")
 
 
 def _rss_mib(pid: int) -> float:
@@ -222,30 +246,21 @@ def test_image_command_serves_the_mounted_export_with_the_secret_key_and_no_torc
     no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, timeout=60)
     assert no_torch.returncode != 0 and b"No module named 'torch'" in no_torch.stderr
 
-    # "docker run -v export:/models/model:ro -v key:/run/secrets/duet_api_key:ro -p PORT:8080"
-    command = final.exec_form("ENTRYPOINT") + final.exec_form("CMD")
-    model_mount = Path(command[2]).parent  # /models
-    mounts = {str(model_mount): tmp_path / "models", "/run/secrets": tmp_path / "secrets"}
-    shutil.copytree(small_export, _substitute(command[2], mounts, 0))
     key = secrets.token_hex(32)
-    secret = Path(_substitute(final.env()["DUET_API_KEY_FILE"], mounts, 0))
-    secret.parent.mkdir()
-    secret.write_text(key + "\n")
-    port = free_port()
-    env = {k: _substitute(v, mounts, port) for k, v in final.env().items()}
+    run = LocalRun(tmp_path, free_port())
+    run.mount(final, small_export, key)
+    env = {k: run.word(final, v) for k, v in final.env().items()}
     env.update(PATH=f"{venv / 'bin'}:/usr/bin:/bin", HOME=str(tmp_path), DUET_CACHE_DIR=str(tmp_path / "cache"))
+    command = [run.word(final, w) for w in final.exec_form("ENTRYPOINT") + final.exec_form("CMD")]
+    health = [run.word(final, w) for w in final.healthcheck()[1]]
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [_substitute(word, mounts, port) for word in command], cwd=workdir, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{run.port}"
     try:
         _wait_ready(url, proc, log)
-        _, check = final.healthcheck()
-        health = [_substitute(word, mounts, port) for word in check]
         assert subprocess.run(health, env=env, timeout=30).returncode == 0
 
         image = val_files(small_run)[0][0]
@@ -266,8 +281,7 @@ def test_image_command_serves_the_mounted_export_with_the_secret_key_and_no_torc
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    # uvicorn re-raises the SIGTERM it handled once drained (143 in a shell; as PID 1 in a
-    # container the re-raised signal is ignored and the process exits 0).
+    # Drained, then uvicorn re-raises the SIGTERM it handled: the status of a SIGTERM (143 in a shell).
     assert code in (0, -signal.SIGTERM), log.read_text()
     assert "Finished server process" in log.read_text() and "Traceback" not in log.read_text()
     assert subprocess.run(health, env=env, capture_output=True, timeout=30).returncode != 0  # gone: unhealthy
