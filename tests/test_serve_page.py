@@ -243,11 +243,12 @@ def save_screenshot(driver: Any, image: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_memory_only(
+def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_memory_only_and_drift_off_says_so(
     browser: Any, small_run: Path, small_export: Path, tmp_path: Path
 ) -> None:
     image = val_files(small_run)[1][0]
-    with running_server(small_export, tmp_path, env={"DUET_API_KEY": KEY}) as server:
+    # --no-drift too: the drift panel must then say that monitoring is off
+    with running_server(small_export, tmp_path, "--no-drift", env={"DUET_API_KEY": KEY}) as server:
         for path in ("/", "/page/page.js", "/page/page.css"):  # the page's own files are open
             assert httpx.get(server.url + path, timeout=10).status_code == 200, path
         for path in ("/v1/card", "/v1/monitor", "/metrics"):  # what it fetches is not
@@ -265,6 +266,9 @@ def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_memory_only(
         browser.find_element("id", "api-key").send_keys(KEY)
         browser.find_element("id", "api-key-use").click()
         wait_for(browser, lambda d: text_of(d, "model-title") == "digits", "the card, with the key")
+        wait_for(browser, lambda d: text_of(d, "drift-verdict") == "Drift monitoring is off", "the drift panel")
+        assert "--no-drift" in text_of(browser, "drift-sentence")
+        assert not browser.find_element("id", "drift-detectors").is_displayed()
         upload(browser, image)
         assert wait_for_prediction(browser) == cli_top1(small_run, image)[0]
         assert not browser.find_element("id", "predict-message").is_displayed()
