@@ -187,7 +187,7 @@ def test_train_evaluate_predict_on_digits(tmp_path: Path) -> None:
     bad.write_text("not an image")
     pr = run_cli("predict", str(run), str(sample), str(bad), "--json", "-k", "2")
     _assert_one_line_error(pr, 3, "1 of 2 files could not be read")  # the readable one is still answered
-    out = json.loads(pr.stdout)
+    out = [json.loads(line) for line in pr.stdout.splitlines()]  # JSON lines
     assert len(out[0]["top"]) == 2 and abs(sum(t["probability"] for t in out[0]["top"]) - 1) < 0.2
     assert "error" in out[1]
 

@@ -173,7 +173,7 @@ def test_3_unusable_data_and_unreadable_files_given_to_predict(trained: Path, di
     good = next((digits / "1").glob("*.png"))
     proc = run_cli("predict", str(trained), str(good), str(bad), "--json")
     one_line_error(proc, 3, "1 of 2 files could not be read")
-    results = json.loads(proc.stdout)  # the readable file is still answered
+    results = [json.loads(line) for line in proc.stdout.splitlines()]  # the readable file is still answered
     assert "top" in results[0] and "error" in results[1]
 
 

@@ -106,7 +106,7 @@ def test_predict_with_a_tflite_file_gives_the_onnx_top1(run: Path, export: Path)
     by_tflite = run_cli("predict", str(export / "model.tflite"), *files, "--json", "-k", "1")
     for proc in (by_onnx, by_tflite):
         assert proc.returncode == 0, proc.stderr
-    onnx, tflite = json.loads(by_onnx.stdout), json.loads(by_tflite.stdout)
+    onnx, tflite = ([json.loads(line) for line in p.stdout.splitlines()] for p in (by_onnx, by_tflite))
     assert [r["top"][0]["label"] for r in tflite] == [r["top"][0]["label"] for r in onnx]
     assert tflite[0]["runtime"] == f"tflite on tflite ({export / 'model.tflite'})"
     assert onnx[0]["runtime"].startswith("onnx on onnxruntime")

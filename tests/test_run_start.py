@@ -185,7 +185,7 @@ def test_predict_takes_a_folder_recursively_images_only_sorted(vit_run: Path, da
     (folder / ".hidden" / "x.png").write_bytes(sources[0].read_bytes())
     proc = run_cli("predict", str(vit_run), str(folder), "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
-    files = [r["file"] for r in json.loads(proc.stdout)]
+    files = [json.loads(line)["file"] for line in proc.stdout.splitlines()]
     assert files == [str(folder / "a.PNG"), str(folder / "b" / "deep" / "a.png"), str(folder / "z.png")]
 
 
