@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from helpers import run_cli
-from serve_support import running_server, val_files
+from serve_support import Server, running_server, val_files
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -130,74 +130,114 @@ def cli_top1(run: Path, image: Path) -> tuple[str, float]:
     return str(top["label"]), float(top["probability"])
 
 
+@pytest.fixture(scope="module")
+def served(small_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server, no API key, a drift verdict every second, for the page tests below."""
+    with running_server(small_export, tmp_path_factory.mktemp("page-serve"), "--drift-interval", "1") as server:
+        yield server
+
+
+@pytest.fixture
+def page(browser: Any, served: Server) -> Any:
+    """The browser on a freshly loaded page, once /v1/card has filled it in."""
+    browser.get(served.url + "/")
+    wait_for(browser, lambda d: text_of(d, "model-title") == "digits", "the model name from /v1/card")
+    return browser
+
+
+def window_count(driver: Any) -> int | None:
+    """Images in the drift window, as the page shows it (None before the first verdict)."""
+    match = re.fullmatch(r"(\d+) / 500 images", text_of(driver, "drift-fill"))
+    return int(match.group(1)) if match else None
+
+
 @pytest.mark.e2e
-def test_the_page_predicts_what_duet_predict_says_and_shows_card_and_drift(
-    browser: Any, small_run: Path, small_export: Path, tmp_path: Path
-) -> None:
+def test_the_card_route_describes_the_served_model(served: Server, small_export: Path) -> None:
+    info = httpx.get(served.url + "/v1/card", timeout=10).json()
+    assert info["labels"] == ["0", "1", "7"] and info["image_size"] == 24 and info["version"] == "1"
+    assert info["drift"] == {"on": True, "window": 500, "interval": 1.0}
+    assert info["card"] == (small_export / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.e2e
+def test_the_page_shows_the_model_and_its_card_and_loads_nothing_from_outside(page: Any, served: Server) -> None:
+    assert text_of(page, "model-version") == "v1"
+    card = text_of(page, "card-text")
+    assert "Model card: digits" in card and "Intended use" in card
+    assert page.find_elements("css selector", "#card-text table")  # the card's tables are tables
+    facts = text_of(page, "facts")
+    assert "resnet18" in facts and "24 × 24" in facts and "0, 1, 7" in facts
+    links = {a.text: a.get_attribute("href") for a in page.find_elements("css selector", "nav a")}
+    assert links["API docs"] == served.url + "/docs" and links["Metrics"] == served.url + "/metrics"
+
+    urls = page.execute_script(
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))"
+    )
+    assert len(urls) >= 4 and all(u.startswith(served.url + "/") for u in urls), urls
+    # what the page's CSP blocked leaves no resource entry, only a console error
+    blocked = [e["message"] for e in page.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not blocked, blocked
+
+
+@pytest.mark.e2e
+def test_a_picked_image_gets_the_label_and_probability_duet_predict_gives(page: Any, small_run: Path) -> None:
     image = val_files(small_run)[0][0]
-    with running_server(small_export, tmp_path, "--drift-interval", "1") as server:
-        info = httpx.get(server.url + "/v1/card", timeout=10).json()
-        assert info["labels"] == ["0", "1", "7"] and info["image_size"] == 24 and info["version"] == "1"
-        assert info["drift"] == {"on": True, "window": 500, "interval": 1.0}
-        assert info["card"] == (small_export / "MODEL_CARD.md").read_text()
+    upload(page, image)
+    label = wait_for_prediction(page)
+    cli_label, cli_probability = cli_top1(small_run, image)
+    assert label == cli_label
+    assert text_of(page, "top1-prob") == f"{100 * cli_probability:.1f} %"
+    assert len(page.find_elements("css selector", "#bars li")) == 3  # top-k capped at the 3 labels
+    assert "Round trip" in text_of(page, "latency") and image.name in text_of(page, "latency")
 
-        browser.get(server.url + "/")
-        wait_for(browser, lambda d: text_of(d, "model-title") == "digits", "the model name from /v1/card")
-        assert text_of(browser, "model-version") == "v1"
-        card = text_of(browser, "card-text")
-        assert "Model card: digits" in card and "Intended use" in card
-        assert browser.find_elements("css selector", "#card-text table")  # the card's tables are tables
-        facts = text_of(browser, "facts")
-        assert "resnet18" in facts and "24 × 24" in facts and "0, 1, 7" in facts
 
-        upload(browser, image)
-        label = wait_for_prediction(browser)
-        cli_label, cli_probability = cli_top1(small_run, image)
-        assert label == cli_label
-        assert text_of(browser, "top1-prob") == f"{100 * cli_probability:.1f} %"
-        assert len(browser.find_elements("css selector", "#bars li")) == 3  # top-k capped at the 3 labels
-        assert "Round trip" in text_of(browser, "latency")
+@pytest.mark.e2e
+def test_a_dropped_image_gets_the_label_duet_predict_gives(page: Any, small_run: Path) -> None:
+    image = val_files(small_run)[2][0]
+    drop(page, image)
+    wait_for(page, lambda d: image.name in text_of(d, "latency"), "the dropped image's answer")
+    assert wait_for_prediction(page) == cli_top1(small_run, image)[0]
 
-        dropped = next(f for f, _ in val_files(small_run) if f.name != image.name)  # a new name on screen
-        drop(browser, dropped)
-        wait_for(browser, lambda d: dropped.name in text_of(d, "latency"), "the dropped image's answer")
-        assert wait_for_prediction(browser) == cli_top1(small_run, dropped)[0]
 
-        # the drift panel refreshes by itself: the image just sent reaches the window
-        wait_for(browser, lambda d: text_of(d, "drift-fill") == "2 / 500 images", "the drift window to fill")
-        assert text_of(browser, "drift-verdict") == "Warming up"
-        assert "predicted_class" in text_of(browser, "drift-detectors")
-        # past the detectors' 30 images: a verdict with each detector's value
-        send_directly(server.url, [f for f, _ in val_files(small_run)] * 2)
-        total = 2 + 2 * len(val_files(small_run))
-        wait_for(browser, lambda d: text_of(d, "drift-fill") == f"{total} / 500 images", "the drift verdict")
-        assert text_of(browser, "drift-verdict") in ("No drift", "Drift detected")
-        confidence = browser.find_element("xpath", "//table[@id='drift-detectors']//tr[td[1]='confidence']")
-        assert confidence.text.startswith("confidence KS D 0.") and not confidence.text.endswith("skipped")
+@pytest.mark.e2e
+def test_the_drift_panel_follows_the_window_to_a_verdict(
+    page: Any, served: Server, small_run: Path, tmp_path: Path
+) -> None:
+    wait_for(page, lambda d: window_count(d) is not None, "the first drift verdict on the page")
+    before = window_count(page)
+    assert before is not None
+    if before < 30:  # each detector needs 30 images
+        assert text_of(page, "drift-verdict") == "Warming up"
+    images = [f for f, _ in val_files(small_run)] * 2
+    send_directly(served.url, images)
+    # the panel asks again by itself: no reload
+    wait_for(page, lambda d: (window_count(d) or 0) >= before + len(images), "the drift window to fill")
+    wait_for(page, lambda d: text_of(d, "drift-verdict") in ("No drift", "Drift detected"), "a verdict")
+    confidence = page.find_element("xpath", "//table[@id='drift-detectors']//tr[td[1]='confidence']")
+    assert confidence.text.startswith("confidence KS D 0.") and not confidence.text.endswith("skipped")
+    save_screenshot(page, val_files(small_run)[0][0], tmp_path)
 
-        # a server error is shown as its text, not as markup
-        bad = tmp_path / "broken.png"
-        bad.write_bytes(b"<b>not a png</b>")
-        upload(browser, bad)
-        wait_for(browser, lambda d: d.find_element("id", "predict-message").is_displayed(), "the error message")
-        message = text_of(browser, "predict-message")
-        assert "400" in message and "broken.png" in message
-        assert not browser.find_elements("css selector", "#predict-message *")
 
-        # a phone's width: everything reflows into one column, nothing scrolls sideways
-        viewport(browser, 390, 844, mobile=True)
-        widths = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
-        assert widths[0] <= widths[1] == 390, widths
-        viewport(browser, 1280, 800)
+@pytest.mark.e2e
+def test_a_refused_image_shows_the_server_error_as_text(page: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"<b>not a png</b>")
+    upload(page, bad)
+    wait_for(page, lambda d: d.find_element("id", "predict-message").is_displayed(), "the error message")
+    message = text_of(page, "predict-message")
+    assert "400" in message and "broken.png" in message
+    assert not page.find_elements("css selector", "#predict-message *")  # text, no markup
+    assert not page.find_element("id", "result").is_displayed()
 
-        urls = browser.execute_script(
-            "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))"
-        )
-        assert urls and all(u.startswith(server.url + "/") for u in urls), urls
-        # what the page's CSP blocked leaves no resource entry, only a console error
-        blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
-        assert not blocked, blocked
-        save_screenshot(browser, image, tmp_path)
+
+@pytest.mark.e2e
+def test_the_page_fits_a_phone_width(page: Any) -> None:
+    viewport(page, 390, 844, mobile=True)
+    try:
+        widths = page.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == 390, widths  # one column, nothing scrolls sideways
+    finally:
+        viewport(page, 1280, 800)
 
 
 def test_the_card_is_shown_only_while_it_matches_model_json(tmp_path: Path) -> None:
@@ -234,7 +274,6 @@ def test_the_page_files_name_nothing_outside_the_server() -> None:
 def save_screenshot(driver: Any, image: Path, tmp_path: Path) -> None:
     """The page with a prediction on screen, to tmp_path (and docs/img on request)."""
     upload(driver, image)
-    wait_for(driver, lambda d: not d.find_element("id", "predict-message").is_displayed(), "the result again")
     wait_for_prediction(driver)
     shot = tmp_path / "serve-page.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
