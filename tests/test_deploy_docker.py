@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import run_cli
+from helpers import run_cli, snapshot
 from serve_support import free_port, val_files
 
 ROOT = Path(__file__).parents[1]
@@ -250,11 +250,15 @@ def test_image_command_serves_the_mounted_export_with_the_secret_key_and_no_torc
     run = LocalRun(tmp_path, free_port())
     run.mount(final, small_export, key)
     env = {k: run.word(final, v) for k, v in final.env().items()}
-    env.update(PATH=f"{venv / 'bin'}:/usr/bin:/bin", HOME=str(tmp_path), DUET_CACHE_DIR=str(tmp_path / "cache"))
+    # The image's home (/nonexistent) and WORKDIR, empty here: the pod's root filesystem is read-only.
+    home, workdir = tmp_path / "home", tmp_path / "workdir"
+    home.mkdir()
+    workdir.mkdir()
+    env.update(PATH=f"{venv / 'bin'}:/usr/bin:/bin", HOME=str(home))
     command = [run.word(final, w) for w in final.exec_form("ENTRYPOINT") + final.exec_form("CMD")]
     health = [run.word(final, w) for w in final.healthcheck()[1]]
-    workdir = tmp_path / "workdir"
-    workdir.mkdir()
+    model = Path(command[2])
+    before = snapshot(model)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=out)
@@ -285,3 +289,5 @@ def test_image_command_serves_the_mounted_export_with_the_secret_key_and_no_torc
     assert code in (0, -signal.SIGTERM), log.read_text()
     assert "Finished server process" in log.read_text() and "Traceback" not in log.read_text()
     assert subprocess.run(health, env=env, capture_output=True, timeout=30).returncode != 0  # gone: unhealthy
+    assert not any(home.iterdir()) and not any(workdir.iterdir()), "the server wrote outside /tmp"
+    assert snapshot(model) == before
