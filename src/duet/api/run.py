@@ -175,10 +175,11 @@ def train(
         written = build_data_folder(data, val, Path(config.out) / f"{name}.data", value_range=value_range)
         say(f"data: written as a folder at {written}")
         config = config.model_copy(update={"data_dir": written, "name": name})
+    from duet.tracking import sink_for
     from duet.training.loop import train as train_run  # torch: only once the settings are known good
 
     try:
-        result = train_run(config, progress=progress, log=say)
+        result = train_run(config, progress=progress, log=say, tracker=sink_for(config.track, config.out))
     except BaseException:
         # A run that could not start leaves no folder (duet.training.loop); nor does its data.
         if written is not None and not (Path(config.out) / str(config.name)).exists():
@@ -208,10 +209,11 @@ def _write_profile(run_dir: Path, device: str, progress: bool, log: Log) -> None
 def resume(run: PathLike, *, epochs: int | None = None, progress: bool = True, log: Log | None = print) -> Run:
     """Continue an interrupted run from its last checkpoint (``duet train --resume``);
     ``epochs``: a new total, to train a finished run longer. Writes the drift profile if missing."""
+    from duet.tracking import sink_for_run
     from duet.training.loop import resume as resume_run
 
     say = log or _quiet
-    result = resume_run(Path(run), epochs=epochs, progress=progress, log=say)
+    result = resume_run(Path(run), epochs=epochs, progress=progress, log=say, tracker=sink_for_run(Path(run)))
     device = str(read_config(RunPaths(result.run_dir)).get("device", "auto"))
     _write_profile(result.run_dir, device, progress, say)
     return Run(result.run_dir, result=result)
@@ -233,9 +235,12 @@ def evaluate(
     ``duet.evaluation.evaluate.evaluate``. Returns its ``EvalResult``
     (``.metrics["accuracy"]``, ``.files``, ``.split``)."""
     from duet.evaluation.evaluate import evaluate as evaluate_run
+    from duet.tracking.stages import log_evaluation
 
     folder = Path(data) if data is not None else None
-    return evaluate_run(Path(run), data_dir=folder, split=split, device=device, progress=progress, **options)
+    res = evaluate_run(Path(run), data_dir=folder, split=split, device=device, progress=progress, **options)
+    log_evaluation(Path(run), res.files, res.metrics, res.split)  # when the run was tracked with MLflow
+    return res
 
 
 def export(
@@ -248,9 +253,12 @@ def export(
     of ``duet.exporting.exporter.export_run``. Returns its ``ExportResult``
     (``.export_dir``); ``duet.load(result.export_dir)`` opens it."""
     from duet.exporting.exporter import export_run
+    from duet.tracking.stages import log_export
 
     folder = Path(out) if out is not None else None
-    return export_run(Path(run), out_dir=folder, progress=progress, log=log or _quiet, **options)
+    res = export_run(Path(run), out_dir=folder, progress=progress, log=log or _quiet, **options)
+    log_export(Path(run), res.export_dir)  # the ONNX model into the run's MLflow run, when it was tracked
+    return res
 
 
 def drift(run_or_export: PathLike, folder: PathLike, *, progress: bool = True, **options: Any) -> DriftResult:

@@ -41,6 +41,9 @@ def evaluate(
         progress=not quiet,
         precision=precision,
     )
+    from duet.tracking.stages import log_evaluation
+
+    log_evaluation(run, res.files, res.metrics, res.split)  # into the run's MLflow run, when it was tracked
     if as_json:
         print_json(
             {

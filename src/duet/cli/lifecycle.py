@@ -32,6 +32,13 @@ def _registry(path: Path):
     return Registry(path)
 
 
+def _mirror(reg: Any) -> None:
+    """The MLflow Model Registry follows the champion (alias `champion`) when it was tracked."""
+    from duet.tracking.mirror import mirror_champion
+
+    mirror_champion(reg)
+
+
 @registry_app.command("list")
 def registry_list(
     registry: Path = typer.Option(Path("registry"), "--registry", envvar="DUET_REGISTRY", help=REGISTRY_HELP),
@@ -100,6 +107,7 @@ def registry_promote(
     """
     reg = _registry(registry)
     pointer = reg.promote(ref, reason=reason or "promoted by hand", force=force)
+    _mirror(reg)
     version = reg.get(pointer.version)
     if version.unfinished:
         stderr_log(False)(
@@ -126,6 +134,7 @@ def registry_rollback(
     reg = _registry(registry)
     before = reg.champion_pointer()
     pointer = reg.rollback(to=to, reason=reason)
+    _mirror(reg)
     version = reg.get(pointer.version)
     if as_json:
         print_json(

@@ -94,6 +94,9 @@ def export(
         progress=not (quiet or as_json),
         log=stderr_log(quiet or as_json),
     )
+    from duet.tracking.stages import log_export
+
+    log_export(run, res.export_dir)  # the ONNX model into the run's MLflow run, when it was tracked
     p = res.parity
     summary = {
         "export": str(res.export_dir),

@@ -83,6 +83,12 @@ _TRAIN_DP_EPSILON = typer.Option(
     min=0.01,
     help="Train with differential privacy (DP-SGD, the dp extra): the total privacy budget ε; noise is calibrated to spend it over the planned epochs. δ and the clip norm: `dp:` in --config (docs/privacy.md).",
 )
+_TRAIN_TRACK = typer.Option(
+    None,
+    "--track",
+    help="none | mlflow | tensorboard. mlflow: params, per-epoch metrics and files to MLFLOW_TRACKING_URI, else sqlite <out>/mlflow.db (docs/tracking.md); tensorboard: RUN/tensorboard/. "
+    + train_default("track"),
+)
 _TRAIN_CACHE_DIR = typer.Option(
     None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
 )
@@ -109,6 +115,7 @@ def train(
     patience: int | None = _TRAIN_PATIENCE,
     dp_epsilon: float | None = _TRAIN_DP_EPSILON,
     data_backend: str | None = _TRAIN_DATA_BACKEND,
+    track: str | None = _TRAIN_TRACK,
     cache_dir: Path | None = _TRAIN_CACHE_DIR,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
     name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
@@ -134,10 +141,11 @@ def train(
                 f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
                 f"only --epochs can change. Remove: {' '.join(ignored)}"
             )
+        from duet.tracking import sink_for_run
         from duet.training.loop import resume as resume_run
 
         try:
-            result = resume_run(resume, epochs=epochs, progress=not quiet, log=log)
+            result = resume_run(resume, epochs=epochs, progress=not quiet, log=log, tracker=sink_for_run(resume))
         except RunFinished as finished:
             # A run killed after its last checkpoint may lack its profile: write it, then say "finished".
             if os.environ.get("RANK", "0") == "0":
@@ -150,9 +158,10 @@ def train(
         from duet.system.netprobe import start_for_hub_weights
 
         start_for_hub_weights(cfg.model, cfg.weights)  # answers while torch and timm import (~4 s)
+        from duet.tracking import sink_for
         from duet.training.loop import train as train_run
 
-        result = train_run(cfg, progress=not quiet, log=log)
+        result = train_run(cfg, progress=not quiet, log=log, tracker=sink_for(cfg.track, cfg.out))
         device_used, workers_used = cfg.device, (None if cfg.workers < 0 else cfg.workers)  # None: one per core
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes the profile and reports
@@ -181,6 +190,7 @@ _CONFIG_KEYS = [
     "recipe",
     "ema",
     "patience",
+    "track",
 ]
 
 
@@ -200,6 +210,8 @@ def _train_config(flags: dict[str, Any]) -> TrainConfig:
 
 def _report_train(result: TrainResult, as_json: bool) -> None:
     """The one-screen summary of a finished (or resumed) run, or its JSON."""
+    from duet.tracking import summary_line
+
     summary = {
         "run": str(result.run_dir),
         "best_val_accuracy": result.best_val_accuracy,  # chose the epoch: optimistic
@@ -217,6 +229,7 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
         "last_epoch": result.last,
         "precision": result.precision,
         "privacy": _privacy(result),
+        "tracking": summary_line(result.run_dir),
     }
     if as_json:
         print_json(summary)
@@ -251,6 +264,9 @@ def _report_train(result: TrainResult, as_json: bool) -> None:
         t.add_row("event", event)
     if result.stopped_early:
         t.add_row("early stop", f"no improvement for the patience window; best epoch {result.best_epoch}")
+    tracking = summary_line(result.run_dir)
+    if tracking:
+        t.add_row("tracking", escape(tracking))
     t.add_row("next", f"duet evaluate {result.run_dir}")
     out.print(t)
 

@@ -258,7 +258,9 @@ def retrain(
     overrides = {"epochs": epochs, "lr": lr, "device": device, "workers": workers}
     config = _challenger_config(champion.paths.root, merge, out, name, overrides)
     log(f"training challenger {out / name} warm-started from {champion.paths.best}")
-    challenger_dir = Path(train(config, progress=progress, log=log).run_dir)
+    from duet.tracking import sink_for
+
+    challenger_dir = Path(train(config, progress=progress, log=log, tracker=sink_for(config.track, out)).run_dir)
     run_workers = config.workers if config.workers >= 0 else None
     # Training writes no drift profile; the challenger gets one as any trained run does.
     ensure_profile(challenger_dir, device=config.device, workers=run_workers, progress=progress, log=log)
@@ -407,6 +409,9 @@ def _register_and_promote(
         challenger_dir, parent=champion_version, note="challenger; passed the gate", gate=gate_record
     )
     registry.promote(version.version, reason="; ".join(comparison.reasons))
+    from duet.tracking.mirror import mirror_champion
+
+    mirror_champion(registry)  # MLflow's alias `champion` follows, when the challenger was tracked
     return version.version, ""
 
 
@@ -429,7 +434,10 @@ def _export(run_dir: Path, *, progress: bool, log: Log) -> str:
     from duet.exporting.exporter import export_run
 
     try:
-        export_run(run_dir, progress=progress, log=log)
+        res = export_run(run_dir, progress=progress, log=log)
     except DuetError as e:
         return f"its export failed ({e.message})"
+    from duet.tracking.stages import log_export
+
+    log_export(run_dir, res.export_dir)
     return ""

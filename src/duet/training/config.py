@@ -133,6 +133,9 @@ class TrainConfig(BaseModel):
     name: str | None = None
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
     dp: DPConfig | None = Field(None, description="DP-SGD: {epsilon, delta, max_grad_norm} (None = off)")
+    track: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="experiment tracking: mlflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db) | tensorboard"
+    )
 
     @field_validator("name")
     @classmethod

@@ -47,19 +47,25 @@ from duet.training.models import check_source
 from duet.training.precision import Precision, resolve_precision
 from duet.training.prepare import prepare_data, prepare_model
 from duet.training.records import catch_up_run_info, run_info
-from duet.training.state import Log, LoopState, TrainResult, silent
+from duet.training.state import Log, LoopState, Tracker, TrainResult, silent
 from duet.training.trainer import Trainer
 
-__all__ = ["FaultPlan", "Log", "LoopState", "TrainResult", "resume", "resumed_precision", "train"]
+__all__ = ["FaultPlan", "Log", "LoopState", "Tracker", "TrainResult", "resume", "resumed_precision", "train"]
 
 
 def train(
-    config: TrainConfig, *, progress: bool = True, log: Log = print, faults: FaultPlan | None = None
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    log: Log = print,
+    faults: FaultPlan | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train a new run from ``config``; returns when all epochs are done.
 
     ``faults``: for tests only, steps at which to inject NaN inputs or an
-    out-of-memory error (``duet.training.faults``).
+    out-of-memory error (``duet.training.faults``). ``tracker``: where rank 0
+    reports the run as it trains (``duet.tracking.sink_for``; None = nowhere).
 
     Under torchrun, rank 0 scans, creates the run folder and writes every file;
     the other ranks wait for it and read the same manifest."""
@@ -98,6 +104,7 @@ def train(
                 progress=progress and d.main,
                 log=log if d.main else silent,
                 fault_plan=faults,
+                tracker=tracker,
             )
             return trainer.fit()
     finally:
@@ -111,6 +118,7 @@ def resume(
     progress: bool = True,
     log: Log = print,
     faults: FaultPlan | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Continue an interrupted run from its last checkpoint (mid-epoch included).
 
@@ -120,7 +128,8 @@ def resume(
     (the LR continues as a run planned for that many epochs would have it at
     this step), so a resumed run equals an uninterrupted one only when the
     total is unchanged. The change is written to config.yaml and, as an event,
-    to run.json. ``faults``: as for ``train``."""
+    to run.json. ``faults``, ``tracker``: as for ``train`` (a tracker continues the run's
+    own tracked run)."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise RunError(f"run folder '{paths.root}' does not exist")
@@ -156,6 +165,7 @@ def resume(
             progress=progress and d.main,
             log=log if d.main else silent,
             fault_plan=faults,
+            tracker=tracker,
         )
         trainer.resume_from(state)
         return trainer.fit()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 Log = Callable[[str], None]
 
@@ -61,3 +61,18 @@ class TrainResult:
     test: dict[str, Any] = field(default_factory=dict)
     # The forward-pass precision and why: {"name", "requested", "reason"} (duet.training.precision).
     precision: dict[str, str] = field(default_factory=dict)
+
+
+class Tracker(Protocol):
+    """Where a run reports as it trains (an experiment tracker: ``duet.tracking``).
+
+    Called by rank 0 only: ``start`` before the first epoch (``resumed`` for
+    ``--resume``), ``epoch`` with each metrics.jsonl row once it is written, and
+    ``end`` with the result. Training never imports a tracker's library; a sink
+    that fails must not raise (it warns and stops tracking)."""
+
+    def start(self, run_dir: Path, config: dict[str, Any], resumed: bool) -> None: ...
+
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+    def end(self, result: TrainResult) -> None: ...

@@ -45,7 +45,7 @@ from duet.training.prepare import (
 )
 from duet.training.records import append_metrics, best_record, epoch_line, keep_metrics_until, run_info
 from duet.training.schedule import warmup_cosine
-from duet.training.state import Log, LoopState, TrainResult
+from duet.training.state import Log, LoopState, Tracker, TrainResult
 from duet.training.step import LossFn, StepResult, cross_entropy, train_step
 from duet.training.validation import validate, validate_empty
 
@@ -65,8 +65,10 @@ class Trainer:
         log: Log,
         model: torch.nn.Module | None = None,
         fault_plan: faults.FaultPlan | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.config, self.manifest, self.paths = config, manifest, paths
+        self.tracker, self.resumed = tracker, False  # rank 0 reports to the tracker (duet.tracking)
         self.dist, self.precision, self.progress, self.log = dist, precision, progress, log
         self.spec = config.preprocess()
         self.device = distributed.device_for(dist, resolve_device(config.device))
@@ -209,6 +211,7 @@ class Trainer:
     def resume_from(self, saved: dict[str, Any]) -> None:
         """Continue from a last.pt (mid-epoch included); drops metrics of epochs it will redo."""
         self.restore(saved)
+        self.resumed = True
         if saved.get("config", {}).get("epochs") != self.config.epochs:
             self.reapply_lr()  # --resume --epochs: the schedule's new plan applies from this step
         if self.dist.main:
@@ -234,6 +237,8 @@ class Trainer:
                 f"recipe finetune: head only for {config.freeze_epochs} epoch(s), then all layers "
                 f"(layer decay {config.layer_decay})"
             )
+        if self.tracker is not None and self.dist.main:
+            self.tracker.start(self.paths.root, self.config.to_yaml_dict(), self.resumed)
         t_run = time.perf_counter()
         with make_progress(self.progress) as bar, faults.stop_signals() as stop:
             while state.epoch <= config.epochs:
@@ -245,7 +250,10 @@ class Trainer:
         test = self._test_once()
         if self.dist.main:
             write_curves(self.paths.root)  # eval/curves.png from metrics.jsonl
-        return self._result(test, time.perf_counter() - t_run)
+        result = self._result(test, time.perf_counter() - t_run)
+        if self.tracker is not None and self.dist.main:
+            self.tracker.end(result)
+        return result
 
     def _train_epoch(self, bar: Any, stop: dict[str, str]) -> tuple[float, int] | None:
         """The rest of the current epoch's batches. Returns (seconds, images trained),
@@ -353,6 +361,8 @@ class Trainer:
         improved = self._track_best(row.get("val_accuracy"))
         if dist.main:
             append_metrics(self.paths.metrics, row)
+            if self.tracker is not None:
+                self.tracker.epoch(row)
         state.epoch += 1
         state.step_in_epoch, state.loss_sum, state.seen = 0, 0.0, 0
         state.epoch_failures = state.epoch_bad_steps = 0

@@ -1,0 +1,111 @@
+"""Later stages of a tracked run, logged into the same MLflow run (found from RUN/tracking.json).
+
+``log_evaluation``: report.json, report.md, confusion_matrix.png and the
+numeric metrics (``eval_<split>_<name>``; ``eval_<format>_<split>_<name>``
+for an exported format). ``log_export``: model.onnx with MLflow's ONNX flavour
+(a signature and an input example taken from model.json: uint8 NCHW pixels
+in, logits and probabilities out) and MODEL_CARD.md; the logged model's URI
+is written to tracking.json for the registry mirror. A run without
+tracking.json is left alone; a failure warns once and the command goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from duet.tracking.mlflow_sink import numeric, open_client
+from duet.tracking.store import Warner, find_run_dir, read_tracking, store_of, write_tracking
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def _tracked(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The tracked run folder ``path`` belongs to and its tracking.json, or None."""
+    run_dir = find_run_dir(path)
+    doc = read_tracking(run_dir) if run_dir is not None else None
+    return (run_dir, doc) if run_dir is not None and doc is not None else None
+
+
+def _client(doc: dict[str, Any]) -> MlflowClient:
+    store = store_of(doc)
+    if store is None:
+        raise RuntimeError("the run was tracked in MLFLOW_TRACKING_URI, which is not set now")
+    return open_client(store.uri)
+
+
+def log_evaluation(target: Path, files: dict[str, Path], metrics: dict[str, Any], split: str) -> None:
+    """After ``duet evaluate``: the report files and metrics into the run's MLflow run."""
+    found = _tracked(target)
+    if found is not None:
+        Warner("MLflow tracking of the evaluation").guard(lambda: _log_evaluation(*found, files, metrics, split))
+
+
+def _log_evaluation(
+    run_dir: Path, doc: dict[str, Any], files: dict[str, Path], metrics: dict[str, Any], split: str
+) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    client, run_id = _client(doc), str(doc["run_id"])
+    report_dir = Path(files["json"]).resolve().parent
+    rel = report_dir.relative_to(run_dir) if report_dir.is_relative_to(run_dir) else Path("eval")
+    prefix = "_".join(["eval", *rel.parts[1:], split]) + "_"  # eval/int8 -> eval_int8_test_
+    now = int(time.time() * 1000)
+    values = [Metric(prefix + k, v, now, 0) for k, v in numeric(metrics).items()]
+    client.log_batch(run_id, metrics=values)
+    for path in files.values():
+        if Path(path).is_file():
+            client.log_artifact(run_id, str(path), rel.as_posix())
+
+
+def log_export(run_dir: Path, export_dir: Path) -> None:
+    """After ``duet export``: the ONNX model (with signature and input example) and the model card."""
+    found = _tracked(run_dir)
+    if found is not None:
+        Warner("MLflow tracking of the export").guard(lambda: _log_export(*found, Path(export_dir)))
+
+
+def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
+    import mlflow
+    import onnx
+
+    manifest = json.loads((export_dir / "model.json").read_text(encoding="utf-8"))
+    signature, example = _signature(manifest)
+    client, run_id = _client(doc), str(doc["run_id"])  # also the fluent API's store
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(export_dir / "model.onnx")),
+            name="model",
+            signature=signature,
+            input_example=example,
+            save_as_external_data=False,
+        )
+    card = export_dir / "MODEL_CARD.md"
+    if card.is_file():
+        client.log_artifact(run_id, str(card))
+    client.log_artifact(run_id, str(export_dir / "model.json"), "export")
+    write_tracking(run_dir, {**_without_schema(doc), "model_uri": info.model_uri, "model_id": info.model_id})
+
+
+def _signature(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """model.json's inputs/outputs as an MLflow tensor signature, and a mid-grey input example."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    dtypes: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("uint8"), "FP32": np.dtype("float32")}
+
+    def schema(entries: list[dict[str, Any]]) -> Schema:
+        return Schema([TensorSpec(dtypes[e["datatype"]], tuple(e["shape"]), e["name"]) for e in entries])
+
+    first = manifest["inputs"][0]
+    example = np.full([1, *first["shape"][1:]], 128, dtype=np.uint8)
+    return ModelSignature(inputs=schema(manifest["inputs"]), outputs=schema(manifest["outputs"])), example
+
+
+def _without_schema(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "schema"}
