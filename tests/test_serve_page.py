@@ -231,6 +231,23 @@ def test_a_refused_image_shows_the_server_error_as_text(page: Any, tmp_path: Pat
 
 
 @pytest.mark.e2e
+def test_every_input_has_a_label_and_the_file_picker_is_reached_with_tab(page: Any) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    unlabelled = page.execute_script(
+        "return [...document.querySelectorAll('input')].filter(i => i.labels.length === 0).map(i => i.id)"
+    )
+    assert unlabelled == []
+    reached = []
+    for _ in range(8):  # the header's links first, then the drop zone's file input
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        reached.append(page.execute_script("return document.activeElement.id || document.activeElement.textContent"))
+    assert "file" in reached and "top-k" in reached, reached
+    assert reached.index("file") < reached.index("top-k")
+
+
+@pytest.mark.e2e
 def test_the_page_fits_a_phone_width(page: Any) -> None:
     viewport(page, 390, 844, mobile=True)
     try:
