@@ -235,7 +235,7 @@ def test_memory_request_is_documented_with_the_measured_idle_rss() -> None:
     of test_deploy_docker.py, which asserts the idle RSS stays under the request)."""
     doc = (ROOT / "docs" / "deploy.md").read_text()
     request = _container(one("Deployment")["spec"]["template"]["spec"], "duet")["resources"]["requests"]["memory"]
-    stated = re.search(r"measured\s+idle RSS \((\d+) MiB\)", doc)
+    stated = re.search(r"measured\s+idle RSS \((\d+) MiB", doc)
     assert stated and request in doc, "docs/deploy.md#sizing states the measured idle RSS and the request"
     assert int(stated.group(1)) < int(request.removesuffix("Mi"))
 
