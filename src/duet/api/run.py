@@ -239,7 +239,7 @@ def evaluate(
 
     folder = Path(data) if data is not None else None
     res = evaluate_run(Path(run), data_dir=folder, split=split, device=device, progress=progress, **options)
-    log_evaluation(Path(run), res.files, res.metrics, res.split)  # when the run was tracked with MLflow
+    log_evaluation(res.files, res.metrics, res.split)  # when the run was tracked with MLflow
     return res
 
 

@@ -43,7 +43,7 @@ def evaluate(
     )
     from duet.tracking.stages import log_evaluation
 
-    log_evaluation(run, res.files, res.metrics, res.split)  # into the run's MLflow run, when it was tracked
+    log_evaluation(res.files, res.metrics, res.split)  # into the run's MLflow run, when it was tracked
     if as_json:
         print_json(
             {

@@ -3,15 +3,16 @@
 ``log_evaluation``: report.json, report.md, confusion_matrix.png and the
 numeric metrics (``eval_<split>_<name>``; ``eval_<format>_<split>_<name>``
 for an exported format). ``log_export``: model.onnx with MLflow's ONNX flavour
-(a signature and an input example taken from model.json: uint8 NCHW pixels
-in, logits and probabilities out) and MODEL_CARD.md; the logged model's URI
+(a signature and an input example taken from the graph: uint8 NCHW pixels
+in; logits, probabilities and the drift features out) and MODEL_CARD.md; the logged model's URI
 is written to tracking.json for the registry mirror. A run without
 tracking.json is left alone; a failure warns once and the command goes on.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,10 @@ def _client(doc: dict[str, Any]) -> MlflowClient:
     return open_client(store.uri)
 
 
-def log_evaluation(target: Path, files: dict[str, Path], metrics: dict[str, Any], split: str) -> None:
-    """After ``duet evaluate``: the report files and metrics into the run's MLflow run."""
-    found = _tracked(target)
+def log_evaluation(files: dict[str, Path], metrics: dict[str, Any], split: str) -> None:
+    """After ``duet evaluate`` (of a run, its export or an exported file): the report files and
+    metrics into the run's MLflow run, found from the report's folder (RUN/eval/...)."""
+    found = _tracked(Path(files["json"]).parent)
     if found is not None:
         Warner("MLflow tracking of the evaluation").guard(lambda: _log_evaluation(*found, files, metrics, split))
 
@@ -52,8 +54,8 @@ def _log_evaluation(
 
     client, run_id = _client(doc), str(doc["run_id"])
     report_dir = Path(files["json"]).resolve().parent
-    rel = report_dir.relative_to(run_dir) if report_dir.is_relative_to(run_dir) else Path("eval")
-    prefix = "_".join(["eval", *rel.parts[1:], split]) + "_"  # eval/int8 -> eval_int8_test_
+    rel = report_dir.relative_to(run_dir.resolve())
+    prefix = "_".join(["eval", *rel.parts[1:], split]) + "_"  # eval/onnx -> eval_onnx_test_
     now = int(time.time() * 1000)
     values = [Metric(prefix + k, v, now, 0) for k, v in numeric(metrics).items()]
     client.log_batch(run_id, metrics=values)
@@ -73,12 +75,16 @@ def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
     import mlflow
     import onnx
 
-    manifest = json.loads((export_dir / "model.json").read_text(encoding="utf-8"))
-    signature, example = _signature(manifest)
+    model = onnx.load(str(export_dir / "model.onnx"))
+    signature, example = _signature(model)
     client, run_id = _client(doc), str(doc["run_id"])  # also the fluent API's store
-    with mlflow.start_run(run_id=run_id):
+    onnx_log = logging.getLogger("mlflow.onnx")
+    level = onnx_log.level  # its check of the input example warns that this host lacks CUDA: noise here
+    onnx_log.setLevel(logging.ERROR)
+    with mlflow.start_run(run_id=run_id), contextlib.ExitStack() as restore:
+        restore.callback(onnx_log.setLevel, level)
         info = mlflow.onnx.log_model(
-            onnx.load(str(export_dir / "model.onnx")),
+            model,
             name="model",
             signature=signature,
             input_example=example,
@@ -91,20 +97,23 @@ def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
     write_tracking(run_dir, {**_without_schema(doc), "model_uri": info.model_uri, "model_id": info.model_id})
 
 
-def _signature(manifest: dict[str, Any]) -> tuple[Any, Any]:
-    """model.json's inputs/outputs as an MLflow tensor signature, and a mid-grey input example."""
+def _signature(model: Any) -> tuple[Any, Any]:
+    """The ONNX graph's own inputs and outputs (model.json's, plus the drift ``features``) as an
+    MLflow tensor signature, and a mid-grey uint8 input example of the input's shape."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
+    from onnx.helper import tensor_dtype_to_np_dtype
 
-    dtypes: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("uint8"), "FP32": np.dtype("float32")}
+    def spec(value: Any) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)), shape, value.name)
 
-    def schema(entries: list[dict[str, Any]]) -> Schema:
-        return Schema([TensorSpec(dtypes[e["datatype"]], tuple(e["shape"]), e["name"]) for e in entries])
-
-    first = manifest["inputs"][0]
-    example = np.full([1, *first["shape"][1:]], 128, dtype=np.uint8)
-    return ModelSignature(inputs=schema(manifest["inputs"]), outputs=schema(manifest["outputs"])), example
+    inputs: list[Any] = [spec(v) for v in model.graph.input]
+    outputs: list[Any] = [spec(v) for v in model.graph.output]
+    example = np.full([1, *inputs[0].shape[1:]], 128, dtype=inputs[0].type)
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs)), example
 
 
 def _without_schema(doc: dict[str, Any]) -> dict[str, Any]:
