@@ -123,3 +123,10 @@ def test_a_rejected_api_key_is_not_echoed_in_the_error(tmp_path: Path) -> None:
     secret_file.write_text(f"  {key}\n")
     assert api_key_from_env({"DUET_API_KEY_FILE": str(secret_file)}) == key  # whitespace stripped
     assert api_key_from_env({}) is None
+    # an empty variable is unset (so `docker run -e DUET_API_KEY_FILE=` clears the image's default) ...
+    assert api_key_from_env({"DUET_API_KEY_FILE": "", "DUET_API_KEY": ""}) is None
+    assert api_key_from_env({"DUET_API_KEY_FILE": "", "DUET_API_KEY": key}) == key
+    # ... but an empty key file is an error, not "no key"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        api_key_from_env({"DUET_API_KEY_FILE": str(tmp_path / "empty")})

@@ -12,7 +12,9 @@ The Python API (documented in docs/python_api.md), the same stages as the CLI::
 
 Every public name is loaded lazily on first use: ``import duet`` imports
 neither torch nor TensorFlow and changes no process setting (thread counts and
-the like are the CLI's business, ``duet.system.process.tune_process``).
+the like are the CLI's business, ``duet.system.process.tune_process``), but
+two safety defaults: ONNX Runtime's telemetry off unless ``ORT_DISABLE_TELEMETRY``
+is set, and triton blocked when TensorFlow came first (both in duet.system.process).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from duet.system.process import guard_triton
+from duet.system.process import guard_triton, no_onnxruntime_telemetry
 
 __version__ = "0.1.0"
 
@@ -53,3 +55,4 @@ def __dir__() -> list[str]:
 
 
 guard_triton()  # TensorFlow imported first would make torch's triton segfault: see duet/system/process.py
+no_onnxruntime_telemetry()  # before onnxruntime initializes: see duet/system/process.py

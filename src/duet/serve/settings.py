@@ -126,9 +126,12 @@ def is_loopback(host: str) -> bool:
 
 def api_key_from_env(environ: Mapping[str, str]) -> str | None:
     """The API key from ``DUET_API_KEY`` or the file named by ``DUET_API_KEY_FILE``
-    (surrounding whitespace stripped); None when neither is set."""
-    value = environ.get(API_KEY_ENV)
-    path = environ.get(API_KEY_FILE_ENV)
+    (surrounding whitespace stripped); None when neither is set. A variable set
+    to the empty string counts as unset, so ``docker run -e DUET_API_KEY_FILE=``
+    can clear the serving image's default (a non-loopback bind without a key
+    still needs --insecure); an empty key *file* is an error."""
+    value = environ.get(API_KEY_ENV) or None
+    path = environ.get(API_KEY_FILE_ENV) or None
     if value is not None and path is not None:
         raise ConfigError(f"both {API_KEY_ENV} and {API_KEY_FILE_ENV} are set; keep one")
     if path is not None:

@@ -75,3 +75,22 @@ def guard_triton(modules: MutableMapping[str, Any] = sys.modules) -> bool:
         stacklevel=2,
     )
     return True
+
+
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def no_onnxruntime_telemetry(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Turn ONNX Runtime's telemetry off for this process unless the user chose.
+
+    onnxruntime 1.32's Linux wheels record trace events for upload to Microsoft,
+    with a persistent device id and a SQLite queue (measured: 1.1 MB under
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` after one session). A
+    model server should not phone home or write to HOME by default; its
+    Privacy.md says ``ORT_DISABLE_TELEMETRY=1`` before it initializes prevents
+    the uploader, the events and the id. Set ``ORT_DISABLE_TELEMETRY=0`` to keep
+    it on. Returns whether this call set it."""
+    if ORT_TELEMETRY_ENV in environ:
+        return False
+    environ[ORT_TELEMETRY_ENV] = "1"
+    return True
