@@ -168,6 +168,37 @@ def test_python_api_and_tensorboard_scalars(tmp_path: Path) -> None:
     assert not (run.path / "tracking.json").exists()
 
 
+def test_python_api_with_the_users_store_and_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """duet.train(track="mlflow") under MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME: the run goes
+    there, and tracking.json does not write the user's URI down (it could hold credentials)."""
+    from mlflow import MlflowClient
+
+    import duet
+
+    uri = f"sqlite:///{tmp_path / 'team.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "pets")
+    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=16, size=16)
+    run = duet.train(
+        data,
+        epochs=1,
+        image_size=16,
+        workers=0,
+        device="cpu",
+        out=tmp_path / "runs",
+        name="u",
+        track="mlflow",
+        progress=False,
+        log=None,
+    )
+    doc = json.loads((run.path / "tracking.json").read_text())
+    assert "tracking_uri" not in doc and uri not in (run.path / "tracking.json").read_text()
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment(doc["experiment_id"]).name == "pets"
+    assert [m.step for m in client.get_metric_history(doc["run_id"], "val_accuracy")] == [1]
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from duet.artifacts.registry import Registry
 from duet.tracking.mlflow_sink import open_client
-from duet.tracking.store import Warner, read_tracking, store_of
+from duet.tracking.store import Warner, read_tracking, tracked_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,10 +51,7 @@ def mirror_champion(registry: Registry) -> str | None:
 
 
 def _mirror(registry: Registry, version: str, doc: dict[str, Any]) -> str:
-    store = store_of(doc)
-    if store is None:
-        raise RuntimeError("the run was tracked in MLFLOW_TRACKING_URI, which is not set now")
-    client = open_client(store.uri)
+    client = open_client(tracked_store(doc).uri)
     name = model_name(registry)
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description=f"mirrors duet registry {registry.root.resolve()}")

@@ -29,7 +29,7 @@ from duet.tracking.store import (
     read_tracking,
     record,
     store_for,
-    store_of,
+    tracked_store,
     write_tracking,
 )
 from duet.training.state import TrainResult
@@ -79,6 +79,11 @@ def numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl row's numbers but the epoch (the step they are logged at)."""
+    return numeric({k: v for k, v in row.items() if k != "epoch"})
+
+
 def run_fingerprint(run_dir: Path, data_dir: str) -> str:
     """The data fingerprint of the run's manifest, as ``duet export`` writes it in model.json."""
     usable = read_manifest(RunPaths(run_dir).manifest, Path(data_dir)).usable()
@@ -102,10 +107,7 @@ class MlflowSink:
         self.run_dir = run_dir
         doc = read_tracking(run_dir) if resumed else None
         if doc is not None:
-            store = store_of(doc)
-            if store is None:
-                raise RuntimeError("the run was tracked in MLFLOW_TRACKING_URI, which is not set now")
-            self.client, self.run_id = open_client(store.uri), str(doc["run_id"])
+            self.client, self.run_id = open_client(tracked_store(doc).uri), str(doc["run_id"])
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, "duet.resumed", "true")
             # New weights: the model logged by an earlier export no longer matches them.
@@ -126,9 +128,7 @@ class MlflowSink:
             client.log_batch(self.run_id, params=params[i : i + 100], tags=tags if i == 0 else [])
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.warn.guard(
-            lambda: self._log_metrics(numeric({k: v for k, v in row.items() if k != "epoch"}), row["epoch"])
-        )
+        self.warn.guard(lambda: self._log_metrics(epoch_metrics(row), row["epoch"]))
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         if self.client is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from duet.tracking.mlflow_sink import numeric, open_client
-from duet.tracking.store import Warner, find_run_dir, read_tracking, store_of, write_tracking
+from duet.tracking.store import Warner, find_run_dir, read_tracking, tracked_store, write_tracking
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,10 +31,7 @@ def _tracked(path: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def _client(doc: dict[str, Any]) -> MlflowClient:
-    store = store_of(doc)
-    if store is None:
-        raise RuntimeError("the run was tracked in MLFLOW_TRACKING_URI, which is not set now")
-    return open_client(store.uri)
+    return open_client(tracked_store(doc).uri)
 
 
 def log_evaluation(files: dict[str, Path], metrics: dict[str, Any], split: str) -> None:

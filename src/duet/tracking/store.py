@@ -80,13 +80,15 @@ def record(store: Store, run_id: str, experiment_id: str) -> dict[str, Any]:
     return doc
 
 
-def store_of(doc: dict[str, Any]) -> Store | None:
-    """The store a tracked run lives in: the one written down, else ``MLFLOW_TRACKING_URI``
-    (None when neither: the user's store was not written and is not set now)."""
+def tracked_store(doc: dict[str, Any]) -> Store:
+    """The store a tracked run lives in: the one written down (the default), else
+    ``MLFLOW_TRACKING_URI``; raises when that is not set now (the user's URI is never written)."""
     if doc.get("tracking_uri"):
         return Store(str(doc["tracking_uri"]), True)
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return Store(uri, False) if uri else None
+    if not uri:
+        raise RuntimeError("the run was tracked in the store MLFLOW_TRACKING_URI named, and it is not set now")
+    return Store(uri, False)
 
 
 def find_run_dir(path: Path) -> Path | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from duet.errors import DuetError
 from duet.system.tensorflow_import import import_tensorflow
-from duet.tracking.mlflow_sink import numeric
+from duet.tracking.mlflow_sink import epoch_metrics, numeric
 from duet.tracking.store import Warner
 from duet.training.state import TrainResult
 
@@ -42,7 +42,7 @@ class TensorBoardSink:
         self.writer = SummaryWriter(log_dir=str(run_dir / FOLDER))
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.warn.guard(lambda: self._scalars(numeric({k: v for k, v in row.items() if k != "epoch"}), row["epoch"]))
+        self.warn.guard(lambda: self._scalars(epoch_metrics(row), row["epoch"]))
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
