@@ -103,8 +103,8 @@ def find_run_dir(path: Path) -> Path | None:
 class Warner:
     """One line on stderr, once: a tracking failure is reported, never raised."""
 
-    def __init__(self, what: str) -> None:
-        self.what, self.warned = what, False
+    def __init__(self, what: str, extra: str = "mlflow") -> None:
+        self.what, self.extra, self.warned = what, extra, False  # extra: the pip extra that installs it
 
     def guard(self, call: Callable[[], None]) -> None:
         """Run ``call`` unless a failure already turned tracking off; a failure warns and turns it off."""
@@ -120,7 +120,11 @@ class Warner:
             return
         self.warned = True
         first = redact((str(error).strip().splitlines() or [type(error).__name__])[0][:300])
-        print(f"warning: {self.what} failed, continuing without it: {type(error).__name__}: {first}", file=sys.stderr)
+        hint = f" (pip install 'duet[{self.extra}]')" if isinstance(error, ImportError) else ""
+        print(
+            f"warning: {self.what} failed, continuing without it: {type(error).__name__}: {first}{hint}",
+            file=sys.stderr,
+        )
 
 
 def redact(text: str) -> str:

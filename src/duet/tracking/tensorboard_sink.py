@@ -25,7 +25,7 @@ class TensorBoardSink:
     """A ``duet.training.state.Tracker`` writing TensorBoard event files."""
 
     def __init__(self) -> None:
-        self.warn = Warner("TensorBoard tracking")
+        self.warn = Warner("TensorBoard tracking", extra="tensorboard")
         self.writer: Any = None
 
     def start(self, run_dir: Path, config: dict[str, Any], resumed: bool) -> None:
