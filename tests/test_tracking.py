@@ -176,6 +176,7 @@ def test_python_api_with_the_users_store_and_experiment(tmp_path: Path, monkeypa
     import duet
 
     uri = f"sqlite:///{tmp_path / 'team.db'}"
+    monkeypatch.chdir(tmp_path)  # a user's SQLite store keeps MLflow's default artifact root: ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "pets")
     data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=16, size=16)
@@ -197,6 +198,7 @@ def test_python_api_with_the_users_store_and_experiment(tmp_path: Path, monkeypa
     assert client.get_experiment(doc["experiment_id"]).name == "pets"
     assert [m.step for m in client.get_metric_history(doc["run_id"], "val_accuracy")] == [1]
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+    assert any((tmp_path / "mlruns").rglob("run.json"))  # MLflow's own default, in the cwd: docs/tracking.md
 
 
 def _closed_port() -> int:
