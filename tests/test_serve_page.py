@@ -7,7 +7,8 @@ which must be the one `duet predict` gives for the same file. With an API key th
 page must load without it, show the 401 and then succeed once the key is typed in,
 and leave no trace of the key in any storage.
 
-``DUET_UPDATE_SCREENSHOT=1`` also writes the screenshot to docs/img/serve-page.png.
+``DUET_UPDATE_SCREENSHOT=1`` also writes the screenshot to docs/img/serve-page-test.png
+(docs/img/serve-page.png, in docs/serving.md, is the demo model's page, taken by hand).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from serve_support import Server, running_server, val_files
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "serve-page.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "serve-page-test.png"
 KEY = "page-test-key-0123456789abcdef"
 WAIT_S = 20
 
