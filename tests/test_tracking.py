@@ -241,3 +241,38 @@ def test_unreachable_store_warns_once_and_training_finishes(tmp_path: Path) -> N
         and (run / "checkpoints" / "best.safetensors").is_file()
     )
     assert not (run / "tracking.json").exists() and not (out / "mlflow.db").exists()
+
+
+def test_a_run_stopped_by_sigterm_shows_killed_then_finished_after_resume(tmp_path: Path) -> None:
+    """Not RUNNING forever: SIGTERM (checkpoint written, resumable) marks the MLflow run
+    KILLED; `duet train --resume` reopens the same run and finishes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=40, size=16)
+    out = tmp_path / "runs"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"epochs": 3, "checkpoint_every": 1, "batch_size": 4}))
+    cmd = [sys.executable, "-m", "duet", "train", str(data), "--config", str(cfg), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--name", "cut", "--track", "mlflow", "--quiet", *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=tmp_path,
+    )
+    run = out / "cut"
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    run_id = json.loads((run / "tracking.json").read_text())["run_id"]
+    assert _client(out).get_run(run_id).info.status == "KILLED"
+    _ok(run_cli("train", "--resume", str(run), "--quiet", cwd=tmp_path))
+    assert _client(out).get_run(run_id).info.status == "FINISHED"

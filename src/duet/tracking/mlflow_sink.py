@@ -154,3 +154,11 @@ class MlflowSink:
         if curves.is_file():
             self.client.log_artifact(self.run_id, str(curves), "eval")
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def stopped(self, status: str) -> None:
+        """Training ended without a result: the run shows KILLED (resumable) or FAILED, not RUNNING."""
+        self.warn.guard(lambda: self._terminate(status))
+
+    def _terminate(self, status: str) -> None:
+        if self.client is not None:
+            self.client.set_terminated(self.run_id, status)

@@ -56,3 +56,8 @@ class TensorBoardSink:
         self.warn.guard(lambda: self._scalars(summary, result.best_epoch))
         if self.writer is not None:
             self.warn.guard(self.writer.close)
+
+    def stopped(self, status: str) -> None:
+        """Training ended without a result: flush and close what was written."""
+        if self.writer is not None:
+            self.warn.guard(self.writer.close)

@@ -68,11 +68,15 @@ class Tracker(Protocol):
 
     Called by rank 0 only: ``start`` before the first epoch (``resumed`` for
     ``--resume``), ``epoch`` with each metrics.jsonl row once it is written, and
-    ``end`` with the result. Training never imports a tracker's library; a sink
-    that fails must not raise (it warns and stops tracking)."""
+    ``end`` with the result, or ``stopped`` when training ends without one
+    (``"KILLED"``: SIGINT/SIGTERM, checkpoint written, resumable; ``"FAILED"``:
+    an error). Training never imports a tracker's library; a sink that fails
+    must not raise (it warns and stops tracking)."""
 
     def start(self, run_dir: Path, config: dict[str, Any], resumed: bool) -> None: ...
 
     def epoch(self, row: dict[str, Any]) -> None: ...
 
     def end(self, result: TrainResult) -> None: ...
+
+    def stopped(self, status: str) -> None: ...

@@ -28,6 +28,7 @@ from duet.artifacts.run_dir import RunPaths, write_info
 from duet.data import augment, contract
 from duet.data.contract import Batch, rank_slice
 from duet.data.scan import Manifest
+from duet.errors import Interrupted
 from duet.system.device import resolve_device
 from duet.system.progress import make_progress
 from duet.training import checkpoint, distributed, faults, privacy, recipe
@@ -240,13 +241,18 @@ class Trainer:
         if self.tracker is not None and self.dist.main:
             self.tracker.start(self.paths.root, self.config.to_yaml_dict(), self.resumed)
         t_run = time.perf_counter()
-        with make_progress(self.progress) as bar, faults.stop_signals() as stop:
-            while state.epoch <= config.epochs:
-                trained = self._train_epoch(bar, stop)
-                if trained is None:
-                    continue  # rolled back: carry on from the restored checkpoint
-                if self._end_epoch(*trained):
-                    break  # early stop
+        try:
+            with make_progress(self.progress) as bar, faults.stop_signals() as stop:
+                while state.epoch <= config.epochs:
+                    trained = self._train_epoch(bar, stop)
+                    if trained is None:
+                        continue  # rolled back: carry on from the restored checkpoint
+                    if self._end_epoch(*trained):
+                        break  # early stop
+        except BaseException as e:
+            if self.tracker is not None and self.dist.main:
+                self.tracker.stopped("KILLED" if isinstance(e, Interrupted | KeyboardInterrupt) else "FAILED")
+            raise
         test = self._test_once()
         if self.dist.main:
             write_curves(self.paths.root)  # eval/curves.png from metrics.jsonl
