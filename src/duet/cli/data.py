@@ -1,17 +1,25 @@
-"""`duet scan`: a data folder checked without training (classes, split, every file skipped and why)."""
+"""`duet scan`: a data folder (or a table file) checked without training (classes, split or
+columns, every file or row skipped and why)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from duet.cli.common import DefaultsFromConfig, out, print_json, train_config_default, train_default
+from duet.errors import ConfigError
 
 
 def scan(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    data_dir: Path = typer.Argument(
+        ..., help="Folder with one sub-folder per class, or a table file (.csv, .tsv, .parquet) with --target."
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="A table file's label column (required for a .csv/.tsv/.parquet file)."
+    ),
     val_split: float | None = typer.Option(None, "--val-split", help="As for train. " + train_default("val_split")),
     test_split: float | None = typer.Option(
         None,
@@ -22,7 +30,22 @@ def scan(
     as_json: bool = typer.Option(False, "--json", help="Print the data report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Check a data folder without training: classes, split, and every file skipped and why."""
+    """Check a data folder without training: classes, split, and every file skipped and why.
+
+    A table file (.csv, .tsv, .parquet) is checked per column instead: inferred kind,
+    missing rate, cardinality, what will be done; warnings for ID-like and constant
+    columns, leakage, duplicates and conflicting labels; every row skipped and why."""
+    from duet.data.tabular.read import is_table_file
+
+    if is_table_file(data_dir):
+        if target is None:
+            raise ConfigError(f"--target is required for a table file: duet scan {data_dir} --target <label column>")
+        _scan_table(data_dir, target, as_json)
+        return
+    if target is not None:
+        raise ConfigError(
+            "--target is for a table file (.csv, .tsv, .parquet); a data folder's classes are its folders"
+        )
     from duet.data.scan import data_report, require_trainable
     from duet.data.scan import scan as scan_dir
     from duet.data.split import TEST_MIN_PER_CLASS, assign_splits
@@ -55,6 +78,66 @@ def scan(
         if len(report["skipped"]) > 20:
             out.print(f"  ... and {len(report['skipped']) - 20} more (use --json)")
     require_trainable(manifest)
+
+
+SHOWN_COLUMNS = 40
+SHOWN_ROWS = 20
+
+
+def _scan_table(path: Path, target: str, as_json: bool) -> None:
+    """`duet scan data.csv --target label`: the table report, then an error if it cannot be trained on."""
+    from duet.data.tabular.checks import require_trainable_table, table_report
+    from duet.data.tabular.read import read_table
+
+    data = read_table(path, target)
+    report = table_report(data)
+    if as_json:
+        print_json(report)
+    else:
+        _print_table_report(report)
+    require_trainable_table(data)
+
+
+def _print_table_report(report: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
+    t = Table(title=f"{report['source']} (target '{report['target']}': {counts})")
+    t.add_column("column")
+    t.add_column("kind")
+    t.add_column("missing", justify="right")
+    t.add_column("distinct", justify="right")
+    t.add_column("what will be done", overflow="fold")
+    for c in report["columns"][:SHOWN_COLUMNS]:
+        t.add_row(c["name"], c["kind"], f"{100 * c['missing_rate']:.1f}%", str(c["distinct"]), c["action"])
+    out.print(t)
+    more = len(report["columns"]) - SHOWN_COLUMNS
+    if more > 0:
+        out.print(f"... and {more} more columns (use --json)")
+    unit = report["unit"]
+    out.print(
+        f"{report['num_rows']} usable of {report['num_records']} rows, {report['num_features']} feature columns; "
+        f"{len(report['skipped'])} {unit}s skipped, {report['duplicates']['count']} duplicates, "
+        f"{report['conflicts']['count']} conflicts"
+    )
+    _print_capped([f"warning: {w['message']}" for w in report["warnings"]])
+    _print_capped([f"  skipped {unit} {s['line']}: {s['reason']}" for s in report["skipped"]])
+    dups, conflicts = report["duplicates"], report["conflicts"]
+    _print_capped([f"  {unit} {d['line']} repeats {unit} {d['same_as']}" for d in dups["shown"]], dups["count"])
+    _print_capped(
+        [
+            f"  {unit}s {', '.join(map(str, c['lines']))}: same features, targets {', '.join(c['labels'])}"
+            for c in conflicts["shown"]
+        ],
+        conflicts["count"],
+    )
+
+
+def _print_capped(lines: list[str], total: int | None = None) -> None:
+    """The first SHOWN_ROWS of ``lines``, then how many more there are (``total``: the whole count)."""
+    total = len(lines) if total is None else total
+    for line in lines[:SHOWN_ROWS]:
+        out.print(line, highlight=False, markup=False)
+    if total > SHOWN_ROWS:
+        out.print(f"  ... and {total - SHOWN_ROWS} more (use --json)")
 
 
 def register(app: typer.Typer) -> None:
