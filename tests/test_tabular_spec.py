@@ -245,3 +245,38 @@ def test_keras_string_lookup_order_is_the_native_order(tf_spec) -> None:  # type
     table["colour"] = np.array(["b", "a", "c", "a", "b"], dtype=object)
     keras = tf_spec.fit_spec_keras(table, schema)
     assert keras.categorical[0].tokens == ("b", "a", "c") == fit_spec(table, schema).categorical[0].tokens
+
+
+def test_onnx_label_encoder_reproduces_the_ids() -> None:
+    """The id map is what the exported graph can hold: ONNX-ML LabelEncoder, string -> int64 with a default."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    table, schema = unicode_table(seed=6)
+    spec = fit_spec(table, schema)
+    city = spec.categorical[0]
+    encoder = helper.make_node(
+        "LabelEncoder",
+        ["city"],
+        ["ids"],
+        domain="ai.onnx.ml",
+        keys_strings=["", *city.tokens],
+        values_int64s=[MISSING_ID, *range(FIRST_TOKEN_ID, city.cardinality)],
+        default_int64=OOV_ID,
+    )
+    graph = helper.make_graph(
+        [encoder],
+        "lookup",
+        [helper.make_tensor_value_info("city", TensorProto.STRING, [None])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    column = unseen(table, "city", ["never-seen", "Zürich ", "ZÜRICH"])["city"]
+    served = np.array(["" if v is None else v for v in column], dtype=object)  # a server sends None as ""
+    (ids,) = session.run(None, {"city": served})
+    _, expected = transform(spec, {**table, "city": column})
+    np.testing.assert_array_equal(ids, expected[:, 0])
+    assert {OOV_ID, MISSING_ID} <= set(ids.tolist())
+    onnx.checker.check_model(model)
