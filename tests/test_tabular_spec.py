@@ -106,6 +106,10 @@ def test_user_mistakes_are_one_line_errors() -> None:
     spec = fit_spec(table, schema)
     with pytest.raises(DataError, match="no column 'colour'"):
         transform(spec, {k: v for k, v in table.items() if k != "colour"})
+    with pytest.raises(DataError, match="columns of different lengths"):
+        transform(spec, {**table, "x": table["x"][:3]})
+    with pytest.raises(DataError, match="should hold numbers"):
+        transform(spec, {**table, "x": table["colour"]})
     with pytest.raises(DataError, match="0 training rows"):
         fit_spec({k: v[:0] for k, v in table.items()}, schema)
     with pytest.raises(ConfigError, match="min_count"):

@@ -216,14 +216,23 @@ def require_columns(table: Mapping[str, np.ndarray], names: Sequence[str]) -> No
         raise DataError(f"the table has no column {missing[0]!r} (the spec needs {', '.join(map(repr, missing))})")
 
 
+def checked_rows(spec: TabularSpec, table: Mapping[str, np.ndarray]) -> int:
+    """The row count of the columns ``spec`` needs, after checking they are all there and of one length."""
+    names = [f.name for f in spec.numeric] + spec.categorical_names()
+    require_columns(table, names)
+    try:
+        return num_rows({name: table[name] for name in names})
+    except ValueError as e:
+        raise DataError(f"the table's feature {e}") from None
+
+
 def transform(spec: TabularSpec, table: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The table's features: ``(numeric float32 [N, K+M], categorical int64 [N, C])`` (module docstring).
 
     Raises:
-        DataError: a column the spec needs is absent, or a numeric one is not numbers.
+        DataError: a column the spec needs is absent or of another length, or a numeric one is not numbers.
     """
-    require_columns(table, [f.name for f in spec.numeric] + spec.categorical_names())
-    n = num_rows({f.name: table[f.name] for f in spec.numeric} | {c: table[c] for c in spec.categorical_names()})
+    n = checked_rows(spec, table)
     values, indicators = [], []
     for f in spec.numeric:
         x = as_float(table[f.name], f.name)

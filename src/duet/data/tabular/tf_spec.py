@@ -37,16 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from duet.data.tabular.schema import ColumnSchema, num_rows
+from duet.data.tabular.schema import ColumnSchema
 from duet.data.tabular.spec import (
     CategoricalFeature,
     NumericFeature,
     TabularSpec,
     as_float,
     check_fit_args,
+    checked_rows,
     numeric_feature,
     present_strings,
-    require_columns,
 )
 from duet.system.tensorflow_import import import_tensorflow
 
@@ -101,8 +101,7 @@ def adapt_vocabulary(tf: Any, values: list[str], min_count: int, max_tokens: int
 
 def transform_keras(spec: TabularSpec, table: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``spec.transform`` computed by Keras layers: the same arrays, float32 ``[N, K+M]`` and int64 ``[N, C]``."""
-    require_columns(table, [f.name for f in spec.numeric] + spec.categorical_names())
-    n = num_rows({f.name: table[f.name] for f in spec.numeric} | {c: table[c] for c in spec.categorical_names()})
+    n = checked_rows(spec, table)
     tf = import_tensorflow()
     numeric = numeric_features(tf, spec, table).astype(np.float32) if spec.numeric else np.zeros((n, 0), np.float32)
     ids = [categorical_ids(tf, f, table[f.name]) for f in spec.categorical]
