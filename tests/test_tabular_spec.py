@@ -244,11 +244,22 @@ def test_keras_and_numpy_give_identical_specs_and_features(tf_spec, min_count: i
 
 @pytest.mark.e2e
 def test_keras_string_lookup_order_is_the_native_order(tf_spec) -> None:  # type: ignore[no-untyped-def]
-    """The fact the native vocabulary relies on: Keras ranks ties by value, descending."""
+    """The fact the native vocabulary relies on: Keras ranks ties by value, descending; and
+    columns with no value in training (nothing to adapt on) come out the same too."""
     table, schema = small_table()
     table["colour"] = np.array(["b", "a", "c", "a", "b"], dtype=object)
-    keras = tf_spec.fit_spec_keras(table, schema)
-    assert keras.categorical[0].tokens == ("b", "a", "c") == fit_spec(table, schema).categorical[0].tokens
+    table["void"] = np.full(5, np.nan)
+    table["nothing"] = np.array([None] * 5, dtype=object)
+    schema = schema_of(
+        table, {"flag": "boolean", "colour": "categorical", "nothing": "categorical", "target": "categorical"}
+    )
+    keras, native = tf_spec.fit_spec_keras(table, schema), fit_spec(table, schema)
+    assert keras.categorical[0].tokens == ("b", "a", "c") == native.categorical[0].tokens
+    assert {**keras.to_dict(), "backend": "numpy"} == native.to_dict()
+    void = native.numeric[-1]
+    assert (void.mean, void.std, void.has_missing, native.categorical[1].tokens) == (0.0, 1.0, True, ())
+    for a, b in zip(tf_spec.transform_keras(native, table), transform(native, table)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_onnx_label_encoder_reproduces_the_ids() -> None:
