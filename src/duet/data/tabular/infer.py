@@ -20,9 +20,10 @@ overrides any column but the target; the note says the kind was set, not inferre
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from duet.data.tabular.schema import KINDS, Column, ColumnKind, ColumnSchema
 from duet.errors import ConfigError
@@ -45,6 +46,28 @@ def as_number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def parse_numbers(values: Sequence[str | None]) -> tuple[np.ndarray, list[int]]:
+    """The cells as float64 (missing -> ``nan``), and the positions of filled cells that are not
+    finite numbers (``nan`` there too). A column is parsed in one pass when it can be."""
+    texts = ["nan" if v is None else v for v in values]
+    try:
+        array = np.fromiter(map(float, texts), dtype=np.float64, count=len(texts))
+        if not np.isinf(array).any() and "_" not in "".join(texts):
+            return array, []
+    except ValueError:
+        pass  # some cell is not a number: find which, one by one
+    array = np.full(len(values), np.nan)
+    bad = []
+    for i, v in enumerate(values):
+        if v is not None:
+            x = as_number(v)
+            if x is None:
+                bad.append(i)
+            else:
+                array[i] = x
+    return array, bad
 
 
 def infer_schema(
@@ -87,9 +110,9 @@ def infer_kind(values: Sequence[str | None]) -> tuple[ColumnKind, str]:
         return "constant", f"one value ('{_short(present[0])}') in every filled row: left out"
     if all(v.lower() in BOOLEAN_TOKENS for v in distinct):
         return "boolean", f"true/false values ({', '.join(sorted(distinct)[:4])}): used as 0/1"
-    numbers = [x for x in (as_number(v) for v in present) if x is not None]
-    if len(numbers) >= NUMERIC_SHARE * len(present):
-        return _numeric_kind(numbers, len(present))
+    array, bad = parse_numbers(values)
+    if len(present) - len(bad) >= NUMERIC_SHARE * len(present):
+        return _numeric_kind(array[~np.isnan(array)], len(present))
     all_distinct = len(distinct) == len(present)
     words = sum(len(v.split()) for v in present) / len(present)
     if words >= TEXT_MIN_WORDS and len(distinct) > len(present) / 2:
@@ -99,7 +122,7 @@ def infer_kind(values: Sequence[str | None]) -> tuple[ColumnKind, str]:
     return "categorical", f"{len(distinct)} distinct values"
 
 
-def _numeric_kind(numbers: list[float], present: int) -> tuple[ColumnKind, str]:
+def _numeric_kind(numbers: np.ndarray, present: int) -> tuple[ColumnKind, str]:
     bad = present - len(numbers)
     if bad == 0 and _id_like_integers(numbers):
         return "id", f"all {present} values distinct integers in sequence, like an ID: left out"
@@ -111,13 +134,13 @@ def _numeric_kind(numbers: list[float], present: int) -> tuple[ColumnKind, str]:
     return "numeric", "numbers"
 
 
-def _id_like_integers(numbers: list[float]) -> bool:
-    if len(numbers) < ID_MIN_ROWS or not all(x == int(x) for x in numbers):
+def _id_like_integers(numbers: np.ndarray) -> bool:
+    if len(numbers) < ID_MIN_ROWS or not np.all(numbers == np.round(numbers)):
         return False
-    if len(set(numbers)) != len(numbers):
+    if len(np.unique(numbers)) != len(numbers):
         return False
-    increasing = all(a < b for a, b in itertools.pairwise(numbers))
-    return increasing or max(numbers) - min(numbers) + 1 == len(numbers)
+    increasing = bool(np.all(np.diff(numbers) > 0))
+    return increasing or float(numbers.max() - numbers.min()) + 1 == len(numbers)
 
 
 def _short(text: str, limit: int = 30) -> str:
