@@ -295,7 +295,8 @@ def test_cli_scan_reports_skips_and_warnings(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "skipped line 7: column 'age': 'abc' is not a (finite) number" in proc.stdout
     assert "skipped line 62: 2 fields, the header has 8" in proc.stdout
-    assert "column 'id' looks like an ID" in proc.stdout and "column 'const' is constant" in proc.stdout
+    assert "column 'id' (id): all 60 values distinct integers in sequence" in proc.stdout
+    assert "column 'const' (constant): one value ('x')" in proc.stdout
     proc = run_cli("scan", str(path), "--target", "label", "--json")
     report = json.loads(proc.stdout)
     assert [s["line"] for s in report["skipped"]] == [7, 62]
@@ -325,3 +326,34 @@ def test_cli_parquet(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["unit"] == "row" and report["columns"][0]["missing"] == 1
+
+
+# a sitecustomize.py that makes pyarrow unimportable, as in an install without duet[tabular]
+NO_PYARROW = """
+import sys
+
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pyarrow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+@pytest.mark.e2e
+def test_cli_parquet_without_pyarrow_names_the_extra(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"x": [1.0, 2.0], "label": ["a", "b"]}), tmp_path / "t.parquet")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_PYARROW)
+    proc = run_cli("scan", str(tmp_path / "t.parquet"), "--target", "label", env={"PYTHONPATH": str(site)})
+    one_line_error(proc, 2, "pip install 'duet[tabular]'")
+    # CSV needs no extra
+    path = write_csv(tmp_path / "d.csv", ["a", "label"], [[1, "x"], [2, "y"]])
+    assert run_cli("scan", str(path), "--target", "label", env={"PYTHONPATH": str(site)}).returncode == 0

@@ -140,16 +140,17 @@ def _action(column: Column, distinct: int, missing: int, target: str) -> str:
     if column.kind == "boolean":
         return "used as 0/1" + indicator
     if column.kind == "categorical":
-        return f"vocabulary of {distinct} values + an out-of-vocabulary bucket" + indicator
+        return f"vocabulary of {distinct} values + an out-of-vocabulary bucket" + (
+            ", missing as its own id" if missing else ""
+        )
     return "left out"
 
 
 def _column_warnings(columns: tuple[Column, ...], target: str) -> list[dict[str, Any]]:
-    what = {"id": "looks like an ID", "constant": "is constant", "text": "is free text"}
     return [
-        _warning(c.kind, f"column '{c.name}' {what[c.kind]}: {c.note}", c.name)
+        _warning(c.kind, f"column '{c.name}' ({c.kind}): {c.note}", c.name)
         for c in columns
-        if c.kind in what and c.name != target
+        if c.kind in ("id", "constant", "text") and c.name != target
     ]
 
 
