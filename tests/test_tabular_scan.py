@@ -357,3 +357,12 @@ def test_cli_parquet_without_pyarrow_names_the_extra(tmp_path):
     # CSV needs no extra
     path = write_csv(tmp_path / "d.csv", ["a", "label"], [[1, "x"], [2, "y"]])
     assert run_cli("scan", str(path), "--target", "label", env={"PYTHONPATH": str(site)}).returncode == 0
+
+
+def test_line_numbers_follow_quoted_multiline_cells(tmp_path):
+    path = tmp_path / "ml.csv"
+    path.write_text('a,note,label\n1,"two\nlines",x\n2,ok,y\n3,ok\n4,"a, b",y\n')
+    data = read_table(path, "label")
+    assert data.lines.tolist() == [2, 4, 6]
+    assert [(s.line, s.reason) for s in data.skipped] == [(5, "2 fields, the header has 3")]
+    assert data.table["note"].tolist() == ["two\nlines", "ok", "a, b"]

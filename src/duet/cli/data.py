@@ -99,6 +99,8 @@ def _scan_table(path: Path, target: str, as_json: bool) -> None:
 
 
 def _print_table_report(report: dict[str, Any]) -> None:
+    from duet.data.tabular.checks import counted
+
     counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
     t = Table(title=f"{report['source']} (target '{report['target']}': {counts})")
     t.add_column("column")
@@ -114,8 +116,9 @@ def _print_table_report(report: dict[str, Any]) -> None:
         out.print(f"... and {more} more columns (use --json)")
     unit = report["unit"]
     out.print(
-        f"{report['num_rows']} usable of {report['num_records']} rows, {report['num_features']} feature columns; "
-        f"{len(report['skipped'])} {unit}s skipped, {report['duplicates']['count']} duplicates, "
+        f"{report['num_rows']} usable of {counted(report['num_records'], 'row')}, "
+        f"{counted(report['num_features'], 'feature column')}; "
+        f"{counted(len(report['skipped']), unit)} skipped, {report['duplicates']['count']} duplicates, "
         f"{report['conflicts']['count']} conflicts"
     )
     _print_capped([f"warning: {w['message']}" for w in report["warnings"]])

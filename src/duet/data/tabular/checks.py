@@ -51,14 +51,19 @@ def table_report(data: TableData) -> dict[str, Any]:
     warnings = _column_warnings(schema.columns, schema.target)
     warnings += _leakage_warnings(data, features)
     if data.skipped:
-        warnings.append(_warning("skipped", f"{len(data.skipped)} {data.unit}s skipped (listed below)"))
+        warnings.append(_warning("skipped", f"{counted(len(data.skipped), data.unit)} skipped (listed below)"))
     if duplicates["count"]:
         warnings.append(
-            _warning("duplicates", f"{duplicates['count']} rows repeat an earlier row (features and target)")
+            _warning(
+                "duplicates", f"{counted(duplicates['count'], 'row')} repeating an earlier row (features and target)"
+            )
         )
     if conflicts["count"]:
         warnings.append(
-            _warning("conflicts", f"{conflicts['count']} groups of rows have the same features but different targets")
+            _warning(
+                "conflicts",
+                f"{counted(conflicts['count'], 'group')} of rows with the same features but different targets",
+            )
         )
     return {
         "source": str(data.source),
@@ -100,6 +105,11 @@ def _errors(data: TableData, num_features: int) -> list[str]:
             f"text); a model needs at least one numeric, boolean or categorical column"
         )
     return errors
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _warning(check: str, message: str, column: str | None = None) -> dict[str, Any]:
