@@ -34,7 +34,8 @@ def scan(
 
     A table file (.csv, .tsv, .parquet) is checked per column instead: inferred kind,
     missing rate, cardinality, what will be done; warnings for ID-like and constant
-    columns, leakage, duplicates and conflicting labels; every row skipped and why."""
+    columns, leakage, duplicates and conflicting labels; every row skipped and why
+    (--val-split, --test-split and --seed apply to folders only)."""
     from duet.data.tabular.read import is_table_file
 
     if is_table_file(data_dir):

@@ -102,7 +102,7 @@ def read_table(path: str | Path, target: str, kinds: Mapping[str, str] | None = 
     if not lines:
         raise DataError(_no_rows_message(source, skipped, unit))
     schema = infer_schema(cells, target, kinds)
-    table, keep, bad = _typed_table(cells, schema, lines, unit)
+    table, keep, bad = _typed_table(cells, schema, lines)
     skipped = sorted(skipped + bad, key=lambda s: s.line)
     if not keep.any():
         raise DataError(_no_rows_message(source, skipped, unit))
@@ -244,7 +244,7 @@ def _parquet_cell(value: object) -> str | None:
 
 
 def _typed_table(
-    cells: RawColumns, schema: ColumnSchema, lines: list[int], unit: str
+    cells: RawColumns, schema: ColumnSchema, lines: list[int]
 ) -> tuple[Table, np.ndarray, list[SkippedRow]]:
     """Each column held as its kind says; rows with a value their column cannot hold are marked bad."""
     n = len(lines)
