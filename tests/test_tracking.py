@@ -42,6 +42,25 @@ def _alias(client: Any, name: str) -> Any:
     return client.get_model_version_by_alias(name, "champion")
 
 
+def _api_train(tmp_path: Path, name: str, *, epochs: int, track: str) -> Any:
+    """A tiny two-class run through the Python API (16 px digits, CPU, no workers)."""
+    import duet
+
+    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=16, size=16)
+    return duet.train(
+        data,
+        epochs=epochs,
+        image_size=16,
+        workers=0,
+        device="cpu",
+        out=tmp_path / "runs",
+        name=name,
+        track=track,
+        progress=False,
+        log=None,
+    )
+
+
 def test_mlflow_tracks_a_run_from_training_to_the_champion_alias(tmp_path: Path) -> None:
     data = write_digit_folder(tmp_path / "data", classes=(0, 1, 7), per_class=20, size=16)
     out = tmp_path / "runs"
@@ -143,21 +162,7 @@ def test_python_api_and_tensorboard_scalars(tmp_path: Path) -> None:
     """duet.train(track="tensorboard"): per-epoch scalars (step = epoch) in RUN/tensorboard/."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import duet
-
-    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=16, size=16)
-    run = duet.train(
-        data,
-        epochs=2,
-        image_size=16,
-        workers=0,
-        device="cpu",
-        out=tmp_path / "runs",
-        name="tb",
-        track="tensorboard",
-        progress=False,
-        log=None,
-    )
+    run = _api_train(tmp_path, "tb", epochs=2, track="tensorboard")
     acc = EventAccumulator(str(run.path / "tensorboard"))
     acc.Reload()
     rows = run.metrics
@@ -173,25 +178,11 @@ def test_python_api_with_the_users_store_and_experiment(tmp_path: Path, monkeypa
     there, and tracking.json does not write the user's URI down (it could hold credentials)."""
     from mlflow import MlflowClient
 
-    import duet
-
     uri = f"sqlite:///{tmp_path / 'team.db'}"
     monkeypatch.chdir(tmp_path)  # a user's SQLite store keeps MLflow's default artifact root: ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "pets")
-    data = write_digit_folder(tmp_path / "data", classes=(0, 1), per_class=16, size=16)
-    run = duet.train(
-        data,
-        epochs=1,
-        image_size=16,
-        workers=0,
-        device="cpu",
-        out=tmp_path / "runs",
-        name="u",
-        track="mlflow",
-        progress=False,
-        log=None,
-    )
+    run = _api_train(tmp_path, "u", epochs=1, track="mlflow")
     doc = json.loads((run.path / "tracking.json").read_text())
     assert "tracking_uri" not in doc and uri not in (run.path / "tracking.json").read_text()
     client = MlflowClient(tracking_uri=uri)
