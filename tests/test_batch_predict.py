@@ -96,19 +96,36 @@ def test_a_file_that_is_not_predict_output_is_refused_and_left_alone(tmp_path: P
 
 
 def _per_file(model: Path, files: list[Path], top: int) -> dict[str, dict[str, Any]]:
-    """The results as `duet predict` computed them before batching: one file at a time."""
-    from duet.api.exported import file_predictor, resolve_target
-    from duet.evaluation.inference import top_k
+    """The results as `duet predict` computed them before batching: one file at a time, through
+    the exported format's own runtime (the server's image preparation) or ``predict_file``."""
+    import torch
 
-    predictor = file_predictor(resolve_target(model), device="cpu")
-    return {
-        str(f): {
-            "file": str(f),
-            "top": top_k(predictor.probabilities(f), predictor.labels, top),
-            "runtime": predictor.runtime,
-        }
-        for f in files
-    }
+    from duet.api.batch_predict import batch_model
+    from duet.api.exported import open_format, resolve_target
+    from duet.artifacts.run_dir import load_run
+    from duet.data.imageio import DEFAULT_MAX_PIXELS
+    from duet.evaluation.inference import load_model, predict_file, top_k
+    from duet.serve.images import pixels_from_bytes
+    from duet.training.precision import recorded_or
+
+    target = resolve_target(model)
+    if target.format is None:
+        info, cpu = load_run(model), torch.device("cpu")
+        net, precision = load_model(info, cpu), recorded_or(None, info.precision, cpu)
+        labels = list(info.labels)
+
+        def probabilities(f: Path) -> Any:
+            return predict_file(net, info, f, cpu, DEFAULT_MAX_PIXELS, precision=precision)
+    else:
+        opened = open_format(target)
+        labels = opened.package.labels
+
+        def probabilities(f: Path) -> Any:
+            pixels = pixels_from_bytes(f.read_bytes(), opened.package.spec, DEFAULT_MAX_PIXELS)
+            return opened.probabilities(pixels[None])[0]
+
+    runtime = batch_model(target, device="cpu").runtime
+    return {str(f): {"file": str(f), "top": top_k(probabilities(f), labels, top), "runtime": runtime} for f in files}
 
 
 @pytest.mark.e2e

@@ -33,6 +33,7 @@ import numpy as np
 
 from duet.api.exported import Target, open_format
 from duet.errors import ConfigError, DataError
+from duet.system.device import cpu_count
 
 Result = dict[str, Any]
 BATCH_SIZE = 32
@@ -108,8 +109,8 @@ class BatchModel:
 
 
 def batch_model(target: Target, *, device: str = "auto", precision: str | None = None) -> BatchModel:
-    """The run's PyTorch weights (format None) or the exported format on its runtime,
-    with the same inputs ``duet.api.exported.file_predictor`` gives it one file at a time."""
+    """The run's PyTorch weights (format None) or the exported format on its runtime, over
+    files decoded, resized and centre-cropped as the server does (``duet.serve.images``)."""
     from duet.data.imageio import DEFAULT_MAX_PIXELS
 
     if target.format is None:
@@ -126,17 +127,15 @@ def batch_model(target: Target, *, device: str = "auto", precision: str | None =
 
 
 def _torch_model(run_dir: Path, device: str, precision: str | None) -> BatchModel:
-    """Load squares decoded as ``duet.evaluation.inference.predict_file`` does, centre-cropped
-    and normalised on the device by ``augment.eval_batch``, a batch at a time."""
+    """The run's best weights over load squares decoded as ``duet.evaluation.inference``
+    decodes them, centre-cropped and normalised on the device, a batch at a time."""
     import torch
 
     from duet.artifacts.run_dir import load_run
-    from duet.data import augment
-    from duet.data.imageio import DEFAULT_MAX_PIXELS, decode
-    from duet.data.preprocess import to_load_square
-    from duet.evaluation.inference import load_model
+    from duet.data.imageio import DEFAULT_MAX_PIXELS
+    from duet.evaluation.inference import forward_squares, load_model, load_square
     from duet.system.device import resolve_device
-    from duet.training.precision import autocast, recorded_or
+    from duet.training.precision import recorded_or
 
     info = load_run(run_dir)
     dev = resolve_device(device)
@@ -145,14 +144,11 @@ def _torch_model(run_dir: Path, device: str, precision: str | None) -> BatchMode
     spec = info.preprocess
 
     def prepare(path: Path) -> np.ndarray:
-        rgb = decode(path, max_pixels=DEFAULT_MAX_PIXELS, min_size=spec.load_size)
-        return np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1))
+        return load_square(path, spec, DEFAULT_MAX_PIXELS)
 
     @torch.no_grad()
     def forward(squares: np.ndarray) -> np.ndarray:
-        with autocast(chosen, dev):
-            logits = model(augment.eval_batch(torch.from_numpy(squares).to(dev), spec))
-        return torch.softmax(logits.float(), 1).cpu().numpy()
+        return forward_squares(model, torch.from_numpy(squares).to(dev), spec, dev, chosen)
 
     return BatchModel(list(info.labels), f"torch on {dev} ({info.paths.best}; {chosen.reason})", prepare, forward)
 
@@ -223,7 +219,7 @@ def predict_files(
     todo = [i.path for i in items if str(i.path) not in done]
     failed = sum("error" in done[str(i.path)] for i in items if str(i.path) in done)
     summary = Summary(len(items), len(items) - len(todo), 0, failed)
-    workers = threads or min(4, os.cpu_count() or 1)
+    workers = threads or min(4, cpu_count())
     with ThreadPoolExecutor(workers, thread_name_prefix="duet-decode") as pool:
         for paths, prepared in _decoded_batches(pool, model.prepare, todo, batch_size):
             results = _run_batch(model, paths, prepared, top)

@@ -21,7 +21,6 @@ This module composes ``duet.evaluation`` and ``duet.serve``, which never import 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,51 +166,6 @@ def source_run(target: Target, package: ModelPackage) -> Path:
     if list(labels) != package.labels:
         raise ModelError(f"the run '{run}' has labels {labels}, the model folder {package.labels}; re-export the run")
     return run
-
-
-@dataclass(frozen=True)
-class FilePredictor:
-    """Class probabilities for one image file at a time (raises ``DecodeError`` / ``OSError``)."""
-
-    labels: list[str]
-    runtime: str  # what runs the model, for the output
-    probabilities: Callable[[Path], np.ndarray]
-
-
-def file_predictor(target: Target, *, device: str = "auto", precision: str | None = None) -> FilePredictor:
-    """The run's PyTorch weights (format None) or the exported format, over files decoded,
-    resized and centre-cropped as the server does (``duet.serve.images``)."""
-    from duet.data.imageio import DEFAULT_MAX_PIXELS
-
-    if target.format is None:
-        return _torch_predictor(target.folder, device, precision)
-    from duet.serve.images import pixels_from_bytes
-
-    opened = open_format(target)
-    spec = opened.package.spec
-
-    def probabilities(path: Path) -> np.ndarray:
-        return opened.probabilities(pixels_from_bytes(path.read_bytes(), spec, DEFAULT_MAX_PIXELS)[None])[0]
-
-    return FilePredictor(opened.package.labels, opened.describe(), probabilities)
-
-
-def _torch_predictor(run_dir: Path, device: str, precision: str | None) -> FilePredictor:
-    from duet.artifacts.run_dir import load_run
-    from duet.data.imageio import DEFAULT_MAX_PIXELS
-    from duet.evaluation.inference import load_model, predict_file
-    from duet.system.device import resolve_device
-    from duet.training.precision import recorded_or
-
-    info = load_run(run_dir)
-    dev = resolve_device(device)
-    model = load_model(info, dev)
-    chosen = recorded_or(precision, info.precision, dev)
-
-    def probabilities(path: Path) -> np.ndarray:
-        return predict_file(model, info, path, dev, DEFAULT_MAX_PIXELS, precision=chosen)
-
-    return FilePredictor(list(info.labels), f"torch on {dev} ({info.paths.best}; {chosen.reason})", probabilities)
 
 
 def evaluate(target: Target, **options: Any) -> Any:

@@ -97,12 +97,12 @@ def predict_samples(
                 if err:
                     errors[i] = err
             if bool(ok.any()):
-                probs[idx[ok.cpu().numpy()]] = _forward(model, batch.images[ok], spec, device, precision)
+                probs[idx[ok.cpu().numpy()]] = forward_squares(model, batch.images[ok], spec, device, precision)
             bar.advance(task, len(idx))
     return Predictions(probs, np.array([s.label for s in samples], dtype=np.int64), errors)
 
 
-def _forward(
+def forward_squares(
     model: torch.nn.Module | Exported,
     squares: torch.Tensor,
     spec: PreprocessSpec,
@@ -127,12 +127,14 @@ def predict_file(
     model: torch.nn.Module, run: RunInfo, path: Path, device: torch.device, max_pixels: int, precision: Precision = FP32
 ) -> np.ndarray:
     """Class probabilities for one image file (raises DecodeError)."""
-    spec = run.preprocess
+    square = torch.from_numpy(load_square(path, run.preprocess, max_pixels))[None].to(device)
+    return forward_squares(model, square, run.preprocess, device, precision)[0]
+
+
+def load_square(path: Path, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+    """One image file as the uint8 (3, load, load) square evaluation crops from (raises DecodeError)."""
     rgb = decode(path, max_pixels=max_pixels, min_size=spec.load_size)
-    square = torch.from_numpy(np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1)))[None]
-    with autocast(precision, device):
-        logits = model(augment.eval_batch(square.to(device), spec))
-    return torch.softmax(logits.float(), 1)[0].cpu().numpy()
+    return np.ascontiguousarray(to_load_square(rgb, spec).transpose(2, 0, 1))
 
 
 def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, float | str]]:
@@ -140,4 +142,14 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, float 
     return [{"label": labels[i], "probability": float(probs[i])} for i in order]
 
 
-__all__ = ["DecodeError", "Exported", "Predictions", "load_model", "predict_file", "predict_samples", "top_k"]
+__all__ = [
+    "DecodeError",
+    "Exported",
+    "Predictions",
+    "forward_squares",
+    "load_model",
+    "load_square",
+    "predict_file",
+    "predict_samples",
+    "top_k",
+]
