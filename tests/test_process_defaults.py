@@ -62,3 +62,28 @@ def test_a_containers_cpu_quota_caps_the_cpu_count(tmp_path: Path) -> None:
     (tmp_path / "q").write_text("-1\n")
     assert cgroup_cpu_limit(((tmp_path / "q", tmp_path / "p"),)) is None
     assert cgroup_cpu_limit(((tmp_path / "absent",),)) is None
+
+
+def test_a_swallowed_sigint_still_stops_training() -> None:
+    """A SIGINT that an import swallowed (torch's, measured) is remembered by the CLI's handler,
+    and the training loop's stop flag starts with it set: the run checkpoints and exits 130."""
+    import signal
+
+    import pytest
+
+    from duet.system import process
+    from duet.training.faults import stop_signals
+
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        process.remember_interrupts()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert process.pending_interrupt() == "SIGINT"
+        with stop_signals() as stop:
+            assert stop == {"signal": "SIGINT"}
+    finally:
+        process._interrupts.clear()
+        signal.signal(signal.SIGINT, old)
+    with stop_signals() as stop:
+        assert stop == {}

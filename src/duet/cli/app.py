@@ -19,9 +19,10 @@ and exits 70 with its traceback. User mistakes show a traceback only with
 
 from __future__ import annotations
 
-from duet.system.process import tune_process
+from duet.system.process import remember_interrupts, tune_process
 
 tune_process()  # before anything imports torch: see duet/system/process.py
+remember_interrupts()  # a Ctrl-C that an import swallows still stops training: see duet/system/process.py
 import sys
 import traceback
 from typing import NoReturn

@@ -94,3 +94,28 @@ def no_onnxruntime_telemetry(environ: MutableMapping[str, str] = os.environ) -> 
         return False
     environ[ORT_TELEMETRY_ENV] = "1"
     return True
+
+
+_interrupts: list[str] = []
+
+
+def remember_interrupts() -> None:
+    """SIGINT raises ``KeyboardInterrupt`` as Python's own handler does, and is remembered.
+
+    A third-party import can swallow that exception: measured with torch 2.14.1,
+    a SIGINT 0.35 s into ``import torch`` was lost and the process went on (a
+    bare ``except`` in an optional import), so ``duet train`` trained to the end
+    and exited 0. ``pending_interrupt`` lets the training loop honour it anyway.
+    Call it from the main thread, first thing (the CLI does)."""
+    import signal
+
+    def handler(signum: int, _frame: Any) -> None:
+        _interrupts.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def pending_interrupt() -> str | None:
+    """The signal a ``remember_interrupts`` handler saw, if any (e.g. "SIGINT")."""
+    return _interrupts[-1] if _interrupts else None

@@ -30,6 +30,7 @@ import torch
 
 from duet.data.contract import Sample
 from duet.errors import DataError, Interrupted, TrainingDiverged
+from duet.system.process import pending_interrupt
 from duet.training import checkpoint
 from duet.training.config import TrainConfig
 from duet.training.state import Log, LoopState
@@ -145,6 +146,9 @@ def count_load_failures(
 def stop_signals() -> Iterator[dict[str, str]]:
     """SIGINT/SIGTERM set a flag (``{"signal": name}``) the loop checks after every step."""
     flag: dict[str, str] = {}
+    pending = pending_interrupt()  # a SIGINT an import swallowed before the loop began
+    if pending is not None:
+        flag["signal"] = pending
     handlers = {}
 
     def handler(signum: int, _frame: Any) -> None:
