@@ -89,6 +89,12 @@ _TRAIN_TRACK = typer.Option(
     help="none | mlflow | tensorboard. mlflow: params, per-epoch metrics and files to MLFLOW_TRACKING_URI, else sqlite <out>/mlflow.db (docs/tracking.md); tensorboard: RUN/tensorboard/. "
     + train_default("track"),
 )
+_TRAIN_TARGET = typer.Option(
+    None, "--target", help="Tables: the column holding each row's class (DATA is then a .csv/.tsv/.parquet file)."
+)
+_TRAIN_VAL_DATA = typer.Option(
+    None, "--val-data", help="Tables: a validation table with the same columns; fixes the split (DATA all trains)."
+)
 _TRAIN_CACHE_DIR = typer.Option(
     None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
 )
@@ -117,15 +123,19 @@ def train(
     data_backend: str | None = _TRAIN_DATA_BACKEND,
     track: str | None = _TRAIN_TRACK,
     cache_dir: Path | None = _TRAIN_CACHE_DIR,
+    target: str | None = _TRAIN_TARGET,
+    val_data: Path | None = _TRAIN_VAL_DATA,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
     name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
     resume: Path | None = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
 ) -> None:
-    """Train a classifier on DATA_DIR and write a run folder (runs/<name>/).
+    """Train a classifier on DATA_DIR (images) or a table file, and write a run folder (runs/<name>/).
 
     Example: duet train photos/ --model resnet18 --weights imagenet --epochs 5
+
+    Tables: duet train data.csv --target label [--model tab_mlp|ft_transformer] (docs/tabular.md).
 
     With --resume RUN only --epochs may be given: a new total that extends the run
     (a finished one too); the LR schedule is re-planned for it from that point.
@@ -133,6 +143,15 @@ def train(
     # The signature is the command's declaration (one parameter per flag); the body stays short.
     flags = dict(locals())
     log = stderr_log(quiet or as_json)
+    from duet.cli.train_table import train_table_command, wants_table
+
+    if wants_table(flags):
+        if resume is not None and (ignored := _flags_resume_cannot_change(flags)):
+            raise ConfigError(
+                f"--resume continues '{resume}' with its own settings; only --epochs can change. Remove: {' '.join(ignored)}"
+            )
+        train_table_command(flags, log)
+        return
     device_used, workers_used = device or "auto", None
     if resume is not None:
         ignored = _flags_resume_cannot_change(flags)

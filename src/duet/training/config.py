@@ -152,13 +152,14 @@ class TrainConfig(BaseModel):
         return d
 
 
-def _one_line(err: ValidationError, source: str) -> str:
+def one_line_error(err: ValidationError, source: str, settings: type[BaseModel] | None = None) -> str:
+    """A pydantic error as one line a user can act on (``settings``: the model whose keys are allowed)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "config"
     received = first.get("input")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(TrainConfig.model_fields))
+        allowed = ", ".join(sorted((settings or TrainConfig).model_fields))
         return f"unknown setting `{loc}` in {source}; allowed: {allowed}"
     return f"`{loc}` {first['msg'].lower()}. Received: {loc}={received!r} (from {source}){more}"
 
@@ -194,7 +195,7 @@ def build_config(
     try:
         config = TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, f"{file}" if file else source)) from e
+        raise ConfigError(one_line_error(e, f"{file}" if file else source)) from e
     if config.cache_dir is None:
         config = config.model_copy(update={"cache_dir": default_cache_dir(os.environ)})
     return config
@@ -204,4 +205,4 @@ def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, source)) from e
+        raise ConfigError(one_line_error(e, source)) from e

@@ -86,7 +86,7 @@ def train(
             precision = Precision("fp32", config.precision, "fp32: differentially private training (DP-SGD)")
         else:
             precision = resolve_precision(config.precision, resolve_device(config.device))
-        with _discard_unless_checkpointed(paths, d, log):
+        with discard_unless_checkpointed(paths, d, log):
             if d.main:
                 write_config(paths, config.to_yaml_dict())
                 write_manifest(manifest, paths.manifest)
@@ -186,7 +186,7 @@ def resumed_precision(state: dict[str, Any], device: torch.device) -> Precision:
 
 
 @contextmanager
-def _discard_unless_checkpointed(paths: RunPaths, d: distributed.Dist, log: Log) -> Iterator[None]:
+def discard_unless_checkpointed(paths: RunPaths, d: distributed.Dist, log: Log) -> Iterator[None]:
     """A new run that fails before its first checkpoint leaves no folder behind.
 
     The folder was made by this run (``create_run_dir`` never reuses one) and

@@ -20,7 +20,7 @@ from duet.training.precision import Precision
 from duet.training.state import Log, LoopState
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import timm
     import torch
 
@@ -50,7 +50,7 @@ def run_info(
         "precision": precision.to_dict(),
         "data_dir": str(manifest.data_dir),
         "best": best,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     if privacy is not None:
         info["privacy"] = privacy

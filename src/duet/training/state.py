@@ -31,6 +31,7 @@ class LoopState:
     epoch_failures: int = 0
     epoch_bad_steps: int = 0
     best_val_accuracy: float | None = None
+    best_val_loss: float | None = None  # tabular runs break accuracy ties on validation loss
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs without val improvement (early stopping)
     bad_steps: int = 0  # non-finite losses, whole run

@@ -38,7 +38,7 @@ def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = No
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: torch.Tensor | tuple[torch.Tensor, ...],
     y: torch.Tensor,
     *,
     loss_fn: LossFn | None = None,
@@ -53,22 +53,26 @@ def train_step(
     ResNet-18 at 224 px (5 % at 32 px), and duet's batches arrive in it.
 
     Raises ``torch.OutOfMemoryError`` untouched (gradients zeroed) so the caller
-    can retry with more micro-batches."""
+    can retry with more micro-batches.
+
+    ``x`` is one tensor (images, ``[N, C, H, W]``) or a tuple of the model's
+    inputs (a table's numeric features and categorical ids), each split the
+    same way into micro-batches."""
     loss_fn = loss_fn or cross_entropy()
-    device = x.device
-    x = x.contiguous(memory_format=torch.channels_last)
+    inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in _as_tuple(x))
+    device = inputs[0].device
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
-    n = x.shape[0]
+    n = inputs[0].shape[0]
     # A forward pass over bad values also poisons BatchNorm's running statistics;
     # keep a copy of the (small) float buffers to put back when the step is skipped.
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     saved = [b.detach().clone() for b in buffers]
     try:
-        for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+        for xs, ys in zip(zip(*(t.chunk(micro_batches) for t in inputs)), y.chunk(micro_batches)):
             with autocast(precision, device):
-                logits = model(xs)
-            loss = loss_fn(logits.float(), ys) * (xs.shape[0] / n)
+                logits = model(*xs)
+            loss = loss_fn(logits.float(), ys) * (xs[0].shape[0] / n)
             if not bool(torch.isfinite(loss)):
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
@@ -98,3 +102,7 @@ def train_step(
             return StepResult(float("nan"), False)
     optimizer.step()
     return StepResult(float(total), True)
+
+
+def _as_tuple(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
