@@ -47,10 +47,11 @@ from duet.serve.errors import ApiError, error_response
 from duet.serve.limits import BodyLimitMiddleware
 from duet.serve.metrics import MetricsMiddleware, ServeMetrics
 from duet.serve.page import router as page_router
-from duet.serve.protocols import kserve_v2, simple, tfserving
+from duet.serve.protocols import kserve_v2, simple, tabular, tfserving
 from duet.serve.runtimes import Runtime, load_runtime
 from duet.serve.service import ModelService
 from duet.serve.settings import ServeConfig
+from duet.serve.tabular_service import TabularService, is_tabular, load_tabular_runtime
 
 log = logging.getLogger("duet.serve")
 
@@ -59,7 +60,8 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 
 
 def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, watcher: Any = None) -> FastAPI:
     metrics = ServeMetrics(package.labels)
-    service = ModelService(package, runtime, config, metrics, watcher)
+    table = is_tabular(package)  # a model of table rows (duet.serve.tabular_service), else of images
+    service = (TabularService if table else ModelService)(package, runtime, config, metrics, watcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,23 +78,21 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     app = FastAPI(
         title=f"duet: {service.name}",
         version=duet.__version__,
-        description=(
-            f"Image classifier **{package.architecture}** ({package.num_classes} labels: "
-            f"{', '.join(package.labels[:20])}{', ...' if package.num_classes > 20 else ''}). "
-            "Protocols: `POST /v1/predict` (multipart or raw image), the Open Inference Protocol "
-            "(KServe V2, `/v2/...`, binary tensor data and classification extensions) and TensorFlow "
-            'Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{"error", "code"}`.'
-        ),
+        description=_description(package, table),
         lifespan=lifespan,
         docs_url=None,  # served below from local assets (the default page loads Swagger UI from a CDN)
         redoc_url=None,
     )
     app.state.service = service
     app.state.metrics = metrics
-    app.include_router(simple.router(service))
-    app.include_router(kserve_v2.router(service))
-    app.include_router(tfserving.router(service))
-    app.include_router(page_router(service))
+    if isinstance(service, TabularService):
+        for r in tabular.routers(service):
+            app.include_router(r)
+    else:  # the web page is for images: it uploads a picture
+        app.include_router(simple.router(service))
+        app.include_router(kserve_v2.router(service))
+        app.include_router(tfserving.router(service))
+        app.include_router(page_router(service))
 
     @app.get("/metrics", summary="Prometheus metrics", tags=["monitoring"])
     async def prometheus_metrics() -> Response:
@@ -109,6 +109,23 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     app.add_middleware(ShutdownGuard)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app
+
+
+def _description(package: ModelPackage, table: bool) -> str:
+    labels = f"{', '.join(package.labels[:20])}{', ...' if package.num_classes > 20 else ''}"
+    if table:
+        return (
+            f"Classifier of table rows **{package.architecture}** ({package.num_classes} labels: {labels}). "
+            "Protocols: `POST /v1/predict` (JSON rows keyed by column), the Open Inference Protocol "
+            "(KServe V2, `/v2/...`, one input per feature column) and TensorFlow Serving REST "
+            '(`/v1/models/{name}:predict`, instances of row objects). Errors are JSON `{"error", "code"}`.'
+        )
+    return (
+        f"Image classifier **{package.architecture}** ({package.num_classes} labels: {labels}). "
+        "Protocols: `POST /v1/predict` (multipart or raw image), the Open Inference Protocol "
+        "(KServe V2, `/v2/...`, binary tensor data and classification extensions) and TensorFlow "
+        'Serving REST (`/v1/models/{name}:predict`). Errors are JSON `{"error", "code"}`.'
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -215,6 +232,8 @@ def follow_registry(config: ServeConfig) -> tuple[ServeConfig, Any]:
 def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
     """Read and verify the model folder, then load the runtime (raises DuetError)."""
     package = read_package(config.model_dir, verify=True)
+    if is_tabular(package):
+        return package, load_tabular_runtime(package, config)
     runtime = load_runtime(
         package,
         config.runtime,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,28 +40,32 @@ class Runtime(Protocol):
     def __call__(self, pixels: np.ndarray) -> Outputs: ...
 
 
+def ort_session(path: Path, threads: int = 0, spinning: bool = False) -> Any:
+    """An ONNX Runtime CPU session for ``path`` (ModelError when it cannot load)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: one per core
+    options.inter_op_num_threads = 1
+    # Spinning keeps intra-op threads busy-waiting between operators: faster
+    # alone, but it takes CPU from the decode threads on a small machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}") from e
+
+
 class OnnxRuntime:
     name = "onnxruntime"
     device = "cpu"
     platform = "onnxruntime_onnx"
 
     def __init__(self, package: ModelPackage, threads: int = 0, spinning: bool = False, variant: str = "fp32") -> None:
-        import onnxruntime as ort
-
         path = package.variant_path(variant)  # ArtifactError when the folder has no such variant
         self.variant = variant
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per core
-        options.inter_op_num_threads = 1
-        # Spinning keeps intra-op threads busy-waiting between operators: faster
-        # alone, but it takes CPU from the decode threads on a small machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}") from e
+        self.session = ort_session(path, threads, spinning)
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
             raise ModelError(f"'{path}' takes inputs {names}, model.json says ['{INPUT_NAME}']; re-export the run")

@@ -287,6 +287,14 @@ class ModelService:
         return pixels, np.stack(image_stats)
 
     async def infer(self, pixels: np.ndarray, route: str, image_stats: np.ndarray | None = None) -> Outputs:
+        out = await self.run_batched(pixels, route)
+        if self.drift is not None:
+            self.drift.observe(out.probabilities, image_stats, out.features)
+        return out
+
+    async def run_batched(self, pixels: np.ndarray, route: str) -> Outputs:
+        """The batcher's rows for ``pixels`` (503 when overloaded or draining), counted in the metrics.
+        ``pixels`` is any array the runtime takes whose first axis is the rows (a tabular model's records)."""
         self.metrics.request_images.labels(route).inc(len(pixels))
         self.metrics.queue_images.set(self.batcher.queued_images + len(pixels))
         try:
@@ -302,8 +310,6 @@ class ModelService:
         finally:
             self.metrics.queue_images.set(self.batcher.queued_images)
         self.metrics.observe_predictions(out.probabilities)
-        if self.drift is not None:
-            self.drift.observe(out.probabilities, image_stats, out.features)
         return out
 
     def outlier_model(self) -> Any:

@@ -331,22 +331,7 @@ def model_metadata(service: ModelService) -> dict[str, Any]:
 
 def router(service: ModelService) -> APIRouter:
     r = APIRouter(tags=["kserve-v2"])
-
-    @r.get("/v2", summary="Server metadata")
-    async def server_metadata() -> Any:
-        return {"name": "duet", "version": duet.__version__, "extensions": ["binary_tensor_data", "classification"]}
-
-    @r.get("/v2/health/live", summary="Server liveness (always open)", tags=["health"])
-    async def live() -> Any:
-        return {"live": True}
-
-    @r.get(
-        "/v2/health/ready",
-        summary="Server readiness (always open): 503 until loaded and while draining",
-        tags=["health"],
-    )
-    async def ready() -> Any:
-        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+    add_server_routes(r, service)
 
     @r.get("/v2/models/{name}", summary="Model metadata")
     @r.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
@@ -354,22 +339,11 @@ def router(service: ModelService) -> APIRouter:
         service.check_model(name, version)
         return model_metadata(service)
 
-    @r.get("/v2/models/{name}/ready", summary="Model readiness")
-    @r.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-    async def model_ready(name: str, version: str | None = None) -> Any:
-        service.check_model(name, version)
-        return JSONResponse({"name": service.name, "ready": service.ready}, status_code=200 if service.ready else 503)
-
     @r.post("/v2/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
     @r.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)", openapi_extra=INFER_BODY)
     async def infer(name: str, request: Request, version: str | None = None) -> Any:
         service.check_model(name, version)
-        body = await request.body()
-        req, tail = split_body(body, request.headers.get(HEADER_LENGTH))
-        inputs = req.get("inputs")
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
-            raise _bad("'inputs' must be a non-empty list of tensor objects")
-        raws = _binary_slices(inputs, tail)
+        req, inputs, raws = await read_infer_request(request)
         if len(inputs) != 1:
             raise _bad(f"send exactly one input ('{IMAGE_INPUT}' or '{PIXELS_INPUT}'), got {len(inputs)}")
         t, raw = inputs[0], raws[0]
@@ -389,3 +363,39 @@ def router(service: ModelService) -> APIRouter:
         return infer_response(service, req, out)
 
     return r
+
+
+async def read_infer_request(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]], list[bytes | None]]:
+    """(the JSON request, its inputs, each input's binary data or None) of an infer call."""
+    body = await request.body()
+    req, tail = split_body(body, request.headers.get(HEADER_LENGTH))
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise _bad("'inputs' must be a non-empty list of tensor objects")
+    return req, inputs, _binary_slices(inputs, tail)
+
+
+def add_server_routes(r: APIRouter, service: ModelService) -> None:
+    """Server metadata, health and model readiness (every modality)."""
+
+    @r.get("/v2", summary="Server metadata")
+    async def server_metadata() -> Any:
+        return {"name": "duet", "version": duet.__version__, "extensions": ["binary_tensor_data", "classification"]}
+
+    @r.get("/v2/health/live", summary="Server liveness (always open)", tags=["health"])
+    async def live() -> Any:
+        return {"live": True}
+
+    @r.get(
+        "/v2/health/ready",
+        summary="Server readiness (always open): 503 until loaded and while draining",
+        tags=["health"],
+    )
+    async def ready() -> Any:
+        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+
+    @r.get("/v2/models/{name}/ready", summary="Model readiness")
+    @r.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
+    async def model_ready(name: str, version: str | None = None) -> Any:
+        service.check_model(name, version)
+        return JSONResponse({"name": service.name, "ready": service.ready}, status_code=200 if service.ready else 503)

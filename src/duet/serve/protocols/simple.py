@@ -153,6 +153,13 @@ def router(service: ModelService) -> APIRouter:
             )
         return JSONResponse(await service.drift.latest())
 
+    add_health_routes(r, service)
+    return r
+
+
+def add_health_routes(r: APIRouter, service: ModelService) -> None:
+    """GET /healthz and /readyz (every modality)."""
+
     @r.get("/healthz", summary="Liveness (always open)", tags=["health"])
     async def healthz() -> Any:
         return {"status": "live"}
@@ -164,5 +171,3 @@ def router(service: ModelService) -> APIRouter:
         if not service.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)
         return {"status": "ready"}
-
-    return r

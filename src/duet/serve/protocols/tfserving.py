@@ -252,8 +252,8 @@ def _examples(body: dict[str, Any]) -> list[bytes]:
 Check = Callable[[str, str | None], None]  # raises the 404 for an unknown model or version
 
 
-def router(service: ModelService) -> APIRouter:
-    r = APIRouter(tags=["tensorflow-serving"])
+def checker(service: ModelService) -> Check:
+    """The 404 check of a model name and version, in TF Serving's words."""
 
     def check(name: str, version: str | None) -> None:
         if version is not None and version == tf_version(service.version):
@@ -269,13 +269,26 @@ def router(service: ModelService) -> APIRouter:
                 e.code,
             ) from None
 
+    return check
+
+
+def router(service: ModelService) -> APIRouter:
+    r = APIRouter(tags=["tensorflow-serving"])
+    check = checker(service)
     _status_routes(r, service, check)
     _predict_route(r, service, check)
     _classify_routes(r, service, check)
     return r
 
 
-def _status_routes(r: APIRouter, service: ModelService, check: Check) -> None:
+def _status_routes(
+    r: APIRouter,
+    service: ModelService,
+    check: Check,
+    describe: Callable[[ModelService], dict[str, Any]] = metadata,
+) -> None:
+    """Model status and metadata (``describe``: the image model's signatures by default)."""
+
     @r.get("/v1/models/{name}", summary="Model status")
     @r.get("/v1/models/{name}/versions/{version}", summary="Model status (one version)")
     async def model_status(name: str, version: str | None = None) -> Any:
@@ -286,7 +299,7 @@ def _status_routes(r: APIRouter, service: ModelService, check: Check) -> None:
     @r.get("/v1/models/{name}/versions/{version}/metadata", summary="Model metadata (one version)")
     async def model_metadata(name: str, version: str | None = None) -> Any:
         check(name, version)
-        return metadata(service)
+        return describe(service)
 
 
 def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:

@@ -1,0 +1,428 @@
+"""The three protocols for a tabular model (model.json ``"modality": "tabular"``).
+
+Values are keyed by column name (the graph input's name is accepted too) and
+read as :mod:`duet.serve.tabular_rows` says; a bad one is a 400 naming its row
+and column. The target column and the columns the model does not read (ID-like,
+constant, text) are ignored, so a whole row of the training file can be sent.
+
+- **simple**: ``POST /v1/predict`` with a JSON body: one row object
+  ``{"col": value, ...}``, a list of them, or ``{"rows": [...]}``. Answer:
+  ``{"model", "version", "predictions": [{"row", "label", "probability",
+  "top": [{"label", "index", "probability"}, ...], "probabilities": {label: p}}]}``,
+  one prediction per row in request order (``?top_k=`` as for images).
+- **KServe V2**: the metadata lists one input per feature column (``FP64`` for
+  numeric and boolean columns, ``BYTES`` for categorical ones, shape ``[-1, 1]``,
+  ``parameters.column`` and ``.kind``); ``infer`` takes one input per column,
+  shape ``[N]`` or ``[N, 1]``: BYTES (strings; ``""`` is missing) for
+  categorical columns, FP64/FP32/FP16/INT*/UINT* for numeric ones (binary FP
+  NaN is missing; JSON ``null`` is missing), BOOL or numbers for booleans; JSON
+  data or binary tensor data. Outputs and extensions as for images
+  (``logits``, ``probabilities``, ``classification``).
+- **TF Serving**: ``:predict`` with ``"instances"`` (row objects; a value may be
+  a one-element list, the ``[1]`` of the per-column shape) or ``"inputs"``
+  (columnar ``{"col": [values]}``); ``:classify`` with ``"examples"`` (row
+  objects, ``"context"`` shared by all). Metadata lists one ``DT_DOUBLE`` or
+  ``DT_STRING`` ``[-1, 1]`` input per column. Answers as for images.
+- ``GET /v1/monitor``: the per-column drift report of recent requests, when the
+  model folder has a reference profile (404 ``drift_off`` otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse
+
+from duet.data.tabular.schema import Table
+from duet.serve.errors import ApiError
+from duet.serve.protocols import kserve_v2, simple, tfserving
+from duet.serve.tabular_rows import FeatureInput, bad_request
+from duet.serve.tabular_service import TabularService
+
+# KServe V2 datatypes a numeric or boolean column may arrive in, and their little-endian binary layout.
+BINARY_DTYPES = {
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "BOOL": "?",
+}
+TF_DTYPES = {"FP64": "DT_DOUBLE", "BYTES": "DT_STRING"}
+
+
+def routers(service: TabularService) -> list[APIRouter]:
+    return [simple_router(service), kserve_router(service), tfserving_router(service)]
+
+
+# ---------------------------------------------------------------- simple
+
+
+def simple_router(service: TabularService) -> APIRouter:
+    r = APIRouter(tags=["simple"])
+
+    @r.post(
+        "/v1/predict",
+        summary="Classify table rows (JSON: a row object, a list of them, or {'rows': [...]})",
+        openapi_extra=_predict_body(service),
+    )
+    async def predict(
+        request: Request,
+        top_k: int = Query(service.config.top_k, ge=1, le=10_000, description="Labels per row, best first."),
+    ) -> Any:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("", "application/json"):
+            raise ApiError(
+                415,
+                f"Content-Type '{content_type}' is not accepted here: send JSON rows "
+                "with Content-Type: application/json (curl: -H 'Content-Type: application/json')",
+                "unsupported_media_type",
+            )
+        rows = _rows(await _json_body(request))
+        service.check_count(len(rows))
+        out = await service.predict(service.layout.rows_to_table(rows), "/v1/predict")
+        predictions = []
+        for i, probs in enumerate(out.probabilities):
+            top = service.top_k(probs, top_k)
+            predictions.append(
+                {
+                    "row": i,
+                    "label": top[0]["label"],
+                    "probability": top[0]["probability"],
+                    "top": top,
+                    "probabilities": dict(zip(service.labels, probs.tolist())),
+                }
+            )
+        version = service.version_of(out)
+        return JSONResponse(
+            {"model": service.name, "version": version, "model_version": version, "predictions": predictions},
+            headers=service.version_header(out),
+        )
+
+    @r.get(
+        "/v1/monitor", summary="Input drift per column: recent requests vs the reference profile", tags=["monitoring"]
+    )
+    async def monitor() -> Any:
+        watch = service.table_drift
+        if watch is None:
+            raise ApiError(
+                404,
+                "drift monitoring is off: the model folder has no reference profile "
+                "(train with a validation split, then re-export) or --no-drift was given",
+                "drift_off",
+            )
+        return JSONResponse(await asyncio.to_thread(watch.report))
+
+    simple.add_health_routes(r, service)
+    return r
+
+
+def _predict_body(service: TabularService) -> dict[str, Any]:
+    example = {i.column: (1.0 if i.datatype == "FP64" else "a") for i in service.layout.inputs[:8]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object", "example": {"rows": [example]}}}},
+        }
+    }
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise bad_request("the request body is not valid JSON", "bad_json") from None
+
+
+def _rows(body: Any) -> list[Any]:
+    """The rows of a /v1/predict body: a list, ``{"rows": [...]}``, or one row object."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        if set(body) == {"rows"} and isinstance(body["rows"], list):
+            return body["rows"]
+        return [body]
+    raise bad_request('the body must be a row object, a list of row objects, or {"rows": [...]}', "bad_json")
+
+
+# ---------------------------------------------------------------- KServe V2
+
+
+def kserve_metadata(service: TabularService) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "versions": [service.version],
+        "platform": service.runtime.platform,
+        "inputs": [
+            {
+                "name": i.name,
+                "datatype": i.datatype,
+                "shape": [-1, 1],
+                "parameters": {"column": i.column, "kind": i.kind},
+            }
+            for i in service.layout.inputs
+        ],
+        "outputs": [{"name": o["name"], "datatype": o["datatype"], "shape": o["shape"]} for o in service.outputs],
+        "parameters": {"labels": service.labels, "modality": "tabular", "target": service.layout.target},
+    }
+
+
+def kserve_router(service: TabularService) -> APIRouter:
+    r = APIRouter(tags=["kserve-v2"])
+    kserve_v2.add_server_routes(r, service)
+
+    @r.get("/v2/models/{name}", summary="Model metadata")
+    @r.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
+    async def metadata(name: str, version: str | None = None) -> Any:
+        service.check_model(name, version)
+        return kserve_metadata(service)
+
+    @r.post("/v2/models/{name}/infer", summary="Inference: one input per feature column")
+    @r.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+    async def infer(name: str, request: Request, version: str | None = None) -> Any:
+        service.check_model(name, version)
+        req, inputs, raws = await kserve_v2.read_infer_request(request)
+        table = _tensors_to_table(service, inputs, raws)
+        kserve_v2._requested_outputs(req)  # refuse a bad outputs list before spending inference on it
+        out = await service.predict(table, "/v2/models/{name}/infer")
+        return kserve_v2.infer_response(service, req, out)
+
+    return r
+
+
+def _tensors_to_table(service: TabularService, inputs: list[dict[str, Any]], raws: list[bytes | None]) -> Table:
+    layout = service.layout
+    keys = layout.lookup()
+    columns: dict[str, tuple[FeatureInput, list[Any]]] = {}
+    n: int | None = None
+    for t, raw in zip(inputs, raws):
+        name = t.get("name")
+        if not isinstance(name, str):
+            raise bad_request(f"every input needs a 'name' (a column), got {name!r}", "unknown_input")
+        feature = layout.resolve(name, keys, f"input {name!r}")
+        if feature is None:
+            continue  # the target or a column the model does not read
+        if feature.column in columns:
+            raise bad_request(f"column {feature.column!r} is given by two inputs", "bad_request")
+        shape = kserve_v2._shape(t)
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise bad_request(f"input {name!r} must have shape [N] or [N, 1], got {shape}", "bad_shape")
+        if n is None:
+            n = shape[0]
+            service.check_count(n)
+        elif shape[0] != n:
+            raise bad_request(f"input {name!r} has {shape[0]} rows, the inputs before it {n}", "bad_shape")
+        values = _tensor_values(t, raw, name)
+        if len(values) != shape[0]:
+            raise bad_request(f"input {name!r} has shape {shape} but holds {len(values)} elements", "bad_shape")
+        columns[feature.column] = (feature, values)
+    if n is None:
+        raise bad_request("the request has no input of a feature column", "missing_column")
+    table = layout.empty(n)
+    for column in layout.columns:
+        if column not in columns:
+            raise bad_request(
+                f"column {column!r}: no input carries it (send one input per feature column)", "missing_column"
+            )
+        feature, values = columns[column]
+        target = table[column]
+        for r, value in enumerate(values):
+            target[r] = layout.parse(feature, value, f"row {r}")
+    return table
+
+
+def _tensor_values(t: dict[str, Any], raw: bytes | None, name: str) -> list[Any]:
+    """The elements of one input as Python values (str, int, float, bool or None for missing)."""
+    datatype = t.get("datatype")
+    if datatype != "BYTES" and datatype not in BINARY_DTYPES:
+        raise bad_request(
+            f"input {name!r}: datatype {datatype!r} is not one of BYTES, {', '.join(BINARY_DTYPES)}", "bad_datatype"
+        )
+    if raw is not None:
+        return _binary_values(raw, str(datatype), name)
+    if "data" not in t:
+        raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size", "bad_data")
+    values = kserve_v2._flatten(t["data"])
+    for r, v in enumerate(values):
+        if v is not None and not _fits(v, str(datatype)):
+            raise bad_request(f"row {r}, input {name!r}: {v!r} is not a {datatype} value", "bad_value")
+    return values
+
+
+def _fits(value: Any, datatype: str) -> bool:
+    if datatype == "BYTES":
+        return isinstance(value, str)
+    if datatype == "BOOL":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if datatype[0] in "IU" else isinstance(value, (int, float))
+
+
+def _binary_values(raw: bytes, datatype: str, name: str) -> list[Any]:
+    if datatype == "BYTES":
+        items = kserve_v2.deserialize_bytes(raw)
+        try:
+            return [b.decode("utf-8") for b in items]
+        except UnicodeDecodeError:
+            raise bad_request(f"input {name!r}: BYTES elements must be UTF-8 text", "bad_binary") from None
+    dtype = np.dtype(BINARY_DTYPES[datatype])
+    if len(raw) % dtype.itemsize:
+        raise bad_request(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values", "bad_binary")
+    values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+    if datatype.startswith("FP"):  # NaN is how binary float data says missing
+        return [None if math.isnan(v) else v for v in values]
+    return values
+
+
+# ---------------------------------------------------------------- TF Serving
+
+
+def tf_metadata(service: TabularService) -> dict[str, Any]:
+    """``GetModelMetadataResponse``: one input per feature column (as tfserving.metadata for images)."""
+    c = len(service.labels)
+    inputs = {i.name: tfserving._tensor_info(i.name, TF_DTYPES[i.datatype], [-1, 1]) for i in service.layout.inputs}
+    predict = {
+        "inputs": inputs,
+        "outputs": {
+            "probabilities": tfserving._tensor_info("probabilities", "DT_FLOAT", [-1, c]),
+            "label": tfserving._tensor_info("label", "DT_STRING", [-1]),
+            "label_index": tfserving._tensor_info("label_index", "DT_INT64", [-1]),
+        },
+        "method_name": "tensorflow/serving/predict",
+    }
+    classify = {
+        "inputs": inputs,
+        "outputs": {
+            "classes": tfserving._tensor_info("classes", "DT_STRING", [-1, c]),
+            "scores": tfserving._tensor_info("scores", "DT_FLOAT", [-1, c]),
+        },
+        "method_name": "tensorflow/serving/classify",
+    }
+    spec: dict[str, Any] = {"name": service.name, "signature_name": ""}
+    version = tfserving.tf_version(service.version)
+    if version is not None:
+        spec["version"] = version
+    return {
+        "model_spec": spec,
+        "metadata": {
+            "signature_def": {
+                "@type": tfserving.SIGNATURE_DEF_MAP,
+                "signature_def": {"serving_default": predict, "classify": classify},
+            }
+        },
+    }
+
+
+def _unwrap(value: Any) -> Any:
+    """A TF Serving value of shape [1] (``[v]``) is the value itself."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def _unwrap_row(row: Any) -> Any:
+    return {k: _unwrap(v) for k, v in row.items()} if isinstance(row, dict) else row
+
+
+def tfserving_router(service: TabularService) -> APIRouter:
+    r = APIRouter(tags=["tensorflow-serving"])
+    check = tfserving.checker(service)
+    tfserving._status_routes(r, service, check, tf_metadata)  # type: ignore[arg-type]
+    layout = service.layout
+
+    @r.post("/v1/models/{name}:predict", summary="Predict (instances: row objects; inputs: {column: [values]})")
+    @r.post("/v1/models/{name}/versions/{version}:predict", summary="Predict (one version)")
+    async def predict(name: str, request: Request, version: str | None = None) -> Any:
+        check(name, version)
+        body = await tfserving._json_object(request)
+        if ("instances" in body) == ("inputs" in body):
+            raise bad_request(
+                "the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json"
+            )
+        sig = body.get("signature_name", "serving_default")
+        if sig not in ("serving_default", ""):
+            raise bad_request(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
+        rows = "instances" in body
+        if rows:
+            if not isinstance(body["instances"], list):
+                raise bad_request("'instances' must be a list of row objects", "bad_instance")
+            service.check_count(len(body["instances"]))
+            table = layout.rows_to_table([_unwrap_row(x) for x in body["instances"]])
+        else:
+            if not isinstance(body["inputs"], dict):
+                raise bad_request("'inputs' must be an object {column: [values]}", "bad_instance")
+            lengths = [len(v) for v in body["inputs"].values() if isinstance(v, list)]
+            service.check_count(max(lengths, default=0))
+            table = layout.columns_to_table(
+                {k: [_unwrap(x) for x in v] if isinstance(v, list) else v for k, v in body["inputs"].items()}
+            )
+        out = await service.predict(table, "/v1/models/{name}:predict")
+        index = out.probabilities.argmax(1)
+        labels = [service.labels[i] for i in index]
+        if rows:
+            predictions = [
+                {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
+                for p, lab, i in zip(out.probabilities, labels, index)
+            ]
+            return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
+        outputs = {"probabilities": out.probabilities.tolist(), "label": labels, "label_index": [int(i) for i in index]}
+        return JSONResponse({"outputs": outputs}, headers=service.version_header(out))
+
+    @r.post("/v1/models/{name}:classify", summary="Classify (examples: row objects, context shared)")
+    @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)")
+    async def classify(name: str, request: Request, version: str | None = None) -> Any:
+        check(name, version)
+        examples = _examples(await tfserving._json_object(request))
+        service.check_count(len(examples))
+        out = await service.predict(layout.rows_to_table(examples), "/v1/models/{name}:classify")
+        results = []
+        for probs in out.probabilities:
+            order = np.argsort(-probs, kind="stable")
+            results.append([[service.labels[i], float(probs[i])] for i in order])
+        return JSONResponse({"results": results}, headers=service.version_header(out))
+
+    # "POST /v1/models/m:verb" would otherwise match the GET status route and get 405.
+    @r.post("/v1/models/{name}", include_in_schema=False)
+    @r.post("/v1/models/{name}/versions/{version}", include_in_schema=False)
+    async def other_verb(name: str, version: str | None = None) -> Any:
+        verb = (version if version is not None else name).partition(":")[2]
+        raise bad_request(
+            f"unknown method {':' + verb if verb else '(none)'} for a classifier of table rows; "
+            "POST /v1/models/{name} takes :predict or :classify",
+            "unknown_method",
+        )
+
+    return r
+
+
+def _examples(body: dict[str, Any]) -> list[Any]:
+    """The rows of a ClassificationRequest: each example merged with the shared context."""
+    sig = body.get("signature_name", "serving_default")
+    if sig not in tfserving.CLASSIFY_SIGNATURES:
+        raise bad_request(
+            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
+        )
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples:
+        raise bad_request("a classify request needs a non-empty list 'examples' of row objects", "bad_instance")
+    if not isinstance(context, dict):
+        raise bad_request("'context' must be an object of columns shared by all examples", "bad_instance")
+    rows = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise bad_request(f"row {i}: an example must be an object of column -> value", "bad_instance")
+        shared = set(example) & set(context)
+        if shared:
+            raise bad_request(f"row {i}: repeats context columns {sorted(shared)[:5]}", "bad_instance")
+        rows.append(_unwrap_row({**context, **example}))
+    return rows
