@@ -44,6 +44,33 @@ EXPORT_DIR/                 (by default RUN/export/)
 - ``onnx`` (opset, exporter), ``versions`` (duet, torch, timm, onnx,
   onnxruntime, python), ``source`` (the run folder and its weights' sha256).
 
+A **tabular** model (``duet export`` of a run trained on a table,
+``duet.exporting.tabular_export``) has the same keys, with these differences:
+
+- ``modality``: ``"tabular"`` (absent means ``"image"``); ``preprocess`` is
+  null, ``norm`` and ``privacy`` are null;
+- ``columns``: the :class:`~duet.data.tabular.schema.ColumnSchema` as a dict
+  (``target``, ``labels``, every column's ``name``, ``kind``, ``note``);
+- ``tabular_spec``: the fitted :class:`~duet.data.tabular.spec.TabularSpec` as a
+  dict (means, stds, missing flags, vocabularies); model.onnx holds it already;
+- ``inputs``: one entry per feature column (``ColumnSchema.features()``, file
+  order): ``{"name": ONNX input name, "column": column name, "kind":
+  numeric|boolean|categorical, "datatype": "FP64" (numeric; boolean as 0/1) or
+  "BYTES" (categorical), "shape": [-1, 1]}``; missing is NaN for FP64 and ""
+  for BYTES. The name is the column's own when it is an identifier
+  (``[A-Za-z_][A-Za-z0-9_]*``) other than an output's name, else a sanitised,
+  unique one (``duet.exporting.tabular_graph.input_names``);
+- ``outputs``: ``logits`` and ``probabilities``, FP32 ``[-1, num_classes]``
+  (no ``features`` output);
+- ``metrics.parity`` / ``formats.onnx.gate``: the parity gate on every
+  validation row (``images`` and ``rows`` both count rows); ``metrics.baseline``:
+  the run's HistGradientBoosting baseline, when it has one;
+- ``data``: ``fingerprint`` (sha256 of the table files' sha256 and the run's
+  splits.json), ``rows``, ``per_split``, ``source`` (the table file(s));
+- ``onnx`` adds ``ml_opset`` (the ai.onnx.ml opset of the LabelEncoders),
+  ``preprocessing_nodes`` and ``feature_edges``; ``versions`` has no timm;
+- only ``model.onnx`` (fp32): no ``variants``, no TensorFlow formats.
+
 This module imports neither torch nor onnxruntime: a server reads and checks a
 model folder before it chooses a runtime.
 """
@@ -58,9 +85,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from duet.data.preprocess import PreprocessSpec
-from duet.errors import ModelError
+from duet.data.tabular.schema import ColumnSchema
+from duet.data.tabular.spec import TabularSpec
+from duet.errors import DuetError, ModelError
 
 SCHEMA = "duet.model/1"
+MODALITIES = ("image", "tabular")  # model.json's "modality" (absent: image)
 MANIFEST = "model.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the int8 variant (duet export --quantize int8)
@@ -119,7 +149,12 @@ def signature(spec: PreprocessSpec, num_classes: int) -> tuple[list[dict[str, An
             "description": f"RGB centre crops, 0..255, {s}x{s}; normalised inside the graph",
         }
     ]
-    outputs = [
+    return inputs, output_signature(num_classes)
+
+
+def output_signature(num_classes: int) -> list[dict[str, Any]]:
+    """The graph's public outputs (image and tabular alike), as model.json and KServe V2 list them."""
+    return [
         {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
         {
             "name": "probabilities",
@@ -128,7 +163,6 @@ def signature(spec: PreprocessSpec, num_classes: int) -> tuple[list[dict[str, An
             "description": "softmax of logits, in label order",
         },
     ]
-    return inputs, outputs
 
 
 @dataclass(frozen=True)
@@ -155,8 +189,31 @@ class ModelPackage:
         return str(self.manifest["architecture"])
 
     @property
+    def modality(self) -> str:
+        """``"image"`` or ``"tabular"`` (model.json's ``modality``; absent in image exports)."""
+        return str(self.manifest.get("modality") or "image")
+
+    @property
     def spec(self) -> PreprocessSpec:
+        """The image preprocessing; :class:`ArtifactError` for a tabular model, which has none."""
+        if self.modality != "image":
+            raise ArtifactError(f"model folder '{self.root}' is {self.modality}: it has no image preprocessing")
         return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def columns(self) -> ColumnSchema:
+        """A tabular model's columns (:class:`ArtifactError` for an image model)."""
+        return ColumnSchema.from_dict(self._tabular("columns"))
+
+    @property
+    def tabular_spec(self) -> TabularSpec:
+        """A tabular model's fitted preprocessing spec (:class:`ArtifactError` for an image model)."""
+        return TabularSpec.from_dict(self._tabular("tabular_spec"))
+
+    def _tabular(self, key: str) -> dict[str, Any]:
+        if self.modality != "tabular":
+            raise ArtifactError(f"model folder '{self.root}' is an {self.modality} model: it has no {key}")
+        return dict(self.manifest[key])
 
     @property
     def onnx_path(self) -> Path:
@@ -242,11 +299,15 @@ def _schema_problem(m: Any) -> str:
         return "not a JSON object"
     if m.get("schema") != SCHEMA:
         return f"schema is {m.get('schema')!r}, expected {SCHEMA!r}"
+    modality = m.get("modality", "image")
+    if modality not in MODALITIES:
+        return f"modality is {modality!r}, expected one of {', '.join(MODALITIES)}"
+    specs = ("preprocess",) if modality == "image" else ("columns", "tabular_spec")
     for key, kind in (
         ("name", str),
         ("architecture", str),
         ("labels", list),
-        ("preprocess", dict),
+        *((name, dict) for name in specs),
         ("files", dict),
         ("inputs", list),
         ("outputs", list),
@@ -258,9 +319,13 @@ def _schema_problem(m: Any) -> str:
     if ONNX_FILE not in m["files"]:
         return f"'{ONNX_FILE}' is not listed in files"
     try:
-        PreprocessSpec.from_dict(m["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
-        return f"bad preprocess spec: {e}"
+        if modality == "image":
+            PreprocessSpec.from_dict(m["preprocess"])
+        else:
+            ColumnSchema.from_dict(m["columns"])
+            TabularSpec.from_dict(m["tabular_spec"])
+    except (KeyError, TypeError, ValueError, DuetError) as e:
+        return f"bad {' / '.join(specs)}: {e}"
     return ""
 
 

@@ -2,7 +2,10 @@
 
 Sections follow the usual model-card outline (details, intended use, data,
 metrics, preprocessing, limitations); the facts come from the manifest, the
-intended-use and limitation lines are prompts for the owner to complete.
+intended-use and limitation lines are prompts for the owner to complete. A
+tabular model (``"modality": "tabular"``) gets a card of its own
+(:func:`render_tabular_card`): its columns and what the graph does to each
+instead of the image preprocessing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ def _pct(x: Any) -> str:
 
 def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
     """Markdown for manifest ``m`` (as written to model.json) and the files it ships with."""
+    if m.get("modality") == "tabular":
+        return render_tabular_card(m, files)
     spec = m["preprocess"]
     metrics = m.get("metrics", {})
     data = m.get("data", {})
@@ -74,6 +79,14 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "- Metrics hold for images like the training data; watch drift in production.",
         "- *Owner: add known failure modes and fairness considerations.*",
         "",
+        *_files_lines(m, files),
+    ]
+    return "\n".join(lines)
+
+
+def _files_lines(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> list[str]:
+    """The card's closing table of files and the command that serves them."""
+    return [
         "## Files",
         "",
         "| file | bytes | sha256 |",
@@ -83,10 +96,106 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
         "Serve it: `duet serve " + str(m.get("source", {}).get("run", "EXPORT_DIR")) + "`",
         "",
     ]
+
+
+def render_tabular_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """The card of a tabular model: the same outline, with its columns in place of image preprocessing."""
+    data = m.get("data", {})
+    source = data.get("source", {})
+    features = m["inputs"]
+    lines = [
+        f"# Model card: {m['name']}",
+        "",
+        f"Tabular classifier, **{m['architecture']}**, {m['num_classes']} classes from {len(features)} feature "
+        f"columns, exported by duet {m['versions'].get('duet', '?')} on {m['created']}.",
+        "",
+        "## Intended use",
+        "",
+        "Classify rows with the columns below, drawn like the training table's rows. "
+        "*Owner: describe the intended users and uses, and uses that are out of scope.*",
+        "",
+        "## Labels",
+        "",
+        "| index | label |",
+        "|---|---|",
+        *(f"| {i} | {label} |" for i, label in enumerate(m["labels"])),
+        "",
+        "## Training data",
+        "",
+        f"- table: `{source.get('data', '?')}` (sha256 `{source.get('sha256', '?')}`)"
+        + (f"; validation table `{source['val_data']}`" if source.get("val_data") else ""),
+        f"- rows: {data.get('rows', '?')} ("
+        + ", ".join(f"{k} {v}" for k, v in data.get("per_split", {}).items())
+        + f"); target column `{m['columns']['target']}`",
+        f"- fingerprint (the table files and the split): `{data.get('fingerprint', '?')}`",
+        "",
+        "## Metrics",
+        "",
+        *_metric_lines(m.get("metrics", {}), unit="rows"),
+        *_baseline_lines(m.get("metrics", {}).get("baseline")),
+        "",
+        *_column_lines(m),
+        "## Privacy",
+        "",
+        "Trained without differential privacy: the weights may reveal whether a given row was in the training set.",
+        "",
+        "## Limitations",
+        "",
+        "- Predicts only these labels: every row gets one of them, however unlike the training rows it is.",
+        "- A category never seen in training is out of vocabulary (one shared id for all of them); a missing "
+        "value in a column that had none in training becomes the column's mean, with no indicator.",
+        "- Metrics hold for rows like the training data; watch drift per column in production.",
+        "- *Owner: add known failure modes and fairness considerations.*",
+        "",
+        *_files_lines(m, files),
+    ]
     return "\n".join(lines)
 
 
-def _metric_lines(metrics: dict[str, Any]) -> list[str]:
+def _baseline_lines(baseline: dict[str, Any] | None) -> list[str]:
+    if not baseline:
+        return []
+    scores = ", ".join(
+        f"{split} accuracy {_pct(baseline[f'{split}_accuracy'])}"
+        for split in ("val", "test")
+        if f"{split}_accuracy" in baseline
+    )
+    return [f"- baseline ({baseline.get('model', '?')}, trained on the same split): {scores or 'no score'}"]
+
+
+def _column_lines(m: dict[str, Any]) -> list[str]:
+    """What the graph does to each input column, and the columns it leaves out."""
+    spec = m["tabular_spec"]
+    numeric = {f["name"]: f for f in spec["numeric"]}
+    vocab = {f["name"]: len(f["tokens"]) for f in spec["categorical"]}
+    rows = []
+    for t in m["inputs"]:
+        column = t["column"]
+        if column in vocab:
+            inside = f'{vocab[column]} categories -> ids 2.. (unseen -> 0, "" -> 1), ONNX-ML LabelEncoder'
+        else:
+            f = numeric[column]
+            inside = "0/1 as is" if f["kind"] == "boolean" else f"(x - {f['mean']:.6g}) / {f['std']:.6g} in float64"
+            inside += ", NaN -> 0" + (" + a missing indicator" if f["has_missing"] else "")
+        rows.append(f"| `{column}` | {t['kind']} | `{t['name']}` | {t['datatype']} {t['shape']} | {inside} |")
+    used = {t["column"] for t in m["inputs"]}
+    target = m["columns"]["target"]
+    left = [c for c in m["columns"]["columns"] if c["name"] not in used and c["name"] != target]
+    return [
+        "## Columns (the graph's inputs; all preprocessing is inside model.onnx)",
+        "",
+        "| column | kind | ONNX input | datatype | inside the graph |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        *(f"- left out: `{c['name']}` ({c['kind']}: {c['note']})" for c in left),
+        *([""] if left else []),
+        "Outputs: " + ", ".join(f"`{t['name']}` {t['datatype']} {t['shape']}" for t in m["outputs"]) + ".",
+        "",
+    ]
+
+
+def _metric_lines(metrics: dict[str, Any], unit: str = "images") -> list[str]:
     """The card's metrics, each saying which split it comes from."""
     parity = metrics.get("parity", {})
     evaluation = metrics.get("evaluation") or {}
@@ -100,13 +209,13 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
         )
     if evaluation:
         lines.append(
-            f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} images): "
+            f"- evaluation on {evaluation.get('split', '?')} ({evaluation.get('num_images', '?')} {unit}): "
             f"accuracy {_pct(evaluation.get('accuracy'))}, macro F1 {_pct(evaluation.get('macro_f1'))}"
         )
     else:
         lines.append("- no `duet evaluate` report was found when exporting")
     lines.append(
-        f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} images): "
+        f"- export parity (ONNX Runtime vs PyTorch, fp32, {parity.get('images', '?')} {parity.get('split', '')} {unit}): "
         f"top-1 agreement {_pct(parity.get('top1_agreement'))}, max |Δprobability| "
         f"{parity.get('max_abs_prob_diff', float('nan')):.2e} (gate: 100% and <= {parity.get('tolerance', 1e-4):g})"
     )

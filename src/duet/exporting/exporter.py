@@ -16,17 +16,18 @@ Steps, in order (the story of an export):
 6. ``MODEL_CARD.md`` and ``model.json`` (with the sha256 of every file);
 7. rename the folder into place (RUN/export/ by default). An existing export is
    replaced only with ``force=True``.
+
+A tabular run (run.json ``"modality": "tabular"``) goes to
+``duet.exporting.tabular_export`` instead: the same folder, gate and atomic
+rename, with the table's preprocessing inside the graph (ONNX only, fp32).
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import duet
 from duet.artifacts.model_package import (
     CARD_FILE,
     INT8_FILE,
@@ -66,19 +66,13 @@ from duet.exporting.quantize import (
     load_pixels,
     quantize_int8,
 )
+from duet.exporting.staging import ExportResult, make_readable, metrics_section, swap_into_place, versions
+from duet.exporting.tabular_export import export_tabular_run, refuse_image_options
 from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.training.tabular_run import is_tabular_run
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class ExportResult:
-    export_dir: Path
-    manifest: dict[str, Any]
-    parity: ParityReport
-    seconds: float
-    variants: dict[str, Any] | None = None  # model.json's "variants" (with --quantize)
 
 
 def validation_samples(run: RunInfo, data_dir: Path | None) -> tuple[list[Sample], str]:
@@ -118,55 +112,6 @@ def _data_section(run: RunInfo) -> dict[str, Any]:
     }
 
 
-def _metrics(run: RunInfo) -> dict[str, Any]:
-    best = run.best or {}
-    metrics: dict[str, Any] = {
-        "val_accuracy": best.get("val_accuracy"),
-        "test_accuracy": best.get("test_accuracy"),
-        "best_epoch": best.get("epoch"),
-        "epochs_done": best.get("epochs_done"),
-        "evaluation": None,
-    }
-    report = run.paths.eval / "report.json"
-    if report.is_file():
-        try:
-            doc = json.loads(report.read_text(encoding="utf-8"))
-            m = doc["metrics"]
-            metrics["evaluation"] = {
-                "split": doc.get("context", {}).get("split"),
-                "date": doc.get("context", {}).get("date"),
-                "num_images": m.get("num_images"),
-                "accuracy": m.get("accuracy"),
-                "macro_f1": (m.get("macro") or {}).get("f1"),
-            }
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            metrics["evaluation"] = None  # a damaged report is not worth failing an export for
-    return metrics
-
-
-def _versions(with_tf: bool = False) -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import timm
-
-    versions = {
-        "duet": duet.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
-    if with_tf:
-        from importlib.metadata import version
-
-        from duet.system.tensorflow_import import import_tensorflow
-
-        versions["tensorflow"] = import_tensorflow().__version__
-        versions["ai_edge_litert"] = version("ai-edge-litert")
-    return versions
-
-
 def export_run(
     run_dir: str | Path,
     *,
@@ -186,7 +131,9 @@ def export_run(
     """Export the run's best weights to ``out_dir`` (default RUN/export/); see the module doc.
 
     Args:
-        run_dir: a run folder made by ``duet train``.
+        run_dir: a run folder made by ``duet train`` (a tabular run: ``duet.exporting.tabular_export``,
+            which takes ``out_dir``, ``tolerance``, ``batch_size``, ``opset``, ``force`` and refuses
+            ``quantize``, ``formats`` beyond onnx and ``data_dir``).
         out_dir: destination folder; must not exist unless ``force``.
         data_dir: where the run's images are now, when they moved since training.
         tolerance: the parity gate's max |Δprobability|.
@@ -207,6 +154,18 @@ def export_run(
         FormatGateError: a TensorFlow format failed its gate; nothing is written.
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
+    if is_tabular_run(Path(run_dir)):
+        refuse_image_options(quantize=quantize, formats=formats, data_dir=data_dir)
+        return export_tabular_run(
+            run_dir,
+            out_dir=out_dir,
+            tolerance=tolerance,
+            batch_size=batch_size,
+            opset=opset,
+            force=force,
+            progress=progress,
+            log=log,
+        )
     t0 = time.perf_counter()
     _check_options(quantize, calibration_images)
     wanted = parse_formats(formats)
@@ -240,8 +199,8 @@ def export_run(
             )
         manifest = _manifest(run, spec, graph, parity, tmp, variants, formats_section)
         write_json_atomic(tmp / MANIFEST, manifest)
-        _make_readable(tmp)
-        _swap_into_place(tmp, dest)
+        make_readable(tmp)
+        swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -379,7 +338,7 @@ def _manifest(
     formats: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     inputs, outputs = signature(spec, run.num_classes)
-    metrics = _metrics(run)
+    metrics = metrics_section(run.best or {}, run.paths.eval)
     metrics["parity"] = parity.to_dict()
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
@@ -397,7 +356,7 @@ def _manifest(
         "privacy": run.privacy,
         "formats": formats or {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime", "gate": parity.to_dict()}},
         "onnx": graph,
-        "versions": _versions(with_tf=len(formats or {}) > 1),
+        "versions": versions(with_tf=len(formats or {}) > 1),
         "source": {
             "run": str(run.paths.root.resolve()),
             "data_dir": str(run.data_dir),
@@ -416,31 +375,6 @@ def _manifest(
     write_text_atomic(tmp / CARD_FILE, render_card(manifest, files))
     manifest["files"] = file_entries(tmp, (*models, CARD_FILE, *profile))
     return manifest
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp and the atomic writes create owner-only modes; a model folder is
-    meant to be read by a server running as another user."""
-    folder.chmod(0o755)
-    for p in folder.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an old ``dest`` (force) is moved aside first and
-    deleted only once the new folder is in place."""
-    old: Path | None = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{int(time.time() * 1000)}")
-        dest.rename(old)
-    try:
-        tmp.rename(dest)
-    except BaseException:
-        if old is not None:
-            old.rename(dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["ExportResult", "ParityError", "export_run"]
