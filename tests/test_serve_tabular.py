@@ -8,14 +8,23 @@ probabilities the run gives offline.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from duet.serve.errors import ApiError
+from duet.serve.protocols.kserve_v2 import serialize_bytes
 from duet.serve.tabular_rows import TableLayout
+from helpers import run_cli
+from serve_support import running_server
 
 COLUMNS = {
     "target": "y",
@@ -155,3 +164,207 @@ def test_bad_columns_are_refused(layout: TableLayout) -> None:
     refused(lambda: layout.columns_to_table({**good, "age": 3}), "'age'", "list")
     refused(lambda: layout.columns_to_table({**good, "age": [1, "x"]}), "row 1", "'age'", "not a number")
     refused(lambda: layout.columns_to_table({**good, "zip": [1, 2]}), "unknown column 'zip'")
+
+
+# ---------------------------------------------------------------- e2e: a trained, exported, served table model
+
+CITIES = ("Oslo", "Bergen", "Tromsø", "Stavanger", "Bodø")
+
+
+def write_table(path: Path, n: int = 400, seed: int = 0) -> Path:
+    """A CSV with an ID column, numeric, boolean and categorical features, missing cells and a 3-class target."""
+    rng = np.random.default_rng(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["row_id", "age", "income", "member", "city", "plan", "y"])
+        for i in range(n):
+            age, income = rng.normal(40, 12), rng.lognormal(10, 0.5)
+            member, city = bool(rng.random() < 0.4), CITIES[rng.integers(0, 5)]
+            score = (age - 40) / 12 + (1.0 if member else -0.5) + (0.8 if city in CITIES[:2] else -0.3)
+            score += rng.normal(0, 0.5)
+            y = "high" if score > 0.8 else ("mid" if score > -0.4 else "low")
+            w.writerow(
+                [
+                    i + 1,
+                    "" if rng.random() < 0.1 else f"{age:.1f}",
+                    "NA" if rng.random() < 0.05 else f"{income:.2f}",
+                    "" if rng.random() < 0.08 else ("yes" if member else "no"),
+                    "" if rng.random() < 0.07 else city,
+                    ["basic", "plus", "pro"][rng.integers(0, 3)],
+                    y,
+                ]
+            )
+    return path
+
+
+@dataclass
+class Served:
+    url: str
+    name: str
+    inputs: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # every validation row, typed JSON values (null = missing)
+    offline: np.ndarray  # the run's own probabilities for those rows (PyTorch)
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from duet.training.tabular_run import load_split_tables, load_tabular_model, predict_proba
+
+    root = tmp_path_factory.mktemp("serve-tabular")
+    data = write_table(root / "customers.csv")
+    proc = run_cli(
+        "train", str(data), "--target", "y", "--epochs", "4", "--out", str(root / "runs"), "--name", "tab",
+        "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = root / "runs" / "tab"
+    proc = run_cli("export", str(run))
+    assert proc.returncode == 0, proc.stderr
+    val = load_split_tables(run)["val"]
+    model, spec, schema, _ = load_tabular_model(run)
+    offline = predict_proba(model, spec, val)
+    rows = [{c.name: json_value(val[c.name][i]) for c in schema.features()} for i in range(len(offline))]
+    manifest = json.loads((run / "export" / "model.json").read_text())
+    with running_server(run / "export", root, "--max-images", "1000", "--max-body-bytes", "200000") as server:
+        yield Served(server.url, manifest["name"], manifest["inputs"], rows, offline, server.log)
+
+
+def json_value(value: Any) -> Any:
+    """A table cell as JSON: NaN and None -> null, numbers as floats, strings as they are."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value) if isinstance(value, (float, np.floating)) else value
+
+
+def assert_offline(served: Served, probabilities: Any) -> None:
+    got = np.asarray(probabilities, dtype=np.float64)
+    assert got.shape == served.offline.shape
+    np.testing.assert_allclose(got, served.offline, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.argmax(1), served.offline.argmax(1))
+
+
+def as_text(value: Any, kind: str) -> Any:
+    """The cell as the CSV holds it: numbers and booleans as text, missing as ""."""
+    if value is None:
+        return ""
+    if kind == "boolean":
+        return "yes" if value else "no"
+    return str(value)
+
+
+@pytest.mark.e2e
+def test_simple_predict_gives_the_offline_probabilities_for_every_validation_row(served: Served) -> None:
+    assert len(served.rows) >= 60
+    r = httpx.post(f"{served.url}/v1/predict", json={"rows": served.rows}, timeout=30)
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    labels = list(predictions[0]["probabilities"])
+    assert_offline(served, [[p["probabilities"][lab] for lab in labels] for p in predictions])
+    assert [p["row"] for p in predictions] == list(range(len(served.rows)))
+    for p in predictions:
+        assert p["label"] == p["top"][0]["label"] and p["probability"] == max(p["probabilities"].values())
+    one = httpx.post(f"{served.url}/v1/predict", json=served.rows[3], timeout=30).json()["predictions"]
+    assert len(one) == 1 and one[0]["label"] == predictions[3]["label"]
+
+
+@pytest.mark.e2e
+def test_kserve_infer_one_input_per_column_gives_the_offline_probabilities(served: Served) -> None:
+    meta = httpx.get(f"{served.url}/v2/models/{served.name}", timeout=10).json()
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        (i["name"], i["datatype"], [-1, 1]) for i in served.inputs
+    ]
+    n = len(served.rows)
+    json_inputs, binary_inputs, chunks = [], [], []
+    for i in served.inputs:
+        values = [row[i["column"]] for row in served.rows]
+        if i["datatype"] == "BYTES":
+            json_inputs.append({"name": i["name"], "datatype": "BYTES", "shape": [n, 1], "data": values})
+            raw = serialize_bytes([("" if v is None else v).encode() for v in values])
+            binary_inputs.append({"name": i["name"], "datatype": "BYTES", "shape": [n, 1]})
+        else:
+            json_inputs.append({"name": i["name"], "datatype": "FP64", "shape": [n, 1], "data": values})
+            raw = np.array([np.nan if v is None else v for v in values], "<f8").tobytes()
+            binary_inputs.append({"name": i["name"], "datatype": "FP64", "shape": [n]})
+        binary_inputs[-1]["parameters"] = {"binary_data_size": len(raw)}
+        chunks.append(raw)
+    r = httpx.post(f"{served.url}/v2/models/{served.name}/infer", json={"inputs": json_inputs}, timeout=30)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert_offline(served, np.reshape(out["probabilities"]["data"], out["probabilities"]["shape"]))
+    header = json.dumps(
+        {"inputs": binary_inputs, "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}
+    ).encode()
+    r = httpx.post(
+        f"{served.url}/v2/models/{served.name}/infer",
+        content=header + b"".join(chunks),
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    head_len = int(r.headers["Inference-Header-Content-Length"])
+    assert_offline(served, np.frombuffer(r.content[head_len:], "<f4").reshape(n, -1))
+
+
+@pytest.mark.e2e
+def test_tfserving_rows_and_columns_as_csv_text_give_the_offline_probabilities(served: Served) -> None:
+    kinds = {i["column"]: i["kind"] for i in served.inputs}
+    text_rows = [{c: as_text(v, kinds[c]) for c, v in row.items()} for row in served.rows]
+    url = f"{served.url}/v1/models/{served.name}:predict"
+    r = httpx.post(url, json={"instances": text_rows}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert_offline(served, [p["probabilities"] for p in r.json()["predictions"]])
+    columns = {c: [[row[c]] for row in served.rows] for c in kinds}  # each value of shape [1]
+    r = httpx.post(url, json={"inputs": columns}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert_offline(served, r.json()["outputs"]["probabilities"])
+    meta = httpx.get(f"{served.url}/v1/models/{served.name}/metadata", timeout=10).json()
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sorted(signature["inputs"]) == sorted(i["name"] for i in served.inputs)
+
+
+@pytest.mark.e2e
+def test_bad_rows_are_one_line_400s_naming_row_and_column(served: Served) -> None:
+    good = served.rows[0]
+    column = next(i["column"] for i in served.inputs if i["kind"] == "numeric")
+    missing = {k: v for k, v in good.items() if k != column}
+    cases = [
+        (
+            f"{served.url}/v1/predict",
+            {"rows": [good, {**good, column: "abc"}]},
+            ["row 1", repr(column), "not a number"],
+        ),
+        (f"{served.url}/v1/predict", [good, good, missing], ["row 2", repr(column), "missing"]),
+        (f"{served.url}/v1/predict", {**good, "colour": "red"}, ["row 0", "unknown column 'colour'"]),
+        (f"{served.url}/v1/predict", {**good, column: {"x": 1}}, ["row 0", repr(column), "JSON object"]),
+        (f"{served.url}/v1/models/{served.name}:predict", {"instances": [good, [1, 2]]}, ["row 1", "object"]),
+        (f"{served.url}/v1/models/{served.name}:predict", {"inputs": {column: [1]}}, ["missing"]),
+    ]
+    for url, body, needles in cases:
+        r = httpx.post(url, json=body, timeout=10)
+        assert r.status_code == 400, (body, r.text)
+        message = r.json()["error"]
+        assert "\n" not in message and all(n in message for n in needles), message
+    nan_body = json.dumps({**good, column: 1.0}).replace("1.0", "NaN")
+    r = httpx.post(f"{served.url}/v1/predict", content=nan_body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "finite" in r.json()["error"] and repr(column) in r.json()["error"], r.text
+    inputs = [
+        {
+            "name": i["name"],
+            "datatype": i["datatype"],
+            "shape": [1, 1],
+            "data": ["abc" if i["column"] == column else None],
+        }
+        for i in served.inputs
+    ]
+    for t in inputs:
+        t["datatype"] = "BYTES" if t["data"] == ["abc"] else t["datatype"]
+    r = httpx.post(f"{served.url}/v2/models/{served.name}/infer", json={"inputs": inputs}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert all(n in r.json()["error"] for n in ("row 0", repr(column), "not a number")), r.text
+    r = httpx.post(f"{served.url}/v1/predict", json={"rows": [good] * 1001}, timeout=10)
+    assert r.status_code == 413 and r.json()["code"] == "too_many_rows", r.text
+    r = httpx.post(f"{served.url}/v1/predict", json={"rows": [good] * 5000}, timeout=10)
+    assert r.status_code == 413 and r.json()["code"] == "body_too_large", r.text
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    assert 'code="500"' not in metrics
