@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from duet.serve.errors import ApiError
 from duet.serve.protocols.kserve_v2 import serialize_bytes
 from duet.serve.tabular_rows import TableLayout
 from helpers import run_cli
-from serve_support import running_server
+from serve_support import metric_value, running_server
 
 COLUMNS = {
     "target": "y",
@@ -209,6 +210,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from duet.monitor.tabular_profile import PROFILE_FILE, ensure_tabular_profile
     from duet.training.tabular_run import load_split_tables, load_tabular_model, predict_proba
 
     root = tmp_path_factory.mktemp("serve-tabular")
@@ -219,6 +221,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = root / "runs" / "tab"
+    if not (run / "profile" / PROFILE_FILE).is_file():  # the drift reference the export copies
+        ensure_tabular_profile(run, log=lambda line: None)
     proc = run_cli("export", str(run))
     assert proc.returncode == 0, proc.stderr
     val = load_split_tables(run)["val"]
@@ -226,7 +230,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     offline = predict_proba(model, spec, val)
     rows = [{c.name: json_value(val[c.name][i]) for c in schema.features()} for i in range(len(offline))]
     manifest = json.loads((run / "export" / "model.json").read_text())
-    with running_server(run / "export", root, "--max-images", "1000", "--max-body-bytes", "200000") as server:
+    limits = ["--max-images", "1000", "--max-body-bytes", "200000", "--drift-interval", "0.5"]
+    with running_server(run / "export", root, *limits) as server:
         yield Served(server.url, manifest["name"], manifest["inputs"], rows, offline, server.log)
 
 
@@ -368,3 +373,27 @@ def test_bad_rows_are_one_line_400s_naming_row_and_column(served: Served) -> Non
     assert r.status_code == 413 and r.json()["code"] == "body_too_large", r.text
     metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
     assert 'code="500"' not in metrics
+
+
+@pytest.mark.e2e
+def test_the_server_reports_drift_per_column_on_recent_rows(served: Served) -> None:
+    """Runs last: it fills the window with rows whose numeric column moved far from the reference."""
+    url = f"{served.url}/v1/monitor"
+    before = httpx.get(url, timeout=30)
+    assert before.status_code == 200, before.text
+    assert before.json()["modality"] == "tabular"
+    assert {c["column"] for c in before.json()["columns"]} >= {i["column"] for i in served.inputs}
+    column = next(i["column"] for i in served.inputs if i["kind"] == "numeric")
+    shifted = [{**row, column: 1e6 + 10 * i} for i, row in enumerate(served.rows * 7)][:500]
+    r = httpx.post(f"{served.url}/v1/predict", json={"rows": shifted}, timeout=30)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 20
+    while True:  # the verdict is recomputed every --drift-interval (0.5 s)
+        report = httpx.get(url, timeout=30).json()
+        if report["seen"] >= before.json()["seen"] + len(shifted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert report["status"] == "drift" and column in report["drifted"], report["sentence"]
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    assert metric_value(metrics, "duet_drift_detected") == 1.0
+    assert metric_value(metrics, "duet_drift_window_images") == 500

@@ -38,6 +38,7 @@ from duet.serve.outputs import Outputs
 from duet.serve.runtimes import Runtime, ort_session
 from duet.serve.service import ModelService, _Tagged
 from duet.serve.settings import ServeConfig
+from duet.serve.tabular_monitor import TableMonitor
 from duet.serve.tabular_rows import TableLayout
 
 log = logging.getLogger("duet.serve")
@@ -148,7 +149,7 @@ class TabularService(ModelService):
         self._decode_pool = None
         self.ready = False
         self.drift = None  # the image drift watch: never for a table
-        self.table_drift: Any = None
+        self.table_drift = self._monitor(package)
         self.watcher = watcher
         self._follow_task: asyncio.Task[None] | None = None
         self.set_model_info()
@@ -157,6 +158,8 @@ class TabularService(ModelService):
         # One call before "ready": the first run of a session allocates and is slow.
         await asyncio.to_thread(self.runtime, pack(self.layout, self.layout.empty(1)))
         await self.batcher.start()
+        if self.table_drift is not None:
+            await self.table_drift.start()
         self.ready = True
         self.metrics.model_loaded.set(1)
         if self.watcher is not None:
@@ -172,6 +175,16 @@ class TabularService(ModelService):
             except asyncio.CancelledError:
                 pass
         await self.batcher.close()
+        if self.table_drift is not None:
+            await self.table_drift.close()
+
+    def _monitor(self, package: ModelPackage) -> TableMonitor | None:
+        """Drift monitoring of ``package`` (None with --no-drift or without a tabular profile)."""
+        if not self.config.drift:
+            return None
+        return TableMonitor.for_package(
+            package, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
+        )
 
     def check_count(self, n: int) -> None:
         if n == 0:
@@ -210,4 +223,14 @@ class TabularService(ModelService):
         self.package, self.runtime, self.version = package, runtime, version
         self.batcher.runtime = _Tagged(runtime, version)  # batches already running keep the old one
         self.set_model_info()
+        old_drift, self.table_drift = self.table_drift, None
+        if old_drift is not None:
+            await old_drift.close()
+            old_drift.unregister(self.metrics.registry)
+        try:
+            self.table_drift = self._monitor(package)
+            if self.table_drift is not None:
+                await self.table_drift.start()
+        except Exception as e:  # drift monitoring is optional; serving goes on
+            log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
         log.info("now serving %s (was %s; %s on %s)", version, old, runtime.name, runtime.device)

@@ -29,7 +29,6 @@ constant, text) are ignored, so a whole row of the training file can be sent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any
@@ -122,7 +121,7 @@ def simple_router(service: TabularService) -> APIRouter:
                 "(train with a validation split, then re-export) or --no-drift was given",
                 "drift_off",
             )
-        return JSONResponse(await asyncio.to_thread(watch.report))
+        return JSONResponse(await watch.latest())
 
     simple.add_health_routes(r, service)
     return r
