@@ -167,6 +167,23 @@ def test_bad_columns_are_refused(layout: TableLayout) -> None:
     refused(lambda: layout.columns_to_table({**good, "zip": [1, 2]}), "unknown column 'zip'")
 
 
+def test_kserve_tensors_give_python_values_by_datatype() -> None:
+    from duet.serve.protocols.tabular import tensor_values
+
+    assert tensor_values({"datatype": "INT64", "data": [[1], [None]]}, None, "a") == [1, None]
+    assert tensor_values({"datatype": "BOOL", "data": [True, False]}, None, "a") == [True, False]
+    raw = np.array([1.5, np.nan], "<f4").tobytes()
+    assert tensor_values({"datatype": "FP32"}, raw, "a") == [1.5, None]  # binary NaN is missing
+    assert tensor_values({"datatype": "BYTES"}, serialize_bytes([b"Z\xc3\xbcrich", b""]), "a") == ["Zürich", ""]
+    refused(lambda: tensor_values({"datatype": "FP64", "data": [1.0, True]}, None, "a"), "row 1", "'a'", "FP64")
+    refused(lambda: tensor_values({"datatype": "INT32", "data": [1.5]}, None, "a"), "row 0", "INT32")
+    refused(lambda: tensor_values({"datatype": "BYTES", "data": [3]}, None, "a"), "row 0", "BYTES")
+    refused(lambda: tensor_values({"datatype": "STRING", "data": ["x"]}, None, "a"), "datatype 'STRING'")
+    refused(lambda: tensor_values({"datatype": "FP64"}, b"\x00" * 12, "a"), "whole number")
+    refused(lambda: tensor_values({"datatype": "BYTES"}, serialize_bytes([b"\xff"]), "a"), "UTF-8")
+    refused(lambda: tensor_values({"datatype": "FP64"}, None, "a"), "neither 'data'")
+
+
 # ---------------------------------------------------------------- e2e: a trained, exported, served table model
 
 CITIES = ("Oslo", "Bergen", "Tromsø", "Stavanger", "Bodø")

@@ -222,7 +222,7 @@ def _tensors_to_table(service: TabularService, inputs: list[dict[str, Any]], raw
             service.check_count(n)
         elif shape[0] != n:
             raise bad_request(f"input {name!r} has {shape[0]} rows, the inputs before it {n}", "bad_shape")
-        values = _tensor_values(t, raw, name)
+        values = tensor_values(t, raw, name)
         if len(values) != shape[0]:
             raise bad_request(f"input {name!r} has shape {shape} but holds {len(values)} elements", "bad_shape")
         columns[feature.column] = (feature, values)
@@ -241,7 +241,7 @@ def _tensors_to_table(service: TabularService, inputs: list[dict[str, Any]], raw
     return table
 
 
-def _tensor_values(t: dict[str, Any], raw: bytes | None, name: str) -> list[Any]:
+def tensor_values(t: dict[str, Any], raw: bytes | None, name: str) -> list[Any]:
     """The elements of one input as Python values (str, int, float, bool or None for missing)."""
     datatype = t.get("datatype")
     if datatype != "BYTES" and datatype not in BINARY_DTYPES:
