@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from duet.artifacts.model_package import ModelPackage
 from duet.data.tabular.schema import Table
-from duet.serve.table_drift_watch import TableDriftWatch
+
+if TYPE_CHECKING:  # imported when a model has a profile: duet.monitor and scipy cost ~1 s at start-up
+    from duet.serve.table_drift_watch import TableDriftWatch
 
 log = logging.getLogger("duet.serve")
 
@@ -70,6 +72,8 @@ class TableMonitor:
         cls, package: ModelPackage, registry: CollectorRegistry, *, window: int, interval: float
     ) -> TableMonitor | None:
         """The monitor of a model folder with a tabular reference profile, else None."""
+        from duet.serve.table_drift_watch import TableDriftWatch
+
         watch = TableDriftWatch.from_package(package, window=window)
         return None if watch is None else cls(watch, registry, interval=interval)
 
