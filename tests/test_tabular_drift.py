@@ -337,3 +337,100 @@ def test_watch_refuses_probabilities_of_another_shape(population: tuple[Table, T
         watch.observe(w, np.ones((5, 2)))
     with pytest.raises(ValueError, match="has 5 rows"):
         watch.observe(w, np.ones((4, 3)) / 3)
+
+
+def test_watch_from_package_needs_a_listed_profile(
+    tmp_path: Path, population: tuple[Table, TabularProfile, np.ndarray]
+) -> None:
+    from duet.artifacts.model_package import ModelPackage
+
+    _, profile, _ = population
+    assert TableDriftWatch.from_package(ModelPackage(tmp_path, {"files": {}})) is None  # no profile
+    profile.save(tmp_path / "profile" / "tabular.json")
+    assert TableDriftWatch.from_package(ModelPackage(tmp_path, {"files": {}})) is None  # not listed: not checked
+    listed = ModelPackage(tmp_path, {"files": {"profile/tabular.json": {}}})
+    watch = TableDriftWatch.from_package(listed, window=50)
+    assert watch is not None and watch.window == 50 and watch.profile.to_dict() == profile.to_dict()
+
+
+# ---------------------------------------------------------------- e2e: a trained run, `duet drift`
+
+
+def write_csv(path: Path, t: Table, target: np.ndarray | None = None) -> Path:
+    """The synthetic table as a user's CSV (booleans as yes/no, missing as empty cells)."""
+    import csv
+
+    def cell(name: str, v: object) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if name == "flag":
+            return "yes" if v else "no"
+        return repr(float(v)) if isinstance(v, float) else str(v)  # type: ignore[arg-type]
+
+    names = list(t)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(names + (["y"] if target is not None else []))
+        for i in range(len(t["x1"])):
+            row = [cell(n, t[n][i].item() if isinstance(t[n][i], np.generic) else t[n][i]) for n in names]
+            w.writerow(row + ([str(target[i])] if target is not None else []))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tabular_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tab_mlp run (3 epochs) on 1,500 synthetic rows, and a folder of new-row files."""
+    from helpers import run_cli
+
+    root = tmp_path_factory.mktemp("tabdrift")
+    t = synthetic(1500, 0)
+    r = np.random.default_rng(0)
+    labels = np.array(LABELS)[[r.choice(3, p=p) for p in model(t)]]
+    data = write_csv(root / "train.csv", t, labels)
+    proc = run_cli(
+        "train", str(data), "--target", "y", "--epochs", "3", "--out", str(root / "runs"), "--name", "tab", "-q"
+    )
+    assert proc.returncode == 0, proc.stderr
+    new = synthetic(300, 9)
+    write_csv(root / "same.csv", new)
+    write_csv(root / "shifted.csv", fewer_red(shift_mean(rows(new, np.arange(300)), r), r))
+    return root / "runs" / "tab", root
+
+
+@pytest.mark.e2e
+def test_ensure_profile_writes_the_tabular_profile_of_a_run(tabular_run: tuple[Path, Path]) -> None:
+    from duet.monitor.profile import ensure_profile
+    from duet.monitor.tabular_profile import profile_path
+    from duet.training.tabular_run import load_split_tables
+
+    run, _ = tabular_run
+    assert ensure_profile(run, log=lambda _m: None) is None  # the image profile's type does not apply
+    profile = TabularProfile.load(profile_path(run))
+    val = load_split_tables(run)["val"]
+    assert profile.rows == len(val["x1"]) and profile.meta["reference"]["split"] == "val"
+    assert [c.name for c in profile.columns] == [n for n, _ in COLUMNS]
+    assert [c.kind for c in profile.columns] == [k for _, k in COLUMNS]
+    color = next(c for c in profile.columns if c.name == "color")
+    assert color.known == frozenset(COLORS)  # the model's vocabulary, from the run's spec
+    assert profile.class_counts.sum() == profile.rows and len(profile.confidences) == profile.rows
+
+
+@pytest.mark.e2e
+def test_duet_drift_on_new_rows_of_a_tabular_run(tabular_run: tuple[Path, Path]) -> None:
+    from helpers import one_line_error, run_cli
+
+    run, root = tabular_run
+    same = run_cli("drift", str(run), "--data", str(root / "same.csv"), "--json", "--fail-on-drift")
+    assert same.returncode == 0, same.stderr
+    got = json.loads(same.stdout)
+    assert got["status"] == "no_drift" and got["rows"] == 300 and len(got["columns"]) == len(COLUMNS) + 2
+    assert Path(got["report"]["json"]).is_file()
+
+    shifted = run_cli("drift", str(run), "--data", str(root / "shifted.csv"), "--fail-on-drift")
+    assert shifted.returncode == 1, shifted.stderr
+    assert "DRIFT" in shifted.stdout and "x1" in shifted.stdout and "color" in shifted.stdout
+    report = json.loads((run / "drift" / "shifted" / "report.json").read_text())
+    assert {"x1", "color"} <= set(report["drifted"])
+
+    (root / "no_x2.csv").write_text("x1,x3\n1,2\n")
+    one_line_error(run_cli("drift", str(run), "--data", str(root / "no_x2.csv")), 3, "no column 'x2'")

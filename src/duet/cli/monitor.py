@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from duet.cli.common import DefaultsFromConfig, drift_default, out, pct, print_json, stderr_log
-from duet.errors import DriftGateFailed
+from duet.errors import ConfigError, DriftGateFailed
 
 
 def _p(p: float | None) -> str:
@@ -105,7 +105,11 @@ _DRIFT_CMD_ALLOW_INSUFFICIENT = typer.Option(
 
 def drift_cmd(
     run: Path = _DRIFT_CMD_RUN,
-    data: Path = typer.Option(..., "--data", help="Folder of new images, any layout (labels are not needed)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Folder of new images, any layout; a tabular run: a CSV/Parquet file of new rows (labels are not needed).",
+    ),
     out_dir: Path | None = typer.Option(None, "--out", help="Report folder. \\[default: RUN/drift/<folder name>]"),
     max_images: int = _DRIFT_CMD_MAX_IMAGES,
     alpha: float | None = _DRIFT_CMD_ALPHA,
@@ -130,8 +134,17 @@ def drift_cmd(
     verdict "not enough data" (JSON: "status": "insufficient", "drift": null). Writes report.html
     (plots, per-class shift, the most atypical images) and report.json.
 
+    A tabular run: each column and the model's outputs, tested and Holm-corrected
+    (docs/tabular.md, "Monitor"); --data is a CSV/Parquet file; writes report.json.
+
     Example: duet drift runs/digits --data incoming/2024-06-01/
     """
+    from duet.training.tabular_run import is_tabular_run
+
+    if is_tabular_run(run):
+        options = (alpha, min_images, embedding_test, permutations)
+        _drift_table(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
+        return
     from duet.monitor.check import drift_check
 
     settings = _drift_settings(alpha, embedding_test, permutations, min_images)
@@ -162,14 +175,98 @@ def drift_cmd(
         if res.failed:
             out.print(f"{len(res.failed)} files could not be read (listed in report.json)")
         out.print(f"report: {res.files['html']}", highlight=False)
-    if fail_on_drift and res.result.status == "drift":
-        raise DriftGateFailed(f"--fail-on-drift: drift found in {data}; see {res.files['html']}")
-    if fail_on_drift and res.result.status == "insufficient" and not allow_insufficient:
+    if fail_on_drift:
+        needs = f"each detector needs {settings.min_images}"
+        _gate(res.result.status, allow_insufficient, data, res.files["html"], (len(res.paths), "images", needs))
+
+
+def _gate(status: str, allow_insufficient: bool, data: Path, report: Path, counted: tuple[int, str, str]) -> None:
+    """--fail-on-drift: DriftGateFailed (exit 1) on drift, and on too few rows/images
+    unless --allow-insufficient. ``counted``: (how many, "images" | "rows", what is needed)."""
+    n, unit, needs = counted
+    if status == "drift":
+        raise DriftGateFailed(f"--fail-on-drift: drift found in {data}; see {report}")
+    if status == "insufficient" and not allow_insufficient:
         raise DriftGateFailed(
-            f"--fail-on-drift: {len(res.paths)} images are too few to decide (each detector needs "
-            f"{settings.min_images}); failing. Add images, lower --min-images, or pass "
-            "--allow-insufficient"
+            f"--fail-on-drift: {n} {unit} are too few to decide ({needs}); failing. "
+            f"Add {unit}, lower --min-images, or pass --allow-insufficient"
         )
+
+
+def _drift_table(
+    run: Path,
+    data: Path,
+    out_dir: Path | None,
+    max_rows: int,
+    options: tuple[float | None, int | None, str | None, int | None],
+    gate: tuple[bool, bool],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """`duet drift` of a tabular run: compare, print the one-screen summary or the JSON, gate.
+
+    ``options``: --alpha, --min-images (rows here), and the image-only --embedding-test,
+    --permutations (refused); ``gate``: --fail-on-drift, --allow-insufficient."""
+    from duet.monitor.tabular_check import table_drift_check
+    from duet.monitor.tabular_profile import TabularDriftSettings
+
+    alpha, min_rows, embedding_test, permutations = options
+    if embedding_test is not None or permutations is not None:
+        raise ConfigError("--embedding-test and --permutations are image settings, not used for a table; remove them")
+    d = TabularDriftSettings()  # the defaults, which every profile records
+    settings = TabularDriftSettings(
+        alpha=d.alpha if alpha is None else alpha, min_rows=d.min_rows if min_rows is None else min_rows
+    )
+    res = table_drift_check(
+        run, data, out_dir=out_dir, max_rows=max_rows, settings=settings, log=stderr_log(quiet or as_json)
+    )
+    if as_json:
+        print_json(
+            {
+                **res.result.to_dict(),
+                "rows": res.rows,
+                "rows_in_file": res.rows_in_file,
+                "skipped_rows": len(res.skipped),
+                "report": {k: str(v) for k, v in res.files.items()},
+            }
+        )
+    else:
+        _print_table_verdict(res.result)
+        if res.skipped:
+            out.print(f"{len(res.skipped)} rows could not be read (listed in report.json)")
+        out.print(f"report: {res.files['json']}", highlight=False)
+    if gate[0]:
+        needs = f"the verdict needs {settings.min_rows}"
+        _gate(res.result.status, gate[1], data, res.files["json"], (res.rows, "rows", needs))
+
+
+TABLE_ROWS_SHOWN = 15
+
+
+def _print_table_verdict(result: Any) -> None:
+    """The verdict line, then one line per column and output: the drifted first, then the
+    closest to drifting, at most TABLE_ROWS_SHOWN (every one is in --json and report.json)."""
+    colour, word = VERDICT_STYLE[result.status]
+    out.print(f"[bold {colour}]{word}[/] {result.sentence}", highlight=False)
+    if result.status == "insufficient":
+        return
+    t = Table(show_header=True, box=None, pad_edge=False)
+    for col in ("column", "kind", "score", "p (Holm)", "missing", "drift", "finding"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("column", "score", "missing"))
+    ranked = sorted(result.columns, key=lambda c: (not c.drift, c.adjusted_p if c.adjusted_p is not None else 2.0))
+    for c in ranked[:TABLE_ROWS_SHOWN]:
+        score = "–" if c.statistic is None else f"{c.statistic_name} {c.statistic:.3g}"
+        missing = (
+            "–"
+            if "current_missing" not in c.details
+            else (f"{c.details['reference_missing']:.0%} → {c.details['current_missing']:.0%}")
+        )
+        finding = c.sentence.split(": ", 1)[-1] if c.drift else "as in the reference"
+        flag = "[bold red]yes[/]" if c.drift else "no"
+        t.add_row(c.column, c.kind, score, _p(c.adjusted_p), missing, flag, finding)
+    out.print(t)
+    if len(ranked) > TABLE_ROWS_SHOWN:
+        out.print(f"{len(ranked) - TABLE_ROWS_SHOWN} more columns without drift (all of them: --json, report.json)")
 
 
 def profile_cmd(

@@ -253,8 +253,17 @@ def ensure_profile(
     (``duet train``, the Python API, ``duet retrain``), and ``duet drift`` calls
     it before comparing. A run without validation images gets no profile here:
     None, and nothing is written (``write_profile`` would fall back to test or
-    training images; call it explicitly for that).
+    training images; call it explicitly for that). A tabular run gets its own
+    profile, ``RUN/profile/tabular.json`` (:mod:`duet.monitor.tabular_profile`),
+    and None is returned.
     """
+    from duet.training.tabular_run import is_tabular_run
+
+    if is_tabular_run(Path(run_dir)):
+        from duet.monitor.tabular_profile import ensure_tabular_profile
+
+        ensure_tabular_profile(run_dir, log=log)
+        return None
     if (profile_dir(run_dir) / JSON_FILE).is_file():
         return load_profile(run_dir)
     from duet.artifacts.run_dir import load_run
