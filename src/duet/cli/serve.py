@@ -126,7 +126,7 @@ def _print_export(res: Any) -> None:
             t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
     t.add_row(
         "parity",
-        f"{p.images} {p.split} images: top-1 agreement {100 * p.top1_agreement:.2f}%, "
+        f"{p.images} {p.split} {'rows' if res.manifest.get('modality') == 'tabular' else 'images'}: top-1 agreement {100 * p.top1_agreement:.2f}%, "
         f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]",
     )
     for name, variant in (res.variants or {}).items():
@@ -148,18 +148,24 @@ def _print_export(res: Any) -> None:
                     f"{100 * g['top1_agreement']:.2f}%, max |Δp| {g['max_abs_prob_diff']:.1e}, accuracy "
                     f"{100 * g['accuracy']:.2f}% (PyTorch {100 * g['reference_accuracy']:.2f}%) [bold green]passed[/]",
                 )
-    t.add_row(
-        "graph",
-        f"opset {res.manifest['onnx']['opset']}, uint8 [N,3,{res.manifest['preprocess']['image_size']},"
-        f"{res.manifest['preprocess']['image_size']}] -> logits, probabilities"
-        + (
-            f", features [N,{res.manifest['onnx']['features']['width']}] (for drift monitoring)"
-            if "features" in res.manifest["onnx"]
-            else ""
-        ),
-    )
+    t.add_row("graph", _graph_line(res.manifest))
     t.add_row("next", f"duet serve {res.export_dir}")
     stdout.print(t)
+
+
+def _graph_line(manifest: dict[str, Any]) -> str:
+    """What the exported graph takes and gives, in one line."""
+    opset = manifest["onnx"]["opset"]
+    if manifest.get("modality") == "tabular":
+        kinds = [i["datatype"] for i in manifest["inputs"]]
+        return (
+            f"opset {opset}, {len(kinds)} column inputs ({kinds.count('FP64')} FP64 with NaN for missing, "
+            f"{kinds.count('BYTES')} strings with '' for missing; preprocessing inside) -> logits, probabilities"
+        )
+    size = manifest["preprocess"]["image_size"]
+    features = manifest["onnx"].get("features")
+    extra = f", features [N,{features['width']}] (for drift monitoring)" if features else ""
+    return f"opset {opset}, uint8 [N,3,{size},{size}] -> logits, probabilities{extra}"
 
 
 _SERVE_MODEL = typer.Argument(

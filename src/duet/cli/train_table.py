@@ -83,6 +83,9 @@ def train_table_command(flags: dict[str, Any], log: Log) -> None:
 
         cfg = table_config(flags)
         result = train_table(cfg, progress=not quiet, log=log, tracker=sink_for(cfg.track, cfg.out))
+    from duet.monitor.profile import ensure_profile
+
+    ensure_profile(result.run_dir, progress=not quiet, log=log)  # RUN/profile/tabular.json: the drift reference
     report_table_train(result, bool(flags["as_json"]))
 
 
