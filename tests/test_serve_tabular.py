@@ -227,7 +227,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from duet.monitor.tabular_profile import PROFILE_FILE, ensure_tabular_profile
     from duet.training.tabular_run import load_split_tables, load_tabular_model, predict_proba
 
     root = tmp_path_factory.mktemp("serve-tabular")
@@ -238,8 +237,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = root / "runs" / "tab"
-    if not (run / "profile" / PROFILE_FILE).is_file():  # the drift reference the export copies
-        ensure_tabular_profile(run, log=lambda line: None)
     proc = run_cli("export", str(run))
     assert proc.returncode == 0, proc.stderr
     val = load_split_tables(run)["val"]

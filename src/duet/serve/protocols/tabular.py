@@ -361,7 +361,8 @@ def tfserving_router(service: TabularService) -> APIRouter:
             if not isinstance(body["inputs"], dict):
                 raise bad_request("'inputs' must be an object {column: [values]}", "bad_instance")
             lengths = [len(v) for v in body["inputs"].values() if isinstance(v, list)]
-            service.check_count(max(lengths, default=0))
+            if lengths:  # else columns_to_table names the column that is not a list
+                service.check_count(max(lengths))
             table = layout.columns_to_table(
                 {k: [_unwrap(x) for x in v] if isinstance(v, list) else v for k, v in body["inputs"].items()}
             )
