@@ -404,7 +404,9 @@ def test_ensure_profile_writes_the_tabular_profile_of_a_run(tabular_run: tuple[P
     from duet.training.tabular_run import load_split_tables
 
     run, _ = tabular_run
-    assert ensure_profile(run, log=lambda _m: None) is None  # the image profile's type does not apply
+    assert profile_path(run).is_file()  # duet train wrote it
+    profile_path(run).unlink()
+    assert ensure_profile(run, log=lambda _m: None) is None  # written again; the image profile's type does not apply
     profile = TabularProfile.load(profile_path(run))
     val = load_split_tables(run)["val"]
     assert profile.rows == len(val["x1"]) and profile.meta["reference"]["split"] == "val"

@@ -11,8 +11,9 @@ model's outputs, by :func:`duet.monitor.tabular_drift.compare_table`::
 
 ``observe`` copies the batch's feature columns under a lock and drops the
 oldest rows beyond ``window``; ``report`` snapshots the window under the lock
-and runs the tests outside it (about 10-30 ms for 500 rows and 30 columns on
-one core: call it off the event loop). numpy + scipy only, no torch.
+and runs the tests outside it (measured on a busy 2-core machine: 25 µs to
+observe 8 rows; 50 ms to report on 500 rows of 7 columns, 60 ms for 30 numeric
+columns: call it off the event loop). numpy + scipy only, no torch.
 """
 
 from __future__ import annotations
