@@ -390,6 +390,28 @@ def test_bad_rows_are_one_line_400s_naming_row_and_column(served: Served) -> Non
 
 
 @pytest.mark.e2e
+def test_concurrent_requests_batched_together_each_get_their_own_rows(served: Served) -> None:
+    """Rows of concurrent requests share runtime calls (structured arrays concatenated and split
+    by the batcher); each answer must still be its own rows' probabilities."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [list(range(i, len(served.rows), 7)) for i in range(7)]
+
+    def post(index: list[int]) -> tuple[list[int], list[list[float]]]:
+        with httpx.Client(timeout=30) as client:
+            r = client.post(f"{served.url}/v1/predict", json=[served.rows[i] for i in index])
+        assert r.status_code == 200, r.text
+        return index, [list(p["probabilities"].values()) for p in r.json()["predictions"]]
+
+    for _ in range(3):
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            for index, probabilities in pool.map(post, chunks):
+                np.testing.assert_allclose(probabilities, served.offline[index], atol=1e-5, rtol=0)
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    assert metric_value(metrics, "duet_batch_size_images_count") > 0
+
+
+@pytest.mark.e2e
 def test_the_server_reports_drift_per_column_on_recent_rows(served: Served) -> None:
     """Runs last: it fills the window with rows whose numeric column moved far from the reference."""
     url = f"{served.url}/v1/monitor"
