@@ -434,5 +434,20 @@ def test_duet_drift_on_new_rows_of_a_tabular_run(tabular_run: tuple[Path, Path])
     report = json.loads((run / "drift" / "shifted" / "report.json").read_text())
     assert {"x1", "color"} <= set(report["drifted"])
 
+    # Parquet reads the same; a cell its column cannot hold leaves that row out, counted
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    lines = (root / "same.csv").read_text().splitlines()
+    (root / "one_bad.csv").write_text("\n".join([*lines, "abc" + lines[1][lines[1].index(",") :]]) + "\n")
+    bad = json.loads(run_cli("drift", str(run), "--data", str(root / "one_bad.csv"), "--json").stdout)
+    assert bad["skipped_rows"] == 1 and bad["rows"] == 300
+    pq.write_table(
+        pa.table(dict(zip(lines[0].split(","), zip(*(ln.split(",") for ln in lines[1:]))))), root / "same.parquet"
+    )
+    parquet = json.loads(run_cli("drift", str(run), "--data", str(root / "same.parquet"), "--json").stdout)
+    assert parquet["rows"] == 300 and parquet["status"] == got["status"]
+    assert [c["p_value"] for c in parquet["columns"]] == [c["p_value"] for c in got["columns"]]  # the same values
+
     (root / "no_x2.csv").write_text("x1,x3\n1,2\n")
     one_line_error(run_cli("drift", str(run), "--data", str(root / "no_x2.csv")), 3, "no column 'x2'")
