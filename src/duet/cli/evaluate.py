@@ -13,7 +13,9 @@ from duet.errors import ConfigError
 def evaluate(
     run: Path = MODEL_ARG,
     data: Path | None = typer.Option(
-        None, "--data", help="Evaluate on this labelled folder instead of the run's held-out split."
+        None,
+        "--data",
+        help="Evaluate on this labelled folder (a tabular run: a labelled table file) instead of the run's held-out split.",
     ),
     split: str | None = typer.Option(None, help="train | val | test. \\[default: test if the run has one, else val]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -55,16 +57,26 @@ def evaluate(
                 "metrics": res.metrics,
                 "precision": res.precision,
                 "runtime": res.runtime,
+                **({"baseline": res.baseline} if res.baseline is not None else {}),
             }
         )
         return
-    out.print(f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} images from {res.data_dir})")
+    out.print(
+        f"[bold]evaluation[/] of {run} on {res.split} ({res.metrics['num_images']} {res.unit} from {res.data_dir})"
+    )
     out.print(f"split      {res.split_meaning}", highlight=False)
     out.print(f"runtime    {res.runtime}", highlight=False, markup=False)
     out.print(f"precision  {res.precision}", highlight=False, markup=False)
     out.print(format_summary(res.metrics), highlight=False)
+    if res.baseline is not None and res.baseline["accuracy"] is not None:
+        out.print(f"baseline   {res.baseline['model']}: accuracy {res.baseline['accuracy']:.2%}", highlight=False)
     if res.num_failed:
-        out.print(f"{res.num_failed} images could not be read (listed in report.json)")
+        what = (
+            "rows were skipped (see `duet scan`)"
+            if res.unit == "rows"
+            else "images could not be read (listed in report.json)"
+        )
+        out.print(f"{res.num_failed} {what}")
     out.print(f"report: {res.files['md']}  |  {res.files['json']}  |  {res.files['png']}")
 
 

@@ -12,11 +12,13 @@ RUN/eval/<folder name>/.
 SavedModel, TFLite) with its own runtime instead of the run's PyTorch weights,
 on the same images, and writes RUN/eval/<format>/ (or RUN/eval/<folder name>/<format>/),
 so the PyTorch report is kept beside it. Every report names what ran the model.
+
+A tabular run (run.json ``modality: tabular``) is handed to
+``duet.evaluation.tabular_evaluate``: the same metrics and report files, on rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,40 +29,14 @@ from duet.artifacts.run_dir import RunInfo, _slug, load_run
 from duet.data.contract import Sample
 from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.scan import read_manifest, scan
-from duet.errors import DataError, RunError
+from duet.errors import ConfigError, DataError, RunError
+from duet.evaluation.eval_result import EvalResult, describe_split
 from duet.evaluation.inference import Exported, load_model, predict_samples
 from duet.evaluation.metrics import compute_metrics
 from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
 from duet.training.curves import write_curves
 from duet.training.precision import recorded_or
-
-SPLIT_MEANINGS = {
-    "test": "test: held out, used neither for training nor to choose the epoch",
-    "val": "validation: it chose the epoch, so this accuracy is optimistic",
-    "train": "train: the model learned these images, so this accuracy is optimistic",
-}
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, Any]
-    files: dict[str, Path]
-    split: str
-    data_dir: Path
-    num_failed: int
-    split_meaning: str = ""
-    precision: str = ""  # what the forward pass ran in, and why
-    runtime: str = ""  # what ran the model: PyTorch on the run's weights, or an exported format on its runtime
-
-
-def describe_split(split: str, folder: Path | None = None) -> str:
-    """What a number measured on ``split`` of the run's data (or, with ``folder``,
-    on another labelled folder) means, in one line, for every report."""
-    if folder is None:
-        return SPLIT_MEANINGS.get(split, split)
-    part = "all images" if split == "all" else f"its '{split}' split"
-    return f"{part} of {folder}: held out only if none of them was in the run's training data"
 
 
 def _run_split_samples(run: RunInfo, split: str | None) -> tuple[list[Sample], str, Path]:
@@ -112,6 +88,14 @@ def evaluate(
     """``precision``: auto | fp32 | bf16; None = the run's recorded precision (run.json).
     ``exported``: run this exported model instead of the run's weights (on the CPU;
     ``device`` and ``precision`` then do not apply)."""
+    from duet.training.tabular_run import is_tabular_run
+
+    if is_tabular_run(run_dir):
+        if exported is not None:
+            raise ConfigError("evaluating an exported tabular model is not built yet; evaluate the run (no --format)")
+        from duet.evaluation.tabular_evaluate import evaluate_tabular
+
+        return evaluate_tabular(run_dir, data=data_dir, split=split, out_dir=out_dir)
     run = load_run(run_dir)
     if data_dir is None:
         samples, split_name, source = _run_split_samples(run, split)
