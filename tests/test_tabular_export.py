@@ -29,6 +29,7 @@ from duet.errors import ConfigError
 from duet.exporting import tabular_export, tabular_graph
 from duet.exporting.parity import ParityError
 from duet.exporting.tabular_graph import CATEGORICAL_EDGE, NUMERIC_EDGE, graph_feed, input_names, signature_inputs
+from duet.monitor.tabular_profile import write_tabular_profile
 from duet.training.checkpoint import save_weights, weights_state
 from duet.training.tabular_models import TABULAR_MODELS, build_tabular
 from helpers import one_line_error, run_cli
@@ -250,6 +251,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     out = {}
     for name in TABULAR_MODELS:
         run = make_run(root / name, name, table, splits)
+        if name == "tab_mlp":  # one run with its drift reference, which must travel with the model
+            write_tabular_profile(run)
         result = tabular_export.export_tabular_run(run, progress=False, log=lambda _: None)
         out[name] = (run, result.export_dir)
     return out
@@ -259,13 +262,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 @pytest.mark.parametrize("name", TABULAR_MODELS)
 def test_export_writes_the_model_json_contract(exported: dict[str, tuple[Path, Path]], name: str) -> None:
     run, folder = exported[name]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "MODEL_CARD.md",
-        "model.json",
-        "model.onnx",
-        "model.safetensors",
-    ]
+    files = ["MODEL_CARD.md", "model.json", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files + (["profile"] if name == "tab_mlp" else []))
     package = read_package(run)  # verifies every file's sha256
+    if name == "tab_mlp":
+        assert "profile/tabular.json" in package.manifest["files"]
+        assert (folder / "profile" / "tabular.json").read_bytes() == (run / "profile" / "tabular.json").read_bytes()
     m = package.manifest
     assert (m["modality"], m["preprocess"], m["architecture"]) == ("tabular", None, name)
     assert package.columns == SCHEMA and package.labels == list(SCHEMA.labels)
@@ -353,3 +355,35 @@ def test_cli_exports_a_tabular_run_and_refuses_image_options(
         proc = run_cli("export", str(run), "--out", str(tmp_path / "other"), *args)
         one_line_error(proc, 2, needle)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.e2e
+def test_duet_train_then_export_serves_what_the_run_predicts(tmp_path: Path) -> None:
+    """The whole path a user takes: `duet train data.csv --target y`, `duet export RUN`; then
+    model.onnx on every validation row, fed raw columns, gives the run's own probabilities."""
+    from duet.training.tabular_run import load_split_tables, load_tabular_model, predict_proba
+
+    table, _ = make_table(rows=160, seed=3)
+    data = write_csv(tmp_path / "data.csv", table)
+    args = ("--target", "y", "--model", "ft_transformer", "--epochs", "2", "--out", str(tmp_path / "runs"))
+    proc = run_cli("train", str(data), *args, "--name", "t", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "t"
+    proc = run_cli("export", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_package(run).manifest
+    val = load_split_tables(run)["val"]
+    assert manifest["metrics"]["parity"]["rows"] == len(val["y"]) > 0
+    model, spec, _, _ = load_tabular_model(run)
+    _, probs = run_graph(run / "export" / "model.onnx", manifest["inputs"], val)
+    offline = predict_proba(model, spec, val)
+    np.testing.assert_array_equal(probs.argmax(1), offline.argmax(1))
+    assert np.abs(probs - offline).max() <= 1e-4
+
+
+def test_parity_chunks_cover_every_row_once_and_run_batch_size_one() -> None:
+    for n, batch in ((1, 32), (31, 32), (32, 32), (33, 32), (100, 7), (5, 1)):
+        chunks = tabular_export.parity_chunks(n, batch)
+        covered = [i for lo, hi in chunks for i in range(lo, hi)]
+        assert covered == list(range(n))
+        assert any(hi - lo == 1 for lo, hi in chunks) and all(hi - lo <= batch for lo, hi in chunks)
