@@ -369,11 +369,13 @@ def test_duet_train_then_export_serves_what_the_run_predicts(tmp_path: Path) -> 
     proc = run_cli("train", str(data), *args, "--name", "t", "--quiet")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "t"
-    proc = run_cli("export", str(run), "--json")
+    proc = run_cli("export", str(run))
     assert proc.returncode == 0, proc.stderr
     manifest = read_package(run).manifest
     val = load_split_tables(run)["val"]
     assert manifest["metrics"]["parity"]["rows"] == len(val["y"]) > 0
+    assert f"{len(val['y'])} val rows" in proc.stdout and "column inputs" in proc.stdout
+    assert "profile/tabular.json" in manifest["files"]  # training wrote the drift reference; it travels
     model, spec, _, _ = load_tabular_model(run)
     _, probs = run_graph(run / "export" / "model.onnx", manifest["inputs"], val)
     offline = predict_proba(model, spec, val)
