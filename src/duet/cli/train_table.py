@@ -79,10 +79,13 @@ def train_table_command(flags: dict[str, Any], log: Log) -> None:
         run = Path(flags["resume"])
         result = resume_table(run, epochs=flags["epochs"], progress=not quiet, log=log, tracker=sink_for_run(run))
     else:
-        from duet.training.tabular_fit import train_table
+        from duet.data.tabular.checks import read_trainable_table
 
         cfg = table_config(flags)
-        result = train_table(cfg, progress=not quiet, log=log, tracker=sink_for(cfg.track, cfg.out))
+        data = read_trainable_table(cfg.data, cfg.target, cfg.columns, log)  # a bad table fails before torch imports
+        from duet.training.tabular_fit import train_table
+
+        result = train_table(cfg, progress=not quiet, log=log, tracker=sink_for(cfg.track, cfg.out), data=data)
     from duet.monitor.profile import ensure_profile
 
     ensure_profile(result.run_dir, progress=not quiet, log=log)  # RUN/profile/tabular.json: the drift reference

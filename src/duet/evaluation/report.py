@@ -38,7 +38,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     top_k = metrics["top_k_accuracy"]
     also = f" (top-{top_k['k']} {top_k['value']:.2%})" if top_k else ""
     lines = [
-        f"accuracy   {metrics['accuracy']:.2%} on {metrics['num_images']} images{also}",
+        f"accuracy   {metrics['accuracy']:.2%} on {metrics['num_images']} {metrics.get('unit', 'images')}{also}",
         f"macro F1   {metrics['macro']['f1']:.3f}   log loss {metrics['log_loss']:.3f}",
     ]
     worst = _worst_class(metrics["per_class"])
@@ -150,7 +150,7 @@ def _md_context(context: dict[str, Any]) -> str:
 def _md_headline(metrics: dict[str, Any], split: str | None = None) -> str:
     top_k = metrics["top_k_accuracy"]
     rows = [
-        ["Images", metrics["num_images"]],
+        [str(metrics.get("unit", "images")).capitalize(), metrics["num_images"]],
         ["Accuracy", f"{metrics['accuracy']:.2%}"],
         *([[f"Top-{top_k['k']} accuracy", f"{top_k['value']:.2%}"]] if top_k else []),
         ["Macro F1", f"{metrics['macro']['f1']:.4f}"],
@@ -228,7 +228,7 @@ def confusion_figure(metrics: dict[str, Any], split: str | None = None) -> Figur
     ax.set_ylabel("true class", fontsize=text_size, fontweight="bold")
     ax.set_title(
         f"Confusion matrix{f', {split} split' if split else ''} "
-        f"({int(counts.sum())} images, accuracy {metrics['accuracy']:.2%})",
+        f"({int(counts.sum())} {metrics.get('unit', 'images')}, accuracy {metrics['accuracy']:.2%})",
         fontsize=text_size,
     )
     return fig

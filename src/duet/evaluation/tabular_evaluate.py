@@ -139,6 +139,7 @@ def evaluate_tabular(
     y_true = np.asarray([index[str(v)] for v in rows.table[schema.target]], dtype=np.int64)
     probs = predict_proba(model, spec, rows.table)
     metrics = compute_metrics(y_true, probs, labels)
+    metrics["unit"] = "rows"  # the report says rows, not images
     predicted = probs.argmax(1)
     misclassified: list[dict[str, Any]] = [
         {

@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from duet.data.tabular.schema import KINDS
 from duet.errors import ConfigError
 from duet.training.config import load_yaml, one_line_error
-from duet.training.tabular_models import DEFAULT_TABULAR_MODEL, TABULAR_MODELS
+
+# the models of duet.training.tabular_models (named here so the config, and a bad
+# table's error, need no torch import)
+TABULAR_MODELS: tuple[str, ...] = ("tab_mlp", "ft_transformer")
+DEFAULT_TABULAR_MODEL = "tab_mlp"
 
 
 class TableConfig(BaseModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from duet.artifacts.model_package import sha256_file
 from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
-from duet.data.tabular.checks import require_trainable_table, table_report
+from duet.data.tabular.checks import read_trainable_table, table_report
 from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, Table, num_rows, take
 from duet.data.tabular.spec import TabularSpec, fit_spec
@@ -63,14 +64,12 @@ class TablePlan:
         return {split: num_rows(table) for split, table in self.tables.items()}
 
 
-def plan_table(config: TableConfig, log: Log) -> tuple[TablePlan, TableData]:
-    """Read, check and split the table, and fit the spec on the training rows; DataError with what to fix.
+def plan_table(config: TableConfig, log: Log, data: TableData | None = None) -> tuple[TablePlan, TableData]:
+    """Read (unless ``data`` is the file already read), check and split the table, and fit the spec
+    on the training rows; DataError with what to fix.
 
     Returns the plan and the training file as read (for data_report.json)."""
-    data = read_table(config.data, config.target, config.columns)
-    if data.skipped:
-        log(f"{len(data.skipped)} {data.unit}(s) of {data.source} skipped (see `duet scan {data.source}`)")
-    require_trainable_table(data)
+    data = data if data is not None else read_trainable_table(config.data, config.target, config.columns, log)
     source: dict[str, Any] = {"data": str(data.source.resolve()), "sha256": sha256_file(data.source)}
     if config.val_data is not None:
         val = read_table(config.val_data, config.target, column_kinds(data.schema))
@@ -91,8 +90,19 @@ def plan_table(config: TableConfig, log: Log) -> tuple[TablePlan, TableData]:
             seed=config.seed,
         )
         tables = {split: take(data.table, index) for split, index in rows.items()}
+        _require_validation_rows(config, data, rows)
     spec = fit_table_spec(config, tables["train"], data.schema)
     return TablePlan(data.schema, source, rows, tables, spec), data
+
+
+def _require_validation_rows(config: TableConfig, data: TableData, rows: dict[str, np.ndarray]) -> None:
+    """A validation split was asked for but no class could give one: too few distinct rows."""
+    if config.val_split > 0 and len(rows["val"]) == 0:
+        raise DataError(
+            f"{data.source}: too few rows to hold any out for validation (a class needs at least 2 distinct rows; "
+            f"classes: {', '.join(f'{k}={v}' for k, v in sorted(Counter(map(str, data.table[config.target])).items())[:6])}); "
+            "add rows, or pass --val-data FILE"
+        )
 
 
 def fit_table_spec(config: TableConfig, train: Table, schema: ColumnSchema) -> TabularSpec:
@@ -155,11 +165,18 @@ def best_so_far(state: LoopState, epochs_done: int, stopped_early: bool) -> dict
 
 
 def train_table(
-    config: TableConfig, *, progress: bool = True, log: Log = print, tracker: Tracker | None = None
+    config: TableConfig,
+    *,
+    progress: bool = True,
+    log: Log = print,
+    tracker: Tracker | None = None,
+    data: TableData | None = None,
 ) -> TrainResult:
-    """Train a new tabular run from ``config``; returns when it is done (see the module docstring)."""
+    """Train a new tabular run from ``config``; returns when it is done (see the module docstring).
+
+    ``data``: the training file already read by ``duet.data.tabular.checks.read_trainable_table`` (else it is read here)."""
     device = resolve_device(config.device)
-    plan, data = plan_table(config, log)
+    plan, data = plan_table(config, log, data)
     seed_everything(config.seed)
     model = build_tabular(config.model, plan.spec, len(plan.labels))
     paths = create_run_dir(config.out, config.name, config.model)

@@ -31,9 +31,7 @@ from torch import nn
 
 from duet.data.tabular.spec import TabularSpec
 from duet.errors import ConfigError
-
-TABULAR_MODELS: tuple[str, ...] = ("tab_mlp", "ft_transformer")
-DEFAULT_TABULAR_MODEL = "tab_mlp"
+from duet.training.tabular_config import TABULAR_MODELS
 
 
 def embedding_width(cardinality: int) -> int:

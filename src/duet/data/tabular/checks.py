@@ -26,11 +26,13 @@ column's filled rows, when they are at least ``LEAK_MIN_ROWS`` and at least
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from duet.data.tabular.read import TableData
+from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import Column
 from duet.errors import DataError
 
@@ -242,3 +244,22 @@ def _hashable(values: np.ndarray) -> list[Any]:
     if values.dtype == object:
         return values.tolist()
     return [None if x != x else x for x in values.tolist()]
+
+
+SHOWN_SKIPS = 3  # skipped rows named in the log line (all of them: the table report, `duet scan`)
+
+
+def read_trainable_table(
+    path: str | Path, target: str, kinds: Mapping[str, str] | None, log: Callable[[str], None]
+) -> TableData:
+    """``read_table`` + ``require_trainable_table``, logging the skipped rows in one line.
+
+    Imports no torch: `duet train` calls it first, so a bad table's one-line
+    error comes before the trainer's imports."""
+    data = read_table(path, target, kinds)
+    if data.skipped:
+        shown = "; ".join(f"{data.unit} {s.line}: {s.reason}" for s in data.skipped[:SHOWN_SKIPS])
+        more = f"; +{len(data.skipped) - SHOWN_SKIPS} more" if len(data.skipped) > SHOWN_SKIPS else ""
+        log(f"{counted(len(data.skipped), data.unit)} of {data.source} skipped ({shown}{more}; all: duet scan)")
+    require_trainable_table(data)
+    return data
