@@ -433,6 +433,8 @@ def test_duet_drift_on_new_rows_of_a_tabular_run(tabular_run: tuple[Path, Path])
     assert "DRIFT" in shifted.stdout and "x1" in shifted.stdout and "color" in shifted.stdout
     report = json.loads((run / "drift" / "shifted" / "report.json").read_text())
     assert {"x1", "color"} <= set(report["drifted"])
+    page = (run / "drift" / "shifted" / "report.html").read_text()
+    assert "<b>DRIFT</b>" in page and "<h2>x1</h2>" in page and "<h2>color</h2>" in page  # a plot per drifted column
 
     # Parquet reads the same; a cell its column cannot hold leaves that row out, counted
     pq = pytest.importorskip("pyarrow.parquet")

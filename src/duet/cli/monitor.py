@@ -135,7 +135,7 @@ def drift_cmd(
     (plots, per-class shift, the most atypical images) and report.json.
 
     A tabular run: each column and the model's outputs, tested and Holm-corrected
-    (docs/tabular.md, "Monitor"); --data is a CSV/Parquet file; writes report.json.
+    (docs/tabular.md, "Monitor"); --data is a CSV/Parquet file; writes report.html and report.json.
 
     Example: duet drift runs/digits --data incoming/2024-06-01/
     """
@@ -234,10 +234,10 @@ def _drift_table(
         _print_table_verdict(res.result)
         if res.skipped:
             out.print(f"{len(res.skipped)} rows could not be read (listed in report.json)")
-        out.print(f"report: {res.files['json']}", highlight=False)
+        out.print(f"report: {res.files['html']}", highlight=False)
     if gate[0]:
         needs = f"the verdict needs {settings.min_rows}"
-        _gate(res.result.status, gate[1], data, res.files["json"], (res.rows, "rows", needs))
+        _gate(res.result.status, gate[1], data, res.files["html"], (res.rows, "rows", needs))
 
 
 TABLE_ROWS_SHOWN = 15

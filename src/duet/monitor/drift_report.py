@@ -6,6 +6,10 @@ its per-class change; the top-1 confidence distributions; the image
 statistics; and the most atypical new images (highest outlier score, see
 :mod:`duet.monitor.outliers`; for older profiles, farthest from the reference
 in embedding space), with their predicted class.
+
+A table's report (``write_table_drift_report``): the verdict, one row per
+column and output with every test, a plot per drifted column (both
+distributions, or the shares that moved) and of the model's outputs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import base64
 import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from matplotlib.figure import Figure
 from duet.monitor.drift import DriftResult, Observations
 from duet.monitor.imagestats import STAT_DESCRIPTIONS
 from duet.monitor.profile import ReferenceProfile
+from duet.monitor.tabular_drift import TabularDriftResult
+from duet.monitor.tabular_profile import NumericReference, TabularProfile, present_values
 from duet.system.atomic import write_json_atomic, write_text_atomic
 
 ATYPICAL_SHOWN = 12
@@ -174,20 +180,26 @@ def plot_classes(labels: Sequence[str], reference: np.ndarray, current: np.ndarr
     return _png(fig)
 
 
-def plot_confidence(reference: np.ndarray, current: np.ndarray) -> str:
+def plot_confidence(reference: np.ndarray, current: np.ndarray, unit: str = "images") -> str:
+    return plot_distributions(reference, current, "top-1 probability", "Confidence", np.linspace(0, 1, 26), unit)
+
+
+def plot_distributions(
+    reference: np.ndarray, current: np.ndarray, xlabel: str, title: str, bins: np.ndarray | int, unit: str
+) -> str:
+    """Both samples' histograms and cumulative distributions side by side (the KS test's view)."""
     fig = _figure(10, 3.6)
     left, right = fig.subplots(1, 2)
-    bins = np.linspace(0, 1, 26)
     left.hist(reference, bins=bins, density=True, alpha=0.55, color=REF_COLOUR, label="reference")
     left.hist(current, bins=bins, density=True, alpha=0.55, color=CUR_COLOUR, label="current")
-    left.set_xlabel("top-1 probability")
-    left.set_title("Confidence")
+    left.set_xlabel(xlabel)
+    left.set_title(title)
     left.legend(loc="upper left")
     for values, colour, name in ((reference, REF_COLOUR, "reference"), (current, CUR_COLOUR, "current")):
         v = np.sort(values)
         right.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=colour, label=name)
-    right.set_xlabel("top-1 probability")
-    right.set_ylabel("share of images at or below")
+    right.set_xlabel(xlabel)
+    right.set_ylabel(f"share of {unit} at or below")
     right.set_title("Cumulative (the KS test's view)")
     right.legend(loc="upper left")
     return _png(fig)
@@ -465,4 +477,119 @@ def write_drift_report(
             out_dir / "report.html",
             render_html(result, profile, current, title=title, context=context, atypical=atypical, failed=failed),
         ),
+    }
+
+
+# --------------------------------------------------------------------------- a table's report
+
+
+def _img(png: str) -> str:
+    return f"<img class='plot' src='data:image/png;base64,{png}'>"
+
+
+def plot_shares(column: str, shares: Sequence[dict[str, Any]]) -> str:
+    """A categorical column's values that moved most: reference share beside current share."""
+    fig = _figure(max(6, 1.2 * len(shares) + 2), 3.4)
+    ax = fig.subplots()
+    x = np.arange(len(shares))
+    ax.bar(x - 0.2, [s["reference_share"] for s in shares], 0.4, color=REF_COLOUR, label="reference")
+    ax.bar(x + 0.2, [s["current_share"] for s in shares], 0.4, color=CUR_COLOUR, label="current")
+    names = [str(s["value"]) if len(str(s["value"])) <= 16 else str(s["value"])[:15] + "…" for s in shares]
+    ax.set_xticks(x, names)
+    ax.set_ylabel("share of present values")
+    ax.set_title(f"{column}: the values whose share moved most")
+    ax.legend(loc="best")
+    return _png(fig)
+
+
+def _table_columns_html(result: TabularDriftResult) -> str:
+    e = html.escape
+    rows = [
+        "<h2>Columns and outputs</h2><table><tr><th>column</th><th>kind</th><th>score</th><th>p (column)</th>"
+        "<th>p (Holm)</th><th>missing</th><th>drift</th><th>tests</th></tr>"
+    ]
+    ranked = sorted(result.columns, key=lambda c: (not c.drift, 2.0 if c.adjusted_p is None else c.adjusted_p))
+    for c in ranked:
+        flag = "skipped" if c.skipped else ("<span class='yes'>yes</span>" if c.drift else "<span class='no'>no</span>")
+        d = c.details
+        missing = f"{d['reference_missing']:.1%} → {d['current_missing']:.1%}" if "current_missing" in d else "–"
+        tests = "<br>".join(e(f"{t['test']}: {t['finding']}") for t in c.tests) or e(c.sentence)
+        score = "–" if c.statistic is None else f"{e(c.statistic_name)} {_fmt(c.statistic, 3)}"
+        rows.append(
+            f"<tr><td>{e(c.column)}</td><td>{e(c.kind)}</td><td class='num n'>{score}</td>"
+            f"<td class='num'>{_fmt(c.p_value)}</td><td class='num'>{_fmt(c.adjusted_p)}</td>"
+            f"<td class='num n'>{missing}</td><td>{flag}</td><td>{tests}</td></tr>"
+        )
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _table_plots_html(
+    result: TabularDriftResult, profile: TabularProfile, table: Mapping[str, np.ndarray], probabilities: np.ndarray
+) -> list[str]:
+    """A plot per drifted column (distributions, or the shares that moved), then the model's outputs."""
+    parts: list[str] = []
+    references = {r.name: r for r in profile.columns}
+    for c in result.drifted():
+        ref = references.get(c.column)
+        if isinstance(ref, NumericReference) and "ks_d" in c.details:
+            cur = np.asarray(present_values("numeric", table[c.column])[0], dtype=np.float64)
+            bins = np.histogram_bin_edges(np.concatenate([ref.sample, cur]), bins=30)
+            parts.append(
+                f"<h2>{html.escape(c.column)}</h2>"
+                + _img(plot_distributions(ref.sample, cur, c.column, c.column, bins, "rows"))
+            )
+        elif ref is not None and c.details.get("shares"):
+            parts.append(f"<h2>{html.escape(c.column)}</h2>" + _img(plot_shares(c.column, c.details["shares"])))
+    if len(probabilities):
+        ref_classes = np.repeat(np.arange(len(profile.labels)), profile.class_counts.astype(np.int64))
+        parts.append(
+            "<h2>Predicted classes</h2>" + _img(plot_classes(profile.labels, ref_classes, probabilities.argmax(1)))
+        )
+        parts.append("<h2>Confidence</h2>" + _img(plot_confidence(profile.confidences, probabilities.max(1), "rows")))
+    return parts
+
+
+def write_table_drift_report(
+    result: TabularDriftResult,
+    profile: TabularProfile,
+    table: Mapping[str, np.ndarray],
+    probabilities: np.ndarray,
+    out_dir: Path,
+    *,
+    title: str,
+    context: dict[str, Any],
+    skipped: list[dict[str, Any]],
+) -> dict[str, Path]:
+    """``report.json`` (every test of every column) and ``report.html`` (the verdict, the
+    column table, a plot per drifted column and of the model's outputs) of a table's drift."""
+    e = html.escape
+    css, word = {
+        "drift": ("drift", "DRIFT"),
+        "no_drift": ("ok", "NO DRIFT"),
+        "insufficient": ("insufficient", "NOT ENOUGH DATA"),
+    }[result.status]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<div class='verdict {css}'><b>{word}</b> — {e(result.sentence)}</div>",
+        "<table>"
+        + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+        + "</table>",
+        _table_columns_html(result),
+        "<p>A column's p-value is its smallest test's times the number of its tests; Holm's method then "
+        f"corrects over every column and output, and a column drifts when its adjusted p-value is below "
+        f"{result.alpha:g}: on an unchanged table, any alarm at all happens at most {result.alpha:.0%} of the time.</p>",
+        *_table_plots_html(result, profile, table, np.asarray(probabilities, dtype=np.float64)),
+    ]
+    if skipped:
+        parts.append(f"<h2>Rows left out ({len(skipped)})</h2><table><tr><th>line</th><th>reason</th></tr>")
+        parts += [f"<tr><td class='num'>{s['line']}</td><td>{e(str(s['reason']))}</td></tr>" for s in skipped[:100]]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    document = {"title": title, "context": context, **result.to_dict(), "skipped": skipped}
+    out_dir = Path(out_dir)
+    return {
+        "json": write_json_atomic(out_dir / "report.json", document),
+        "html": write_text_atomic(out_dir / "report.html", "\n".join(parts)),
     }

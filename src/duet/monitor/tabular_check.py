@@ -6,7 +6,7 @@ not use are ignored, and a row with a value its column cannot hold is left out
 and counted (as ``duet scan`` reports it). The run's model predicts the rows,
 :func:`duet.monitor.tabular_drift.compare_table` compares them with
 ``RUN/profile/tabular.json`` (written first when missing), and ``report.json``
-goes to ``RUN/drift/<file name>/``.
+and ``report.html`` go to ``RUN/drift/<file name>/``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from duet.data.tabular.schema import ColumnSchema, Table
 from duet.errors import DataError
 from duet.monitor.tabular_drift import TabularDriftResult, compare_table
 from duet.monitor.tabular_profile import TabularDriftSettings, ensure_tabular_profile
-from duet.system.atomic import write_json_atomic
 
 DEFAULT_MAX_ROWS = 1000
 
@@ -34,7 +33,7 @@ class TableDrift:
     rows: int  # rows compared
     rows_in_file: int  # readable rows in the file (before max_rows)
     skipped: list[SkippedRow]  # rows left out, and why
-    files: dict[str, Path]  # {"json": report.json} ({} when no report was written)
+    files: dict[str, Path]  # {"json": report.json, "html": report.html} ({} when no report was written)
 
 
 def read_rows(path: str | Path, schema: ColumnSchema) -> tuple[Table, list[SkippedRow]]:
@@ -103,21 +102,30 @@ def table_drift_check(
     if skipped:
         say(f"{len(skipped)} rows could not be read and are left out (listed in report.json)")
     profile = ensure_tabular_profile(root, log=say)
-    result = compare_table(profile, table, predict_proba(model, spec, table), settings)
+    probabilities = predict_proba(model, spec, table)
+    result = compare_table(profile, table, probabilities, settings)
+    rows = len(probabilities)
     files: dict[str, Path] = {}
     if report:
-        out = Path(out_dir) if out_dir is not None else root / "drift" / _slug(Path(data).resolve().stem)
-        files["json"] = write_json_atomic(
-            out / "report.json",
-            {
-                **result.to_dict(),
+        from duet.monitor.drift_report import write_table_drift_report  # matplotlib only when a report is written
+
+        reference = profile.meta.get("reference", {})
+        files = write_table_drift_report(
+            result,
+            profile,
+            table,
+            probabilities,
+            Path(out_dir) if out_dir is not None else root / "drift" / _slug(Path(data).resolve().stem),
+            title=f"Drift of {Path(data).name} vs {root.name}",
+            context={
                 "run": str(root),
                 "data": str(Path(data).resolve()),
-                "rows": len(next(iter(table.values()))),
-                "rows_in_file": total,
-                "skipped": [{"line": s.line, "reason": s.reason} for s in skipped],
-                "reference": profile.meta.get("reference"),
+                "rows compared": rows,
+                "rows in file": total,
+                "rows left out": len(skipped),
+                "reference": f"{profile.rows} held-out rows ({reference.get('split', '?')} split)",
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             },
+            skipped=[{"line": s.line, "reason": s.reason} for s in skipped],
         )
-    return TableDrift(result, len(next(iter(table.values()))), total, skipped, files)
+    return TableDrift(result, rows, total, skipped, files)
