@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from duet.api.keras_data import build_data_folder, needs_folder
 from duet.api.model import Model, load
-from duet.artifacts.run_dir import RunInfo, RunPaths, _slug, load_run, read_config
+from duet.artifacts.run_dir import RunInfo, RunPaths, load_run, read_config, slug
 from duet.errors import ConfigError, ModelError, RunError
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def train(
 
 def _new_name(out: Path, model: str) -> str:
     """A fresh run name as ``duet train`` makes one, free both as a run and as ``<name>.data``."""
-    base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(model)}"
+    base = f"{datetime.now():%Y%m%d-%H%M%S}-{slug(model)}"
     for i in range(1, 1000):
         name = base if i == 1 else f"{base}-{i}"
         if not (Path(out) / name).exists() and not (Path(out) / f"{name}.data").exists():

@@ -97,7 +97,7 @@ class RunInfo:
         return len(self.labels)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.") or "run"
 
 
@@ -116,7 +116,7 @@ def create_run_dir(out: Path, name: str | None, model: str) -> RunPaths:
                 f"pick another --name, or continue it with --resume {root}"
             ) from None
         return RunPaths(root)
-    base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(model)}"
+    base = f"{datetime.now():%Y%m%d-%H%M%S}-{slug(model)}"
     for i in range(1, 1000):
         root = out / (base if i == 1 else f"{base}-{i}")
         try:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from duet.artifacts.run_dir import RunInfo, _slug, load_run
+from duet.artifacts.run_dir import RunInfo, load_run, slug
 from duet.data.contract import Sample
 from duet.data.imageio import DEFAULT_MAX_PIXELS
 from duet.data.scan import read_manifest, scan
@@ -102,7 +102,7 @@ def evaluate(
         out = out_dir or run.paths.eval
     else:
         samples, split_name, source = _folder_samples(run, Path(data_dir), split, progress)
-        out = out_dir or run.paths.eval / _slug(Path(data_dir).resolve().name)
+        out = out_dir or run.paths.eval / slug(Path(data_dir).resolve().name)
     if exported is not None and out_dir is None:
         out = out / exported.format
     dev = resolve_device("cpu" if exported is not None else device)

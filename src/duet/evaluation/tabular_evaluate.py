@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from duet.artifacts.run_dir import RunPaths, _slug
+from duet.artifacts.run_dir import RunPaths, slug
 from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, take
 from duet.errors import ConfigError, DataError, RunError
@@ -134,7 +134,7 @@ def evaluate_tabular(
         if split is not None:
             raise ConfigError("--split picks one of the run's splits; it does not apply with --data FILE")
         rows, split_name = _file_rows(Path(data), schema, labels), "all"
-        out = out_dir or paths.eval / _slug(Path(data).resolve().stem)
+        out = out_dir or paths.eval / slug(Path(data).resolve().stem)
     index = {label: i for i, label in enumerate(labels)}
     y_true = np.asarray([index[str(v)] for v in rows.table[schema.target]], dtype=np.int64)
     probs = predict_proba(model, spec, rows.table)

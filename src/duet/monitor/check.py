@@ -137,7 +137,7 @@ def drift_check(
         settings: detector settings (calibrated defaults).
         report: write report.html and report.json.
     """
-    from duet.artifacts.run_dir import _slug, load_run
+    from duet.artifacts.run_dir import load_run, slug
 
     say = log or (lambda _m: None)
     run = load_run(run_dir)
@@ -163,7 +163,7 @@ def drift_check(
     result = compare(profile, obs, settings)
     files: dict[str, Path] = {}
     if report:
-        out = Path(out_dir) if out_dir is not None else run.paths.root / "drift" / _slug(Path(data_dir).resolve().name)
+        out = Path(out_dir) if out_dir is not None else run.paths.root / "drift" / slug(Path(data_dir).resolve().name)
         context = {
             "run": str(run.paths.root),
             "model": run.model,

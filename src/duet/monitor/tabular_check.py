@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duet.data.tabular.read import SkippedRow
-from duet.data.tabular.schema import ColumnSchema, Table
+from duet.data.tabular.read import SkippedRow, read_feature_rows
 from duet.errors import DataError
 from duet.monitor.tabular_drift import TabularDriftResult, compare_table
 from duet.monitor.tabular_profile import TabularDriftSettings, ensure_tabular_profile
@@ -34,35 +33,6 @@ class TableDrift:
     rows_in_file: int  # readable rows in the file (before max_rows)
     skipped: list[SkippedRow]  # rows left out, and why
     files: dict[str, Path]  # {"json": report.json, "html": report.html} ({} when no report was written)
-
-
-def read_rows(path: str | Path, schema: ColumnSchema) -> tuple[Table, list[SkippedRow]]:
-    """The feature columns of a table file, read with ``schema``'s kinds; no target needed.
-
-    Uses the reader's own steps (cells, then typed values) with a schema of the
-    features alone, so a cell is read exactly as training read it."""
-    from duet.data.tabular import read as reader
-
-    source = Path(path).expanduser()
-    fmt = reader._check_file(source)
-    cells, lines, skipped, unit = (
-        reader._read_parquet(source) if fmt == "parquet" else reader._read_delimited(source, fmt)
-    )
-    features = schema.features()
-    absent = [c.name for c in features if c.name not in cells]
-    if absent:
-        raise DataError(
-            f"{source} has no column {absent[0]!r}, which the model reads "
-            f"(its feature columns: {', '.join(c.name for c in features)})"
-        )
-    if not lines:
-        raise DataError(f"{source} has no data {unit}")
-    only = ColumnSchema(columns=tuple(features), target=schema.target)  # the target is never typed here
-    table, keep, bad = reader._typed_table(cells, only, lines)
-    skipped = sorted(skipped + bad, key=lambda s: s.line)
-    if not keep.any():
-        raise DataError(f"no {unit} of {source} could be read (e.g. {unit} {skipped[0].line}: {skipped[0].reason})")
-    return {name: values[keep] for name, values in table.items()}, skipped
 
 
 def table_drift_check(
@@ -85,7 +55,7 @@ def table_drift_check(
         max_rows: compare a seeded random sample of at most this many rows.
         settings: the verdict's thresholds [default: the profile's].
     """
-    from duet.artifacts.run_dir import _slug
+    from duet.artifacts.run_dir import slug
     from duet.training.tabular_run import load_tabular_model, predict_proba
 
     say = log or (lambda _m: None)
@@ -93,7 +63,7 @@ def table_drift_check(
         raise DataError(f"`max_rows` must be at least 2. Received: max_rows={max_rows}")
     root = Path(run_dir)
     model, spec, schema, _ = load_tabular_model(root)
-    table, skipped = read_rows(data, schema)
+    table, skipped = read_feature_rows(data, schema)
     total = len(next(iter(table.values())))
     if total > max_rows:
         pick = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))
@@ -115,7 +85,7 @@ def table_drift_check(
             profile,
             table,
             probabilities,
-            Path(out_dir) if out_dir is not None else root / "drift" / _slug(Path(data).resolve().stem),
+            Path(out_dir) if out_dir is not None else root / "drift" / slug(Path(data).resolve().stem),
             title=f"Drift of {Path(data).name} vs {root.name}",
             context={
                 "run": str(root),

@@ -335,7 +335,7 @@ def write_tabular_profile(
     root = Path(run_dir)
     run = json.loads((root / "run.json").read_text(encoding="utf-8"))
     tables = load_split_tables(root)
-    split = next((s for s in ("val", "test", "train") if _rows(tables.get(s))), None)
+    split = next((s for s in ("val", "test", "train") if _rows(tables.get(s)) >= 2), None)  # build_profile needs 2
     if split is None:
         raise TabularProfileError(f"run '{root}' has no rows to build a drift profile from")
     if split == "train":

@@ -113,6 +113,31 @@ def read_table(path: str | Path, target: str, kinds: Mapping[str, str] | None = 
     return TableData(source, kept, schema, line_array, skipped, num_records, unit)
 
 
+def read_feature_rows(path: str | Path, schema: ColumnSchema) -> tuple[Table, list[SkippedRow]]:
+    """The feature columns of a table file, read with ``schema``'s kinds; no target needed.
+
+    Uses the reader's own steps (cells, then typed values) with a schema of the
+    features alone, so a cell is read exactly as training read it."""
+    source = Path(path).expanduser()
+    fmt = _check_file(source)
+    cells, lines, skipped, unit = _read_parquet(source) if fmt == "parquet" else _read_delimited(source, fmt)
+    features = schema.features()
+    absent = [c.name for c in features if c.name not in cells]
+    if absent:
+        raise DataError(
+            f"{source} has no column {absent[0]!r}, which the model reads "
+            f"(its feature columns: {', '.join(c.name for c in features)})"
+        )
+    if not lines:
+        raise DataError(f"{source} has no data {unit}")
+    only = ColumnSchema(columns=tuple(features), target=schema.target)  # the target is never typed here
+    table, keep, bad = _typed_table(cells, only, lines)
+    skipped = sorted(skipped + bad, key=lambda s: s.line)
+    if not keep.any():
+        raise DataError(f"no {unit} of {source} could be read (e.g. {unit} {skipped[0].line}: {skipped[0].reason})")
+    return {name: values[keep] for name, values in table.items()}, skipped
+
+
 def _check_file(source: Path) -> str:
     suffix = source.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
