@@ -226,11 +226,11 @@ _SERVE_MAX_REQUEST_PIXELS = typer.Option(
     "--max-request-pixels",
     help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
 )
-_SERVE_MAX_IMAGES = typer.Option(serve_default("limits.max_images"), "--max-images", help="Most images in one request.")
+_SERVE_MAX_IMAGES = typer.Option(serve_default("limits.max_images"), "--max-images", help="Most images (a table model: rows) in one request.")
 _SERVE_MAX_QUEUE_IMAGES = typer.Option(
     serve_default("limits.max_queue_images"),
     "--max-queue-images",
-    help="Most images waiting for inference; beyond, 503.",
+    help="Most images (rows) waiting for inference; beyond, 503.",
 )
 _SERVE_HEADER_TIMEOUT = typer.Option(
     serve_default("limits.header_timeout"),
