@@ -389,3 +389,25 @@ def test_parity_chunks_cover_every_row_once_and_run_batch_size_one() -> None:
         covered = [i for lo, hi in chunks for i in range(lo, hi)]
         assert covered == list(range(n))
         assert any(hi - lo == 1 for lo, hi in chunks) and all(hi - lo <= batch for lo, hi in chunks)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("kind", "model_name"), [("numeric", "ft_transformer"), ("categorical", "tab_mlp")])
+def test_a_table_with_one_kind_of_column_exports(tmp_path: Path, kind: str, model_name: str) -> None:
+    """No categorical column (or no numeric one): the graph has no input for the absent kind
+    and the model gets an empty [N, 0] tensor for it, as in training."""
+    table, splits = make_table()
+    keep = [c for c in SCHEMA.columns if c.kind == kind or c.name == "y"]
+    schema = ColumnSchema(tuple(keep), "y", SCHEMA.labels)
+    spec = fit_spec(take(table, splits["train"]), schema)
+    model = build_tabular(model_name, spec, 3).eval()
+    path = tmp_path / "model.onnx"
+    tabular_graph.write_tabular_onnx(model, spec, schema, list(SCHEMA.labels), model_name, path)
+    inputs = signature_inputs(schema)
+    assert {i["kind"] for i in inputs} <= ({"numeric", "boolean"} if kind == "numeric" else {"categorical"})
+    rows = take(table, splits["val"])
+    _, probs = run_graph(path, inputs, rows)
+    with torch.no_grad():
+        ref = torch.softmax(model(*[torch.from_numpy(a) for a in transform(spec, rows)]), 1).numpy()
+    np.testing.assert_array_equal(probs.argmax(1), ref.argmax(1))
+    assert np.abs(probs - ref).max() <= 1e-4
