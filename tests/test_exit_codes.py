@@ -40,6 +40,7 @@ CLASS_CODES = {
     "UnsupportedGraph": 4,
     "RunError": 5,
     "ProfileError": 5,
+    "TabularProfileError": 5,
     "RunFinished": 5,
     "TrainingDiverged": 6,
     "RegistryError": 7,
