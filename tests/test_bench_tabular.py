@@ -16,12 +16,13 @@ pytestmark = pytest.mark.e2e
 def test_wine_two_seeds_both_models_beside_hist_gb(tmp_path: Path) -> None:
     out, work = tmp_path / "bench.json", tmp_path / "work"
     proc = run_cli(
-        "bench", "tabular", "--datasets", "wine", "--seeds", "2", "--epochs", "4", "--work", str(work),
-        "--out", str(out), "--quiet",
+        "bench", "tabular", "--datasets", "wine", "--seeds", "2", "--epochs", "4", "--threads", "1",
+        "--work", str(work), "--out", str(out), "--quiet",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"written: {out}" in proc.stdout
     result = json.loads(out.read_text())
+    assert result["environment"]["torch threads"] == "1"
 
     runs = result["runs"]
     assert [(r["model"], r["seed"]) for r in runs] == [

@@ -407,6 +407,7 @@ def bench_tabular_cmd(
     test_split: float | None = typer.Option(None, "--test-split", help="\\[default: duet train's]"),
     epochs: int | None = typer.Option(None, help="\\[default: duet train's]"),
     work: Path | None = _BENCH_TABULAR_WORK,
+    threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads. \\[default: duet train's]"),
     out: Path = _BENCH_TABULAR_OUT,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -427,6 +428,7 @@ def bench_tabular_cmd(
         as_seeds(seeds),
         settings={k: v for k, v in settings.items() if v is not None},
         work=work,
+        threads=threads,
         log=stderr_log(quiet or as_json),
     )
     command = "duet bench tabular " + " ".join(sys.argv[3:])
