@@ -351,6 +351,7 @@ def test_cli_exports_a_tabular_run_and_refuses_image_options(
     summary = json.loads(proc.stdout)
     assert summary["parity"]["passed"] and summary["export"] == str(run / "export")
     assert (run / "export" / "model.json").is_file()
+    one_line_error(run_cli("export", str(run)), 5, "already exists", "--force")
     for args, needle in ((("--quantize", "int8"), "--quantize"), (("--format", "tflite"), "--format")):
         proc = run_cli("export", str(run), "--out", str(tmp_path / "other"), *args)
         one_line_error(proc, 2, needle)

@@ -25,7 +25,6 @@ rename, with the table's preprocessing inside the graph (ONNX only, fp32).
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -66,7 +65,7 @@ from duet.exporting.quantize import (
     load_pixels,
     quantize_int8,
 )
-from duet.exporting.staging import ExportResult, make_readable, metrics_section, swap_into_place, versions
+from duet.exporting.staging import ExportResult, destination, metrics_section, staged, versions
 from duet.exporting.tabular_export import export_tabular_run, refuse_image_options
 from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
@@ -131,9 +130,7 @@ def export_run(
     """Export the run's best weights to ``out_dir`` (default RUN/export/); see the module doc.
 
     Args:
-        run_dir: a run folder made by ``duet train`` (a tabular run: ``duet.exporting.tabular_export``,
-            which takes ``out_dir``, ``tolerance``, ``batch_size``, ``opset``, ``force`` and refuses
-            ``quantize``, ``formats`` beyond onnx and ``data_dir``).
+        run_dir: a run folder made by ``duet train`` (a table's: ``duet.exporting.tabular_export``).
         out_dir: destination folder; must not exist unless ``force``.
         data_dir: where the run's images are now, when they moved since training.
         tolerance: the parity gate's max |Δprobability|.
@@ -154,33 +151,21 @@ def export_run(
         FormatGateError: a TensorFlow format failed its gate; nothing is written.
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
-    if is_tabular_run(Path(run_dir)):
+    if is_tabular_run(Path(run_dir)):  # ONNX fp32 only: these options are refused, the others apply
         refuse_image_options(quantize=quantize, formats=formats, data_dir=data_dir)
-        return export_tabular_run(
-            run_dir,
-            out_dir=out_dir,
-            tolerance=tolerance,
-            batch_size=batch_size,
-            opset=opset,
-            force=force,
-            progress=progress,
-            log=log,
-        )
+        same: dict[str, Any] = {"out_dir": out_dir, "tolerance": tolerance, "batch_size": batch_size, "opset": opset}
+        return export_tabular_run(run_dir, **same, force=force, progress=progress, log=log)
     t0 = time.perf_counter()
     _check_options(quantize, calibration_images)
     wanted = parse_formats(formats)
     run = load_run(run_dir)
-    dest = Path(out_dir) if out_dir is not None else run.paths.root / "export"
-    if dest.exists() and not force:
-        raise RunError(f"'{dest}' already exists; pass --force to replace it, or --out DIR for another folder")
+    dest = destination(run.paths.root, out_dir, force)
     samples, split = validation_samples(run, data_dir)
     spec = run.preprocess
     cpu = torch.device("cpu")
     model = load_model(run, cpu).float()
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with staged(dest) as tmp:
         log(f"exporting {run.model} ({run.num_classes} classes, {spec.image_size}px) to ONNX")
         graph = _write_model_files(run, model, tmp, opset)
         log(f"parity gate: {len(samples)} {split} images through PyTorch and ONNX Runtime")
@@ -199,11 +184,6 @@ def export_run(
             )
         manifest = _manifest(run, spec, graph, parity, tmp, variants, formats_section)
         write_json_atomic(tmp / MANIFEST, manifest)
-        make_readable(tmp)
-        swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(dest, manifest, parity, time.perf_counter() - t0, variants)
 
 

@@ -2,7 +2,7 @@
 how a finished temporary folder takes the destination's place.
 
 An export is written into a temporary folder beside the destination
-(``tempfile.mkdtemp``), checked there, made readable and renamed into place
+(:func:`staged`), checked there, made readable and renamed into place
 (:func:`swap_into_place`); a failure anywhere removes the temporary folder, so a
 failed export leaves nothing. The image stage (``duet.exporting.exporter``) and
 the tabular stage (``duet.exporting.tabular_export``) both use these.
@@ -10,10 +10,13 @@ the tabular stage (``duet.exporting.tabular_export``) both use these.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 import duet
+from duet.errors import RunError
 from duet.exporting.parity import ParityReport
 
 
@@ -103,3 +107,27 @@ def swap_into_place(tmp: Path, dest: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def destination(run_root: Path, out_dir: Path | None, force: bool) -> Path:
+    """The export folder (default RUN/export/); RunError when it exists and ``force`` is off."""
+    dest = Path(out_dir) if out_dir is not None else run_root / "export"
+    if dest.exists() and not force:
+        raise RunError(f"'{dest}' already exists; pass --force to replace it, or --out DIR for another folder")
+    return dest
+
+
+@contextlib.contextmanager
+def staged(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest`` to write the export into. When the block ends
+    cleanly it is made readable and takes ``dest``'s place; on any exception (a failed
+    gate, Ctrl-C) it is removed, so nothing is left behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        make_readable(tmp)
+        swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -58,7 +57,7 @@ from duet.errors import ConfigError, RunError
 from duet.exporting.card import render_card
 from duet.exporting.onnx_graph import DEFAULT_OPSET
 from duet.exporting.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, compare
-from duet.exporting.staging import ExportResult, make_readable, metrics_section, swap_into_place, versions
+from duet.exporting.staging import ExportResult, destination, metrics_section, staged, versions
 from duet.exporting.tabular_graph import graph_feed, signature_inputs, write_tabular_onnx
 from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
@@ -107,17 +106,13 @@ def export_tabular_run(
     t0 = time.perf_counter()
     root = Path(run_dir)
     info = read_run_info(root)
-    dest = Path(out_dir) if out_dir is not None else root / "export"
-    if dest.exists() and not force:
-        raise RunError(f"'{dest}' already exists; pass --force to replace it, or --out DIR for another folder")
+    dest = destination(root, out_dir, force)
     model, spec, schema, labels = load_tabular_model(root)
     model = model.float().cpu().eval()
     tables = load_split_tables(root)
     table, split = gate_table(tables, root)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with staged(dest) as tmp:
         log(f"exporting {info['model']} ({len(labels)} classes, {len(schema.features())} feature columns) to ONNX")
         graph = write_tabular_onnx(model, spec, schema, labels, str(info["model"]), tmp / ONNX_FILE, opset=opset)
         shutil.copyfile(RunPaths(root).best, tmp / WEIGHTS_FILE)
@@ -136,11 +131,6 @@ def export_tabular_run(
             )
         manifest = tabular_manifest(root, info, (spec, schema, labels), graph, parity, tables, tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
-        make_readable(tmp)
-        swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(dest, manifest, parity, time.perf_counter() - t0)
 
 
