@@ -396,16 +396,19 @@ def test_parity_chunks_cover_every_row_once_and_run_batch_size_one() -> None:
 @pytest.mark.parametrize(("kind", "model_name"), [("numeric", "ft_transformer"), ("categorical", "tab_mlp")])
 def test_a_table_with_one_kind_of_column_exports(tmp_path: Path, kind: str, model_name: str) -> None:
     """No categorical column (or no numeric one): the graph has no input for the absent kind
-    and the model gets an empty [N, 0] tensor for it, as in training."""
+    and the model gets an empty [N, 0] tensor for it, as in training. The numeric columns are
+    renamed to names torch gives its own edges (``linear``, ``val_1``): no clash."""
     table, splits = make_table()
-    keep = [c for c in SCHEMA.columns if c.kind == kind or c.name == "y"]
+    rename = {"age": "linear", "income": "val_1"}
+    table = {rename.get(name, name): values for name, values in table.items()}
+    keep = [Column(rename.get(c.name, c.name), c.kind) for c in SCHEMA.columns if c.kind == kind or c.name == "y"]
     schema = ColumnSchema(tuple(keep), "y", SCHEMA.labels)
     spec = fit_spec(take(table, splits["train"]), schema)
     model = build_tabular(model_name, spec, 3).eval()
     path = tmp_path / "model.onnx"
     tabular_graph.write_tabular_onnx(model, spec, schema, list(SCHEMA.labels), model_name, path)
     inputs = signature_inputs(schema)
-    assert {i["kind"] for i in inputs} <= ({"numeric", "boolean"} if kind == "numeric" else {"categorical"})
+    assert [i["name"] for i in inputs] == (["linear", "val_1"] if kind == "numeric" else ["city", "logits_2"])
     rows = take(table, splits["val"])
     _, probs = run_graph(path, inputs, rows)
     with torch.no_grad():
