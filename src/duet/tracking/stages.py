@@ -96,7 +96,8 @@ def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
 
 def _signature(model: Any) -> tuple[Any, Any]:
     """The ONNX graph's own inputs and outputs (model.json's, plus the drift ``features``) as an
-    MLflow tensor signature, and a mid-grey uint8 input example of the input's shape."""
+    MLflow tensor signature, and an input example: a mid-grey uint8 image for an image graph;
+    for a table's graph (one input per column) one row of missing values (NaN, "")."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
@@ -109,7 +110,11 @@ def _signature(model: Any) -> tuple[Any, Any]:
 
     inputs: list[Any] = [spec(v) for v in model.graph.input]
     outputs: list[Any] = [spec(v) for v in model.graph.output]
-    example = np.full([1, *inputs[0].shape[1:]], 128, dtype=inputs[0].type)
+    if len(inputs) > 1:  # a tabular graph: a dict, one [1, 1] array per column
+        missing = {name: (np.nan if np.dtype(t.type).kind == "f" else "") for name, t in ((i.name, i) for i in inputs)}
+        example: Any = {i.name: np.full([1, 1], missing[i.name], dtype=i.type) for i in inputs}
+    else:
+        example = np.full([1, *inputs[0].shape[1:]], 128, dtype=inputs[0].type)
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs)), example
 
 
