@@ -361,17 +361,20 @@ def test_cli_exports_a_tabular_run_and_refuses_image_options(
 @pytest.mark.e2e
 def test_duet_train_then_export_serves_what_the_run_predicts(tmp_path: Path) -> None:
     """The whole path a user takes: `duet train data.csv --target y`, `duet export RUN`; then
-    model.onnx on every validation row, fed raw columns, gives the run's own probabilities."""
+    model.onnx on every validation row, fed raw columns, gives the run's own probabilities.
+    Tracked with MLflow, the export logs the graph (several inputs: a dict example) without a traceback."""
     from duet.training.tabular_run import load_split_tables, load_tabular_model, predict_proba
 
     table, _ = make_table(rows=160, seed=3)
     data = write_csv(tmp_path / "data.csv", table)
     args = ("--target", "y", "--model", "ft_transformer", "--epochs", "2", "--out", str(tmp_path / "runs"))
-    proc = run_cli("train", str(data), *args, "--name", "t", "--quiet")
+    proc = run_cli("train", str(data), *args, "--name", "t", "--quiet", "--track", "mlflow")
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "t"
     proc = run_cli("export", str(run))
     assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert json.loads((run / "tracking.json").read_text(encoding="utf-8"))["model_uri"].startswith("models:/")
     manifest = read_package(run).manifest
     val = load_split_tables(run)["val"]
     assert manifest["metrics"]["parity"]["rows"] == len(val["y"]) > 0
