@@ -139,7 +139,7 @@ def test_a_run_writes_its_folder_and_leaves_the_table_alone(synth: Trained) -> N
     skipped = {s["line"]: s["reason"] for s in json.loads((run / "data_report.json").read_text("utf-8"))["skipped"]}
     assert set(skipped) == {RAGGED_LINE, WRONG_TYPE_LINE}, skipped
     assert "fields" in skipped[RAGGED_LINE] and "x1" in skipped[WRONG_TYPE_LINE] and "abc" in skipped[WRONG_TYPE_LINE]
-    assert "2 line(s) of" in synth.proc.stderr and "skipped" in synth.proc.stderr
+    assert "2 lines of" in synth.proc.stderr and f"line {RAGGED_LINE}:" in synth.proc.stderr  # named, not just counted
     assert sum(info["rows"].values()) == 820  # 800 + 20 repeats, the two bad lines out
     assert file_state(synth.csv) == synth.before  # the input CSV: same bytes, not even touched
 
