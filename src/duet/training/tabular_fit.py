@@ -4,7 +4,7 @@ The same story as ``duet.training.loop`` for images: everything that can fail
 cheaply happens before the run folder exists (reading and checking the table,
 the split, fitting the preprocessing spec on the training rows only, building
 the model); a run that fails before its first checkpoint leaves no folder; the
-epochs run in ``duet.training.tabular_trainer.TableTrainer``; then the test
+epochs run in ``duet.training.memory_trainer.MemoryTrainer``; then the test
 split is measured once with the best epoch's weights, and scikit-learn's
 HistGradientBoosting is trained on the same split for the report
 (``duet.training.tabular_baseline``). What the folder holds is described in
@@ -35,6 +35,7 @@ from duet.system.atomic import write_json_atomic
 from duet.system.device import resolve_device
 from duet.training import checkpoint, distributed
 from duet.training.loop import discard_unless_checkpointed
+from duet.training.memory_trainer import MemoryTrainer, SplitTensors, evaluate_split
 from duet.training.precision import FP32
 from duet.training.prepare import seed_everything
 from duet.training.records import library_versions
@@ -43,7 +44,6 @@ from duet.training.tabular_baseline import fit_baseline
 from duet.training.tabular_config import TableConfig, table_config_from_dict
 from duet.training.tabular_models import build_tabular
 from duet.training.tabular_run import SPLITS_FILE, column_kinds, features, load_split_tables, read_run_info
-from duet.training.tabular_trainer import SplitTensors, TableTrainer, evaluate_split
 
 
 @dataclass
@@ -128,7 +128,7 @@ def split_tensors(
     for split, table in tables.items():
         numeric, categorical = features(spec, table)
         y = torch.from_numpy(class_indices(table, target, labels))
-        out[split] = SplitTensors(numeric.to(device), categorical.to(device), y.to(device))
+        out[split] = SplitTensors((numeric.to(device), categorical.to(device)), y.to(device))
     return out
 
 
@@ -208,7 +208,9 @@ def _fit(
 ) -> TrainResult:
     """The epochs (from ``saved`` when resuming), the test split once, the baseline, run.json."""
     tensors = split_tensors(plan.spec, plan.tables, config.target, plan.labels, device)
-    trainer = TableTrainer(config, paths, model, tensors, len(plan.labels), progress=progress, log=log, tracker=tracker)
+    trainer = MemoryTrainer(
+        config, paths, model, tensors, len(plan.labels), progress=progress, log=log, tracker=tracker
+    )
     if saved is not None:
         trainer.restore(saved)
         log(f"resuming {paths.root} at epoch {trainer.state.epoch}, batch {trainer.state.step_in_epoch}")

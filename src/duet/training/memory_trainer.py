@@ -1,7 +1,8 @@
-"""The epochs of a tabular run: the image trainer's parts, fed from tensors in memory.
+"""The epochs of a run whose data fit in memory as tensors (tables; text): the image
+trainer's parts, without a loader.
 
-A table fits in memory as two tensors (``spec.transform``), so there is no loader
-here: an epoch is a seeded permutation of the training rows cut by the same
+A table is two tensors (``spec.transform``), a text corpus one tensor of token
+ids, so there is no loader here: an epoch is a seeded permutation of the training rows cut by the same
 batch plan as images (``contract.plan_sizes``: no batch below half a batch, for
 BatchNorm). Everything else is shared with image training: ``train_step`` (the
 non-finite loss/gradient guards), the warm-up + cosine schedule, checkpoints
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,32 +38,46 @@ from duet.training.records import append_metrics, epoch_line
 from duet.training.schedule import warmup_cosine
 from duet.training.state import Log, LoopState, Tracker
 from duet.training.step import cross_entropy, train_step
-from duet.training.tabular_config import TableConfig
 
 EVAL_CHUNK = 8192  # rows per forward pass when validating
 
 
+class FitSettings(Protocol):
+    """The settings the in-memory trainer reads (``TableConfig`` and the text config have them)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    patience: int
+    seed: int
+    max_bad_steps: int
+
+    def to_yaml_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class SplitTensors:
-    """One split as the model's inputs and the class indices."""
+    """One split as the model's inputs (``model(*inputs)``) and the class indices."""
 
-    numeric: torch.Tensor
-    categorical: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def rows(self, index: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        return (self.numeric[index], self.categorical[index]), self.y[index]
+    def rows(self, index: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        return tuple(t[index] for t in self.inputs), self.y[index]
 
 
-class TableTrainer:
-    """One tabular run's model, optimiser, schedule and counters (``state``), and ``fit``."""
+class MemoryTrainer:
+    """One run's model, optimiser, schedule and counters (``state``), and ``fit``."""
 
     def __init__(
         self,
-        config: TableConfig,
+        config: FitSettings,
         paths: RunPaths,
         model: torch.nn.Module,
         splits: dict[str, SplitTensors],
