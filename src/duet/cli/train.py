@@ -24,6 +24,7 @@ from duet.errors import ConfigError, RunFinished
 if TYPE_CHECKING:
     from duet.training.config import TrainConfig
     from duet.training.loop import TrainResult
+    from duet.training.state import Log
 
 PRECISION_HELP = (
     "auto | fp32 | bf16. auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX-512-BF16), "
@@ -95,6 +96,11 @@ _TRAIN_TARGET = typer.Option(
 _TRAIN_VAL_DATA = typer.Option(
     None, "--val-data", help="Tables: a validation table with the same columns; fixes the split (DATA all trains)."
 )
+_TRAIN_TEXT_COLUMN = typer.Option(
+    None,
+    "--text-column",
+    help="Text: the column holding each row's text (DATA is then a table, with --target). A folder of class folders of .txt files needs no flag (docs/text.md).",
+)
 _TRAIN_CACHE_DIR = typer.Option(
     None, "--cache-dir", help="Where decoded images are cached. \\[default: $DUET_CACHE_DIR or ~/.cache/duet]"
 )
@@ -125,6 +131,7 @@ def train(
     cache_dir: Path | None = _TRAIN_CACHE_DIR,
     target: str | None = _TRAIN_TARGET,
     val_data: Path | None = _TRAIN_VAL_DATA,
+    text_column: str | None = _TRAIN_TEXT_COLUMN,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder that holds runs. " + train_default("out")),
     name: str | None = typer.Option(None, help="Run folder name. \\[default: <date>-<time>-<model>]"),
     resume: Path | None = typer.Option(None, help="Continue an interrupted run folder from its last completed epoch."),
@@ -137,29 +144,24 @@ def train(
 
     Tables: duet train data.csv --target label [--model tab_mlp|ft_transformer] (docs/tabular.md).
 
+    Text: duet train corpus/ (class folders of .txt files), or duet train reviews.csv --text-column review
+    --target label [--model fasttext|text_transformer] (docs/text.md).
+
     With --resume RUN only --epochs may be given: a new total that extends the run
     (a finished one too); the LR schedule is re-planned for it from that point.
     """
     # The signature is the command's declaration (one parameter per flag); the body stays short.
     flags = dict(locals())
     log = stderr_log(quiet or as_json)
-    from duet.cli.train_table import train_table_command, wants_table
-
-    if wants_table(flags):
-        if resume is not None and (ignored := _flags_resume_cannot_change(flags)):
-            raise ConfigError(
-                f"--resume continues '{resume}' with its own settings; only --epochs can change. Remove: {' '.join(ignored)}"
-            )
-        train_table_command(flags, log)
+    if resume is not None and (ignored := _flags_resume_cannot_change(flags)):
+        raise ConfigError(
+            f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
+            f"only --epochs can change. Remove: {' '.join(ignored)}"
+        )
+    if _trained_by_another_modality(flags, log):
         return
     device_used, workers_used = device or "auto", None
     if resume is not None:
-        ignored = _flags_resume_cannot_change(flags)
-        if ignored:
-            raise ConfigError(
-                f"--resume continues '{resume}' with the settings it was started with (its config.yaml); "
-                f"only --epochs can change. Remove: {' '.join(ignored)}"
-            )
         from duet.tracking import sink_for_run
         from duet.training.loop import resume as resume_run
 
@@ -188,6 +190,21 @@ def train(
 
     ensure_profile(result.run_dir, device=device_used, workers=workers_used, progress=not quiet, log=log)
     _report_train(result, as_json)
+
+
+def _trained_by_another_modality(flags: dict[str, Any], log: Log) -> bool:
+    """Tables and text have their own trainers behind this command (``duet.cli.train_table``,
+    ``duet.cli.train_text``); True when one ran."""
+    from duet.cli.train_table import train_table_command, wants_table
+    from duet.cli.train_text import train_text_command, wants_text
+
+    if wants_text(flags):
+        train_text_command(flags, log)
+        return True
+    if wants_table(flags):
+        train_table_command(flags, log)
+        return True
+    return False
 
 
 _CONFIG_KEYS = [

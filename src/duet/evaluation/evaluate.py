@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from duet.data.scan import read_manifest, scan
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.eval_result import EvalResult, describe_split
 from duet.evaluation.inference import Exported, load_model, predict_samples
-from duet.evaluation.metrics import compute_metrics
+from duet.evaluation.metrics import compute_metrics, misclassified_samples
 from duet.evaluation.report import write_report
 from duet.system.device import resolve_device
 from duet.training.curves import write_curves
@@ -72,6 +71,21 @@ def _folder_samples(run: RunInfo, data_dir: Path, split: str | None, progress: b
     return samples, split or "all", manifest.data_dir
 
 
+def _evaluate_other_modality(
+    run_dir: Path, *, data: Path | None, split: str | None, out_dir: Path | None, exported: Exported | None
+) -> EvalResult | None:
+    """A tabular run's evaluation (``duet.evaluation.tabular_evaluate``); None for an image run."""
+    from duet.training.tabular_run import is_tabular_run
+
+    if not is_tabular_run(run_dir):
+        return None
+    if exported is not None:
+        raise ConfigError("evaluating an exported tabular model is not built yet; evaluate the run (no --format)")
+    from duet.evaluation.tabular_evaluate import evaluate_tabular
+
+    return evaluate_tabular(run_dir, data=data, split=split, out_dir=out_dir)
+
+
 def evaluate(
     run_dir: Path,
     *,
@@ -88,14 +102,9 @@ def evaluate(
     """``precision``: auto | fp32 | bf16; None = the run's recorded precision (run.json).
     ``exported``: run this exported model instead of the run's weights (on the CPU;
     ``device`` and ``precision`` then do not apply)."""
-    from duet.training.tabular_run import is_tabular_run
-
-    if is_tabular_run(run_dir):
-        if exported is not None:
-            raise ConfigError("evaluating an exported tabular model is not built yet; evaluate the run (no --format)")
-        from duet.evaluation.tabular_evaluate import evaluate_tabular
-
-        return evaluate_tabular(run_dir, data=data_dir, split=split, out_dir=out_dir)
+    other = _evaluate_other_modality(run_dir, data=data_dir, split=split, out_dir=out_dir, exported=exported)
+    if other is not None:
+        return other
     run = load_run(run_dir)
     if data_dir is None:
         samples, split_name, source = _run_split_samples(run, split)
@@ -125,17 +134,7 @@ def evaluate(
     if not ok.any():
         raise DataError(f"none of the {len(samples)} images in '{source}' could be read")
     metrics = compute_metrics(preds.labels[ok], preds.probs[ok], run.labels)
-    predicted = preds.probs.argmax(1)
-    misclassified: list[dict[str, Any]] = [
-        {
-            "path": str(samples[i].path),
-            "true": run.labels[int(preds.labels[i])],
-            "predicted": run.labels[int(predicted[i])],
-            "confidence": float(preds.probs[i, predicted[i]]),
-        }
-        for i in np.flatnonzero(ok & (predicted != preds.labels))
-    ]
-    misclassified.sort(key=lambda m: -m["confidence"])
+    misclassified = misclassified_samples([str(s.path) for s in samples], preds.labels, preds.probs, ok, run.labels)
     failed = [{"path": str(samples[i].path), "reason": preds.errors[i]} for i in np.flatnonzero(~ok)]
     meaning = describe_split(split_name, None if data_dir is None else source)
     context = {

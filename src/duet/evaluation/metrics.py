@@ -181,3 +181,21 @@ def _most_confused(matrix: np.ndarray, labels: list[str]) -> list[dict[str, Any]
     return [
         {"true": labels[r], "predicted": labels[c], "count": int(off_diagonal[r, c])} for r, c in pairs[:MOST_CONFUSED]
     ]
+
+
+def misclassified_samples(
+    names: list[str], labels: np.ndarray, probs: np.ndarray, ok: np.ndarray | None, classes: list[str]
+) -> list[dict[str, Any]]:
+    """The samples (``ok``: the readable ones; None: all) predicted wrong, most confident first:
+    the report's list, each named by ``names[i]`` (a file, or a table's line)."""
+    predicted = probs.argmax(1)
+    wrong = [
+        {
+            "path": names[i],
+            "true": classes[int(labels[i])],
+            "predicted": classes[int(predicted[i])],
+            "confidence": float(probs[i, predicted[i]]),
+        }
+        for i in np.flatnonzero((predicted != labels) if ok is None else ok & (predicted != labels))
+    ]
+    return sorted(wrong, key=lambda m: -m["confidence"])

@@ -29,7 +29,7 @@ from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, take
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.eval_result import EvalResult, describe_split
-from duet.evaluation.metrics import compute_metrics
+from duet.evaluation.metrics import compute_metrics, misclassified_samples
 from duet.evaluation.report import write_report
 from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.training.curves import write_curves
@@ -140,17 +140,8 @@ def evaluate_tabular(
     probs = predict_proba(model, spec, rows.table)
     metrics = compute_metrics(y_true, probs, labels)
     metrics["unit"] = "rows"  # the report says rows, not images
-    predicted = probs.argmax(1)
-    misclassified: list[dict[str, Any]] = [
-        {
-            "path": f"{rows.source.name} {rows.unit} {int(rows.lines[i])}",
-            "true": labels[int(y_true[i])],
-            "predicted": labels[int(predicted[i])],
-            "confidence": float(probs[i, predicted[i]]),
-        }
-        for i in np.flatnonzero(predicted != y_true)
-    ]
-    misclassified.sort(key=lambda m: -m["confidence"])
+    names = [f"{rows.source.name} {rows.unit} {int(line)}" for line in rows.lines]
+    misclassified = misclassified_samples(names, y_true, probs, None, labels)
     meaning = describe_split(split_name, None if data is None else rows.source)
     context = {
         "run": str(run_dir),
