@@ -20,6 +20,9 @@ def scan(
     target: str | None = typer.Option(
         None, "--target", help="A table file's label column (required for a .csv/.tsv/.parquet file)."
     ),
+    text_column: str | None = typer.Option(
+        None, "--text-column", help="A table file's text column: scan it as a text corpus (with --target)."
+    ),
     val_split: float | None = typer.Option(None, "--val-split", help="As for train. " + train_default("val_split")),
     test_split: float | None = typer.Option(
         None,
@@ -37,7 +40,11 @@ def scan(
     columns, leakage, duplicates and conflicting labels; every row skipped and why
     (--val-split, --test-split and --seed apply to folders only)."""
     from duet.data.tabular.read import is_table_file
+    from duet.data.text.read import is_text_folder
 
+    if text_column is not None or (target is None and is_text_folder(data_dir)):
+        _scan_text(data_dir, text_column, target, as_json)
+        return
     if is_table_file(data_dir):
         if target is None:
             raise ConfigError(f"--target is required for a table file: duet scan {data_dir} --target <label column>")
@@ -142,6 +149,58 @@ def _print_capped(lines: list[str], total: int | None = None) -> None:
         out.print(line, highlight=False, markup=False)
     if total > SHOWN_ROWS:
         out.print(f"  ... and {total - SHOWN_ROWS} more (use --json)")
+
+
+def _scan_text(path: Path, text_column: str | None, target: str | None, as_json: bool) -> None:
+    """`duet scan corpus/` (class folders of .txt files) or `duet scan reviews.csv --text-column review --target label`."""
+    from duet.data.text.checks import require_trainable_corpus, text_report
+    from duet.data.text.read import read_corpus
+
+    corpus = read_corpus(path, text_column=text_column, target=target)
+    report = text_report(corpus)
+    if as_json:
+        print_json(report)
+    else:
+        _print_text_report(report)
+    require_trainable_corpus(corpus)
+
+
+def _print_text_report(report: dict[str, Any]) -> None:
+    t = Table(title=f"{report['source']} (text, {report['layout']} layout)")
+    for col in ("class", "documents", "chars p50/p95", "tokens p50/p95/max", "empty"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for label, c in report["per_class"].items():
+        chars, toks = c["chars"], c["tokens"]
+        t.add_row(
+            label,
+            str(c["count"]),
+            f"{chars['p50']:.0f}/{chars['p95']:.0f}",
+            f"{toks['p50']:.0f}/{toks['p95']:.0f}/{toks['p100']:.0f}",
+            str(c["empty"]),
+        )
+    out.print(t)
+    dups = report["duplicates"]
+    out.print(
+        f"{report['num_documents']} documents in {len(report['classes'])} classes; "
+        f"{len(report['skipped'])} skipped, {report['replaced']['count']} decoded with replacement, "
+        f"{report['empty']['count']} empty, {dups['exact']['count']} exact and {dups['normalised']['count']} "
+        f"normalised duplicates, {report['conflicts']['count']} conflicts"
+    )
+    _print_capped([f"warning: {w}" for w in report["warnings"]])
+    _print_capped([f"  skipped {s['origin']}: {s['reason']}" for s in report["skipped"]])
+    replaced = report["replaced"]
+    _print_capped(
+        [f"  {r['origin']}: {r['bytes']} bytes not UTF-8, replaced by U+FFFD" for r in replaced["shown"]],
+        replaced["count"],
+    )
+    for kind in ("exact", "normalised"):
+        shown = dups[kind]["shown"]
+        _print_capped([f"  {d['origin']} repeats {d['same_as']} ({kind})" for d in shown], dups[kind]["count"])
+    conflicts = report["conflicts"]
+    _print_capped(
+        [f"  {', '.join(c['origins'])}: one text, labels {', '.join(c['labels'])}" for c in conflicts["shown"]],
+        conflicts["count"],
+    )
 
 
 def register(app: typer.Typer) -> None:
