@@ -14,7 +14,8 @@ on the same images, and writes RUN/eval/<format>/ (or RUN/eval/<folder name>/<fo
 so the PyTorch report is kept beside it. Every report names what ran the model.
 
 A tabular run (run.json ``modality: tabular``) is handed to
-``duet.evaluation.tabular_evaluate``: the same metrics and report files, on rows.
+``duet.evaluation.tabular_evaluate``: the same metrics and report files, on rows;
+a text run (``modality: text``) to ``duet.evaluation.text_evaluate``, on documents.
 """
 
 from __future__ import annotations
@@ -74,8 +75,17 @@ def _folder_samples(run: RunInfo, data_dir: Path, split: str | None, progress: b
 def _evaluate_other_modality(
     run_dir: Path, *, data: Path | None, split: str | None, out_dir: Path | None, exported: Exported | None
 ) -> EvalResult | None:
-    """A tabular run's evaluation (``duet.evaluation.tabular_evaluate``); None for an image run."""
+    """A tabular run's evaluation (``duet.evaluation.tabular_evaluate``), a text run's
+    (``duet.evaluation.text_evaluate``); None for an image run."""
     from duet.training.tabular_run import is_tabular_run
+    from duet.training.text_run import is_text_run
+
+    if is_text_run(run_dir):
+        if exported is not None:
+            raise ConfigError("evaluating an exported text model is not built yet; evaluate the run (no --format)")
+        from duet.evaluation.text_evaluate import evaluate_text
+
+        return evaluate_text(run_dir, data=data, split=split, out_dir=out_dir)
 
     if not is_tabular_run(run_dir):
         return None

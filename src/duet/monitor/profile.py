@@ -264,6 +264,10 @@ def ensure_profile(
 
         ensure_tabular_profile(run_dir, log=log)
         return None
+    from duet.training.text_run import is_text_run
+
+    if is_text_run(Path(run_dir)):
+        return None  # a text run's drift profile is not written here (yet)
     if (profile_dir(run_dir) / JSON_FILE).is_file():
         return load_profile(run_dir)
     from duet.artifacts.run_dir import load_run
