@@ -47,11 +47,12 @@ from duet.serve.errors import ApiError, error_response
 from duet.serve.limits import BodyLimitMiddleware
 from duet.serve.metrics import MetricsMiddleware, ServeMetrics
 from duet.serve.page import router as page_router
-from duet.serve.protocols import kserve_v2, simple, tabular, tfserving
+from duet.serve.protocols import kserve_v2, simple, tabular, text, tfserving
 from duet.serve.runtimes import Runtime, load_runtime
 from duet.serve.service import ModelService
 from duet.serve.settings import ServeConfig
 from duet.serve.tabular_service import TabularService, is_tabular, load_tabular_runtime
+from duet.serve.text_service import TextService, is_text, load_text_runtime
 
 log = logging.getLogger("duet.serve")
 
@@ -61,7 +62,8 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 
 def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, watcher: Any = None) -> FastAPI:
     metrics = ServeMetrics(package.labels)
     table = is_tabular(package)  # a model of table rows (duet.serve.tabular_service), else of images
-    service = (TabularService if table else ModelService)(package, runtime, config, metrics, watcher)
+    kind = TextService if is_text(package) else TabularService if table else ModelService  # texts: text_service
+    service = kind(package, runtime, config, metrics, watcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +80,7 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     app = FastAPI(
         title=f"duet: {service.name}",
         version=duet.__version__,
-        description=_description(package, table),
+        description=_description(package, "text" if is_text(package) else "tabular" if table else "image"),
         lifespan=lifespan,
         docs_url=None,  # served below from local assets (the default page loads Swagger UI from a CDN)
         redoc_url=None,
@@ -87,6 +89,9 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     app.state.metrics = metrics
     if isinstance(service, TabularService):
         for r in tabular.routers(service):
+            app.include_router(r)
+    elif isinstance(service, TextService):
+        for r in text.routers(service):
             app.include_router(r)
     else:  # the web page is for images: it uploads a picture
         app.include_router(simple.router(service))
@@ -111,9 +116,16 @@ def create_app(config: ServeConfig, package: ModelPackage, runtime: Runtime, wat
     return app
 
 
-def _description(package: ModelPackage, table: bool) -> str:
+def _description(package: ModelPackage, modality: str) -> str:
     labels = f"{', '.join(package.labels[:20])}{', ...' if package.num_classes > 20 else ''}"
-    if table:
+    if modality == "text":
+        return (
+            f"Text classifier **{package.architecture}** ({package.num_classes} labels: {labels}), "
+            "the tokenizer inside the graph. Protocols: `POST /v1/predict` (JSON texts), the Open Inference "
+            "Protocol (KServe V2, `/v2/...`, one BYTES input) and TensorFlow Serving REST "
+            '(`/v1/models/{name}:predict`, instances of texts). Errors are JSON `{"error", "code"}`.'
+        )
+    if modality == "tabular":
         return (
             f"Classifier of table rows **{package.architecture}** ({package.num_classes} labels: {labels}). "
             "Protocols: `POST /v1/predict` (JSON rows keyed by column), the Open Inference Protocol "
@@ -234,6 +246,8 @@ def load(config: ServeConfig) -> tuple[ModelPackage, Runtime]:
     package = read_package(config.model_dir, verify=True)
     if is_tabular(package):
         return package, load_tabular_runtime(package, config)
+    if is_text(package):
+        return package, load_text_runtime(package, config)
     runtime = load_runtime(
         package,
         config.runtime,

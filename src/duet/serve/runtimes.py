@@ -40,11 +40,16 @@ class Runtime(Protocol):
     def __call__(self, pixels: np.ndarray) -> Outputs: ...
 
 
-def ort_session(path: Path, threads: int = 0, spinning: bool = False) -> Any:
-    """An ONNX Runtime CPU session for ``path`` (ModelError when it cannot load)."""
+def ort_session(path: Path, threads: int = 0, spinning: bool = False, custom_ops: str | None = None) -> Any:
+    """An ONNX Runtime CPU session for ``path`` (ModelError when it cannot load).
+
+    ``custom_ops="onnxruntime_extensions"``: the graph uses that package's custom
+    operators (a text model's tokenizer may); their library is registered first."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if custom_ops is not None:
+        options.register_custom_ops_library(_custom_ops_library(custom_ops, path))
     options.intra_op_num_threads = threads  # 0: one per core
     options.inter_op_num_threads = 1
     # Spinning keeps intra-op threads busy-waiting between operators: faster
@@ -55,6 +60,19 @@ def ort_session(path: Path, threads: int = 0, spinning: bool = False) -> Any:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}") from e
+
+
+def _custom_ops_library(name: str, path: Path) -> str:
+    """The shared library of the custom-operator package ``name`` (ModelError when absent or unknown)."""
+    if name != "onnxruntime_extensions":
+        raise ModelError(f"'{path}' needs custom operators from {name!r}, which duet does not know; re-export the run")
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError:
+        raise ModelError(
+            f"'{path}' uses onnxruntime-extensions' operators; install them: pip install 'duet[text]'"
+        ) from None
+    return str(get_library_path())
 
 
 class OnnxRuntime:
