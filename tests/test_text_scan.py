@@ -5,6 +5,7 @@ class), and what `duet scan` says about it."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -93,6 +94,22 @@ def test_ten_megabyte_document_costs_no_memory(tmp_path: Path) -> None:
         require_trainable_corpus(corpus)
     corpus, peak = traced(lambda: read_corpus(root, max_doc_bytes=20_000_000))
     assert corpus.texts[0].startswith("x x") and peak > 10_000_000  # the measure sees a read
+
+
+def test_utf16_and_fifo_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    write(root / "a" / "utf16.txt", "hello wide world".encode("utf-16"))
+    write(root / "a" / "ok.txt", "fine")
+    write(root / "b" / "1.txt", "y")
+    os.mkfifo(root / "b" / "pipe.txt")
+    start = time.perf_counter()
+    corpus = read_corpus(root)
+    assert time.perf_counter() - start < 1.0  # the FIFO was never opened (it would block)
+    assert corpus.origins == ["a/ok.txt", "b/1.txt"]
+    assert corpus.skipped == [
+        ("a/utf16.txt", "UTF-16 text (byte-order mark), not UTF-8; save it as UTF-8"),
+        ("b/pipe.txt", "not a regular file"),
+    ]
 
 
 def test_is_text_folder(tmp_path: Path) -> None:

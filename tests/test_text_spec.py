@@ -45,6 +45,7 @@ EDGE_TEXTS = [
     "  lead  trail  ",
     "Don't DON'T don't dont",
     "the the the a a b",
+    "nul\x00inside zero\u200bwidth ＦＵＬＬ ǅ Ω ΣΑΣ \ufeffbom \ufffd",
 ]
 
 

@@ -17,11 +17,12 @@ What a file can do to a folder corpus, each reported, never silent:
 - over ``max_doc_bytes`` (default 1 MB): skipped with its size, before it is
   read (a 10 MB document costs a ``stat``, not 10 MB of memory);
 - a NUL byte, or more than ``BINARY_FRACTION`` of its bytes not UTF-8:
-  skipped as binary (an image or archive named .txt);
+  skipped as binary (an image or archive named .txt); a UTF-16 file (its
+  byte-order mark) is skipped with that reason;
 - some bytes not UTF-8 (a Latin-1 file among UTF-8 ones): decoded with
   U+FFFD replacement characters, kept, and listed in ``replaced`` with how many
   bytes were replaced (``replaced_bytes``);
-- unreadable (permissions): skipped with the OS error.
+- unreadable (permissions) or not a regular file (a FIFO): skipped with the reason.
 A UTF-8 byte-order mark is dropped; empty files are kept (``duet scan`` reports
 them). The corpus is only ever read.
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +107,8 @@ def read_corpus(
 # ---------------------------------------------------------------- folder layout
 
 
-def _class_files(root: Path) -> list[tuple[str, str]]:
+def _class_files(root: Path) -> Iterator[tuple[str, str]]:
     """``(relative path, class)`` of every file under a class folder, sorted, hidden ones included."""
-    found: list[tuple[str, str]] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if not entry.is_dir(follow_symlinks=True):
             continue
@@ -114,8 +116,7 @@ def _class_files(root: Path) -> list[tuple[str, str]]:
             dirs.sort()
             for name in sorted(files):
                 rel = os.path.relpath(os.path.join(folder, name), root)
-                found.append((Path(rel).as_posix(), entry.name))
-    return found
+                yield Path(rel).as_posix(), entry.name
 
 
 def _ignore_reason(rel: str) -> str | None:
@@ -167,12 +168,17 @@ def _nothing_read(root: Path, corpus: TextCorpus, class_folders: list[str]) -> s
 def read_document(path: Path, max_doc_bytes: int = MAX_DOC_BYTES) -> tuple[str | None, str, int]:
     """``(text, "", undecodable bytes)`` for a usable file, else ``(None, reason, 0)`` (module docstring)."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file", 0
         if size > max_doc_bytes:
             return None, f"{_size(size)}, over the {_size(max_doc_bytes)} limit for one document", 0
         data = path.read_bytes()
     except OSError as e:
         return None, f"not readable ({e.strerror or e})", 0
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None, "UTF-16 text (byte-order mark), not UTF-8; save it as UTF-8", 0
     if b"\x00" in data:
         return None, "binary (NUL bytes), not text", 0
     if data.startswith(b"\xef\xbb\xbf"):
