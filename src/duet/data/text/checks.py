@@ -192,9 +192,8 @@ def read_trainable_corpus(
         ("decoded with replacement", corpus.replaced),
     ):
         if origins:
+            shown = "; ".join(origins[:SHOWN_SKIPS])
             more = f"; +{len(origins) - SHOWN_SKIPS} more" if len(origins) > SHOWN_SKIPS else ""
-            log(
-                f"{counted(len(origins), 'document')} of {corpus.source} {what} ({'; '.join(origins[:SHOWN_SKIPS])}{more}; all: duet scan)"
-            )
+            log(f"{counted(len(origins), 'document')} of {corpus.source} {what} ({shown}{more}; all: duet scan)")
     require_trainable_corpus(corpus)
     return corpus
