@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from duet.evaluation.evaluate import EvalResult
     from duet.exporting.exporter import ExportResult
     from duet.monitor.drift import DriftResult
+    from duet.monitor.tabular_drift import TabularDriftResult
     from duet.training.config import TrainConfig
     from duet.training.loop import TrainResult
+    from duet.training.tabular_config import TableConfig
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike[str]
@@ -55,7 +57,7 @@ class Run:
 
     def __init__(self, path: PathLike, *, result: TrainResult | None = None) -> None:
         self.path = Path(path)
-        load_run(self.path)  # RunError now, not at first use
+        self.modality = _modality(self.path)  # RunError now, not at first use
         self.result = result  # the training summary, when this object trained it
 
     def __fspath__(self) -> str:
@@ -67,8 +69,14 @@ class Run:
 
     @property
     def info(self) -> RunInfo:
-        """run.json as ``duet.artifacts.run_dir.RunInfo`` (labels, model, preprocessing, best, precision)."""
+        """run.json as ``duet.artifacts.run_dir.RunInfo`` (labels, model, preprocessing, best, precision);
+        an image run's. A tabular run's run.json: ``json.loads((run.path / "run.json").read_text())``."""
+        if self.modality != "image":
+            raise RunError(f"'{self.path}' is a {self.modality} run; RunInfo describes image runs")
         return load_run(self.path)
+
+    def _json(self) -> dict[str, Any]:
+        return dict(json.loads(RunPaths(self.path).info.read_text(encoding="utf-8")))
 
     @property
     def name(self) -> str:
@@ -77,20 +85,22 @@ class Run:
     @property
     def labels(self) -> list[str]:
         """The class names; index ``i`` is the model's output ``i``."""
-        return list(self.info.labels)
+        return [str(x) for x in self._json()["labels"]]
 
     @property
     def best(self) -> dict[str, Any]:
         """The best epoch's metrics, e.g. ``{"epoch": 3, "val_accuracy": 0.97, ...}``."""
-        return dict(self.info.best)
+        return dict(self._json().get("best") or {})
 
     @property
-    def config(self) -> TrainConfig:
-        """The resolved settings it was trained with (config.yaml)."""
+    def config(self) -> TrainConfig | TableConfig:
+        """The resolved settings it was trained with (config.yaml): a TrainConfig, or a tabular run's TableConfig."""
         from duet.training.config import config_from_dict
+        from duet.training.tabular_config import table_config_from_dict
 
         paths = RunPaths(self.path)
-        return config_from_dict(read_config(paths), str(paths.config))
+        read = table_config_from_dict if self.modality == "tabular" else config_from_dict
+        return read(read_config(paths), str(paths.config))
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -109,11 +119,16 @@ class Run:
         return export(self, out, **options)
 
     def load(self, **options: Any) -> Model:
-        """This run's best weights as a :class:`~duet.api.model.Model` (PyTorch); see :func:`duet.load`."""
+        """This run's best weights as a :class:`~duet.api.model.Model` (PyTorch); see :func:`duet.load`.
+        Image runs; a tabular run is served from its export (``duet serve``)."""
+        if self.modality != "image":
+            raise ModelError(
+                f"duet.load is built for image runs; '{self.path}' is {self.modality}: export it and serve it"
+            )
         return load(self.path, **options)
 
-    def drift(self, folder: PathLike, **options: Any) -> DriftResult:
-        """:func:`drift` of a folder of new images against this run."""
+    def drift(self, folder: PathLike, **options: Any) -> DriftResult | TabularDriftResult:
+        """:func:`drift` of a folder of new images (a tabular run: a file of new rows) against this run."""
         return drift(self, folder, **options)
 
     def resume(self, *, epochs: int | None = None, **options: Any) -> Run:
@@ -161,6 +176,11 @@ def train(
     from duet.training.config import build_config
 
     say = log or _quiet
+    from duet.api.table_run import is_table_data, train_table_api
+
+    if is_table_data(data, settings):  # a table file or a DataFrame with target=: duet train data.csv --target
+        result = train_table_api(data, val, settings, name_for=_new_name, progress=progress, log=say)
+        return Run(result.run_dir, result=result)
     if "data_dir" in settings:
         raise ConfigError("pass the data as train's first argument, not as data_dir=")
     placeholder = data if isinstance(data, (str, os.PathLike)) else "."
@@ -211,9 +231,11 @@ def resume(run: PathLike, *, epochs: int | None = None, progress: bool = True, l
     ``epochs``: a new total, to train a finished run longer. Writes the drift profile if missing."""
     from duet.tracking import sink_for_run
     from duet.training.loop import resume as resume_run
+    from duet.training.tabular_fit import resume_table
 
     say = log or _quiet
-    result = resume_run(Path(run), epochs=epochs, progress=progress, log=say, tracker=sink_for_run(Path(run)))
+    resume_fn = resume_table if _modality(Path(run)) == "tabular" else resume_run
+    result = resume_fn(Path(run), epochs=epochs, progress=progress, log=say, tracker=sink_for_run(Path(run)))
     device = str(read_config(RunPaths(result.run_dir)).get("device", "auto"))
     _write_profile(result.run_dir, device, progress, say)
     return Run(result.run_dir, result=result)
@@ -261,8 +283,10 @@ def export(
     return res
 
 
-def drift(run_or_export: PathLike, folder: PathLike, *, progress: bool = True, **options: Any) -> DriftResult:
-    """Is a folder of new images still like the training data (``duet drift``)?
+def drift(
+    run_or_export: PathLike, folder: PathLike, *, progress: bool = True, **options: Any
+) -> DriftResult | TabularDriftResult:
+    """Is a folder of new images (a tabular run: a file of new rows) still like the training data (``duet drift``)?
 
     ``run_or_export``: a run folder, or an export folder whose run (model.json
     ``source.run``) is on this machine. Writes a report to RUN/drift/<folder>/
@@ -272,7 +296,21 @@ def drift(run_or_export: PathLike, folder: PathLike, *, progress: bool = True, *
     from duet.monitor.check import drift_check
 
     run_dir = _run_of(Path(run_or_export))
+    if _modality(run_dir) == "tabular":  # a file of new rows, compared per column and on the outputs
+        from duet.monitor.tabular_check import table_drift_check
+
+        return table_drift_check(run_dir, Path(folder), **options).result
     return drift_check(run_dir, Path(folder), progress=progress, **options).result
+
+
+def _modality(run_dir: Path) -> str:
+    """ "image" or "tabular", from run.json; RunError when ``run_dir`` is not a run."""
+    from duet.training.tabular_run import is_tabular_run
+
+    if is_tabular_run(run_dir):
+        return "tabular"
+    load_run(run_dir)  # an image run, or a RunError saying what is wrong
+    return "image"
 
 
 def _run_of(path: Path) -> Path:
