@@ -42,6 +42,7 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from itertools import pairwise
 from typing import Any, Protocol
 
@@ -84,6 +85,11 @@ class TextSpec:
     vocabulary: tuple[str, ...]  # tokens only: token i has id FIRST_TOKEN_ID + i
     fitted_docs: int
     backend: str = "native"  # who fitted it: "native" or "keras" (the same vocabulary either way)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """token -> id, built once per spec (a server encodes request after request)."""
+        return {t: FIRST_TOKEN_ID + i for i, t in enumerate(self.vocabulary)}
 
     @property
     def vocab_size(self) -> int:
@@ -203,7 +209,7 @@ def fit_text_spec(
 
 def encode(spec: TextSpec, texts: Iterable[str]) -> np.ndarray:
     """Ids int64 ``[N, spec.sequence_length]``: OOV 1, token i -> 2 + i, truncated or 0-padded at the end."""
-    index = {t: FIRST_TOKEN_ID + i for i, t in enumerate(spec.vocabulary)}
+    index = spec.index
     length = spec.sequence_length
     rows = [[index.get(t, OOV_ID) for t in tokens(spec, text)[:length]] for text in texts]
     ids = np.zeros((len(rows), length), dtype=np.int64)
