@@ -120,6 +120,9 @@ def test_is_text_folder(tmp_path: Path) -> None:
     assert is_text_folder(text) and not is_text_folder(images)
     assert not is_text_folder(tmp_path / "nowhere") and not is_text_folder(text / "README.txt")
     assert not is_text_folder(write(tmp_path / "flat" / "a.txt", "no class folder").parent)
+    write(tmp_path / "hidden_only" / "a" / ".notes.txt", "hidden")
+    write(text / "pos" / ".thumbs" / "1.png", b"\x89PNG")  # hidden: does not make it an image folder
+    assert is_text_folder(text) and not is_text_folder(tmp_path / "hidden_only")
 
 
 def test_table_layout_lines_and_skips(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ def is_text_folder(path: str | Path) -> bool:
         return False
     found = False
     for rel, _ in _class_files(root):
+        if _ignore_reason(rel) == "hidden":
+            continue
         suffix = Path(rel).suffix.lower()
         if suffix in IMAGE_EXTENSIONS:
             return False
