@@ -4,8 +4,10 @@ agrees with PyTorch."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +38,9 @@ MORE_TEXTS = [
     "[UNK] hello [UNK]",
     "ONE two THREE four FIVE six SEVEN eight NINE ten ELEVEN",
 ]
-CORPUS = EDGE_TEXTS + [piece for text in EDGE_TEXTS for piece in text.split(" ")] + MORE_TEXTS
+ALL_TEXTS = EDGE_TEXTS + [piece for text in EDGE_TEXTS for piece in text.split(" ")] + MORE_TEXTS
+CORPUS = [text for text in ALL_TEXTS if refused_reason(text) is None]
+REFUSED = [text for text in ALL_TEXTS if refused_reason(text) is not None]  # the corpus's NUL cases
 
 
 def tokenizer(spec: TextSpec) -> Callable[[list[str]], np.ndarray]:
@@ -89,6 +93,7 @@ def test_nul_and_surrogates_are_refused_because_the_graph_would_differ() -> None
     # Why NUL is refused: the regex operator stops reading at it ("gamma" is lost).
     text = "alpha\x00beta gamma"
     assert not np.array_equal(tokenizer_ids(spec, [text]), encode(spec, [text]))
+    assert REFUSED and all("\x00" in t for t in REFUSED)  # the data helper's corpus has NUL cases
 
 
 class TinyText(torch.nn.Module):
@@ -132,3 +137,104 @@ def test_whole_graph_takes_raw_strings_and_matches_torch(tmp_path: Path) -> None
             np.testing.assert_allclose(probs, torch.softmax(ref_logits, 1).numpy(), atol=1e-6)
             np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-5)
             np.testing.assert_allclose(features, model.features(reference).numpy(), atol=1e-6)
+
+
+def write_corpus(root: Path, per_class: int = 48, seed: int = 0) -> Path:
+    """Two class folders of .txt files: words that tell the class apart, shared words, and every
+    fourth document carries one of the Unicode edge cases, so the gate runs over them too."""
+    rng = np.random.default_rng(seed)
+    words = {"neg": ["bad", "Awful", "hate", "sad", "poor"], "pos": ["good", "GREAT", "fine", "love", "happy"]}
+    shared = ["the", "movie", "was", "a", "it", "Don't", "e-mail", "ÉCOLE", "straße"]
+    for label, own in words.items():
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            text = " ".join(rng.choice(own + shared, size=int(rng.integers(3, 40))))
+            if i % 4 == 0:
+                text += "\n" + EDGE_TEXTS[(i // 4) % len(EDGE_TEXTS)]
+            (root / label / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fastText run with bigrams, trained by `duet train` on a small corpus (read-only: copy to change)."""
+    from helpers import run_cli
+
+    tmp = tmp_path_factory.mktemp("text_run")
+    corpus = write_corpus(tmp / "corpus")
+    config = tmp / "text.yaml"
+    config.write_text("ngrams: 2\nsequence_length: 48\n", encoding="utf-8")
+    args = ("--epochs", "2", "--out", str(tmp / "runs"), "--name", "t", "--quiet", "--config", str(config))
+    proc = run_cli("train", str(corpus), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "runs" / "t"
+
+
+@pytest.mark.e2e
+def test_duet_export_of_a_text_run_serves_the_runs_own_predictions(text_run: Path, tmp_path: Path) -> None:
+    """`duet export RUN`: the gate ran on every validation document (ids equal, top-1 equal, |Δp| <= 1e-4),
+    model.json follows the contract, and model.onnx fed the raw validation texts gives the run's
+    own probabilities (``predict_proba``) and the spec's ids."""
+    from duet.artifacts.model_package import read_package
+    from duet.training.text_run import load_split_texts, load_text_model, predict_proba
+    from helpers import one_line_error, run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(text_run, run)
+    proc = run_cli("export", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    texts = load_split_texts(run)["val"][0]
+    assert summary["parity"]["passed"] and summary["parity"]["documents"] == len(texts) > 0
+    package = read_package(run / "export")
+    m = package.manifest
+    assert m["modality"] == "text" and m["preprocess"] is None and package.text_spec.ngrams == 2
+    assert m["inputs"] == [
+        {"name": "text", "datatype": "BYTES", "shape": [-1], "description": m["inputs"][0]["description"]}
+    ]
+    assert [(o["name"], o["shape"]) for o in m["outputs"]] == [
+        ("logits", [-1, 2]), ("probabilities", [-1, 2]), ("features", [-1, 64])
+    ]  # fmt: skip
+    assert m["runtime"] == {"custom_ops": "onnxruntime_extensions"} and m["limits"]["max_chars"] == 100_000
+    gate = m["metrics"]["parity"]
+    assert gate["ids_differ"] == 0 and gate["unreadable"] == 0 and gate["max_abs_prob_diff"] <= 1e-4
+    assert m["metrics"]["baseline"] and "Tokenizer" in (run / "export" / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+    model, spec, _ = load_text_model(run)
+    ids, probs = ids_session(package.onnx_path).run([IDS_EDGE, "probabilities"], text_feed(texts))
+    np.testing.assert_array_equal(ids, encode(spec, texts))
+    reference = predict_proba(model, spec, texts)
+    np.testing.assert_array_equal(probs.argmax(1), reference.argmax(1))
+    assert np.abs(probs - reference).max() <= 1e-4
+
+    one_line_error(run_cli("export", str(run)), 5, "already exists", "--force")
+    for args, needle in ((("--quantize", "int8"), "--quantize"), (("--format", "tflite"), "--format")):
+        one_line_error(run_cli("export", str(run), "--out", str(tmp_path / "other"), *args), 2, needle)
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.e2e
+def test_a_tokenizer_that_differs_from_the_spec_fails_the_gate_and_writes_nothing(
+    text_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph whose vocabulary is the run's with two tokens swapped (as a wrong tie order would give)
+    must not ship, even if the model's predictions barely move: the ids are compared too."""
+    from duet.exporting import text_export
+    from duet.exporting.parity import ParityError
+
+    run = tmp_path / "run"
+    shutil.copytree(text_run, run)
+    real = text_export.write_text_onnx
+
+    def swapped(model, spec, labels, architecture, path, **kwargs):  # type: ignore[no-untyped-def]
+        vocabulary = list(spec.vocabulary)
+        vocabulary[-1], vocabulary[-2] = vocabulary[-2], vocabulary[-1]
+        return real(
+            model, dataclasses.replace(spec, vocabulary=tuple(vocabulary)), labels, architecture, path, **kwargs
+        )
+
+    monkeypatch.setattr(text_export, "write_text_onnx", swapped)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ParityError, match="token ids differ"):
+        text_export.export_text_run(run, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -71,6 +71,24 @@ A **tabular** model (``duet export`` of a run trained on a table,
   ``preprocessing_nodes`` and ``feature_edges``; ``versions`` has no timm;
 - only ``model.onnx`` (fp32): no ``variants``, no TensorFlow formats.
 
+A **text** model (``duet.exporting.text_export``) has the tabular differences
+except the table ones, and these:
+
+- ``modality``: ``"text"``; ``text_spec``: the fitted
+  :class:`~duet.data.text.spec.TextSpec` as a dict (standardize mode, ngrams,
+  sequence_length, vocabulary); model.onnx holds the tokenizer already;
+- ``inputs``: one ``{"name": "text", "datatype": "BYTES", "shape": [-1]}``: raw
+  UTF-8 documents, one per element (a 1-D batch);
+- ``outputs``: ``logits``, ``probabilities`` FP32 ``[-1, num_classes]`` and
+  ``features`` FP32 ``[-1, D]`` (the pooled vector the drift detector reads);
+- ``limits``: ``max_chars`` (the longest document a server accepts) and
+  ``refused`` (texts the graph cannot read: U+0000, unpaired surrogates);
+- ``runtime``: ``{"custom_ops": "onnxruntime_extensions"}``: the library ONNX
+  Runtime must register (``duet.exporting.text_graph.session_options``);
+- ``metrics.parity``: the gate on every validation document, with ``ids_differ``
+  (documents whose graph ids differ from the spec's: must be 0) and
+  ``unreadable`` (refused documents left out); ``data``: ``documents`` per split.
+
 This module imports neither torch nor onnxruntime: a server reads and checks a
 model folder before it chooses a runtime.
 """
@@ -87,10 +105,11 @@ from typing import Any
 from duet.data.preprocess import PreprocessSpec
 from duet.data.tabular.schema import ColumnSchema
 from duet.data.tabular.spec import TabularSpec
+from duet.data.text.spec import TextSpec
 from duet.errors import DuetError, ModelError
 
 SCHEMA = "duet.model/1"
-MODALITIES = ("image", "tabular")  # model.json's "modality" (absent: image)
+MODALITIES = ("image", "tabular", "text")  # model.json's "modality" (absent: image)
 MANIFEST = "model.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the int8 variant (duet export --quantize int8)
@@ -190,7 +209,7 @@ class ModelPackage:
 
     @property
     def modality(self) -> str:
-        """``"image"`` or ``"tabular"`` (model.json's ``modality``; absent in image exports)."""
+        """``"image"``, ``"tabular"`` or ``"text"`` (model.json's ``modality``; absent in image exports)."""
         return str(self.manifest.get("modality") or "image")
 
     @property
@@ -209,6 +228,13 @@ class ModelPackage:
     def tabular_spec(self) -> TabularSpec:
         """A tabular model's fitted preprocessing spec (:class:`ArtifactError` for an image model)."""
         return TabularSpec.from_dict(self._tabular("tabular_spec"))
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """A text model's fitted vectorisation spec (:class:`ArtifactError` for another model)."""
+        if self.modality != "text":
+            raise ArtifactError(f"model folder '{self.root}' is an {self.modality} model: it has no text_spec")
+        return TextSpec.from_dict(self.manifest["text_spec"])
 
     def _tabular(self, key: str) -> dict[str, Any]:
         if self.modality != "tabular":
@@ -302,7 +328,7 @@ def _schema_problem(m: Any) -> str:
     modality = m.get("modality", "image")
     if modality not in MODALITIES:
         return f"modality is {modality!r}, expected one of {', '.join(MODALITIES)}"
-    specs = ("preprocess",) if modality == "image" else ("columns", "tabular_spec")
+    specs = {"image": ("preprocess",), "tabular": ("columns", "tabular_spec"), "text": ("text_spec",)}[modality]
     for key, kind in (
         ("name", str),
         ("architecture", str),
@@ -321,6 +347,8 @@ def _schema_problem(m: Any) -> str:
     try:
         if modality == "image":
             PreprocessSpec.from_dict(m["preprocess"])
+        elif modality == "text":
+            TextSpec.from_dict(m["text_spec"])
         else:
             ColumnSchema.from_dict(m["columns"])
             TabularSpec.from_dict(m["tabular_spec"])

@@ -5,7 +5,8 @@ metrics, preprocessing, limitations); the facts come from the manifest, the
 intended-use and limitation lines are prompts for the owner to complete. A
 tabular model (``"modality": "tabular"``) gets a card of its own
 (:func:`render_tabular_card`): its columns and what the graph does to each
-instead of the image preprocessing.
+instead of the image preprocessing; a text model (``"modality": "text"``)
+one with its tokenizer (:func:`render_text_card`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def render_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
     """Markdown for manifest ``m`` (as written to model.json) and the files it ships with."""
     if m.get("modality") == "tabular":
         return render_tabular_card(m, files)
+    if m.get("modality") == "text":
+        return render_text_card(m, files)
     spec = m["preprocess"]
     metrics = m.get("metrics", {})
     data = m.get("data", {})
@@ -145,6 +148,78 @@ def render_tabular_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> 
         "- A category never seen in training is out of vocabulary (one shared id for all of them); a missing "
         "value in a column that had none in training becomes the column's mean, with no indicator.",
         "- Metrics hold for rows like the training data; watch drift per column in production.",
+        "- *Owner: add known failure modes and fairness considerations.*",
+        "",
+        *_files_lines(m, files),
+    ]
+    return "\n".join(lines)
+
+
+def render_text_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """The card of a text model: the same outline, with the tokenizer in place of image preprocessing."""
+    data = m.get("data", {})
+    source = data.get("source", {})
+    spec = m["text_spec"]
+    parity = m.get("metrics", {}).get("parity", {})
+    lines = [
+        f"# Model card: {m['name']}",
+        "",
+        f"Text classifier, **{m['architecture']}**, {m['num_classes']} classes, exported by duet "
+        f"{m['versions'].get('duet', '?')} on {m['created']}.",
+        "",
+        "## Intended use",
+        "",
+        "Classify documents into the labels below, written like the training documents. "
+        "*Owner: describe the intended users and uses, and uses that are out of scope.*",
+        "",
+        "## Labels",
+        "",
+        "| index | label |",
+        "|---|---|",
+        *(f"| {i} | {label} |" for i, label in enumerate(m["labels"])),
+        "",
+        "## Training data",
+        "",
+        f"- corpus: `{source.get('data', '?')}`"
+        + (f"; validation `{source['val_data']}`" if source.get("val_data") else ""),
+        f"- documents: {data.get('documents', '?')} ("
+        + ", ".join(f"{k} {v}" for k, v in data.get("per_split", {}).items())
+        + ")",
+        f"- fingerprint (the corpus and the split): `{data.get('fingerprint', '?')}`",
+        "",
+        "## Metrics",
+        "",
+        *_metric_lines(m.get("metrics", {}), unit="documents"),
+        f"- token ids of the graph = the training spec's on every gated document (differ on {parity.get('ids_differ', '?')}); "
+        f"{parity.get('unreadable', 0)} documents the graph refuses were left out",
+        *_baseline_lines(m.get("metrics", {}).get("baseline")),
+        "",
+        "## Tokenizer (inside model.onnx: send raw UTF-8 strings)",
+        "",
+        f"- standardize `{spec['standardize']}` (ASCII letters and ASCII punctuation only, as Keras "
+        "TextVectorization), split on ASCII whitespace, "
+        + ("unigrams then bigrams" if spec["ngrams"] == 2 else "unigrams")
+        + f"; {len(spec['vocabulary'])} tokens (ids 2..; 0 padding, 1 out of vocabulary), "
+        f"{spec['sequence_length']} ids per document (longer documents are truncated)",
+        "- input: "
+        + ", ".join(f"`{t['name']}` {t['datatype']} {t['shape']}" for t in m["inputs"])
+        + "; outputs: "
+        + ", ".join(f"`{t['name']}` {t['datatype']} {t['shape']}" for t in m["outputs"]),
+        f"- ONNX Runtime needs the custom operators of `{(m.get('runtime') or {}).get('custom_ops')}` "
+        "(`pip install 'duet[text]'`)",
+        "",
+        "## Privacy",
+        "",
+        "Trained without differential privacy: the weights may reveal whether a given document was in the "
+        "training set.",
+        "",
+        "## Limitations",
+        "",
+        "- Predicts only these labels: every document gets one of them, whatever its language or topic.",
+        f"- Words outside the training vocabulary share one id; only the first {spec['sequence_length']} ids count; "
+        f"the server refuses documents over {(m.get('limits') or {}).get('max_chars', '?')} characters; the graph "
+        "cannot read U+0000 (the text ends there) or unpaired surrogates (model.json limits.refused).",
+        "- Metrics hold for documents like the training data; watch drift (OOV rate, length, classes) in production.",
         "- *Owner: add known failure modes and fairness considerations.*",
         "",
         *_files_lines(m, files),

@@ -19,7 +19,9 @@ Steps, in order (the story of an export):
 
 A tabular run (run.json ``"modality": "tabular"``) goes to
 ``duet.exporting.tabular_export`` instead: the same folder, gate and atomic
-rename, with the table's preprocessing inside the graph (ONNX only, fp32).
+rename, with the table's preprocessing inside the graph (ONNX only, fp32). A
+text run (``"modality": "text"``) goes to ``duet.exporting.text_export``: raw
+strings in, the tokenizer inside the graph (ONNX only, fp32).
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ from duet.exporting.quantize import (
 )
 from duet.exporting.staging import ExportResult, destination, metrics_section, staged, versions
 from duet.exporting.tabular_export import export_tabular_run, refuse_image_options
+from duet.exporting.text_export import export_text_run, refuse_options
 from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
 from duet.training.tabular_run import is_tabular_run
+from duet.training.text_run import is_text_run
 
 Log = Callable[[str], None]
 
@@ -155,6 +159,10 @@ def export_run(
         refuse_image_options(quantize=quantize, formats=formats, data_dir=data_dir)
         same: dict[str, Any] = {"out_dir": out_dir, "tolerance": tolerance, "batch_size": batch_size, "opset": opset}
         return export_tabular_run(run_dir, **same, force=force, progress=progress, log=log)
+    if is_text_run(Path(run_dir)):  # likewise: raw strings in, ONNX fp32 only
+        refuse_options(quantize=quantize, formats=formats, data_dir=data_dir)
+        same = {"out_dir": out_dir, "tolerance": tolerance, "batch_size": batch_size, "opset": opset}
+        return export_text_run(run_dir, **same, force=force, progress=progress, log=log)
     t0 = time.perf_counter()
     _check_options(quantize, calibration_images)
     wanted = parse_formats(formats)
