@@ -108,7 +108,8 @@ def drift_cmd(
     data: Path = typer.Option(
         ...,
         "--data",
-        help="Folder of new images, any layout; a tabular run: a CSV/Parquet file of new rows (labels are not needed).",
+        help="Folder of new images, any layout; a tabular run: a CSV/Parquet file of new rows; a text run: a folder "
+        "of .txt files or a CSV/Parquet file with the text column (labels are not needed).",
     ),
     out_dir: Path | None = typer.Option(None, "--out", help="Report folder. \\[default: RUN/drift/<folder name>]"),
     max_images: int = _DRIFT_CMD_MAX_IMAGES,
@@ -137,13 +138,20 @@ def drift_cmd(
     A tabular run: each column and the model's outputs, tested and Holm-corrected
     (docs/tabular.md, "Monitor"); --data is a CSV/Parquet file; writes report.html and report.json.
 
+    A text run: OOV rate, document length, predicted class, confidence and the
+    pooled features (MMD), Holm-corrected (docs/text.md, "Monitor"); writes report.json.
+
     Example: duet drift runs/digits --data incoming/2024-06-01/
     """
     from duet.training.tabular_run import is_tabular_run
+    from duet.training.text_run import is_text_run
 
+    options = (alpha, min_images, embedding_test, permutations)
     if is_tabular_run(run):
-        options = (alpha, min_images, embedding_test, permutations)
         _drift_table(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
+        return
+    if is_text_run(run):
+        _drift_text(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
         return
     from duet.monitor.check import drift_check
 
@@ -238,6 +246,48 @@ def _drift_table(
     if gate[0]:
         needs = f"the verdict needs {settings.min_rows}"
         _gate(res.result.status, gate[1], data, res.files["html"], (res.rows, "rows", needs))
+
+
+def _drift_text(
+    run: Path,
+    data: Path,
+    out_dir: Path | None,
+    max_documents: int,
+    options: tuple[float | None, int | None, str | None, int | None],
+    gate: tuple[bool, bool],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """`duet drift` of a text run (docs/text.md, "Monitor"): compare, print the tests or the JSON, gate.
+
+    ``options``: --alpha, --min-images (documents here), --embedding-test (refused: text uses MMD)
+    and --permutations; ``gate``: --fail-on-drift, --allow-insufficient."""
+    from duet.monitor.text_check import text_drift_check
+    from duet.monitor.text_profile import TextDriftSettings
+
+    alpha, min_rows, embedding_test, permutations = options
+    if embedding_test is not None:
+        raise ConfigError("--embedding-test is an image setting; a text run's embedding test is MMD. Remove it")
+    d = TextDriftSettings()
+    settings = TextDriftSettings(
+        alpha=d.alpha if alpha is None else alpha,
+        min_rows=d.min_rows if min_rows is None else min_rows,
+        permutations=d.permutations if permutations is None else permutations,
+    )
+    res = text_drift_check(
+        run, data, out_dir=out_dir, max_documents=max_documents, settings=settings, log=stderr_log(quiet or as_json)
+    )
+    counts = {"documents": res.documents, "documents_read": res.documents_read, "skipped_documents": len(res.skipped)}
+    if as_json:
+        print_json({**res.result.to_dict(), **counts, "report": {k: str(v) for k, v in res.files.items()}})
+    else:
+        _print_table_verdict(res.result)
+        if res.skipped:
+            out.print(f"{len(res.skipped)} documents could not be read (listed in report.json)")
+        out.print(f"report: {res.files['json']}", highlight=False)
+    if gate[0]:
+        needs = f"the verdict needs {settings.min_rows}"
+        _gate(res.result.status, gate[1], data, res.files["json"], (res.documents, "documents", needs))
 
 
 TABLE_ROWS_SHOWN = 15

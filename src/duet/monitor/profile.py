@@ -255,6 +255,7 @@ def ensure_profile(
     None, and nothing is written (``write_profile`` would fall back to test or
     training images; call it explicitly for that). A tabular run gets its own
     profile, ``RUN/profile/tabular.json`` (:mod:`duet.monitor.tabular_profile`),
+    a text run ``RUN/profile/text.json`` (:mod:`duet.monitor.text_profile`),
     and None is returned.
     """
     from duet.training.tabular_run import is_tabular_run
@@ -267,7 +268,10 @@ def ensure_profile(
     from duet.training.text_run import is_text_run
 
     if is_text_run(Path(run_dir)):
-        return None  # a text run's drift profile is not written here (yet)
+        from duet.monitor.text_profile import ensure_text_profile
+
+        ensure_text_profile(run_dir, log=log)
+        return None
     if (profile_dir(run_dir) / JSON_FILE).is_file():
         return load_profile(run_dir)
     from duet.artifacts.run_dir import load_run

@@ -5,7 +5,9 @@ tokenizer is inside its graph, so the server only checks what arrives:
 
 - every document must be a JSON string (anything else is a 400 naming its index:
   ``document 3: expected a string, got a JSON number``); an empty string is a
-  document (the model answers it as it answered empty texts in training);
+  document (the model answers it as it answered empty texts in training); a
+  string holding NUL or a lone UTF-16 surrogate (``"\\ud800"`` in JSON) is a 400
+  too: it is not UTF-8 text, and the graph's string operators cannot read it;
 - at most ``max_chars`` characters per document and ``max_request_chars`` in
   all the documents of one request (413, one line: which document, how long,
   the limit); the number of documents is bounded by ``--max-images`` (413).
@@ -18,6 +20,7 @@ The body size limit (``--max-body-bytes``) applies before any of this.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,8 @@ from typing import Any
 from duet.serve.errors import ApiError
 
 DEFAULT_MAX_CHARS = 100_000
+# NUL (the graph's string ops stop at it) and lone surrogates (JSON "\\ud800" parses to one; no UTF-8 holds it)
+UNREADABLE = re.compile("[\x00\ud800-\udfff]")
 DEFAULT_MAX_REQUEST_CHARS = 2_000_000
 
 
@@ -92,10 +97,18 @@ def _positive(value: Any, name: str) -> int:
 
 
 def strings(values: Sequence[Any], what: str = "document") -> list[str]:
-    """``values`` as a list of str; 400 naming the index of the first that is not a string."""
+    """``values`` as a list of str; 400 naming the index of the first that is not a string,
+    or that holds a character the graph cannot read (:data:`UNREADABLE`)."""
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise bad_request(f"{what} {i}: expected a string, got a {json_type(value)}")
+        bad = UNREADABLE.search(value)
+        if bad is not None:
+            raise bad_request(
+                f"{what} {i}: character {bad.start()} is U+{ord(bad.group()):04X}, which a text model cannot read "
+                "(NUL, or half of a UTF-16 surrogate pair: not UTF-8 text)",
+                "bad_character",
+            )
     return list(values)
 
 

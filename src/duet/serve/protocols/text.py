@@ -61,7 +61,7 @@ def simple_router(service: TextService) -> APIRouter:
     ) -> Any:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "text/plain":
-            texts = [_utf8(await request.body(), "the body")]
+            texts = strings([_utf8(await request.body(), "the body")])
         elif content_type in ("", "application/json"):
             texts = strings(_counted(service, documents(await _json_body(request))))
         else:
@@ -183,8 +183,9 @@ def tensor_texts(service: TextService, inputs: list[dict[str, Any]], raws: list[
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise bad_request(f"input {name!r} must have shape [N] or [N, 1], got {shape}", "bad_shape")
     service.check_count(shape[0])
+    values: list[str]
     if raw is not None:
-        values: list[Any] = [_utf8(b, f"document {i}") for i, b in enumerate(kserve_v2.deserialize_bytes(raw))]
+        values = strings([_utf8(b, f"document {i}") for i, b in enumerate(kserve_v2.deserialize_bytes(raw))])
     elif "data" in t:
         values = strings(kserve_v2._flatten(t["data"]))
     else:
