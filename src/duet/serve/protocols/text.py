@@ -230,11 +230,12 @@ def tf_metadata(service: TextService) -> dict[str, Any]:
 def _columnar(service: TextService, inputs: Any) -> list[Any]:
     """``"inputs"``: a list of texts, or an object with one entry named by the input (or "text")."""
     if isinstance(inputs, dict):
-        keys = [k for k in inputs if k in (service.input, "text")]
+        names = sorted({service.input, "text"})
+        keys = [k for k in inputs if k in names]
         if len(inputs) != 1 or not keys:
+            shown = " or ".join(repr(n) for n in names)
             raise bad_request(
-                f"'inputs' as an object must have the one key '{service.input}' (or 'text'), got {sorted(inputs)[:5]}",
-                "bad_instance",
+                f"'inputs' as an object must have one key, {shown}; got {sorted(inputs)[:5]}", "bad_instance"
             )
         inputs = inputs[keys[0]]
     if not isinstance(inputs, list):
