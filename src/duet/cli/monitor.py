@@ -340,9 +340,15 @@ def profile_cmd(
     A sample of the run's held-out images: their penultimate-layer embeddings
     (reduced by PCA, projection saved), predicted classes, top-1 confidences and
     image statistics. `duet drift` and the server read it; no pickles.
+
+    A text run: RUN/profile/text.json (docs/text.md, "Monitor").
     """
     from duet.monitor.profile import write_profile
+    from duet.training.text_run import is_text_run
 
+    if is_text_run(run):
+        _profile_text(run, components, max_reference, max_fit, as_json, quiet)
+        return
     p = write_profile(
         run,
         components=components,
@@ -382,6 +388,38 @@ def profile_cmd(
         f"({100 * summary['explained_variance']:.0f}% of variance), fitted on {summary['fit_images']} images",
     )
     t.add_row("next", f"duet drift {run} --data NEW_IMAGES/")
+    out.print(t)
+
+
+def _profile_text(run: Path, components: int, max_reference: int, max_fit: int, as_json: bool, quiet: bool) -> None:
+    """`duet profile` of a text run: write RUN/profile/text.json and say what it holds."""
+    from duet.monitor.text_profile import profile_path, write_text_profile
+
+    p = write_text_profile(
+        run, max_reference=max_reference, max_fit=max_fit, components=components, log=stderr_log(quiet or as_json)
+    )
+    reference = p.meta.get("reference", {})
+    summary = {
+        "profile": str(profile_path(run)),
+        "reference_documents": p.rows,
+        "reference_split": reference.get("split"),
+        "oov_rate": float(p.docs.oov.sum() / max(int(p.docs.tokens.sum()), 1)),
+        "median_words": float(sorted(p.docs.lengths.tolist())[p.rows // 2]),
+        "median_confidence": float(sorted(p.confidences.tolist())[p.rows // 2]),
+        "components": None if p.embedding is None else int(p.embedding.pca_components.shape[0]),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    t = Table(title="duet profile (text)", show_header=False, box=None)
+    t.add_row("profile", summary["profile"])
+    t.add_row(
+        "reference",
+        f"{p.rows} {summary['reference_split']} documents: OOV rate {summary['oov_rate']:.1%}, "
+        f"median {summary['median_words']:g} words, median confidence {summary['median_confidence']:.2f}",
+    )
+    t.add_row("embeddings", f"pooled features -> {summary['components']} PCA components")
+    t.add_row("next", f"duet drift {run} --data NEW_TEXTS/")
     out.print(t)
 
 

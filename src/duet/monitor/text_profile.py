@@ -44,7 +44,7 @@ SCHEMA = "duet.text_profile/1"
 PROFILE_FILE = "text.json"
 PROFILE_DIR = "profile"
 DEFAULT_MAX_REFERENCE = 1000
-DEFAULT_COMPONENTS = 16
+DEFAULT_COMPONENTS = 32  # as the image profile (and `duet profile --components`)
 DEFAULT_MAX_FIT = 2000
 
 
