@@ -4,6 +4,9 @@ planted shifts caught; the server's rolling window."""
 
 from __future__ import annotations
 
+import ast
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from duet.monitor.text_profile import (
     fit_embedding,
 )
 from duet.serve.text_drift_watch import TextDriftWatch
+from helpers import run_cli
 
 LABELS = ("neg", "pos", "neutral")
 WORDS = tuple(f"w{i:03d}" for i in range(400))
@@ -170,3 +174,62 @@ def test_the_server_window_is_bounded_and_reports(spec: TextSpec) -> None:
     assert watch.snapshot()[2] is None
     skipped = next(c for c in watch.report()["columns"] if c["column"] == "embedding")
     assert skipped["skipped"]
+
+
+# ---------------------------------------------------------------- e2e: duet drift of a trained text run
+
+
+def docstrings(relative: str) -> list[str]:
+    root = Path(json.__file__).parent.parent
+    tree = ast.parse((root / relative).read_text(encoding="utf-8"))
+    nodes = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef))
+    return [d for n in nodes if (d := ast.get_docstring(n, clean=False))]
+
+
+def write_texts(folder: Path, texts: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    for i, text in enumerate(texts):
+        (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A fastText run on three stdlib modules' docstrings, with a test split held out: (run, test texts)."""
+    root = tmp_path_factory.mktemp("text_drift")
+    for label, relative in {"inspect": "inspect.py", "pathlib": "pathlib.py", "tarfile": "tarfile.py"}.items():
+        write_texts(root / "corpus" / label, docstrings(relative))
+    args = ["--epochs", "10", "--patience", "0", "--device", "cpu", "--seed", "0", "--test-split", "0.3"]
+    done = run_cli("train", str(root / "corpus"), "--out", str(root / "runs"), *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (root / "runs").iterdir()
+    from duet.training.text_run import load_split_texts
+
+    return run, load_split_texts(run)["test"][0]
+
+
+@pytest.mark.e2e
+def test_duet_drift_of_held_out_texts_and_of_foreign_ones(text_run: tuple[Path, list[str]], tmp_path: Path) -> None:
+    run, held_out = text_run
+    assert (run / "profile" / "text.json").is_file()
+    write_texts(tmp_path / "same" / "any" / "layout", held_out)
+    (tmp_path / "same" / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)))
+    done = run_cli("drift", str(run), "--data", str(tmp_path / "same"), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict = json.loads(done.stdout)
+    assert verdict["modality"] == "text" and verdict["status"] == "no_drift", verdict["sentence"]
+    assert verdict["documents"] == len(held_out) and verdict["skipped_documents"] == 1
+    assert {c["column"] for c in verdict["columns"]} == set(TESTS)
+    report = json.loads(Path(verdict["report"]["json"]).read_text(encoding="utf-8"))
+    assert report["skipped"][0]["document"] == "image.txt" and "binary" in report["skipped"][0]["reason"]
+    with (tmp_path / "new.csv").open("w", newline="", encoding="utf-8") as f:  # a table: its `text` column
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows([i, t] for i, t in enumerate(held_out))
+    table = run_cli("drift", str(run), "--data", str(tmp_path / "new.csv"), "--json")
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert json.loads(table.stdout)["documents"] == len(held_out)
+    foreign = write_texts(tmp_path / "foreign", docstrings("asyncio/base_events.py") + docstrings("email/message.py"))
+    gated = run_cli("drift", str(run), "--data", str(foreign), "--fail-on-drift")
+    assert gated.returncode == 1, (gated.returncode, gated.stdout[-2000:], gated.stderr[-2000:])
+    assert "drift found" in gated.stderr and "Traceback" not in gated.stderr

@@ -7,7 +7,7 @@
   (:func:`duet.data.text.read.read_document`: UTF-8, undecodable bytes replaced
   and counted, binary and oversized files left out with the reason); or
 - a CSV/TSV/Parquet file with the run's text column (``--text-column`` at
-  training), read by the tabular reader as one string column: no label column
+  training; a column named ``text`` for a run trained on a folder), read by the tabular reader as one string column: no label column
   is needed, surrounding spaces are dropped (no token changes), and an empty
   cell or a missing marker (``NA``, ...) is no document (left out and listed).
 
@@ -34,6 +34,7 @@ from duet.monitor.text_profile import TextDriftSettings, doc_stats, ensure_text_
 from duet.system.atomic import write_json_atomic
 
 DEFAULT_MAX_DOCUMENTS = 1000
+DEFAULT_TEXT_COLUMN = "text"  # a table's text column when the run was trained on a folder
 
 
 @dataclass
@@ -64,10 +65,7 @@ def read_new_texts(data: Path, source: dict[str, Any]) -> tuple[list[str], list[
             first = f" (first, {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
             raise DataError(f"no readable .txt document under '{data}'{first}")
         return texts, skipped
-    column = source.get("text_column")
-    if column is None:
-        raise DataError(f"the run was trained on a folder of .txt files; give a folder of .txt files, not '{data}'")
-    return _table_texts(data, str(column))
+    return _table_texts(data, str(source.get("text_column") or DEFAULT_TEXT_COLUMN))
 
 
 def _table_texts(data: Path, column: str) -> tuple[list[str], list[tuple[str, str]]]:
