@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
+from duet.artifacts.run_dir import RunPaths, create_run_dir, write_config, write_info
 from duet.data.tabular.split import split_rows
 from duet.data.text.checks import text_report
 from duet.data.text.spec import TextSpec, encode, fit_text_spec
-from duet.errors import DataError, RunError, RunFinished
+from duet.errors import DataError
 from duet.system.atomic import write_json_atomic
 from duet.system.device import resolve_device
-from duet.training import checkpoint, distributed
+from duet.training import distributed
 from duet.training.loop import discard_unless_checkpointed
-from duet.training.memory_trainer import MemoryTrainer, SplitTensors, evaluate_split
+from duet.training.memory_run import finish, resume_point
+from duet.training.memory_trainer import MemoryTrainer, SplitTensors
 from duet.training.precision import FP32
 from duet.training.prepare import seed_everything
 from duet.training.records import library_versions
 from duet.training.state import Log, Tracker, TrainResult
-from duet.training.tabular_fit import best_so_far
 from duet.training.text_baseline import fit_text_baseline
 from duet.training.text_config import TextConfig, text_config_from_dict
 from duet.training.text_models import build_text_model
@@ -50,9 +50,9 @@ from duet.training.text_run import (
     SPLITS_FILE,
     SplitTexts,
     corpus_fingerprint,
+    load_split_corpus,
     predict_proba,
     read_run_info,
-    reread,
     take,
     whole,
 )
@@ -247,13 +247,7 @@ def _fit(
         log(f"resuming {paths.root} at epoch {trainer.state.epoch}, batch {trainer.state.step_in_epoch}")
     t0 = time.perf_counter()
     trainer.fit()
-    state = trainer.state
-    best = best_so_far(state, state.epoch - 1, trainer.stopped_early)
-    model.load_state_dict(checkpoint.load_weights(paths.best))
-    test: dict[str, Any] = {}
-    if len(tensors["test"]):
-        test = evaluate_split(model, tensors["test"], "test")
-        best |= {"selected_on": "val", **test}
+    result, best = finish(trainer, t0)
     extra: dict[str, Any] = {"throughput": throughput(trainer, model, plan)}
     if config.baseline:
         texts = {name: docs.texts for name, docs in plan.splits.items()}
@@ -261,22 +255,6 @@ def _fit(
         extra["baseline"] = fit_text_baseline(texts, targets, seed=config.seed)
         log(_baseline_line(extra["baseline"], best))
     write_info(paths, text_run_info(config, plan, best, extra))
-    result = TrainResult(
-        run_dir=paths.root,
-        epochs=config.epochs,
-        best_epoch=state.best_epoch,
-        best_val_accuracy=state.best_val_accuracy,
-        last=trainer.last_row,
-        seconds=time.perf_counter() - t0,
-        train_images_per_s=trainer.rows_trained / max(trainer.train_seconds, 1e-9),
-        num_train=len(tensors["train"]),
-        num_val=len(tensors["val"]),
-        stopped_early=trainer.stopped_early,
-        events=state.events,
-        num_test=len(tensors["test"]),
-        test=test,
-        precision=FP32.to_dict(),
-    )
     if tracker is not None:
         tracker.end(result)
     return result
@@ -315,31 +293,11 @@ def resume_text(
 
     ``epochs``: a new total, more than the epochs done (extends a finished run too)."""
     paths = RunPaths(Path(run_dir))
-    config = text_config_from_dict(read_config(paths), str(paths.config))
     info = read_run_info(paths.root)
-    saved = checkpoint.load_last(paths.last)
-    done = int(saved["loop"]["epoch"]) - 1
-    finished = bool(saved.get("finished"))
-    if epochs is not None:
-        if epochs <= done:
-            raise RunError(f"--epochs {epochs} is not more than the {done} epochs '{paths.root}' has done")
-        config = config.model_copy(update={"epochs": epochs})
-        write_config(paths, config.to_yaml_dict())
-        saved["finished"] = finished = False
-    if finished:
-        raise RunFinished(
-            f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
-            f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})",
-            str(paths.root),
-        )
+    config, saved = resume_point(paths, epochs, text_config_from_dict)
     source = dict(info["source"])
-    rows = {
-        k: np.asarray(v, dtype=np.int64) for k, v in json.loads((paths.root / SPLITS_FILE).read_text("utf-8")).items()
-    }
-    corpus = reread(source)
-    splits = {name: take(corpus, index) for name, index in rows.items()}
-    if source.get("val_data"):
-        splits["val"] = whole(reread(source, "val_data"))
+    rows = {k: np.asarray(v, np.int64) for k, v in json.loads((paths.root / SPLITS_FILE).read_text("utf-8")).items()}
+    splits = load_split_corpus(paths.root)
     plan = TextPlan([str(x) for x in info["labels"]], source, rows, splits, TextSpec.from_dict(info["text_spec"]))
     device = resolve_device(config.device)
     model = build_text_model(config.model, plan.spec, len(plan.labels)).to(device)
