@@ -124,9 +124,10 @@ def _print_export(res: Any) -> None:
     for name, entry in res.manifest["files"].items():
         if name not in grouped:
             t.add_row(name, f"{entry['bytes'] / 1e6:.1f} MB  sha256 {entry['sha256'][:16]}...")
+    unit = {"tabular": "rows", "text": "texts"}.get(res.manifest.get("modality", ""), "images")
     t.add_row(
         "parity",
-        f"{p.images} {p.split} {'rows' if res.manifest.get('modality') == 'tabular' else 'images'}: top-1 agreement {100 * p.top1_agreement:.2f}%, "
+        f"{p.images} {p.split} {unit}: top-1 agreement {100 * p.top1_agreement:.2f}%, "
         f"max |Δprob| {p.max_abs_prob_diff:.2e} (gate {p.tolerance:g}) [bold green]passed[/]",
     )
     for name, variant in (res.variants or {}).items():
@@ -162,6 +163,10 @@ def _graph_line(manifest: dict[str, Any]) -> str:
             f"opset {opset}, {len(kinds)} column inputs ({kinds.count('FP64')} FP64 with NaN for missing, "
             f"{kinds.count('BYTES')} strings with '' for missing; preprocessing inside) -> logits, probabilities"
         )
+    if manifest.get("modality") == "text":
+        ops = (manifest.get("runtime") or {}).get("custom_ops")
+        extra = f"; custom ops: {ops}" if ops else ""
+        return f"opset {opset}, raw UTF-8 strings (tokenizer inside{extra}) -> logits, probabilities, features"
     size = manifest["preprocess"]["image_size"]
     features = manifest["onnx"].get("features")
     extra = f", features [N,{features['width']}] (for drift monitoring)" if features else ""
@@ -226,7 +231,9 @@ _SERVE_MAX_REQUEST_PIXELS = typer.Option(
     "--max-request-pixels",
     help="Most pixels one request may have decoded, all its images together (JPEGs count at the reduced scale they are decoded at).",
 )
-_SERVE_MAX_IMAGES = typer.Option(serve_default("limits.max_images"), "--max-images", help="Most images (a table model: rows) in one request.")
+_SERVE_MAX_IMAGES = typer.Option(
+    serve_default("limits.max_images"), "--max-images", help="Most images (a table model: rows) in one request."
+)
 _SERVE_MAX_QUEUE_IMAGES = typer.Option(
     serve_default("limits.max_queue_images"),
     "--max-queue-images",
