@@ -55,7 +55,7 @@ from duet.monitor.imagestats import STAT_NAMES
 from duet.monitor.outliers import ARRAY_NAMES as OUTLIER_ARRAYS
 from duet.monitor.outliers import OutlierModel, fit_outlier_model
 from duet.monitor.signals import DriftSettings, Observations
-from duet.monitor.stattests import median_heuristic_sigma2
+from duet.monitor.stattests import fit_pca, median_heuristic_sigma2
 from duet.system.atomic import write_bytes_atomic, write_json_atomic
 
 SCHEMA = "duet.profile/1"
@@ -285,18 +285,6 @@ def ensure_profile(
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean (D,), axes (k, D), explained variance ratio (k,))`` by SVD of the
-    centred features; k is at most ``components``, n - 1 and D."""
-    x = np.asarray(features, dtype=np.float64)
-    mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    k = max(1, min(components, len(x) - 1, x.shape[1]))
-    var = s**2
-    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
-    return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)
 
 
 def _samples(

@@ -121,3 +121,15 @@ def chi2_permutation_test(
         null.append(chi2(members @ onehot))
     null_values = np.concatenate(null)
     return observed, (1.0 + float((null_values >= observed - 1e-9).sum())) / (permutations + 1.0)
+
+
+def fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean (D,), axes (k, D), explained variance ratio (k,))`` by SVD of the
+    centred features; k is at most ``components``, n - 1 and D."""
+    x = np.asarray(features, dtype=np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = max(1, min(components, len(x) - 1, x.shape[1]))
+    var = s**2
+    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
+    return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)

@@ -224,7 +224,7 @@ def numeric_drift(ref: NumericReference, column: np.ndarray, settings: TabularDr
             0, {"test": "KS", "statistic": float(ks.statistic), "p_value": float(ks.pvalue), "finding": finding}
         )
         result.statistic = w
-    return _finish(_combine(replace(result, tests=tests, details=details)))
+    return finish(_combine(replace(result, tests=tests, details=details)))
 
 
 def categorical_drift(ref: CategoricalReference, column: np.ndarray, settings: TabularDriftSettings) -> ColumnDrift:
@@ -257,7 +257,7 @@ def categorical_drift(ref: CategoricalReference, column: np.ndarray, settings: T
                 unseen["finding"] += ": " + ", ".join(f"'{v['value']}' ({v['count']})" for v in new[:3])
             tests.insert(1, unseen)
         result.statistic = index
-    return _finish(_combine(replace(result, tests=tests, details=details)))
+    return finish(_combine(replace(result, tests=tests, details=details)))
 
 
 def _moved_bins(bins: list[str], ref: np.ndarray, cur: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
@@ -283,7 +283,7 @@ def confidence_drift(ref: np.ndarray, confidences: np.ndarray) -> ColumnDrift:
     finding = f"top-1 confidence {way}: median {med_cur:.2f} now vs {med_ref:.2f} (KS {fmt_p(p)})"
     tests = [{"test": "KS", "statistic": d, "p_value": p, "finding": finding}]
     details = {"reference_median": med_ref, "current_median": med_cur}
-    return _finish(ColumnDrift("confidence", "output", "KS D", d, p, tests=tests, details=details))
+    return finish(ColumnDrift("confidence", "output", "KS D", d, p, tests=tests, details=details))
 
 
 def class_drift(labels: Sequence[str], ref_counts: np.ndarray, classes: np.ndarray, min_expected: float) -> ColumnDrift:
@@ -298,10 +298,10 @@ def class_drift(labels: Sequence[str], ref_counts: np.ndarray, classes: np.ndarr
     )
     tests = [{"test": "chi-square", "statistic": chi2, "p_value": p, "finding": finding}]
     details = {"chi2": chi2, "dof": dof, "shares": moved}
-    return _finish(ColumnDrift("predicted_class", "output", "PSI", index, p, tests=tests, details=details))
+    return finish(ColumnDrift("predicted_class", "output", "PSI", index, p, tests=tests, details=details))
 
 
-def _finish(c: ColumnDrift) -> ColumnDrift:
+def finish(c: ColumnDrift) -> ColumnDrift:
     """The sentence for either decision: the finding of the column's most significant test."""
     if not c.tests:
         return c
@@ -347,7 +347,7 @@ def compare_table(
         classes = probabilities.argmax(1)
         results.append(confidence_drift(profile.confidences, probabilities[np.arange(n), classes]))
         results.append(class_drift(profile.labels, profile.class_counts, classes, settings.min_expected))
-    results = _decide(results, settings.alpha)
+    results = decide(results, settings.alpha)
     drifted = sorted((c for c in results if c.drift), key=lambda c: c.adjusted_p or 0.0)
     status = "drift" if drifted else "no_drift"
     return TabularDriftResult(status, bool(drifted), _sentence(results, drifted), results, **base)
@@ -365,7 +365,7 @@ def _column_drift(ref: Any, column: np.ndarray | None, n: int, settings: Tabular
     return categorical_drift(ref, column, settings)
 
 
-def _decide(results: list[ColumnDrift], alpha: float) -> list[ColumnDrift]:
+def decide(results: list[ColumnDrift], alpha: float) -> list[ColumnDrift]:
     """Holm over the columns that were tested; each column decided at ``alpha``."""
     tested = [i for i, c in enumerate(results) if c.p_value is not None]
     adjusted = holm([results[i].p_value or 0.0 for i in tested]) if tested else np.array([])

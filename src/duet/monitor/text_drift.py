@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from duet.monitor.stattests import mmd_permutation_test
-from duet.monitor.tabular_drift import ColumnDrift, _decide, _finish, class_drift, confidence_drift, fmt_p
+from duet.monitor.tabular_drift import ColumnDrift, class_drift, confidence_drift, decide, finish, fmt_p
 from duet.monitor.text_profile import DocStats, TextDriftSettings, TextProfile
 
 TESTS = ("oov_rate", "length", "predicted_class", "confidence", "embedding")
@@ -110,7 +110,7 @@ def oov_drift(ref: DocStats, cur: DocStats, settings: TextDriftSettings, rng: np
     finding = f"{now:.1%} of tokens out of vocabulary now vs {before:.1%} (permutation {fmt_p(p)})"
     tests = [{"test": "permutation over documents", "statistic": delta, "p_value": p, "finding": finding}]
     details = {"reference_rate": before, "current_rate": now}
-    return _finish(ColumnDrift("oov_rate", "input", "Δ rate", delta, p, tests=tests, details=details))
+    return finish(ColumnDrift("oov_rate", "input", "Δ rate", delta, p, tests=tests, details=details))
 
 
 def length_drift(ref: DocStats, cur: DocStats) -> ColumnDrift:
@@ -120,7 +120,7 @@ def length_drift(ref: DocStats, cur: DocStats) -> ColumnDrift:
     finding = f"median {med_cur:g} words per document now vs {med_ref:g} (KS {fmt_p(p)})"
     tests = [{"test": "KS", "statistic": d, "p_value": p, "finding": finding}]
     details = {"reference_median": med_ref, "current_median": med_cur}
-    return _finish(ColumnDrift("length", "input", "KS D", d, p, tests=tests, details=details))
+    return finish(ColumnDrift("length", "input", "KS D", d, p, tests=tests, details=details))
 
 
 def embedding_drift(
@@ -137,7 +137,7 @@ def embedding_drift(
     finding = f"pooled features moved: MMD² {shown} (95th percentile of the null {null95:.3g}, permutation {fmt_p(p)})"
     tests = [{"test": "MMD (Gaussian kernel, permutations)", "statistic": stat, "p_value": p, "finding": finding}]
     details = {"sigma2": emb.sigma2, "null_95th_percentile": null95, "components": int(ref.shape[1])}
-    return _finish(ColumnDrift("embedding", "output", "MMD²", stat, p, tests=tests, details=details))
+    return finish(ColumnDrift("embedding", "output", "MMD²", stat, p, tests=tests, details=details))
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -176,7 +176,7 @@ def compare_text(
     if features is not None and profile.embedding is not None:
         results.append(embedding_drift(profile, features, settings, rng))
     results += [_skipped(t, profile, probabilities, features) for t in TESTS if t not in {c.column for c in results}]
-    results = _decide(results, settings.alpha)
+    results = decide(results, settings.alpha)
     drifted = sorted((c for c in results if c.drift), key=lambda c: c.adjusted_p or 0.0)
     return TextDriftResult(
         "drift" if drifted else "no_drift", bool(drifted), _sentence(results, drifted), results, **base

@@ -37,7 +37,7 @@ import numpy as np
 
 from duet.data.text.spec import TextSpec, split_tokens, standardize, tokens
 from duet.errors import ConfigError, RunError
-from duet.monitor.stattests import median_heuristic_sigma2
+from duet.monitor.stattests import fit_pca, median_heuristic_sigma2
 from duet.system.atomic import write_text_atomic
 
 SCHEMA = "duet.text_profile/1"
@@ -227,24 +227,12 @@ def fit_embedding(
     fit_features: np.ndarray, reference_features: np.ndarray, *, components: int = DEFAULT_COMPONENTS, seed: int = 0
 ) -> Embedding:
     """PCA axes and kernel bandwidth fitted on ``fit_features`` (training texts), the reference projected."""
-    mean, axes, ratio = _fit_pca(fit_features, components)
+    mean, axes, ratio = fit_pca(fit_features, components)
     projected_fit = (np.asarray(fit_features, np.float32) - mean) @ axes.T
     sigma2 = median_heuristic_sigma2(projected_fit, seed=seed)
     reference = (np.asarray(reference_features, np.float32) - mean) @ axes.T
     meta = {"fit_rows": len(fit_features), "explained_variance": float(ratio.sum())}
     return Embedding(mean, axes, sigma2, reference.astype(np.float32), meta)
-
-
-def _fit_pca(features: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean, axes (k, D), explained variance ratio)`` by SVD, as ``duet.monitor.profile.fit_pca``
-    (not imported: profile.py imports this module for ``ensure_profile``, and the package stays acyclic)."""
-    x = np.asarray(features, dtype=np.float64)
-    mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    k = max(1, min(components, len(x) - 1, x.shape[1]))
-    var = s**2
-    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
-    return mean.astype(np.float32), vt[:k].astype(np.float32), ratio.astype(np.float32)
 
 
 def build_text_profile(
