@@ -5,6 +5,7 @@ agrees with PyTorch."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import shutil
@@ -244,3 +245,61 @@ def test_a_tokenizer_that_differs_from_the_spec_fails_the_gate_and_writes_nothin
     with pytest.raises(ParityError, match="token ids differ"):
         text_export.export_text_run(run, progress=False, log=lambda _: None)
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("ngrams", [1, 2])
+def test_graph_ids_equal_keras_textvectorization_directly(ngrams: int) -> None:
+    """Closing the loop without the native spec in between: a vocabulary fitted by Keras
+    TextVectorization, and Keras' own ids, on the edge corpus (every text the graph accepts)."""
+    from duet.system.extras import MissingExtra
+    from duet.system.tensorflow_import import import_tensorflow
+
+    try:
+        import_tensorflow()
+    except MissingExtra:
+        pytest.skip("TensorFlow is not importable (pip install 'duet[tf]')")
+    from duet.data.text.tf_spec import encode_keras, fit_text_spec_keras
+
+    for mode in STANDARDIZE_MODES:
+        spec = fit_text_spec_keras(EDGE_TEXTS, standardize=mode, ngrams=ngrams, max_tokens=None, sequence_length=40)
+        np.testing.assert_array_equal(tokenizer_ids(spec, CORPUS), encode_keras(spec, CORPUS), err_msg=mode)
+
+
+_AFTER_TENSORFLOW = """
+import sys
+sys.path[:0] = {paths!r}
+from duet.system.tensorflow_import import import_tensorflow
+import_tensorflow()
+{before}
+from duet.errors import ModelError
+from test_text_export import CORPUS, EDGE_TEXTS, encode, fit_text_spec, tokenizer_ids
+spec = fit_text_spec(EDGE_TEXTS, max_tokens=None, sequence_length=40)
+try:
+    print("differ", int((tokenizer_ids(spec, CORPUS) != encode(spec, CORPUS)).any(axis=1).sum()))
+except ModelError as e:
+    print("refused", e)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("before", ["", "import onnxruntime_extensions"])
+def test_tensorflow_imported_first_neither_breaks_nor_silently_changes_the_tokenizer(before: str) -> None:
+    """TensorFlow's global RE2 symbols would take the place of onnxruntime-extensions' own (its
+    regex operator then replaces nothing: 34 of the corpus's documents got other ids). The library
+    is loaded with RTLD_DEEPBIND first, so the graph is right; when the package was imported after
+    TensorFlow by someone else, the one-node check refuses with a clear error instead."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:  # not imported here: this process must stay TF-free
+        pytest.skip("TensorFlow is not installed")
+    here = Path(__file__).parent
+    script = _AFTER_TENSORFLOW.format(paths=[str(here), str(here.parent)], before=before)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    if before:
+        assert last.startswith("refused") and "TensorFlow" in last and "aab" in last
+    else:
+        assert last == "differ 0"

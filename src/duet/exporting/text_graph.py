@@ -46,6 +46,7 @@ library must be registered in the session options (:func:`session_options`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import string
@@ -76,19 +77,57 @@ OUTPUTS = (*OUTPUT_NAMES, FEATURES_NAME)  # the graph's outputs, in order
 
 def session_options() -> Any:
     """ONNX Runtime session options with onnxruntime-extensions' custom-op library registered
-    (:class:`ModelError` naming the extra to install when it is missing)."""
+    (:class:`ModelError` naming the extra to install when it is missing, or when its regex
+    operator does not work in this process: :func:`custom_ops_library`)."""
     import onnxruntime as ort
 
-    try:
-        import onnxruntime_extensions
-    except ImportError:
-        raise ModelError(
-            "this text model's graph tokenizes with onnxruntime-extensions operators; "
-            "install them: pip install 'duet[text]' (onnxruntime-extensions)"
-        ) from None
     options = ort.SessionOptions()
-    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    options.register_custom_ops_library(custom_ops_library())
     return options
+
+
+@functools.cache
+def custom_ops_library() -> str:
+    """The library's path, loaded (``duet.serve.runtimes.extensions_library``: it must call its
+    own RE2, not TensorFlow's) and checked once per process on a one-node graph: "A,b" with
+    ``[A,]`` replaced by "a" must give "aab"."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from duet.serve.runtimes import extensions_library
+
+    library = extensions_library()
+    if library is None:
+        raise ModelError(
+            "a text model's graph tokenizes with onnxruntime-extensions operators; "
+            "install them: pip install 'duet[text]' (onnxruntime-extensions)"
+        )
+    b = _Nodes()
+    out = b.replace(TEXT_INPUT, "[A,]", "a", "canary")
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        b.nodes,
+        "canary",
+        [value(TEXT_INPUT, TensorProto.STRING, [1])],
+        [value(out, TensorProto.STRING, [1])],
+        b.initializers,
+    )
+    opsets = [helper.make_opsetid("", MIN_OPSET), helper.make_opsetid(CONTRIB_DOMAIN, CONTRIB_OPSET)]
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library)
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString(),
+        options,
+        providers=["CPUExecutionProvider"],
+    )
+    got = str(session.run(None, {TEXT_INPUT: np.array(["A,b"], dtype=object)})[0][0])
+    if got != "aab":
+        raise ModelError(
+            f"onnxruntime-extensions' regex operator does not work in this process ('A,b' gave {got!r}, not 'aab'): "
+            "TensorFlow was probably imported before it and its RE2 took the library's place; run the export or "
+            "the model in a process that loads the text model before importing TensorFlow"
+        )
+    return library
 
 
 def refused_reason(text: str) -> str | None:

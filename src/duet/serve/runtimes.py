@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,12 +67,34 @@ def _custom_ops_library(name: str, path: Path) -> str:
     """The shared library of the custom-operator package ``name`` (ModelError when absent or unknown)."""
     if name != "onnxruntime_extensions":
         raise ModelError(f"'{path}' needs custom operators from {name!r}, which duet does not know; re-export the run")
-    try:
-        from onnxruntime_extensions import get_library_path
-    except ImportError:
-        raise ModelError(
-            f"'{path}' uses onnxruntime-extensions' operators; install them: pip install 'duet[text]'"
-        ) from None
+    library = extensions_library()
+    if library is None:
+        raise ModelError(f"'{path}' uses onnxruntime-extensions' operators; install them: pip install 'duet[text]'")
+    return library
+
+
+def extensions_library() -> str | None:
+    """onnxruntime-extensions' custom-op library, loaded so that it calls its own RE2 (None when not installed).
+
+    TensorFlow makes its RE2 symbols global; a library loaded after it binds to
+    them instead of its own, and onnxruntime-extensions' ``StringRegexReplace``
+    then silently replaces nothing (measured: TensorFlow 2.21 imported first, a
+    text graph's ids differed from the spec's on 34 of 104 edge-case documents).
+    Loading the library first with ``RTLD_DEEPBIND`` (Linux/glibc) makes it
+    prefer its own symbols; a later ``import onnxruntime_extensions`` reuses that
+    handle. When the package was imported before this ran, it is used as loaded."""
+    found = importlib.util.find_spec("onnxruntime_extensions")
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(next(iter(found.submodule_search_locations)))
+    binary = next((p for p in sorted(folder.glob("_extensions_pydll*")) if p.suffix in (".so", ".pyd", ".dylib")), None)
+    already = "onnxruntime_extensions._extensions_pydll" in sys.modules
+    if binary is not None and not already and hasattr(os, "RTLD_DEEPBIND"):
+        import ctypes
+
+        ctypes.CDLL(str(binary), mode=os.RTLD_NOW | os.RTLD_DEEPBIND)
+    from onnxruntime_extensions import get_library_path
+
     return str(get_library_path())
 
 
