@@ -144,6 +144,12 @@ def test_whole_graph_takes_raw_strings_and_matches_torch(tmp_path: Path, name: s
             np.testing.assert_allclose(probs, torch.softmax(ref_logits, 1).numpy(), atol=1e-5)
             np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
             np.testing.assert_allclose(features, model.features(reference).numpy(), atol=1e-4)
+    # The gate over the whole corpus, NUL cases included: those are left out and counted, the rest pass.
+    from duet.exporting.text_export import check_text_parity
+
+    report = check_text_parity(model, path, spec, CORPUS + REFUSED, split="val", batch_size=8, progress=False)
+    assert report.passed and report.images == len(CORPUS) and report.unreadable == len(REFUSED) > 0
+    assert report.ids_differ == 0 and report.batch_sizes == [1, 7] and report.to_dict()["documents"] == len(CORPUS)
 
 
 def write_corpus(root: Path, per_class: int = 48, seed: int = 0) -> Path:
