@@ -86,6 +86,7 @@ def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
             signature=signature,
             input_example=example,
             save_as_external_data=False,
+            pip_requirements=_requirements(model),
         )
     card = export_dir / "MODEL_CARD.md"
     if card.is_file():
@@ -94,10 +95,34 @@ def _log_export(run_dir: Path, doc: dict[str, Any], export_dir: Path) -> None:
     write_tracking(run_dir, {**_without_schema(doc), "model_uri": info.model_uri, "model_id": info.model_id})
 
 
+def _custom_ops(model: Any) -> bool:
+    """Whether the graph uses operators outside ONNX and ONNX-ML (a text tokenizer's)."""
+    return any(o.domain not in ("", "ai.onnx", "ai.onnx.ml") for o in model.opset_import)
+
+
+def _requirements(model: Any) -> list[str]:
+    """What runs the logged graph: onnx and onnxruntime, plus onnxruntime-extensions for a graph with
+    its operators (a text tokenizer). Given, not inferred: MLflow's inference loads the model in a
+    session of its own, which cannot run those operators (it warned on every text export)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["onnx", "onnxruntime"]
+    if _custom_ops(model):
+        names.append("onnxruntime-extensions")
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
 def _signature(model: Any) -> tuple[Any, Any]:
     """The ONNX graph's own inputs and outputs (model.json's, plus the drift ``features``) as an
     MLflow tensor signature, and an input example: a mid-grey uint8 image for an image graph;
-    for a table's graph (one input per column) one row of missing values (NaN, "")."""
+    for a table's graph (one input per column) one row of missing values (NaN, ""); none for a
+    graph with custom operators (text)."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
@@ -110,9 +135,13 @@ def _signature(model: Any) -> tuple[Any, Any]:
 
     inputs: list[Any] = [spec(v) for v in model.graph.input]
     outputs: list[Any] = [spec(v) for v in model.graph.output]
-    if len(inputs) > 1:  # a tabular graph: a dict, one [1, 1] array per column
+    if _custom_ops(model):
+        # custom operators (a text graph's tokenizer: onnxruntime-extensions): MLflow's own
+        # ONNX Runtime session cannot run them, so no example for it to check
+        example: Any = None
+    elif len(inputs) > 1:  # a tabular graph: a dict, one [1, 1] array per column
         missing = {name: (np.nan if np.dtype(t.type).kind == "f" else "") for name, t in ((i.name, i) for i in inputs)}
-        example: Any = {i.name: np.full([1, 1], missing[i.name], dtype=i.type) for i in inputs}
+        example = {i.name: np.full([1, 1], missing[i.name], dtype=i.type) for i in inputs}
     else:
         example = np.full([1, *inputs[0].shape[1:]], 128, dtype=inputs[0].type)
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs)), example
