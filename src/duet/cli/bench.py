@@ -1,4 +1,4 @@
-"""`duet bench data|train|sample-data|monitor|serve|export|tabular`: the measurements behind docs/benchmarks.md,
+"""`duet bench data|train|sample-data|monitor|serve|export|tabular|text`: the measurements behind docs/benchmarks.md,
 docs/serving.md and docs/monitoring.md."""
 
 from __future__ import annotations
@@ -442,6 +442,58 @@ def bench_tabular_cmd(
         print(f"written: {out} and {out.with_suffix('.md')}")
 
 
+_BENCH_TEXT_OUT = typer.Option(
+    Path("bench-text.json"), "--out", help="The JSON result (the table goes beside it as .md)."
+)
+_BENCH_TEXT_WORK = typer.Option(
+    None, "--work", help="Keep the corpora and run folders here. \\[default: a temporary folder, deleted]"
+)
+
+
+@bench_app.command("text")
+def bench_text_cmd(
+    corpora: str = typer.Option("stdlib,libs", help="Real corpora shipped with the installed packages: stdlib, libs."),
+    models: str = typer.Option("fasttext,text_transformer", help="Text models, comma-separated."),
+    seeds: int = typer.Option(3, help="Seeds 0..N-1: each one another split and initialisation."),
+    val_split: float | None = typer.Option(None, "--val-split", help="\\[default: duet train's]"),
+    test_split: float | None = typer.Option(None, "--test-split", help="\\[default: 0.2]"),
+    epochs: int | None = typer.Option(None, help="\\[default: duet train's]"),
+    work: Path | None = _BENCH_TEXT_WORK,
+    threads: int | None = typer.Option(None, "--threads", help="torch and ONNX Runtime threads. \\[default: theirs]"),
+    out: Path = _BENCH_TEXT_OUT,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Accuracy and docs/s of the text models beside TF-IDF + logistic regression on the same splits.
+
+    Each corpus (docstrings of stdlib modules or of installed libraries; no download) is written as class folders of .txt files and trained by `duet train corpus/` once per model and seed, then exported (tokenizer inside the ONNX graph) and timed on the held-out documents from raw strings; TF-IDF + LR is fitted on each seed's split. The table gives mean ± std over the seeds and the gaps to TF-IDF + LR.
+
+    Example: duet bench text --corpora stdlib --models fasttext --seeds 3
+    """
+    from duet.bench.text import as_seeds, bench_text, markdown
+    from duet.system.atomic import write_json_atomic, write_text_atomic
+
+    settings = {"val_split": val_split, "test_split": test_split, "epochs": epochs}
+    result = bench_text(
+        [c.strip() for c in corpora.split(",") if c.strip()],
+        [m.strip() for m in models.split(",") if m.strip()],
+        as_seeds(seeds),
+        settings={k: v for k, v in settings.items() if v is not None},
+        work=work,
+        threads=threads,
+        log=stderr_log(quiet or as_json),
+    )
+    command = "duet bench text " + " ".join(sys.argv[3:])
+    result["command"] = command
+    md = markdown(result)
+    write_json_atomic(out, result)
+    machine = "machine: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items())
+    write_text_atomic(out.with_suffix(".md"), f"{md}\n\ncommand: {command}\n{machine}\n")
+    _emit(result, as_json, md, command)
+    if not as_json:
+        print(f"written: {out} and {out.with_suffix('.md')}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `duet bench data|train|sample-data|monitor|serve|export|tabular`."""
+    """Add `duet bench data|train|sample-data|monitor|serve|export|tabular|text`."""
     app.add_typer(bench_app, name="bench")
