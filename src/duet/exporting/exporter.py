@@ -72,6 +72,7 @@ from duet.exporting.tabular_export import export_tabular_run, refuse_image_optio
 from duet.exporting.text_export import export_text_run, refuse_options
 from duet.exporting.tf_formats import parse_formats
 from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.system.process import guard_triton
 from duet.training.tabular_run import is_tabular_run
 from duet.training.text_run import is_text_run
 
@@ -155,6 +156,7 @@ def export_run(
         FormatGateError: a TensorFlow format failed its gate; nothing is written.
         RunError, DataError, ModelError: the run, its data or the model is unusable.
     """
+    guard_triton()  # torch.onnx's dynamo imports triton: after TensorFlow that segfaults (system.process)
     if is_tabular_run(Path(run_dir)):  # ONNX fp32 only: these options are refused, the others apply
         refuse_image_options(quantize=quantize, formats=formats, data_dir=data_dir)
         same: dict[str, Any] = {"out_dir": out_dir, "tolerance": tolerance, "batch_size": batch_size, "opset": opset}

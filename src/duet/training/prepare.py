@@ -38,6 +38,12 @@ def choose_backend(config: TrainConfig, num_images: int) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and make CPU runs repeatable.
+
+    First ``guard_triton``: ``torch.use_deterministic_algorithms`` imports torch's
+    dynamo, which imports triton, and triton loaded after TensorFlow segfaults the
+    process (a notebook that imported TensorFlow, then trained a table, crashed here)."""
+    guard_triton()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -72,8 +78,7 @@ def prepare_model(config: TrainConfig, num_classes: int, weights: str | None = N
     overrides ``config.weights``) and one image at the input size. Returns the
     seeded model on the CPU."""
     resolve_device(config.device)
-    guard_triton()
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # guards triton first
     model = build(
         config.model,
         num_classes,
