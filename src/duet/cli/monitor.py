@@ -103,6 +103,16 @@ _DRIFT_CMD_ALLOW_INSUFFICIENT = typer.Option(
 )
 
 
+def _other_modality_drift(run: Path) -> Any:
+    """``_drift_table`` for a tabular run, ``_drift_text`` for a text run, None for an image run."""
+    from duet.training.tabular_run import is_tabular_run
+    from duet.training.text_run import is_text_run
+
+    if is_tabular_run(run):
+        return _drift_table
+    return _drift_text if is_text_run(run) else None
+
+
 def drift_cmd(
     run: Path = _DRIFT_CMD_RUN,
     data: Path = typer.Option(
@@ -143,15 +153,10 @@ def drift_cmd(
 
     Example: duet drift runs/digits --data incoming/2024-06-01/
     """
-    from duet.training.tabular_run import is_tabular_run
-    from duet.training.text_run import is_text_run
-
-    options = (alpha, min_images, embedding_test, permutations)
-    if is_tabular_run(run):
-        _drift_table(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
-        return
-    if is_text_run(run):
-        _drift_text(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
+    other = _other_modality_drift(run)  # a tabular or text run: its own checks, the same gate
+    if other is not None:
+        options = (alpha, min_images, embedding_test, permutations)
+        other(run, data, out_dir, max_images, options, (fail_on_drift, allow_insufficient), as_json, quiet)
         return
     from duet.monitor.check import drift_check
 

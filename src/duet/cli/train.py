@@ -160,6 +160,12 @@ def train(
         )
     if _trained_by_another_modality(flags, log):
         return
+    _train_images(flags, log)
+
+
+def _train_images(flags: dict[str, Any], log: Log) -> None:
+    """`duet train` of an image folder (or --resume of an image run), its profile and summary."""
+    resume, epochs, quiet, device, as_json = (flags[k] for k in ("resume", "epochs", "quiet", "device", "as_json"))
     device_used, workers_used = device or "auto", None
     if resume is not None:
         from duet.tracking import sink_for_run
