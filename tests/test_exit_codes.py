@@ -41,6 +41,7 @@ CLASS_CODES = {
     "RunError": 5,
     "ProfileError": 5,
     "TabularProfileError": 5,
+    "TextProfileError": 5,
     "RunFinished": 5,
     "TrainingDiverged": 6,
     "RegistryError": 7,
