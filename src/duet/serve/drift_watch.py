@@ -33,18 +33,17 @@ request path, and publishes it:
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
 from duet.artifacts.model_package import PROFILE_DIR, ModelPackage
+from duet.serve.periodic_monitor import GaugeWords, PeriodicMonitor
 
-log = logging.getLogger("duet.serve")
+WORDS = GaugeWords(rows="images", decider="detector", test="drift detector", p_value="p-value")
 
 
 def profile_dir(package: ModelPackage) -> Path | None:
@@ -54,58 +53,37 @@ def profile_dir(package: ModelPackage) -> Path | None:
     return folder if listed and folder.is_dir() else None
 
 
-class DriftWatch:
+class DriftWatch(PeriodicMonitor):
     def __init__(self, profile_path: Path, registry: CollectorRegistry, *, window: int, interval: float) -> None:
         from duet.monitor import DriftMonitor, ReferenceProfile
 
         self.monitor = DriftMonitor(ReferenceProfile.load(profile_path), window=window)
-        self.interval = interval
-        self._latest: dict[str, Any] | None = None
-        self._lock = asyncio.Lock()
+        super().__init__(registry, interval=interval, words=WORDS)
         self._pending: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         self._pending_rows = 0
         self._pending_lock = threading.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self.detected = Gauge(
-            "duet_drift_detected", "1 when the latest drift verdict says drift, else 0.", registry=registry
+        self.accuracy = self._add(
+            Gauge(
+                "duet_estimated_accuracy",
+                "Label-free accuracy estimate of the window (estimate) and its 95% interval (low, high).",
+                ["bound"],
+                registry=registry,
+            )
         )
-        self.insufficient = Gauge(
-            "duet_drift_insufficient",
-            "1 while the window holds too few images for any detector to decide, else 0.",
-            registry=registry,
+        self.reference_accuracy = self._add(
+            Gauge(
+                "duet_reference_accuracy",
+                "Accuracy on the labelled reference sample the estimator was fitted on.",
+                registry=registry,
+            )
         )
-        self.accuracy = Gauge(
-            "duet_estimated_accuracy",
-            "Label-free accuracy estimate of the window (estimate) and its 95% interval (low, high).",
-            ["bound"],
-            registry=registry,
+        self.outlier_rate = self._add(
+            Gauge(
+                "duet_drift_outlier_rate",
+                "Share of the window's images whose outlier score exceeds the reference threshold.",
+                registry=registry,
+            )
         )
-        self.reference_accuracy = Gauge(
-            "duet_reference_accuracy",
-            "Accuracy on the labelled reference sample the estimator was fitted on.",
-            registry=registry,
-        )
-        self.outlier_rate = Gauge(
-            "duet_drift_outlier_rate",
-            "Share of the window's images whose outlier score exceeds the reference threshold.",
-            registry=registry,
-        )
-        self.score = Gauge(
-            "duet_drift_score",
-            "Statistic of each drift detector on the recent window.",
-            ["detector"],
-            registry=registry,
-        )
-        self.p_value = Gauge(
-            "duet_drift_p_value",
-            "p-value of each drift detector on the recent window.",
-            ["detector"],
-            registry=registry,
-        )
-        self.window_images = Gauge(
-            "duet_drift_window_images", "Images in the window of the latest verdict.", registry=registry
-        )
-        self.evaluations = Counter("duet_drift_evaluations", "Drift verdicts computed.", registry=registry)
 
     @property
     def outliers(self) -> Any:
@@ -147,68 +125,22 @@ class DriftWatch:
             )
             start = stop
 
-    def _flush_and_compute(self) -> Any:
+    def _compute(self) -> Any:
+        """Fold in the pending rows and compute a verdict (in a worker thread)."""
         self.flush()
         return self.monitor.compute()
 
-    async def evaluate(self) -> dict[str, Any]:
-        """Fold in the pending rows and compute a verdict now (in a worker thread), and publish it."""
-        async with self._lock:
-            result = await asyncio.to_thread(self._flush_and_compute)
-            self.detected.set(1 if result.status == "drift" else 0)
-            self.insufficient.set(1 if result.status == "insufficient" else 0)
-            outliers = result.detector("outlier_rate")
-            if outliers is not None and outliers.statistic is not None:
-                self.outlier_rate.set(outliers.statistic)
-            if result.accuracy is not None and result.accuracy["accuracy"] is not None:
-                for bound, key in (("estimate", "accuracy"), ("low", "low"), ("high", "high")):
-                    self.accuracy.labels(bound).set(result.accuracy[key])
-                self.reference_accuracy.set(result.accuracy["reference_accuracy"])
-            for name, value in result.scores().items():
-                self.score.labels(name).set(value)
-            for name, value in result.p_values().items():
-                self.p_value.labels(name).set(value)
-            self.window_images.set(result.n_current)
-            self.evaluations.inc()
-            self._latest = result.to_dict()
-            return self._latest
-
-    async def latest(self) -> dict[str, Any]:
-        return self._latest if self._latest is not None else await self.evaluate()
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="duet-drift")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    def unregister(self, registry: CollectorRegistry) -> None:
-        """Remove this watch's gauges from ``registry`` (before a new model's watch registers its own)."""
-        for collector in (
-            self.detected,
-            self.insufficient,
-            self.outlier_rate,
-            self.accuracy,
-            self.reference_accuracy,
-            self.score,
-            self.p_value,
-            self.window_images,
-            self.evaluations,
-        ):
-            try:
-                registry.unregister(collector)
-            except KeyError:
-                pass
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.evaluate()
-            except Exception:  # a failed verdict must not stop serving; it is logged and retried
-                log.exception("drift evaluation failed")
+    def _publish(self, verdict: Any) -> dict[str, Any]:
+        outliers = verdict.detector("outlier_rate")
+        if outliers is not None and outliers.statistic is not None:
+            self.outlier_rate.set(outliers.statistic)
+        if verdict.accuracy is not None and verdict.accuracy["accuracy"] is not None:
+            for bound, key in (("estimate", "accuracy"), ("low", "low"), ("high", "high")):
+                self.accuracy.labels(bound).set(verdict.accuracy[key])
+            self.reference_accuracy.set(verdict.accuracy["reference_accuracy"])
+        for name, value in verdict.scores().items():
+            self.score.labels(name).set(value)
+        for name, value in verdict.p_values().items():
+            self.p_value.labels(name).set(value)
+        report: dict[str, Any] = verdict.to_dict()
+        return report

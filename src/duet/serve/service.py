@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from duet.artifacts.model_package import ModelPackage, read_package, signature
 from duet.data.imageio import DecodeError, decoded_size
@@ -59,7 +60,21 @@ class _Tagged:
         return out
 
 
+class Monitor(Protocol):
+    """A model's drift monitoring as the service drives it (image, table or text)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def unregister(self, registry: CollectorRegistry) -> None: ...
+
+
 class ModelService:
+    """The service of an image model; the tabular and text services subclass it
+    (:mod:`duet.serve.row_service`) and replace the hooks about images: ``_adopt``,
+    ``_blank``, ``_warm_up``, ``_monitor``, ``_check_swappable``, ``_load_runtime``."""
+
     def __init__(
         self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics, watcher: Any = None
     ) -> None:
@@ -68,11 +83,10 @@ class ModelService:
         self.config = config
         self.limits = config.limits
         self.metrics = metrics
-        self.spec = package.spec
         self.labels = package.labels
         self.name = config.model_name or package.name
         self.version = config.model_version
-        self.inputs, self.outputs = signature(self.spec, package.num_classes)
+        self._adopt(package)
         self.batcher = DynamicBatcher(
             _Tagged(runtime, self.version),
             max_batch_size=config.max_batch_size,
@@ -82,12 +96,7 @@ class ModelService:
         )
         self._decode_pool: FairPool | None = None
         self.ready = False
-        profile = profile_dir(package) if config.drift else None
-        self.drift = (
-            DriftWatch(profile, metrics.registry, window=config.drift_window, interval=config.drift_interval)
-            if profile is not None
-            else None
-        )
+        self.monitor: Monitor | None = self._monitor(package)
         self.watcher = watcher  # duet.artifacts.registry.ChampionWatcher when following a registry
         self._follow_task: asyncio.Task[None] | None = None
         self.set_model_info()
@@ -103,16 +112,63 @@ class ModelService:
             self.package.onnx_sha256,
         ).set(1)
 
+    @property
+    def drift(self) -> DriftWatch | None:
+        """The image drift watch (None with --no-drift, without a profile, and for a table or text)."""
+        return self.monitor if isinstance(self.monitor, DriftWatch) else None
+
+    # ------------------------------------------------------------ per-modality hooks
+
+    def _adopt(self, package: ModelPackage) -> None:
+        """Take what the request checks read from ``package`` (at start and on each swap)."""
+        self.spec = package.spec
+        self.inputs, self.outputs = signature(self.spec, package.num_classes)
+
+    def _blank(self, package: ModelPackage) -> Any:
+        """One input the runtime of ``package`` takes, for its first (slow, allocating) call."""
+        s = package.spec.image_size
+        return np.zeros((1, 3, s, s), np.uint8)
+
+    async def _warm_up(self) -> None:
+        """One call before "ready": the first run of a session allocates and is slow."""
+        self._decode_pool = FairPool(self.config.decode_workers, thread_name_prefix="duet-decode")
+        await self._decode_pool.run(self.runtime, self._blank(self.package))
+
+    def _monitor(self, package: ModelPackage) -> Monitor | None:
+        """Drift monitoring of ``package`` (None with --no-drift or without a reference profile)."""
+        profile = profile_dir(package) if self.config.drift else None
+        if profile is None:
+            return None
+        return DriftWatch(
+            profile, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
+        )
+
+    def _check_swappable(self, package: ModelPackage) -> None:
+        """ModelError when ``package`` cannot replace the served model without a restart."""
+        if package.labels != self.labels:
+            raise ModelError(
+                f"its labels {package.labels} differ from the served model's {self.labels}; "
+                "restart the server to serve a model with other labels"
+            )
+        if package.spec.image_size != self.spec.image_size:
+            raise ModelError(
+                f"its image size {package.spec.image_size} differs from the served model's "
+                f"{self.spec.image_size}; restart the server to serve it"
+            )
+
+    def _load_runtime(self, package: ModelPackage) -> Runtime:
+        c = self.config
+        return load_runtime(
+            package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning, variant=c.model_variant
+        )
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._decode_pool = FairPool(self.config.decode_workers, thread_name_prefix="duet-decode")
-        # One call before "ready": the first run of a session allocates and is slow.
-        blank = np.zeros((1, 3, self.spec.image_size, self.spec.image_size), np.uint8)
-        await self._decode_pool.run(self.runtime, blank)
+        await self._warm_up()
         await self.batcher.start()
-        if self.drift is not None:
-            await self.drift.start()
+        if self.monitor is not None:
+            await self.monitor.start()
         self.ready = True
         self.metrics.model_loaded.set(1)
         if self.watcher is not None:
@@ -129,8 +185,8 @@ class ModelService:
             except asyncio.CancelledError:
                 pass
         await self.batcher.close()
-        if self.drift is not None:
-            await self.drift.close()
+        if self.monitor is not None:
+            await self.monitor.close()
         if self._decode_pool is not None:
             self._decode_pool.shutdown()
 
@@ -163,45 +219,29 @@ class ModelService:
     def _load(self, folder: Any) -> tuple[ModelPackage, Runtime]:
         """Read, verify (sha256) and load a model folder, and run it once (in a worker thread)."""
         package = read_package(folder, verify=True)
-        if package.labels != self.labels:
-            raise ModelError(
-                f"its labels {package.labels} differ from the served model's {self.labels}; "
-                "restart the server to serve a model with other labels"
-            )
-        if package.spec.image_size != self.spec.image_size:
-            raise ModelError(
-                f"its image size {package.spec.image_size} differs from the served model's "
-                f"{self.spec.image_size}; restart the server to serve it"
-            )
-        c = self.config
-        runtime = load_runtime(
-            package, c.runtime, device=c.device, threads=c.threads, spinning=c.ort_spinning, variant=c.model_variant
-        )
-        s = package.spec.image_size
-        runtime(np.zeros((1, 3, s, s), np.uint8))  # the first call allocates: not on a request
+        self._check_swappable(package)
+        runtime = self._load_runtime(package)
+        runtime(self._blank(package))  # the first call allocates: not on a request
         return package, runtime
 
     async def swap(self, version: str, package: ModelPackage, runtime: Runtime) -> None:
         """Serve ``runtime`` from the next batch on (runs on the event loop: one assignment, no lock)."""
         old = self.version
-        self.package, self.runtime, self.spec, self.version = package, runtime, package.spec, version
+        self.package, self.runtime, self.version = package, runtime, version
         self.batcher.runtime = _Tagged(runtime, version)  # batches already running keep the old one
+        self._adopt(package)
         self.set_model_info()
-        old_drift = self.drift
-        self.drift = None
-        if old_drift is not None:
-            await old_drift.close()
-            old_drift.unregister(self.metrics.registry)
-        profile = profile_dir(package) if self.config.drift else None
-        if profile is not None:
-            try:
-                drift = DriftWatch(
-                    profile, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
-                )
-                await drift.start()
-                self.drift = drift
-            except Exception as e:  # drift monitoring is optional; serving goes on
-                log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
+        old_monitor, self.monitor = self.monitor, None
+        if old_monitor is not None:
+            await old_monitor.close()
+            old_monitor.unregister(self.metrics.registry)
+        try:
+            monitor = self._monitor(package)
+            if monitor is not None:
+                await monitor.start()
+            self.monitor = monitor
+        except Exception as e:  # drift monitoring is optional; serving goes on
+            log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
         log.info("now serving %s (was %s; %s on %s)", version, old, runtime.name, runtime.device)
 
     # ------------------------------------------------------------ checks

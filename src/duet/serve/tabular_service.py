@@ -21,22 +21,19 @@ models with the same labels and inputs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from duet.artifacts.model_package import OUTPUT_NAMES, ArtifactError, ModelPackage, read_package
+from duet.artifacts.model_package import OUTPUT_NAMES, ArtifactError, ModelPackage
 from duet.data.tabular.schema import Table
-from duet.errors import ConfigError, ModelError
-from duet.serve.batcher import DynamicBatcher
-from duet.serve.errors import ApiError
+from duet.errors import ModelError
 from duet.serve.metrics import ServeMetrics
 from duet.serve.outputs import Outputs
+from duet.serve.row_service import RowService, check_onnx_fp32
 from duet.serve.runtimes import Runtime, ort_session
-from duet.serve.service import ModelService, _Tagged
 from duet.serve.settings import ServeConfig
 from duet.serve.tabular_monitor import TableMonitor
 from duet.serve.tabular_rows import TableLayout
@@ -106,77 +103,33 @@ class TabularRuntime:
 
 def load_tabular_runtime(package: ModelPackage, config: ServeConfig) -> TabularRuntime:
     """The runtime of a tabular model; other --runtime / --model-variant choices are a ConfigError."""
-    if config.runtime not in ("auto", "onnxruntime"):
-        raise ConfigError(
-            f"a tabular model is served by ONNX Runtime only; --runtime {config.runtime} is not available "
-            "(use --runtime auto or onnxruntime)"
-        )
-    if config.model_variant not in (None, "fp32"):
-        raise ConfigError(
-            f"a tabular model has an fp32 graph only; --model-variant {config.model_variant} is not available"
-        )
+    check_onnx_fp32(config, MODALITY)
     return TabularRuntime(package, config.threads, config.ort_spinning)
 
 
-class TabularService(ModelService):
+class TabularService(RowService):
     """The ModelService of a tabular model: what the tabular protocols call.
 
     It keeps ModelService's checks, batcher, metrics, versions and hot swap, and
     replaces what is about images (the pixel signature, decoding, image drift).
-    ``ModelService.__init__`` is not called: it reads the image preprocessing spec.
+    Hot swap takes models with the same labels and input columns.
     """
+
+    modality = MODALITY
+    noun = "row"
 
     def __init__(
         self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics, watcher: Any = None
     ) -> None:
-        self.package = package
-        self.runtime = runtime
-        self.config = config
-        self.limits = config.limits
-        self.metrics = metrics
-        self.labels = package.labels
-        self.name = config.model_name or package.name
-        self.version = config.model_version
         self.layout = table_layout(package)
-        self.outputs = list(package.manifest["outputs"])
-        self.batcher = DynamicBatcher(
-            _Tagged(runtime, self.version),
-            max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_delay_ms / 1000,
-            max_queue_images=config.limits.max_queue_images,
-            observe=metrics.observe_batch,
-        )
-        self._decode_pool = None
-        self.ready = False
-        self.drift = None  # the image drift watch: never for a table
-        self.table_drift = self._monitor(package)
-        self.watcher = watcher
-        self._follow_task: asyncio.Task[None] | None = None
-        self.set_model_info()
+        super().__init__(package, runtime, config, metrics, watcher)
 
-    async def start(self) -> None:
-        # One call before "ready": the first run of a session allocates and is slow.
-        await asyncio.to_thread(self.runtime, pack(self.layout, self.layout.empty(1)))
-        await self.batcher.start()
-        if self.table_drift is not None:
-            await self.table_drift.start()
-        self.ready = True
-        self.metrics.model_loaded.set(1)
-        if self.watcher is not None:
-            self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="duet-follow")
+    @property
+    def table_drift(self) -> TableMonitor | None:
+        return self.monitor if isinstance(self.monitor, TableMonitor) else None
 
-    async def close(self) -> None:
-        self.ready = False
-        self.metrics.model_loaded.set(0)
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-            try:
-                await self._follow_task
-            except asyncio.CancelledError:
-                pass
-        await self.batcher.close()
-        if self.table_drift is not None:
-            await self.table_drift.close()
+    def _blank(self, package: ModelPackage) -> Any:
+        return pack(self.layout, self.layout.empty(1))
 
     def _monitor(self, package: ModelPackage) -> TableMonitor | None:
         """Drift monitoring of ``package`` (None with --no-drift or without a tabular profile)."""
@@ -186,13 +139,13 @@ class TabularService(ModelService):
             package, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
         )
 
-    def check_count(self, n: int) -> None:
-        if n == 0:
-            raise ApiError(400, "the request holds no row", "no_rows")
-        if n > self.limits.max_images:
-            raise ApiError(
-                413, f"{n} rows in one request; the limit is {self.limits.max_images} (--max-images)", "too_many_rows"
-            )
+    def _check_swappable(self, package: ModelPackage) -> None:
+        super()._check_swappable(package)
+        if table_layout(package).inputs != self.layout.inputs:
+            raise ModelError("its input columns differ from the served model's; restart the server to serve it")
+
+    def _load_runtime(self, package: ModelPackage) -> Runtime:
+        return load_tabular_runtime(package, self.config)
 
     async def predict(self, table: Table, route: str) -> Outputs:
         """The model's outputs for the rows of ``table`` (already checked by :mod:`duet.serve.tabular_rows`)."""
@@ -200,37 +153,3 @@ class TabularService(ModelService):
         if self.table_drift is not None:
             self.table_drift.observe(table, out.probabilities)
         return out
-
-    # ------------------------------------------------------------ hot swap
-
-    def _load(self, folder: Any) -> tuple[ModelPackage, Runtime]:
-        package = read_package(folder, verify=True)
-        if not is_tabular(package):
-            raise ModelError("it is not a tabular model; restart the server to serve it")
-        if package.labels != self.labels:
-            raise ModelError(
-                f"its labels {package.labels} differ from the served model's {self.labels}; "
-                "restart the server to serve a model with other labels"
-            )
-        if table_layout(package).inputs != self.layout.inputs:
-            raise ModelError("its input columns differ from the served model's; restart the server to serve it")
-        runtime = load_tabular_runtime(package, self.config)
-        runtime(pack(self.layout, self.layout.empty(1)))  # the first call allocates: not on a request
-        return package, runtime
-
-    async def swap(self, version: str, package: ModelPackage, runtime: Runtime) -> None:
-        old = self.version
-        self.package, self.runtime, self.version = package, runtime, version
-        self.batcher.runtime = _Tagged(runtime, version)  # batches already running keep the old one
-        self.set_model_info()
-        old_drift, self.table_drift = self.table_drift, None
-        if old_drift is not None:
-            await old_drift.close()
-            old_drift.unregister(self.metrics.registry)
-        try:
-            self.table_drift = self._monitor(package)
-            if self.table_drift is not None:
-                await self.table_drift.start()
-        except Exception as e:  # drift monitoring is optional; serving goes on
-            log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
-        log.info("now serving %s (was %s; %s on %s)", version, old, runtime.name, runtime.device)

@@ -19,21 +19,17 @@ output feeds the drift monitor's embedding test (:mod:`duet.serve.text_monitor`)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from duet.artifacts.model_package import FEATURES_NAME, OUTPUT_NAMES, ArtifactError, ModelPackage, read_package
-from duet.errors import ConfigError, ModelError
-from duet.serve.batcher import DynamicBatcher
-from duet.serve.errors import ApiError
-from duet.serve.metrics import ServeMetrics
+from duet.artifacts.model_package import FEATURES_NAME, OUTPUT_NAMES, ArtifactError, ModelPackage
+from duet.errors import ModelError
 from duet.serve.outputs import Outputs
+from duet.serve.row_service import RowService, check_onnx_fp32
 from duet.serve.runtimes import Runtime, ort_session
-from duet.serve.service import ModelService, _Tagged
 from duet.serve.settings import ServeConfig
 from duet.serve.text_monitor import TextMonitor
 from duet.serve.text_rows import TextLimits
@@ -110,78 +106,30 @@ class TextRuntime:
 
 def load_text_runtime(package: ModelPackage, config: ServeConfig) -> TextRuntime:
     """The runtime of a text model; other --runtime / --model-variant choices are a ConfigError."""
-    if config.runtime not in ("auto", "onnxruntime"):
-        raise ConfigError(
-            f"a text model is served by ONNX Runtime only; --runtime {config.runtime} is not available "
-            "(use --runtime auto or onnxruntime)"
-        )
-    if config.model_variant not in (None, "fp32"):
-        raise ConfigError(
-            f"a text model has an fp32 graph only; --model-variant {config.model_variant} is not available"
-        )
+    check_onnx_fp32(config, MODALITY)
     return TextRuntime(package, config.threads, config.ort_spinning)
 
 
-class TextService(ModelService):
+class TextService(RowService):
     """The ModelService of a text model: what the text protocols call.
 
     It keeps ModelService's checks, batcher, metrics, versions and hot swap, and
-    replaces what is about images. ``ModelService.__init__`` is not called: it
-    reads the image preprocessing spec.
+    replaces what is about images. Hot swap takes text models with the same labels.
     """
 
-    def __init__(
-        self, package: ModelPackage, runtime: Runtime, config: ServeConfig, metrics: ServeMetrics, watcher: Any = None
-    ) -> None:
-        self.package = package
-        self.runtime = runtime
-        self.config = config
-        self.limits = config.limits
-        self.metrics = metrics
-        self.labels = package.labels
-        self.name = config.model_name or package.name
-        self.version = config.model_version
+    modality = MODALITY
+    noun = "document"
+
+    @property
+    def text_drift(self) -> TextMonitor | None:
+        return self.monitor if isinstance(self.monitor, TextMonitor) else None
+
+    def _adopt(self, package: ModelPackage) -> None:
         self.input, _ = text_input(package)
-        self.text_limits = text_limits(package, config.limits.max_images)
-        self.outputs = list(package.manifest["outputs"])
-        self.batcher = DynamicBatcher(
-            _Tagged(runtime, self.version),
-            max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_delay_ms / 1000,
-            max_queue_images=config.limits.max_queue_images,
-            observe=metrics.observe_batch,
-        )
-        self._decode_pool = None
-        self.ready = False
-        self.drift = None  # the image drift watch: never for texts
-        self.text_drift = self._monitor(package)
-        self.watcher = watcher
-        self._follow_task: asyncio.Task[None] | None = None
-        self.set_model_info()
+        self.text_limits = text_limits(package, self.config.limits.max_images)
 
-    async def start(self) -> None:
-        # One call before "ready": the first run of a session allocates and is slow.
-        await asyncio.to_thread(self.runtime, as_documents(["a"]))
-        await self.batcher.start()
-        if self.text_drift is not None:
-            await self.text_drift.start()
-        self.ready = True
-        self.metrics.model_loaded.set(1)
-        if self.watcher is not None:
-            self._follow_task = asyncio.get_running_loop().create_task(self._follow(), name="duet-follow")
-
-    async def close(self) -> None:
-        self.ready = False
-        self.metrics.model_loaded.set(0)
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-            try:
-                await self._follow_task
-            except asyncio.CancelledError:
-                pass
-        await self.batcher.close()
-        if self.text_drift is not None:
-            await self.text_drift.close()
+    def _blank(self, package: ModelPackage) -> Any:
+        return as_documents(["a"])
 
     def _monitor(self, package: ModelPackage) -> TextMonitor | None:
         """Drift monitoring of ``package`` (None with --no-drift or without a text profile)."""
@@ -191,15 +139,8 @@ class TextService(ModelService):
             package, self.metrics.registry, window=self.config.drift_window, interval=self.config.drift_interval
         )
 
-    def check_count(self, n: int) -> None:
-        if n == 0:
-            raise ApiError(400, "the request holds no document", "no_documents")
-        if n > self.limits.max_images:
-            raise ApiError(
-                413,
-                f"{n} documents in one request; the limit is {self.limits.max_images} (--max-images)",
-                "too_many_documents",
-            )
+    def _load_runtime(self, package: ModelPackage) -> Runtime:
+        return load_text_runtime(package, self.config)
 
     async def predict(self, texts: list[str], route: str) -> Outputs:
         """The model's outputs for ``texts`` (strings: :func:`duet.serve.text_rows.strings` checked them)."""
@@ -209,37 +150,3 @@ class TextService(ModelService):
         if self.text_drift is not None:
             self.text_drift.observe(texts, out.probabilities, out.features)
         return out
-
-    # ------------------------------------------------------------ hot swap
-
-    def _load(self, folder: Any) -> tuple[ModelPackage, Runtime]:
-        package = read_package(folder, verify=True)
-        if not is_text(package):
-            raise ModelError("it is not a text model; restart the server to serve it")
-        if package.labels != self.labels:
-            raise ModelError(
-                f"its labels {package.labels} differ from the served model's {self.labels}; "
-                "restart the server to serve a model with other labels"
-            )
-        runtime = load_text_runtime(package, self.config)
-        runtime(as_documents(["a"]))  # the first call allocates: not on a request
-        return package, runtime
-
-    async def swap(self, version: str, package: ModelPackage, runtime: Runtime) -> None:
-        old = self.version
-        self.package, self.runtime, self.version = package, runtime, version
-        self.batcher.runtime = _Tagged(runtime, version)  # batches already running keep the old one
-        self.input, _ = text_input(package)
-        self.text_limits = text_limits(package, self.config.limits.max_images)
-        self.set_model_info()
-        old_drift, self.text_drift = self.text_drift, None
-        if old_drift is not None:
-            await old_drift.close()
-            old_drift.unregister(self.metrics.registry)
-        try:
-            self.text_drift = self._monitor(package)
-            if self.text_drift is not None:
-                await self.text_drift.start()
-        except Exception as e:  # drift monitoring is optional; serving goes on
-            log.error("drift monitoring is off for %s (%s: %s)", version, type(e).__name__, e)
-        log.info("now serving %s (was %s; %s on %s)", version, old, runtime.name, runtime.device)
