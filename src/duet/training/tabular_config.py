@@ -13,11 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from duet.data.tabular.schema import KINDS
-from duet.errors import ConfigError
-from duet.training.config import load_yaml, one_line_error
+from duet.training.memory_config import MemoryRunConfig, build_config, config_from_dict, one_of
 
 # the models of duet.training.tabular_models (named here so the config, and a bad
 # table's error, need no torch import)
@@ -25,10 +24,8 @@ TABULAR_MODELS: tuple[str, ...] = ("tab_mlp", "ft_transformer")
 DEFAULT_TABULAR_MODEL = "tab_mlp"
 
 
-class TableConfig(BaseModel):
+class TableConfig(MemoryRunConfig):
     """Every setting of a tabular run, validated once."""
-
-    model_config = ConfigDict(extra="forbid")
 
     modality: Literal["tabular"] = "tabular"
     data: Path = Field(..., description="the training table (.csv, .tsv, .parquet); with val_data, all of it trains")
@@ -38,43 +35,20 @@ class TableConfig(BaseModel):
         default_factory=dict, description="column kinds overriding inference, e.g. {zip: categorical}"
     )
     model: str = Field(DEFAULT_TABULAR_MODEL, description=f"one of {', '.join(TABULAR_MODELS)}")
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(2.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    val_split: float = Field(0.2, ge=0, lt=1, description="share of each class held out for validation")
     test_split: float = Field(
         0.0, ge=0, lt=1, description="share of each class held out as a test split (only with >= 20 rows per class)"
     )
-    patience: int = Field(20, ge=0, description="early stopping: epochs without val improvement (0 = off)")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     data_backend: Literal["numpy", "tf"] = Field(
         "numpy", description="who fits the preprocessing spec: numpy (default) or Keras layers (extra duet[tf])"
     )
     min_count: int = Field(1, ge=1, description="categories seen fewer times in training become out-of-vocabulary")
     max_tokens: int | None = Field(None, ge=1, description="at most this many categories per column")
-    max_bad_steps: int = Field(20, ge=0, description="stop after this many non-finite losses in a run")
     baseline: bool = Field(True, description="train scikit-learn's HistGradientBoostingClassifier beside it")
-    out: Path = Path("runs")
-    name: str | None = None
-    track: Literal["none", "mlflow", "tensorboard"] = "none"
-
-    @field_validator("name")
-    @classmethod
-    def _name_ok(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or v.startswith(".")):
-            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
-        return v
 
     @field_validator("model")
     @classmethod
     def _model_ok(cls, v: str) -> str:
-        if v not in TABULAR_MODELS:
-            raise ValueError(f"must be one of {', '.join(TABULAR_MODELS)}")
-        return v
+        return one_of(v, TABULAR_MODELS)
 
     @field_validator("columns")
     @classmethod
@@ -84,24 +58,16 @@ class TableConfig(BaseModel):
                 raise ValueError(f"kind of column '{name}' must be one of {', '.join(KINDS)}")
         return v
 
-    def to_yaml_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 def build_table_config(
     file: Path | None = None, overrides: dict[str, Any] | None = None, *, source: str = "command line"
 ) -> TableConfig:
     """Defaults < YAML ``file`` < ``overrides`` (``None`` values mean "not given")."""
-    data: dict[str, Any] = load_yaml(file) if file else {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return table_config_from_dict(data, f"{file}" if file else source)
+    return build_config(TableConfig, file, overrides, source)
 
 
 def table_config_from_dict(data: dict[str, Any], source: str) -> TableConfig:
-    try:
-        return TableConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(one_line_error(e, source, TableConfig)) from e
+    return config_from_dict(TableConfig, data, source)
 
 
 def is_tabular_config(data: dict[str, Any]) -> bool:

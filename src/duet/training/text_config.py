@@ -14,21 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from duet.data.text.spec import STANDARDIZE_MODES
-from duet.errors import ConfigError
-from duet.training.config import load_yaml, one_line_error
+from duet.training.memory_config import MemoryRunConfig, build_config, config_from_dict, one_of
 
 # the models of duet.training.text_models
 TEXT_MODELS: tuple[str, ...] = ("fasttext", "text_transformer")
 DEFAULT_TEXT_MODEL = "fasttext"
 
 
-class TextConfig(BaseModel):
+class TextConfig(MemoryRunConfig):
     """Every setting of a text run, validated once."""
-
-    model_config = ConfigDict(extra="forbid")
 
     modality: Literal["text"] = "text"
     data: Path = Field(..., description="a folder of class folders of .txt files, or a table with a text column")
@@ -39,16 +36,11 @@ class TextConfig(BaseModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    val_split: float = Field(0.2, ge=0, lt=1, description="share of each class held out for validation")
     test_split: float = Field(
         0.0, ge=0, lt=1, description="share of each class held out as a test split (only with >= 20 texts per class)"
     )
     patience: int = Field(5, ge=0, description="early stopping: epochs without val improvement (0 = off)")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     data_backend: Literal["native", "tf"] = Field(
         "native", description="who fits the vectorisation: native (default) or Keras TextVectorization (duet[tf])"
     )
@@ -56,51 +48,28 @@ class TextConfig(BaseModel):
     ngrams: int = Field(1, ge=1, le=2, description="1 = words, 2 = words and bigrams")
     max_tokens: int | None = Field(20000, ge=3, description="the id space, padding and OOV included")
     sequence_length: int = Field(256, ge=1, description="ids per document (truncated or 0-padded)")
-    max_bad_steps: int = Field(20, ge=0, description="stop after this many non-finite losses in a run")
     baseline: bool = Field(True, description="train scikit-learn's TF-IDF + LogisticRegression beside it")
-    out: Path = Path("runs")
-    name: str | None = None
-    track: Literal["none", "mlflow", "tensorboard"] = "none"
-
-    @field_validator("name")
-    @classmethod
-    def _name_ok(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or v.startswith(".")):
-            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
-        return v
 
     @field_validator("model")
     @classmethod
     def _model_ok(cls, v: str) -> str:
-        if v not in TEXT_MODELS:
-            raise ValueError(f"must be one of {', '.join(TEXT_MODELS)}")
-        return v
+        return one_of(v, TEXT_MODELS)
 
     @field_validator("standardize")
     @classmethod
     def _standardize_ok(cls, v: str) -> str:
-        if v not in STANDARDIZE_MODES:
-            raise ValueError(f"must be one of {', '.join(STANDARDIZE_MODES)}")
-        return v
-
-    def to_yaml_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return one_of(v, STANDARDIZE_MODES)
 
 
 def build_text_config(
     file: Path | None = None, overrides: dict[str, Any] | None = None, *, source: str = "command line"
 ) -> TextConfig:
     """Defaults < YAML ``file`` < ``overrides`` (``None`` values mean "not given")."""
-    data: dict[str, Any] = load_yaml(file) if file else {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return text_config_from_dict(data, f"{file}" if file else source)
+    return build_config(TextConfig, file, overrides, source)
 
 
 def text_config_from_dict(data: dict[str, Any], source: str) -> TextConfig:
-    try:
-        return TextConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(one_line_error(e, source, TextConfig)) from e
+    return config_from_dict(TextConfig, data, source)
 
 
 def is_text_config(data: dict[str, Any]) -> bool:
