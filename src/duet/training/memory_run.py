@@ -2,9 +2,7 @@
 ``--resume`` checks before continuing, and the finish after the epochs (best
 weights back, the test split once, the ``TrainResult``).
 
-``duet.training.text_fit`` uses them around ``MemoryTrainer``; they are written
-so a table's run (``tabular_fit``, which has its own copy of these steps) can use
-the same.
+``duet.training.tabular_fit`` and ``text_fit`` use them around ``MemoryTrainer``.
 """
 
 from __future__ import annotations
@@ -13,15 +11,31 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from duet.artifacts.run_dir import RunPaths, read_config, write_config
+import numpy as np
+import torch
+
+from duet.artifacts.run_dir import RunPaths, read_config, write_config, write_info
 from duet.errors import RunError, RunFinished
+from duet.system.atomic import write_json_atomic
 from duet.training import checkpoint
-from duet.training.memory_trainer import MemoryTrainer, evaluate_split
+from duet.training.memory_trainer import FitSettings, MemoryTrainer, SplitTensors, evaluate_split
 from duet.training.precision import FP32
-from duet.training.state import TrainResult
-from duet.training.tabular_fit import best_so_far  # run.json's "best" (tables wrote it first)
+from duet.training.run_info import SPLITS_FILE
+from duet.training.state import Log, LoopState, Tracker, TrainResult
 
 C = TypeVar("C")
+
+
+def best_so_far(state: LoopState, epochs_done: int, stopped_early: bool) -> dict[str, Any]:
+    """run.json's "best": the epoch validation chose and what happened on the way."""
+    return {
+        "epoch": state.best_epoch,
+        "val_accuracy": state.best_val_accuracy,
+        "val_loss": state.best_val_loss,
+        "epochs_done": epochs_done,
+        "stopped_early": stopped_early,
+        "events": state.events,
+    }
 
 
 def resume_point(
@@ -78,3 +92,54 @@ def finish(trainer: MemoryTrainer, started: float) -> tuple[TrainResult, dict[st
         precision=FP32.to_dict(),
     )
     return result, best
+
+
+def write_new_run(
+    paths: RunPaths, config: Any, rows: dict[str, np.ndarray], report: dict[str, Any], info: dict[str, Any], log: Log
+) -> None:
+    """A new run folder's files before the first epoch: config.yaml, splits.json, the data report, run.json."""
+    write_config(paths, config.to_yaml_dict())
+    write_json_atomic(paths.root / SPLITS_FILE, {k: v.tolist() for k, v in rows.items()})
+    write_json_atomic(paths.data_report, report)
+    write_info(paths, info)
+    log(f"run folder: {paths.root}")
+
+
+def run_epochs(
+    config: FitSettings,
+    paths: RunPaths,
+    model: torch.nn.Module,
+    tensors: dict[str, SplitTensors],
+    num_classes: int,
+    saved: dict[str, Any] | None,
+    progress: bool,
+    log: Log,
+    tracker: Tracker | None,
+) -> tuple[MemoryTrainer, TrainResult, dict[str, Any]]:
+    """The epochs (from ``saved`` when resuming), then :func:`finish`: the trainer, the result, run.json's best."""
+    trainer = MemoryTrainer(config, paths, model, tensors, num_classes, progress=progress, log=log, tracker=tracker)
+    if saved is not None:
+        trainer.restore(saved)
+        log(f"resuming {paths.root} at epoch {trainer.state.epoch}, batch {trainer.state.step_in_epoch}")
+    t0 = time.perf_counter()
+    trainer.fit()
+    result, best = finish(trainer, t0)
+    return trainer, result, best
+
+
+def baseline_line(name: str, baseline: dict[str, Any], best: dict[str, Any]) -> str:
+    """The log line comparing the baseline ``name`` with this model on val (and test)."""
+    parts = [f"{name} on the same split: val {100 * baseline.get('val_accuracy', float('nan')):.2f}%"]
+    if best.get("val_accuracy") is not None:
+        parts.append(f"(this model: {100 * best['val_accuracy']:.2f}%)")
+    if "test_accuracy" in baseline:
+        parts.append(f"test {100 * baseline['test_accuracy']:.2f}% (this model: {100 * best['test_accuracy']:.2f}%)")
+    return " ".join(parts)
+
+
+def end_run(paths: RunPaths, info: dict[str, Any], tracker: Tracker | None, result: TrainResult) -> TrainResult:
+    """run.json with the final numbers, the tracker closed; returns ``result``."""
+    write_info(paths, info)
+    if tracker is not None:
+        tracker.end(result)
+    return result

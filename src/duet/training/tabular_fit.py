@@ -14,7 +14,6 @@ HistGradientBoosting is trained on the same split for the report
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +23,22 @@ import numpy as np
 import torch
 
 from duet.artifacts.model_package import sha256_file
-from duet.artifacts.run_dir import RunPaths, create_run_dir, read_config, write_config, write_info
+from duet.artifacts.run_dir import RunPaths, create_run_dir
 from duet.data.tabular.checks import read_trainable_table, table_report
 from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, Table, num_rows, take
 from duet.data.tabular.spec import TabularSpec, fit_spec
 from duet.data.tabular.split import row_keys, split_rows
-from duet.errors import DataError, RunError, RunFinished
-from duet.system.atomic import write_json_atomic
+from duet.errors import DataError
 from duet.system.device import resolve_device
-from duet.training import checkpoint, distributed
+from duet.training import distributed
 from duet.training.loop import discard_unless_checkpointed
-from duet.training.memory_trainer import MemoryTrainer, SplitTensors, evaluate_split
+from duet.training.memory_run import baseline_line, end_run, resume_point, run_epochs, write_new_run
+from duet.training.memory_trainer import SplitTensors
 from duet.training.precision import FP32
 from duet.training.prepare import seed_everything
 from duet.training.records import library_versions
-from duet.training.state import Log, LoopState, Tracker, TrainResult
+from duet.training.state import Log, Tracker, TrainResult
 from duet.training.tabular_baseline import fit_baseline
 from duet.training.tabular_config import TableConfig, table_config_from_dict
 from duet.training.tabular_models import build_tabular
@@ -153,17 +152,6 @@ def table_run_info(
     }
 
 
-def best_so_far(state: LoopState, epochs_done: int, stopped_early: bool) -> dict[str, Any]:
-    return {
-        "epoch": state.best_epoch,
-        "val_accuracy": state.best_val_accuracy,
-        "val_loss": state.best_val_loss,
-        "epochs_done": epochs_done,
-        "stopped_early": stopped_early,
-        "events": state.events,
-    }
-
-
 def train_table(
     config: TableConfig,
     *,
@@ -181,11 +169,8 @@ def train_table(
     model = build_tabular(config.model, plan.spec, len(plan.labels))
     paths = create_run_dir(config.out, config.name, config.model)
     with discard_unless_checkpointed(paths, distributed.Dist(), log):
-        write_config(paths, config.to_yaml_dict())
-        write_json_atomic(paths.root / SPLITS_FILE, {k: v.tolist() for k, v in plan.rows.items()})
-        write_json_atomic(paths.data_report, table_report(data) | {"split_rows": plan.counts()})
-        write_info(paths, table_run_info(config, plan, {}))
-        log(f"run folder: {paths.root}")
+        report = table_report(data) | {"split_rows": plan.counts()}
+        write_new_run(paths, config, plan.rows, report, table_run_info(config, plan, {}), log)
         n = plan.counts()
         log(
             f"{n['train']} train / {n['val']} val / {n['test']} test rows; "
@@ -208,55 +193,13 @@ def _fit(
 ) -> TrainResult:
     """The epochs (from ``saved`` when resuming), the test split once, the baseline, run.json."""
     tensors = split_tensors(plan.spec, plan.tables, config.target, plan.labels, device)
-    trainer = MemoryTrainer(
-        config, paths, model, tensors, len(plan.labels), progress=progress, log=log, tracker=tracker
-    )
-    if saved is not None:
-        trainer.restore(saved)
-        log(f"resuming {paths.root} at epoch {trainer.state.epoch}, batch {trainer.state.step_in_epoch}")
-    t0 = time.perf_counter()
-    trainer.fit()
-    state = trainer.state
-    best = best_so_far(state, state.epoch - 1, trainer.stopped_early)
-    model.load_state_dict(checkpoint.load_weights(paths.best))
-    test: dict[str, Any] = {}
-    if len(tensors["test"]):
-        test = evaluate_split(model, tensors["test"], "test")
-        best |= {"selected_on": "val", **test}
+    _, result, best = run_epochs(config, paths, model, tensors, len(plan.labels), saved, progress, log, tracker)
     baseline = None
     if config.baseline:
         targets = {split: t.y.cpu().numpy() for split, t in tensors.items()}
         baseline = fit_baseline(plan.spec, plan.tables, targets, seed=config.seed)
-        log(_baseline_line(baseline, best))
-    write_info(paths, table_run_info(config, plan, best, baseline))
-    result = TrainResult(
-        run_dir=paths.root,
-        epochs=config.epochs,
-        best_epoch=state.best_epoch,
-        best_val_accuracy=state.best_val_accuracy,
-        last=trainer.last_row,
-        seconds=time.perf_counter() - t0,
-        train_images_per_s=trainer.rows_trained / max(trainer.train_seconds, 1e-9),
-        num_train=len(tensors["train"]),
-        num_val=len(tensors["val"]),
-        stopped_early=trainer.stopped_early,
-        events=state.events,
-        num_test=len(tensors["test"]),
-        test=test,
-        precision=FP32.to_dict(),
-    )
-    if tracker is not None:
-        tracker.end(result)
-    return result
-
-
-def _baseline_line(baseline: dict[str, Any], best: dict[str, Any]) -> str:
-    parts = [f"HistGradientBoosting on the same split: val {100 * baseline.get('val_accuracy', float('nan')):.2f}%"]
-    if best.get("val_accuracy") is not None:
-        parts.append(f"(this model: {100 * best['val_accuracy']:.2f}%)")
-    if "test_accuracy" in baseline:
-        parts.append(f"test {100 * baseline['test_accuracy']:.2f}% (this model: {100 * best['test_accuracy']:.2f}%)")
-    return " ".join(parts)
+        log(baseline_line("HistGradientBoosting", baseline, best))
+    return end_run(paths, table_run_info(config, plan, best, baseline), tracker, result)
 
 
 def resume_table(
@@ -266,23 +209,8 @@ def resume_table(
 
     ``epochs``: a new total, more than the epochs done (extends a finished run too)."""
     paths = RunPaths(Path(run_dir))
-    config = table_config_from_dict(read_config(paths), str(paths.config))
+    config, saved = resume_point(paths, epochs, table_config_from_dict)
     info = read_run_info(paths.root)
-    saved = checkpoint.load_last(paths.last)
-    done = int(saved["loop"]["epoch"]) - 1
-    finished = bool(saved.get("finished"))
-    if epochs is not None:
-        if epochs <= done:
-            raise RunError(f"--epochs {epochs} is not more than the {done} epochs '{paths.root}' has done")
-        config = config.model_copy(update={"epochs": epochs})
-        write_config(paths, config.to_yaml_dict())
-        saved["finished"] = finished = False
-    if finished:
-        raise RunFinished(
-            f"run '{paths.root}' already finished ({done} of {config.epochs} epochs); nothing to resume. "
-            f"To train it longer: duet train --resume {paths.root} --epochs N (N > {done})",
-            str(paths.root),
-        )
     splits = json.loads((paths.root / SPLITS_FILE).read_text(encoding="utf-8"))
     plan = TablePlan(
         schema=ColumnSchema.from_dict(info["columns"]),

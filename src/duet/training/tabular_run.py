@@ -25,35 +25,22 @@ import numpy as np
 import torch
 
 from duet.artifacts.model_package import sha256_file
-from duet.artifacts.run_dir import RunPaths
 from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, Table, take
 from duet.data.tabular.spec import TabularSpec, transform
 from duet.errors import RunError
-from duet.training import checkpoint
+from duet.training.run_info import SPLITS_FILE, is_modality_run, load_best, read_modality_info
 from duet.training.tabular_models import build_tabular
-
-SPLITS_FILE = "splits.json"
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     """run.json of a tabular run; RunError when the folder is not one."""
-    paths = RunPaths(Path(run_dir))
-    try:
-        info = json.loads(paths.info.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunError(f"'{paths.root}' is not a run folder (no readable run.json)") from e
-    if info.get("modality") != "tabular":
-        raise RunError(f"'{paths.root}' is not a tabular run")
-    return dict(info)
+    return read_modality_info(run_dir, "tabular")
 
 
 def is_tabular_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a tabular run (run.json says so)."""
-    try:
-        return json.loads(RunPaths(Path(run_dir)).info.read_text(encoding="utf-8")).get("modality") == "tabular"
-    except (OSError, ValueError):
-        return False
+    return is_modality_run(run_dir, "tabular")
 
 
 def column_kinds(schema: ColumnSchema) -> dict[str, str]:
@@ -90,11 +77,7 @@ def load_tabular_model(run_dir: Path) -> tuple[torch.nn.Module, TabularSpec, Col
     schema = ColumnSchema.from_dict(info["columns"])
     labels = [str(x) for x in info["labels"]]
     model = build_tabular(str(info["model"]), spec, len(labels))
-    best = RunPaths(Path(run_dir)).best
-    if not best.is_file():
-        raise RunError(f"'{run_dir}' has no trained weights yet (checkpoints/best.safetensors is missing)")
-    model.load_state_dict(checkpoint.load_weights(best))
-    return model.eval(), spec, schema, labels
+    return load_best(model, run_dir), spec, schema, labels
 
 
 def features(spec: TabularSpec, table: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

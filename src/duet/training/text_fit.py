@@ -28,16 +28,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from duet.artifacts.run_dir import RunPaths, create_run_dir, write_config, write_info
+from duet.artifacts.run_dir import RunPaths, create_run_dir
 from duet.data.tabular.split import split_rows
 from duet.data.text.checks import text_report
 from duet.data.text.spec import TextSpec, encode, fit_text_spec
 from duet.errors import DataError
-from duet.system.atomic import write_json_atomic
 from duet.system.device import resolve_device
 from duet.training import distributed
 from duet.training.loop import discard_unless_checkpointed
-from duet.training.memory_run import finish, resume_point
+from duet.training.memory_run import baseline_line, end_run, resume_point, run_epochs, write_new_run
 from duet.training.memory_trainer import MemoryTrainer, SplitTensors
 from duet.training.precision import FP32
 from duet.training.prepare import seed_everything
@@ -212,11 +211,8 @@ def train_text(
     model = build_text_model(config.model, plan.spec, len(plan.labels))
     paths = create_run_dir(config.out, config.name, config.model)
     with discard_unless_checkpointed(paths, distributed.Dist(), log):
-        write_config(paths, config.to_yaml_dict())
-        write_json_atomic(paths.root / SPLITS_FILE, {k: v.tolist() for k, v in plan.rows.items()})
-        write_json_atomic(paths.data_report, text_report(corpus) | {"split_docs": plan.counts()})
-        write_info(paths, text_run_info(config, plan, {}))
-        log(f"run folder: {paths.root}")
+        report = text_report(corpus) | {"split_docs": plan.counts()}
+        write_new_run(paths, config, plan.rows, report, text_run_info(config, plan, {}), log)
         n = plan.counts()
         log(
             f"{n['train']} train / {n['val']} val / {n['test']} test documents; vocabulary of "
@@ -239,25 +235,14 @@ def _fit(
 ) -> TrainResult:
     """The epochs (from ``saved`` when resuming), the test split once, the baseline, run.json."""
     tensors = split_tensors(plan, device)
-    trainer = MemoryTrainer(
-        config, paths, model, tensors, len(plan.labels), progress=progress, log=log, tracker=tracker
-    )
-    if saved is not None:
-        trainer.restore(saved)
-        log(f"resuming {paths.root} at epoch {trainer.state.epoch}, batch {trainer.state.step_in_epoch}")
-    t0 = time.perf_counter()
-    trainer.fit()
-    result, best = finish(trainer, t0)
+    trainer, result, best = run_epochs(config, paths, model, tensors, len(plan.labels), saved, progress, log, tracker)
     extra: dict[str, Any] = {"throughput": throughput(trainer, model, plan)}
     if config.baseline:
         texts = {name: docs.texts for name, docs in plan.splits.items()}
         targets = {name: t.y.cpu().numpy() for name, t in tensors.items()}
         extra["baseline"] = fit_text_baseline(texts, targets, seed=config.seed)
         log(_baseline_line(extra["baseline"], best))
-    write_info(paths, text_run_info(config, plan, best, extra))
-    if tracker is not None:
-        tracker.end(result)
-    return result
+    return end_run(paths, text_run_info(config, plan, best, extra), tracker, result)
 
 
 def throughput(trainer: MemoryTrainer, model: torch.nn.Module, plan: TextPlan) -> dict[str, Any]:
@@ -276,14 +261,7 @@ def throughput(trainer: MemoryTrainer, model: torch.nn.Module, plan: TextPlan) -
 def _baseline_line(baseline: dict[str, Any], best: dict[str, Any]) -> str:
     if "skipped" in baseline:
         return f"TF-IDF + LogisticRegression not trained: {baseline['skipped']}"
-    parts = [
-        f"TF-IDF + LogisticRegression on the same split: val {100 * baseline.get('val_accuracy', float('nan')):.2f}%"
-    ]
-    if best.get("val_accuracy") is not None:
-        parts.append(f"(this model: {100 * best['val_accuracy']:.2f}%)")
-    if "test_accuracy" in baseline:
-        parts.append(f"test {100 * baseline['test_accuracy']:.2f}% (this model: {100 * best['test_accuracy']:.2f}%)")
-    return " ".join(parts)
+    return baseline_line("TF-IDF + LogisticRegression", baseline, best)
 
 
 def resume_text(

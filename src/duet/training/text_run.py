@@ -27,16 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from duet.artifacts.run_dir import RunPaths
 from duet.data.text.spec import TextSpec, encode
 from duet.errors import RunError
-from duet.training import checkpoint
+from duet.training.run_info import SPLITS_FILE, is_modality_run, load_best, read_modality_info
 from duet.training.text_models import build_text_model
 
 if TYPE_CHECKING:
     from duet.data.text.read import TextCorpus
 
-SPLITS_FILE = "splits.json"
 PREDICT_CHUNK = 2048  # documents per forward pass
 
 
@@ -74,22 +72,12 @@ def whole(corpus: TextCorpus) -> SplitTexts:
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     """run.json of a text run; RunError when the folder is not one."""
-    paths = RunPaths(Path(run_dir))
-    try:
-        info = json.loads(paths.info.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunError(f"'{paths.root}' is not a run folder (no readable run.json)") from e
-    if info.get("modality") != "text":
-        raise RunError(f"'{paths.root}' is not a text run")
-    return dict(info)
+    return read_modality_info(run_dir, "text")
 
 
 def is_text_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a text run (run.json says so)."""
-    try:
-        return json.loads(RunPaths(Path(run_dir)).info.read_text(encoding="utf-8")).get("modality") == "text"
-    except (OSError, ValueError):
-        return False
+    return is_modality_run(run_dir, "text")
 
 
 def reread(source: dict[str, Any], key: str = "data") -> TextCorpus:
@@ -128,11 +116,7 @@ def load_text_model(run_dir: Path) -> tuple[torch.nn.Module, TextSpec, list[str]
     spec = TextSpec.from_dict(info["text_spec"])
     labels = [str(x) for x in info["labels"]]
     model = build_text_model(str(info["model"]), spec, len(labels))
-    best = RunPaths(Path(run_dir)).best
-    if not best.is_file():
-        raise RunError(f"'{run_dir}' has no trained weights yet (checkpoints/best.safetensors is missing)")
-    model.load_state_dict(checkpoint.load_weights(best))
-    return model.eval(), spec, labels
+    return load_best(model, run_dir), spec, labels
 
 
 @torch.no_grad()
