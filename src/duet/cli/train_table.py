@@ -11,22 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
-from duet.cli.common import out, pct, print_json
-from duet.errors import ConfigError
+from duet.cli.common import out
+from duet.cli.train_memory import (
+    MEMORY_FLAGS,
+    SHARED_CONFIG_KEYS,
+    baseline_text,
+    config_overrides,
+    head_rows,
+    print_json_or_table,
+    read_info,
+    summary_head,
+    tail_rows,
+)
 
 if TYPE_CHECKING:
     from duet.training.state import Log, TrainResult
     from duet.training.tabular_config import TableConfig
 
 # `duet train` flags a tabular run takes (the rest are image-only)
-TABLE_FLAGS = {
-    "data_dir", "config", "model", "epochs", "batch_size", "lr", "val_split", "test_split", "seed", "device",
-    "patience", "data_backend", "track", "out_dir", "name", "resume", "as_json", "quiet", "target", "val_data",
-}  # fmt: skip
-_CONFIG_KEYS = ["model", "epochs", "batch_size", "lr", "val_split", "test_split", "seed", "device", "patience"]
-_CONFIG_KEYS += ["data_backend", "track", "name", "target", "val_data"]
+TABLE_FLAGS = MEMORY_FLAGS
 
 
 def wants_table(flags: dict[str, Any]) -> bool:
@@ -53,17 +56,13 @@ def table_config(flags: dict[str, Any]) -> TableConfig:
     """The run's TableConfig from --config and the flags given; image-only flags are an error."""
     from duet.training.tabular_config import build_table_config
 
-    image_only = sorted("--" + k.replace("_", "-") for k, v in flags.items() if v is not None and k not in TABLE_FLAGS)
-    image_only = [f for f in image_only if f not in ("--hflip", "--ema")] + [
-        f"--{k}/--no-{k}" for k in ("hflip", "ema") if flags.get(k) is not None
-    ]
-    if image_only:
-        raise ConfigError(f"{' '.join(image_only)}: image settings, not used for a table; remove them")
-    if flags["data_dir"] is None and flags["config"] is None:
-        raise ConfigError("missing DATA: pass a table file, e.g. duet train data.csv --target label")
-    overrides = {key: flags.get(key) for key in _CONFIG_KEYS}
-    overrides["data"] = flags["data_dir"]
-    overrides["out"] = flags["out_dir"]
+    overrides = config_overrides(
+        flags,
+        TABLE_FLAGS,
+        SHARED_CONFIG_KEYS,
+        "a table",
+        "missing DATA: pass a table file, e.g. duet train data.csv --target label",
+    )
     overrides["modality"] = "tabular"
     return build_table_config(flags["config"], overrides)
 
@@ -94,16 +93,9 @@ def train_table_command(flags: dict[str, Any], log: Log) -> None:
 
 def report_table_train(result: TrainResult, as_json: bool) -> None:
     """The one-screen summary of a tabular run, or its JSON."""
-    import json
-
-    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
+    info = read_info(result)
     baseline = info.get("baseline") or {}
-    summary = {
-        "run": str(result.run_dir),
-        "model": info["model"],
-        "best_val_accuracy": result.best_val_accuracy,
-        "best_epoch": result.best_epoch,
-        "test_accuracy": result.test.get("test_accuracy"),
+    summary = summary_head(result, info) | {
         "rows": info["rows"],
         "baseline": baseline or None,
         "epochs": result.epochs,
@@ -112,27 +104,12 @@ def report_table_train(result: TrainResult, as_json: bool) -> None:
         "seconds": round(result.seconds, 1),
         "last_epoch": result.last,
     }
-    if as_json:
-        print_json(summary)
+    t = print_json_or_table(summary, as_json, "duet train (table)")
+    if t is None:
         return
-    rows = info["rows"]
-    t = Table(title="duet train (table)", show_header=False, box=None)
-    t.add_row("run", str(result.run_dir))
-    t.add_row("rows", f"{rows['train']} train / {rows['val']} val / {rows['test']} test")
-    t.add_row(
-        "best val accuracy",
-        f"{pct(result.best_val_accuracy)} ({info['model']}, epoch {result.best_epoch}/{result.epochs}; "
-        "validation chose the epoch, so this is optimistic)",
-    )
-    if result.test:
-        t.add_row("test accuracy", f"[bold]{pct(result.test['test_accuracy'])}[/] on {rows['test']} held-out rows")
+    head_rows(t, result, info, info["rows"], "rows")
     if baseline:
-        text = f"val {pct(baseline.get('val_accuracy'))}"
-        if "test_accuracy" in baseline:
-            text += f", test {pct(baseline['test_accuracy'])}"
-        t.add_row("HistGradientBoosting", text + " (scikit-learn, default settings, same split)")
+        t.add_row("HistGradientBoosting", baseline_text(baseline) + " (scikit-learn, default settings, same split)")
     t.add_row("speed", f"{result.train_images_per_s:.0f} train rows/s, {result.seconds:.1f}s total")
-    if result.stopped_early:
-        t.add_row("early stop", f"no improvement for the patience window; best epoch {result.best_epoch}")
-    t.add_row("next", f"duet export {result.run_dir}")
+    tail_rows(t, result, "duet export")
     out.print(t)

@@ -13,23 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
-from duet.cli.common import out, pct, print_json
-from duet.errors import ConfigError
+from duet.cli.common import out
+from duet.cli.train_memory import (
+    MEMORY_FLAGS,
+    SHARED_CONFIG_KEYS,
+    baseline_text,
+    config_overrides,
+    head_rows,
+    print_json_or_table,
+    read_info,
+    summary_head,
+    tail_rows,
+)
 
 if TYPE_CHECKING:
     from duet.training.state import Log, TrainResult
     from duet.training.text_config import TextConfig
 
 # `duet train` flags a text run takes (the rest are image-only)
-TEXT_FLAGS = {
-    "data_dir", "config", "model", "epochs", "batch_size", "lr", "val_split", "test_split", "seed", "device",
-    "patience", "data_backend", "track", "out_dir", "name", "resume", "as_json", "quiet", "target", "val_data",
-    "text_column",
-}  # fmt: skip
-_CONFIG_KEYS = ["model", "epochs", "batch_size", "lr", "val_split", "test_split", "seed", "device", "patience"]
-_CONFIG_KEYS += ["data_backend", "track", "name", "target", "val_data", "text_column"]
+TEXT_FLAGS = MEMORY_FLAGS | {"text_column"}
 
 
 def wants_text(flags: dict[str, Any]) -> bool:
@@ -56,17 +58,13 @@ def text_config(flags: dict[str, Any]) -> TextConfig:
     """The run's TextConfig from --config and the flags given; image-only flags are an error."""
     from duet.training.text_config import build_text_config
 
-    image_only = sorted("--" + k.replace("_", "-") for k, v in flags.items() if v is not None and k not in TEXT_FLAGS)
-    image_only = [f for f in image_only if f not in ("--hflip", "--ema")] + [
-        f"--{k}/--no-{k}" for k in ("hflip", "ema") if flags.get(k) is not None
-    ]
-    if image_only:
-        raise ConfigError(f"{' '.join(image_only)}: image settings, not used for text; remove them")
-    if flags["data_dir"] is None and flags["config"] is None:
-        raise ConfigError("missing DATA: pass a folder of class folders of .txt files, or a table with --text-column")
-    overrides = {key: flags.get(key) for key in _CONFIG_KEYS}
-    overrides["data"] = flags["data_dir"]
-    overrides["out"] = flags["out_dir"]
+    overrides = config_overrides(
+        flags,
+        TEXT_FLAGS,
+        [*SHARED_CONFIG_KEYS, "text_column"],
+        "text",
+        "missing DATA: pass a folder of class folders of .txt files, or a table with --text-column",
+    )
     overrides["modality"] = "text"
     return build_text_config(flags["config"], overrides)
 
@@ -98,17 +96,10 @@ def train_text_command(flags: dict[str, Any], log: Log) -> None:
 
 def report_text_train(result: TrainResult, as_json: bool) -> None:
     """The one-screen summary of a text run, or its JSON."""
-    import json
-
-    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
+    info = read_info(result)
     baseline = info.get("baseline") or {}
     speed = info.get("throughput") or {}
-    summary = {
-        "run": str(result.run_dir),
-        "model": info["model"],
-        "best_val_accuracy": result.best_val_accuracy,
-        "best_epoch": result.best_epoch,
-        "test_accuracy": result.test.get("test_accuracy"),
+    summary = summary_head(result, info) | {
         "docs": info["docs"],
         "baseline": baseline or None,
         "throughput": speed or None,
@@ -117,28 +108,16 @@ def report_text_train(result: TrainResult, as_json: bool) -> None:
         "seconds": round(result.seconds, 1),
         "last_epoch": result.last,
     }
-    if as_json:
-        print_json(summary)
+    t = print_json_or_table(summary, as_json, "duet train (text)")
+    if t is None:
         return
-    docs = info["docs"]
-    t = Table(title="duet train (text)", show_header=False, box=None)
-    t.add_row("run", str(result.run_dir))
-    t.add_row("documents", f"{docs['train']} train / {docs['val']} val / {docs['test']} test")
-    t.add_row(
-        "best val accuracy",
-        f"{pct(result.best_val_accuracy)} ({info['model']}, epoch {result.best_epoch}/{result.epochs}; "
-        "validation chose the epoch, so this is optimistic)",
-    )
-    if result.test:
-        t.add_row("test accuracy", f"[bold]{pct(result.test['test_accuracy'])}[/] on {docs['test']} held-out documents")
+    head_rows(t, result, info, info["docs"], "documents")
     if baseline.get("skipped"):
         t.add_row("TF-IDF + LogReg", f"not trained: {baseline['skipped']}")
     elif baseline:
-        text = f"val {pct(baseline.get('val_accuracy'))}"
-        if "test_accuracy" in baseline:
-            text += f", test {pct(baseline['test_accuracy'])}"
         t.add_row(
-            "TF-IDF + LogReg", text + f" (scikit-learn, same split; {baseline['train_docs_per_s']:.0f} train docs/s)"
+            "TF-IDF + LogReg",
+            baseline_text(baseline) + f" (scikit-learn, same split; {baseline['train_docs_per_s']:.0f} train docs/s)",
         )
     if speed:
         t.add_row(
@@ -146,7 +125,5 @@ def report_text_train(result: TrainResult, as_json: bool) -> None:
             f"{speed['train_docs_per_s']:.0f} train docs/s, {speed['predict_docs_per_s']:.0f} predicted docs/s "
             f"from raw text; {result.seconds:.1f}s total",
         )
-    if result.stopped_early:
-        t.add_row("early stop", f"no improvement for the patience window; best epoch {result.best_epoch}")
-    t.add_row("next", f"duet evaluate {result.run_dir}")
+    tail_rows(t, result, "duet evaluate")
     out.print(t)
