@@ -101,21 +101,16 @@ def _files_lines(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> list[st
     ]
 
 
-def render_tabular_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
-    """The card of a tabular model: the same outline, with its columns in place of image preprocessing."""
-    data = m.get("data", {})
-    source = data.get("source", {})
-    features = m["inputs"]
-    lines = [
+def _opening(m: dict[str, Any], summary: str, use: str) -> list[str]:
+    """A table's or text's card up to its "Training data" heading: title, ``summary``, ``use``, the labels."""
+    return [
         f"# Model card: {m['name']}",
         "",
-        f"Tabular classifier, **{m['architecture']}**, {m['num_classes']} classes from {len(features)} feature "
-        f"columns, exported by duet {m['versions'].get('duet', '?')} on {m['created']}.",
+        summary,
         "",
         "## Intended use",
         "",
-        "Classify rows with the columns below, drawn like the training table's rows. "
-        "*Owner: describe the intended users and uses, and uses that are out of scope.*",
+        f"{use} *Owner: describe the intended users and uses, and uses that are out of scope.*",
         "",
         "## Labels",
         "",
@@ -125,6 +120,21 @@ def render_tabular_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> 
         "",
         "## Training data",
         "",
+    ]
+
+
+def render_tabular_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """The card of a tabular model: the same outline, with its columns in place of image preprocessing."""
+    data = m.get("data", {})
+    source = data.get("source", {})
+    features = m["inputs"]
+    lines = [
+        *_opening(
+            m,
+            f"Tabular classifier, **{m['architecture']}**, {m['num_classes']} classes from {len(features)} feature "
+            f"columns, exported by duet {m['versions'].get('duet', '?')} on {m['created']}.",
+            "Classify rows with the columns below, drawn like the training table's rows.",
+        ),
         f"- table: `{source.get('data', '?')}` (sha256 `{source.get('sha256', '?')}`)"
         + (f"; validation table `{source['val_data']}`" if source.get("val_data") else ""),
         f"- rows: {data.get('rows', '?')} ("
@@ -162,24 +172,12 @@ def render_text_card(m: dict[str, Any], files: dict[str, dict[str, Any]]) -> str
     spec = m["text_spec"]
     parity = m.get("metrics", {}).get("parity", {})
     lines = [
-        f"# Model card: {m['name']}",
-        "",
-        f"Text classifier, **{m['architecture']}**, {m['num_classes']} classes, exported by duet "
-        f"{m['versions'].get('duet', '?')} on {m['created']}.",
-        "",
-        "## Intended use",
-        "",
-        "Classify documents into the labels below, written like the training documents. "
-        "*Owner: describe the intended users and uses, and uses that are out of scope.*",
-        "",
-        "## Labels",
-        "",
-        "| index | label |",
-        "|---|---|",
-        *(f"| {i} | {label} |" for i, label in enumerate(m["labels"])),
-        "",
-        "## Training data",
-        "",
+        *_opening(
+            m,
+            f"Text classifier, **{m['architecture']}**, {m['num_classes']} classes, exported by duet "
+            f"{m['versions'].get('duet', '?')} on {m['created']}.",
+            "Classify documents into the labels below, written like the training documents.",
+        ),
         f"- corpus: `{source.get('data', '?')}`"
         + (f"; validation `{source['val_data']}`" if source.get("val_data") else ""),
         f"- documents: {data.get('documents', '?')} ("

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +38,20 @@ import numpy as np
 import torch
 
 from duet.artifacts.model_package import (
-    CARD_FILE,
     MANIFEST,
     ONNX_FILE,
-    PROFILE_DIR,
-    SCHEMA,
-    WEIGHTS_FILE,
-    file_entries,
     output_signature,
-    sha256_file,
 )
-from duet.artifacts.run_dir import RunPaths
 from duet.data.tabular.schema import ColumnSchema, Table, num_rows, take
 from duet.data.tabular.spec import TabularSpec
-from duet.errors import ConfigError, RunError
-from duet.exporting.card import render_card
+from duet.errors import RunError
+from duet.exporting.memory_export import copy_run_files, manifest_head, manifest_tail, with_card
+from duet.exporting.memory_export import refuse_image_options as refuse
 from duet.exporting.onnx_graph import DEFAULT_OPSET
 from duet.exporting.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, compare
-from duet.exporting.staging import ExportResult, destination, metrics_section, staged, versions
+from duet.exporting.staging import ExportResult, destination, staged, versions
 from duet.exporting.tabular_graph import graph_feed, signature_inputs, write_tabular_onnx
-from duet.exporting.tf_formats import parse_formats
-from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.system.atomic import write_json_atomic
 from duet.system.progress import make_progress
 from duet.training.tabular_run import SPLITS_FILE, features, load_split_tables, load_tabular_model, read_run_info
 
@@ -69,21 +60,14 @@ Log = Callable[[str], None]
 
 def refuse_image_options(*, quantize: str | None, formats: Sequence[str] | str, data_dir: Path | None) -> None:
     """``duet export`` options a tabular run cannot take: one ConfigError line each."""
-    if quantize is not None:
-        raise ConfigError(
-            f"`--quantize` applies to image runs; a tabular run exports fp32 ONNX only. Received: --quantize={quantize}"
-        )
-    wanted = parse_formats(formats)
-    if list(wanted) != ["onnx"]:
-        raise ConfigError(
-            "`--format` of a tabular run must be onnx (SavedModel and TFLite exports are for image runs). "
-            f"Received: --format={','.join(wanted)}"
-        )
-    if data_dir is not None:
-        raise ConfigError(
-            "`--data` applies to image runs; a tabular run reads its table from the path in run.json's source "
-            f"(put the file back there). Received: --data={data_dir}"
-        )
+    refuse(
+        "a tabular run",
+        " (SavedModel and TFLite exports are for image runs)",
+        "reads its table from the path in run.json's source (put the file back there)",
+        quantize=quantize,
+        formats=formats,
+        data_dir=data_dir,
+    )
 
 
 def export_tabular_run(
@@ -115,9 +99,7 @@ def export_tabular_run(
     with staged(dest) as tmp:
         log(f"exporting {info['model']} ({len(labels)} classes, {len(schema.features())} feature columns) to ONNX")
         graph = write_tabular_onnx(model, spec, schema, labels, str(info["model"]), tmp / ONNX_FILE, opset=opset)
-        shutil.copyfile(RunPaths(root).best, tmp / WEIGHTS_FILE)
-        if any(p.is_file() for p in (root / PROFILE_DIR).glob("*")):  # the drift reference (tabular.json)
-            shutil.copytree(root / PROFILE_DIR, tmp / PROFILE_DIR)  # travels with the model
+        copy_run_files(root, tmp)  # weights, and profile/tabular.json (the drift reference)
         log(f"parity gate: {num_rows(table)} {split} rows through PyTorch and ONNX Runtime")
         parity = check_tabular_parity(
             model, tmp / ONNX_FILE, spec, schema, table, split=split, tolerance=tolerance, batch_size=batch_size,
@@ -249,39 +231,11 @@ def tabular_manifest(
     """model.json of a tabular export (duet.artifacts.model_package); writes MODEL_CARD.md into ``tmp``."""
     spec, schema, labels = fitted
     gate = {**parity.to_dict(), "rows": parity.images}
-    metrics = {**metrics_section(info.get("best") or {}, root / "eval"), "parity": gate}
-    if info.get("baseline"):
-        metrics["baseline"] = info["baseline"]
-    best = RunPaths(root).best
-    manifest: dict[str, Any] = {
-        "schema": SCHEMA,
-        "modality": "tabular",
-        "name": root.resolve().name,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "architecture": str(info["model"]),
-        "norm": None,
-        "labels": labels,
-        "num_classes": len(labels),
-        "preprocess": None,
+    manifest = manifest_head(root, info, "tabular", labels) | {
         "columns": schema.to_dict(),
         "tabular_spec": spec.to_dict(),
         "inputs": signature_inputs(schema),
         "outputs": output_signature(len(labels)),
-        "metrics": metrics,
-        "data": data_section(root, info, tables),
-        "privacy": None,
-        "formats": {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime", "gate": gate}},
-        "onnx": graph,
-        "versions": versions(with_timm=False),
-        "source": {
-            "run": str(root.resolve()),
-            "data": (info.get("source") or {}).get("data"),
-            "weights": str(best.relative_to(root)),
-            "weights_sha256": sha256_file(best),
-        },
     }
-    profile = sorted(p.relative_to(tmp).as_posix() for p in (tmp / PROFILE_DIR).rglob("*") if p.is_file())
-    files = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, *profile))
-    write_text_atomic(tmp / CARD_FILE, render_card(manifest, files))
-    manifest["files"] = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, CARD_FILE, *profile))
-    return manifest
+    manifest |= manifest_tail(root, info, gate, graph, data_section(root, info, tables), versions(with_timm=False))
+    return with_card(manifest, tmp)

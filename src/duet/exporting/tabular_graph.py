@@ -37,11 +37,8 @@ its column.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ from duet.artifacts.model_package import OUTPUT_NAMES
 from duet.data.tabular.schema import Column, ColumnSchema
 from duet.data.tabular.spec import FIRST_TOKEN_ID, MISSING_ID, OOV_ID, TabularSpec
 from duet.errors import ModelError
+from duet.exporting.memory_graph import dynamo_proto, merge_and_save
 from duet.exporting.onnx_graph import DEFAULT_OPSET, MAX_BATCH, write_metadata
 
 NUMERIC_EDGE = "duet/numeric"  # the preprocessing's float32 [N, K+M] output inside model.onnx
@@ -146,27 +144,8 @@ def _model_proto(model: torch.nn.Module, spec: TabularSpec, opset: int) -> Any:
         example.append((torch.rand((2, c), generator=generator) * high).long())
         names.append("categorical")
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
-    try:
-        # The exporter reports its steps on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper,
-                tuple(example),
-                None,
-                input_names=names,
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=(tuple({0: batch} for _ in example),),  # forward(*features): one varargs tuple
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as e:  # torch.export fails in many ways on untraceable models
-        raise ModelError(f"cannot export this tabular model to ONNX: {type(e).__name__}: {e}") from None
-    if program is None:
-        raise ModelError("torch.onnx.export returned no program for the tabular model")
-    return program.model_proto
+    dynamic_shapes = (tuple({0: batch} for _ in example),)  # forward(*features): one varargs tuple
+    return dynamo_proto(wrapper, tuple(example), names, list(OUTPUT_NAMES), dynamic_shapes, opset, "tabular")
 
 
 def preprocess_proto(spec: TabularSpec, schema: ColumnSchema, *, opset: int, ir_version: int) -> Any:
@@ -266,24 +245,14 @@ def export_tabular_onnx(
 ) -> dict[str, Any]:
     """Write the whole graph (see the module doc) to ``path``; returns what model.json records about it."""
     import onnx
-    from onnx import compose, helper
+    from onnx import compose
 
     trained = _model_proto(model, spec, opset)
     version = next(o.version for o in trained.opset_import if o.domain in ("", "ai.onnx"))
     pre = preprocess_proto(spec, schema, opset=version, ir_version=trained.ir_version)
     trained = compose.add_prefix(trained, MODEL_PREFIX, rename_outputs=False)
     io_map = [(e.name, MODEL_PREFIX + e.name.removeprefix("duet/")) for e in pre.graph.output]
-    merged = compose.merge_models(pre, trained, io_map=io_map, producer_name="duet", producer_version=duet.__version__)
-    merged.graph.name = "duet_tabular"
-    # merge_models (onnx 1.23) lists a domain shared by both models twice; keep one entry per domain.
-    imports = {o.domain: o.version for o in merged.opset_import}
-    del merged.opset_import[:]
-    merged.opset_import.extend(helper.make_opsetid(domain, v) for domain, v in imports.items())
-    try:
-        onnx.checker.check_model(merged, full_check=True)
-    except Exception as e:
-        raise ModelError(f"the merged tabular ONNX graph is invalid: {type(e).__name__}: {e}") from None
-    onnx.save(merged, str(path))
+    merge_and_save(pre, trained, io_map, "tabular", path)
     return {
         "opset": version,
         "ml_opset": ML_OPSET,

@@ -32,35 +32,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from duet.artifacts.model_package import (
-    CARD_FILE,
     FEATURES_NAME,
     MANIFEST,
     ONNX_FILE,
-    PROFILE_DIR,
-    SCHEMA,
-    WEIGHTS_FILE,
-    file_entries,
     output_signature,
-    sha256_file,
 )
-from duet.artifacts.run_dir import RunPaths
 from duet.data.text.spec import TextSpec, encode
-from duet.errors import ConfigError, RunError
-from duet.exporting.card import render_card
+from duet.errors import RunError
+from duet.exporting.memory_export import copy_run_files, manifest_head, manifest_tail, with_card
+from duet.exporting.memory_export import refuse_image_options as refuse
 from duet.exporting.onnx_graph import DEFAULT_OPSET
 from duet.exporting.parity import DEFAULT_TOLERANCE, ParityError, ParityReport, compare
-from duet.exporting.staging import ExportResult, destination, metrics_section, staged, versions
+from duet.exporting.staging import ExportResult, destination, staged, versions
 from duet.exporting.tabular_export import parity_chunks
 from duet.exporting.text_graph import (
     CUSTOM_OPS,
@@ -72,8 +64,7 @@ from duet.exporting.text_graph import (
     text_feed,
     write_text_onnx,
 )
-from duet.exporting.tf_formats import parse_formats
-from duet.system.atomic import write_json_atomic, write_text_atomic
+from duet.system.atomic import write_json_atomic
 from duet.system.progress import make_progress
 from duet.training.text_run import SPLITS_FILE, load_split_texts, load_text_model, read_run_info
 
@@ -83,21 +74,15 @@ MAX_CHARS = 100_000  # model.json limits.max_chars: the longest document a serve
 
 def refuse_options(*, quantize: str | None, formats: Sequence[str] | str, data_dir: Path | None) -> None:
     """``duet export`` options a text run cannot take: one ConfigError line each."""
-    if quantize is not None:
-        raise ConfigError(
-            f"`--quantize` applies to image runs; a text run exports fp32 ONNX only. Received: --quantize={quantize}"
-        )
-    wanted = parse_formats(formats)
-    if list(wanted) != ["onnx"]:
-        raise ConfigError(
-            "`--format` of a text run must be onnx: its graph tokenizes raw strings with onnxruntime-extensions "
-            f"operators, which SavedModel and TFLite cannot run. Received: --format={','.join(wanted)}"
-        )
-    if data_dir is not None:
-        raise ConfigError(
-            "`--data` applies to image runs; a text run reads its corpus from the path in run.json's source "
-            f"(put it back there). Received: --data={data_dir}"
-        )
+    refuse(
+        "a text run",
+        ": its graph tokenizes raw strings with onnxruntime-extensions operators, which SavedModel and TFLite "
+        "cannot run",
+        "reads its corpus from the path in run.json's source (put it back there)",
+        quantize=quantize,
+        formats=formats,
+        data_dir=data_dir,
+    )
 
 
 @dataclass
@@ -154,9 +139,7 @@ def export_text_run(
         graph = write_text_onnx(
             model, spec, labels, str(info["model"]), tmp / ONNX_FILE, max_chars=max_chars, opset=opset
         )
-        shutil.copyfile(RunPaths(root).best, tmp / WEIGHTS_FILE)
-        if any(p.is_file() for p in (root / PROFILE_DIR).glob("*")):  # the drift reference travels with the model
-            shutil.copytree(root / PROFILE_DIR, tmp / PROFILE_DIR)
+        copy_run_files(root, tmp)  # weights, and the drift reference when the run has one
         log(f"parity gate: {len(texts)} {split} documents through the spec + PyTorch and ONNX Runtime")
         parity = check_text_parity(
             model, tmp / ONNX_FILE, spec, texts, split=split, tolerance=tolerance, batch_size=batch_size,
@@ -272,22 +255,9 @@ def text_manifest(
     """model.json of a text export (duet.artifacts.model_package); writes MODEL_CARD.md into ``tmp``."""
     spec, labels = fitted
     gate = parity.to_dict()
-    metrics = {**metrics_section(info.get("best") or {}, root / "eval"), "parity": gate}
-    if info.get("baseline"):
-        metrics["baseline"] = info["baseline"]
-    best = RunPaths(root).best
     features = {"name": FEATURES_NAME, "datatype": "FP32", "shape": [-1, graph["features_dim"]],
                 "description": "the model's pooled vector (drift monitoring)"}  # fmt: skip
-    manifest: dict[str, Any] = {
-        "schema": SCHEMA,
-        "modality": "text",
-        "name": root.resolve().name,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "architecture": str(info["model"]),
-        "norm": None,
-        "labels": labels,
-        "num_classes": len(labels),
-        "preprocess": None,
+    manifest = manifest_head(root, info, "text", labels) | {
         "text_spec": spec.to_dict(),
         "inputs": [
             {
@@ -303,24 +273,12 @@ def text_manifest(
             "refused": "texts containing U+0000 or an unpaired surrogate (not UTF-8): the graph cannot read them",
         },
         "runtime": {"custom_ops": graph["custom_ops"]},
-        "metrics": metrics,
-        "data": data_section(root, info, splits),
-        "privacy": None,
-        "formats": {"onnx": {"files": [ONNX_FILE], "runtime": "onnxruntime", "gate": gate}},
-        "onnx": graph,
-        "versions": {**versions(with_timm=False), **_extensions_version(graph)},
-        "source": {
-            "run": str(root.resolve()),
-            "data": (info.get("source") or {}).get("data"),
-            "weights": str(best.relative_to(root)),
-            "weights_sha256": sha256_file(best),
-        },
     }
-    profile = sorted(p.relative_to(tmp).as_posix() for p in (tmp / PROFILE_DIR).rglob("*") if p.is_file())
-    files = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, *profile))
-    write_text_atomic(tmp / CARD_FILE, render_card(manifest, files))
-    manifest["files"] = file_entries(tmp, (ONNX_FILE, WEIGHTS_FILE, CARD_FILE, *profile))
-    return manifest
+    data = data_section(root, info, splits)
+    manifest |= manifest_tail(
+        root, info, gate, graph, data, {**versions(with_timm=False), **_extensions_version(graph)}
+    )
+    return with_card(manifest, tmp)
 
 
 def _extensions_version(graph: dict[str, Any]) -> dict[str, str]:

@@ -45,12 +45,9 @@ library must be registered in the session options (:func:`session_options`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import string
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +58,7 @@ import duet
 from duet.artifacts.model_package import FEATURES_NAME, OUTPUT_NAMES
 from duet.data.text.spec import FIRST_TOKEN_ID, OOV_ID, PAD_ID, TextSpec
 from duet.errors import ModelError
+from duet.exporting.memory_graph import dynamo_proto, merge_and_save
 from duet.exporting.onnx_graph import DEFAULT_OPSET, MAX_BATCH, write_metadata
 from duet.exporting.tabular_graph import BATCH, ML_DOMAIN, ML_OPSET, MODEL_PREFIX
 
@@ -267,27 +265,8 @@ def _model_proto(model: torch.nn.Module, spec: TextSpec, opset: int) -> Any:
     example = torch.randint(0, spec.vocab_size, (2, spec.sequence_length), generator=generator)
     example[1, spec.sequence_length // 2 :] = PAD_ID  # a padded row too
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
-    try:
-        # The exporter reports its steps on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper,
-                (example,),
-                None,
-                input_names=["ids"],
-                output_names=list(OUTPUTS),
-                dynamic_shapes=({0: batch},),
-                opset_version=max(opset, MIN_OPSET),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as e:  # torch.export fails in many ways on untraceable models
-        raise ModelError(f"cannot export this text model to ONNX: {type(e).__name__}: {e}") from None
-    if program is None:
-        raise ModelError("torch.onnx.export returned no program for the text model")
-    return program.model_proto
+    opset = max(opset, MIN_OPSET)
+    return dynamo_proto(wrapper, (example,), ["ids"], list(OUTPUTS), ({0: batch},), opset, "text")
 
 
 def export_text_onnx(
@@ -295,24 +274,13 @@ def export_text_onnx(
 ) -> dict[str, Any]:
     """Write the whole graph (see the module doc) to ``path``; returns what model.json records about it."""
     import onnx
-    from onnx import compose, helper
+    from onnx import compose
 
     trained = _model_proto(model, spec, opset)
     version = next(o.version for o in trained.opset_import if o.domain in ("", "ai.onnx"))
     pre = tokenizer_proto(spec, opset=version, ir_version=trained.ir_version)
     trained = compose.add_prefix(trained, MODEL_PREFIX, rename_outputs=False)
-    merged = compose.merge_models(
-        pre, trained, io_map=[(IDS_EDGE, MODEL_PREFIX + "ids")], producer_name="duet", producer_version=duet.__version__
-    )
-    merged.graph.name = "duet_text"
-    imports = {o.domain: o.version for o in merged.opset_import}  # one entry per domain (onnx 1.23 repeats them)
-    del merged.opset_import[:]
-    merged.opset_import.extend(helper.make_opsetid(domain, v) for domain, v in imports.items())
-    try:
-        onnx.checker.check_model(merged, full_check=True)
-    except Exception as e:
-        raise ModelError(f"the merged text ONNX graph is invalid: {type(e).__name__}: {e}") from None
-    onnx.save(merged, str(path))
+    merged = merge_and_save(pre, trained, [(IDS_EDGE, MODEL_PREFIX + "ids")], "text", path)
     custom = any(node.domain == CONTRIB_DOMAIN for node in pre.graph.node)
     features = next(o for o in merged.graph.output if o.name == FEATURES_NAME).type.tensor_type.shape.dim[1]
     return {
