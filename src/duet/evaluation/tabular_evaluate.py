@@ -18,7 +18,6 @@ baseline was not scored on those, and the report says so.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,8 @@ from duet.data.tabular.read import TableData, read_table
 from duet.data.tabular.schema import ColumnSchema, take
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.eval_result import EvalResult, describe_split
+from duet.evaluation.memory_report import RUNTIME, append_to_report, report_context, write_run_report
 from duet.evaluation.metrics import compute_metrics, misclassified_samples
-from duet.evaluation.report import write_report
-from duet.system.atomic import write_json_atomic, write_text_atomic
-from duet.training.curves import write_curves
 from duet.training.tabular_run import (
     SPLITS_FILE,
     column_kinds,
@@ -41,8 +38,6 @@ from duet.training.tabular_run import (
     read_run_info,
     reread,
 )
-
-RUNTIME = "torch on cpu (the run's best weights, best.safetensors)"
 
 
 def _split_rows(run_dir: Path, info: dict[str, Any], split: str | None) -> tuple[TableData, str]:
@@ -109,10 +104,7 @@ def _baseline_markdown(record: dict[str, Any], model_name: str) -> str:
 
 def _add_baseline(files: dict[str, Path], record: dict[str, Any], model_name: str) -> None:
     """Put the baseline beside the model's numbers in the report write_report just wrote."""
-    document = json.loads(files["json"].read_text(encoding="utf-8"))
-    write_json_atomic(files["json"], {**document, "baseline": record})
-    markdown = files["md"].read_text(encoding="utf-8")
-    write_text_atomic(files["md"], markdown.rstrip("\n") + "\n\n" + _baseline_markdown(record, model_name))
+    append_to_report(files, {"baseline": record}, _baseline_markdown(record, model_name))
 
 
 def evaluate_tabular(
@@ -143,26 +135,9 @@ def evaluate_tabular(
     names = [f"{rows.source.name} {rows.unit} {int(line)}" for line in rows.lines]
     misclassified = misclassified_samples(names, y_true, probs, None, labels)
     meaning = describe_split(split_name, None if data is None else rows.source)
-    context = {
-        "run": str(run_dir),
-        "model": info["model"],
-        "data": str(rows.source),
-        "split": split_name,
-        "split means": meaning,
-        "rows": len(y_true),
-        "skipped rows": len(rows.skipped),
-        "runtime": RUNTIME,
-        "precision": "fp32",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    files = write_report(
-        metrics,
-        out,
-        title=f"Evaluation of {run_dir.name} on {split_name}",
-        context=context,
-        misclassified=misclassified,
-        curves=write_curves(run_dir),
-    )
+    own = {"rows": len(y_true), "skipped rows": len(rows.skipped)}
+    context = report_context(run_dir, info, rows.source, split_name, meaning, own)
+    files = write_run_report(metrics, out, run_dir, split_name, context, misclassified)
     record = baseline_record(info, split_name, float(metrics["accuracy"]), own_split=data is None)
     _add_baseline(files, record, str(info["model"]))
     return EvalResult(

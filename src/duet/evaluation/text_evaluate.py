@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,9 @@ import numpy as np
 from duet.artifacts.run_dir import RunPaths, slug
 from duet.errors import ConfigError, DataError, RunError
 from duet.evaluation.eval_result import EvalResult, describe_split
+from duet.evaluation.memory_report import RUNTIME, append_to_report, report_context, write_run_report
 from duet.evaluation.metrics import compute_metrics, misclassified_samples
-from duet.evaluation.report import write_report
 from duet.evaluation.tabular_evaluate import baseline_record
-from duet.system.atomic import write_json_atomic, write_text_atomic
-from duet.training.curves import write_curves
 from duet.training.text_run import (
     SPLITS_FILE,
     SplitTexts,
@@ -45,7 +42,6 @@ from duet.training.text_run import (
     whole,
 )
 
-RUNTIME = "torch on cpu (the run's best weights, best.safetensors)"
 EXCERPT = 120  # characters of a misclassified document shown beside its origin
 
 
@@ -91,10 +87,7 @@ def _baseline_markdown(record: dict[str, Any], model_name: str, speed: dict[str,
 
 def _add_baseline(files: dict[str, Path], record: dict[str, Any], model_name: str, speed: dict[str, Any]) -> None:
     """Put the baseline (and both sides' docs/s) beside the model's numbers in the report just written."""
-    document = json.loads(files["json"].read_text(encoding="utf-8"))
-    write_json_atomic(files["json"], {**document, "baseline": record, "throughput": speed})
-    markdown = files["md"].read_text(encoding="utf-8")
-    write_text_atomic(files["md"], markdown.rstrip("\n") + "\n\n" + _baseline_markdown(record, model_name, speed))
+    append_to_report(files, {"baseline": record, "throughput": speed}, _baseline_markdown(record, model_name, speed))
 
 
 def evaluate_text(
@@ -131,26 +124,12 @@ def evaluate_text(
     for item in misclassified:
         item["excerpt"] = " ".join(excerpts[item["path"]].split())[:EXCERPT]
     meaning = describe_split(split_name, None if data is None else source).replace("images", "documents")
-    context = {
-        "run": str(run_dir),
-        "model": info["model"],
-        "data": str(source),
-        "split": split_name,
-        "split means": meaning,
+    own = {
         "documents": len(y_true),
         "vocabulary": f"{len(spec.vocabulary)} tokens, {spec.sequence_length} ids per document ({spec.backend})",
-        "runtime": RUNTIME,
-        "precision": "fp32",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    files = write_report(
-        metrics,
-        out,
-        title=f"Evaluation of {run_dir.name} on {split_name}",
-        context=context,
-        misclassified=misclassified,
-        curves=write_curves(run_dir),
-    )
+    context = report_context(run_dir, info, source, split_name, meaning, own)
+    files = write_run_report(metrics, out, run_dir, split_name, context, misclassified)
     record = baseline_record(info, split_name, float(metrics["accuracy"]), own_split=data is None)
     record["note"] = record["note"].replace("rows", "documents")
     recorded = info.get("baseline") or {}
