@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import stats as sstats
@@ -76,8 +76,10 @@ class ColumnDrift:
 
 
 @dataclass
-class TabularDriftResult:
-    """The verdict over every column and output (``to_dict`` is JSON-able)."""
+class DriftVerdict:
+    """A verdict over several tests (``columns``; ``to_dict`` is JSON-able): a table's or a text's."""
+
+    MODALITY: ClassVar[str] = ""
 
     status: str
     drift: bool | None
@@ -89,16 +91,13 @@ class TabularDriftResult:
     settings: dict[str, Any]
     computed_at: str
 
-    def column(self, name: str) -> ColumnDrift | None:
-        return next((c for c in self.columns if c.column == name), None)
-
     def drifted(self) -> list[ColumnDrift]:
         """The columns and outputs that drifted, most significant first."""
         return sorted((c for c in self.columns if c.drift), key=lambda c: (c.adjusted_p or 0.0, c.column))
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "modality": "tabular",
+            "modality": self.MODALITY,
             "status": self.status,
             "drift": self.drift,
             "sentence": self.sentence,
@@ -111,6 +110,16 @@ class TabularDriftResult:
             "drifted": [c.column for c in self.drifted()],
             "columns": [c.to_dict() for c in self.columns],
         }
+
+
+@dataclass
+class TabularDriftResult(DriftVerdict):
+    """The verdict over every column and output (``to_dict`` is JSON-able)."""
+
+    MODALITY: ClassVar[str] = "tabular"
+
+    def column(self, name: str) -> ColumnDrift | None:
+        return next((c for c in self.columns if c.column == name), None)
 
 
 # --------------------------------------------------------------------------- the tests

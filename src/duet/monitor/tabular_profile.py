@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from duet.errors import ConfigError, RunError
-from duet.system.atomic import write_text_atomic
+from duet.monitor.profile_file import load_profile, save_profile
 
 SCHEMA = "duet.tabular_profile/1"
 PROFILE_FILE = "tabular.json"
@@ -161,26 +161,12 @@ class TabularProfile:
 
     def save(self, path: Path) -> Path:
         """Write the profile atomically (one JSON file, compact: samples make it long)."""
-        return write_text_atomic(Path(path), json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        return save_profile(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> TabularProfile:
         """Read ``tabular.json``; TabularProfileError (one line, what to do) when it cannot be."""
-        path = Path(path)
-        hint = f"write it again with `duet profile {path.parent.parent}`"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TabularProfileError(f"no tabular drift profile at '{path}'; {hint}") from None
-        except (OSError, ValueError) as e:
-            raise TabularProfileError(f"'{path}' is damaged ({type(e).__name__}); {hint}") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            got = doc.get("schema") if isinstance(doc, dict) else None
-            raise TabularProfileError(f"'{path}' has schema {got!r}, expected {SCHEMA!r}; {hint}")
-        try:
-            return cls.from_dict(doc)
-        except (KeyError, TypeError, ValueError, ConfigError) as e:
-            raise TabularProfileError(f"'{path}' is damaged ({type(e).__name__}: {e}); {hint}") from None
+        return load_profile(path, SCHEMA, TabularProfileError, "tabular", cls.from_dict)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TabularProfile:

@@ -26,53 +26,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import stats as sstats
 
 from duet.monitor.stattests import mmd_permutation_test
-from duet.monitor.tabular_drift import ColumnDrift, class_drift, confidence_drift, decide, finish, fmt_p
+from duet.monitor.tabular_drift import ColumnDrift, DriftVerdict, class_drift, confidence_drift, decide, finish, fmt_p
 from duet.monitor.text_profile import DocStats, TextDriftSettings, TextProfile
 
 TESTS = ("oov_rate", "length", "predicted_class", "confidence", "embedding")
 
 
 @dataclass
-class TextDriftResult:
-    """The verdict over the five tests (``to_dict`` is JSON-able)."""
+class TextDriftResult(DriftVerdict):
+    """The verdict over the five tests (``to_dict`` is JSON-able; ``columns``: one per test, named as TESTS)."""
 
-    status: str
-    drift: bool | None
-    sentence: str
-    columns: list[ColumnDrift]  # one per test, named as TESTS
-    n_reference: int
-    n_current: int
-    alpha: float
-    settings: dict[str, Any]
-    computed_at: str
+    MODALITY: ClassVar[str] = "text"
 
     def test(self, name: str) -> ColumnDrift | None:
         return next((c for c in self.columns if c.column == name), None)
-
-    def drifted(self) -> list[ColumnDrift]:
-        return sorted((c for c in self.columns if c.drift), key=lambda c: (c.adjusted_p or 0.0, c.column))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "modality": "text",
-            "status": self.status,
-            "drift": self.drift,
-            "sentence": self.sentence,
-            "n_reference": self.n_reference,
-            "n_current": self.n_current,
-            "alpha": self.alpha,
-            "correction": "holm",
-            "computed_at": self.computed_at,
-            "settings": self.settings,
-            "drifted": [c.column for c in self.drifted()],
-            "columns": [c.to_dict() for c in self.columns],
-        }
 
 
 # --------------------------------------------------------------------------- the tests

@@ -37,8 +37,8 @@ import numpy as np
 
 from duet.data.text.spec import TextSpec, split_tokens, standardize, tokens
 from duet.errors import ConfigError, RunError
+from duet.monitor.profile_file import load_profile, save_profile
 from duet.monitor.stattests import fit_pca, median_heuristic_sigma2
-from duet.system.atomic import write_text_atomic
 
 SCHEMA = "duet.text_profile/1"
 PROFILE_FILE = "text.json"
@@ -186,26 +186,13 @@ class TextProfile:
         }
 
     def save(self, path: Path) -> Path:
-        return write_text_atomic(Path(path), json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        """Write the profile atomically (one JSON file, compact: samples make it long)."""
+        return save_profile(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> TextProfile:
         """Read ``text.json``; TextProfileError (one line, what to do) when it cannot be."""
-        path = Path(path)
-        hint = f"write it again with `duet profile {path.parent.parent}`"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TextProfileError(f"no text drift profile at '{path}'; {hint}") from None
-        except (OSError, ValueError) as e:
-            raise TextProfileError(f"'{path}' is damaged ({type(e).__name__}); {hint}") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            got = doc.get("schema") if isinstance(doc, dict) else None
-            raise TextProfileError(f"'{path}' has schema {got!r}, expected {SCHEMA!r}; {hint}")
-        try:
-            return cls.from_dict(doc)
-        except (KeyError, TypeError, ValueError, ConfigError) as e:
-            raise TextProfileError(f"'{path}' is damaged ({type(e).__name__}: {e}); {hint}") from None
+        return load_profile(path, SCHEMA, TextProfileError, "text", cls.from_dict)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TextProfile:
