@@ -59,7 +59,7 @@ def test_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_folder_without_images_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "cat").mkdir()
-    (tmp_path / "cat" / "notes.txt").write_text("hello")
+    (tmp_path / "cat" / "notes.md").write_text("hello")  # .txt files would make it a text corpus (docs/text.md)
     _assert_one_line_error(run_cli("train", str(tmp_path)), 3, "No images found")
 
 
