@@ -18,18 +18,17 @@ columns: call it off the event loop). numpy + scipy only, no torch.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from duet.artifacts.model_package import PROFILE_DIR, ModelPackage
+from duet.artifacts.model_package import ModelPackage
 from duet.errors import ConfigError
 from duet.monitor.tabular_drift import compare_table
 from duet.monitor.tabular_profile import PROFILE_FILE, NumericReference, TabularDriftSettings, TabularProfile
+from duet.serve.rolling_window import RollingWindow, listed_profile
 
 DEFAULT_WINDOW = 500
 
@@ -63,30 +62,24 @@ class TableDriftWatch:
         self.profile = profile
         self.window = window
         self.settings = settings or profile.settings
-        self._lock = threading.Lock()
-        self._batches: deque[_Batch] = deque()
-        self._rows = 0
-        self._seen = 0
+        self._window: RollingWindow[_Batch] = RollingWindow(window)
 
     @classmethod
     def from_package(cls, package: ModelPackage, *, window: int = DEFAULT_WINDOW) -> TableDriftWatch | None:
         """The watch of a model folder whose ``profile/tabular.json`` is listed (and so checked)
         in model.json; None when it has none."""
-        relative = f"{PROFILE_DIR}/{PROFILE_FILE}"
-        path = package.root / PROFILE_DIR / PROFILE_FILE
-        if relative not in package.manifest.get("files", {}) or not path.is_file():
-            return None
-        return cls(TabularProfile.load(path), window=window)
+        path = listed_profile(package, PROFILE_FILE)
+        return None if path is None else cls(TabularProfile.load(path), window=window)
 
     @property
     def seen(self) -> int:
         """Rows observed since the watch started (or was reset)."""
-        return self._seen
+        return self._window.seen
 
     @property
     def rows(self) -> int:
         """Rows in the window now (at most ``window``)."""
-        return self._rows
+        return self._window.rows
 
     def observe(self, table: Mapping[str, np.ndarray], probabilities: np.ndarray) -> None:
         """Record one predicted batch: its feature columns and the model's probabilities (N, classes).
@@ -107,23 +100,11 @@ class TableDriftWatch:
                 raise ValueError(f"column {ref.name!r} has {len(column)} rows, the probabilities {n}")
             kept[ref.name] = np.array(column[-self.window :], copy=True)
         batch = _Batch(kept, probs[-self.window :].copy())
-        with self._lock:
-            self._batches.append(batch)
-            self._rows += len(batch)
-            self._seen += n
-            while self._rows > self.window:
-                extra, first = self._rows - self.window, self._batches[0]
-                if len(first) <= extra:
-                    self._batches.popleft()
-                    self._rows -= len(first)
-                else:
-                    self._batches[0] = first.tail(len(first) - extra)
-                    self._rows -= extra
+        self._window.add(batch, n)
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Copies of the window's rows: ``(table, probabilities)``, oldest first."""
-        with self._lock:
-            batches = list(self._batches)
+        batches = self._window.batches()
         if not batches:
             names = [c.name for c in self.profile.columns]
             return {name: np.zeros(0) for name in names}, np.zeros((0, len(self.profile.labels)), np.float32)
@@ -134,10 +115,8 @@ class TableDriftWatch:
         """The verdict on the window now (``TabularDriftResult.to_dict()`` + ``window``, ``seen``)."""
         table, probabilities = self.snapshot()
         result = compare_table(self.profile, table, probabilities, self.settings)
-        return {**result.to_dict(), "window": self.window, "seen": self._seen}
+        return {**result.to_dict(), "window": self.window, "seen": self._window.seen}
 
     def reset(self) -> None:
         """Empty the window (e.g. after a new model is swapped in)."""
-        with self._lock:
-            self._batches.clear()
-            self._rows = self._seen = 0
+        self._window.clear()

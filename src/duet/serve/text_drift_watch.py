@@ -16,18 +16,17 @@ runs the tests outside it (call it off the event loop). numpy + scipy only.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from duet.artifacts.model_package import PROFILE_DIR, ModelPackage
+from duet.artifacts.model_package import ModelPackage
 from duet.errors import ConfigError
 from duet.monitor.text_drift import compare_text
 from duet.monitor.text_profile import PROFILE_FILE, TextDriftSettings, TextProfile, doc_stats
+from duet.serve.rolling_window import RollingWindow, listed_profile
 
 DEFAULT_WINDOW = 500
 
@@ -58,27 +57,21 @@ class TextDriftWatch:
         self.window = window
         self.settings = settings or profile.settings
         self.vocabulary = frozenset(profile.spec.vocabulary)
-        self._lock = threading.Lock()
-        self._batches: deque[_Batch] = deque()
-        self._rows = 0
-        self._seen = 0
+        self._window: RollingWindow[_Batch] = RollingWindow(window)
 
     @classmethod
     def from_package(cls, package: ModelPackage, *, window: int = DEFAULT_WINDOW) -> TextDriftWatch | None:
         """The watch of a model folder whose ``profile/text.json`` is listed (and so checked) in model.json."""
-        relative = f"{PROFILE_DIR}/{PROFILE_FILE}"
-        path = package.root / PROFILE_DIR / PROFILE_FILE
-        if relative not in package.manifest.get("files", {}) or not path.is_file():
-            return None
-        return cls(TextProfile.load(path), window=window)
+        path = listed_profile(package, PROFILE_FILE)
+        return None if path is None else cls(TextProfile.load(path), window=window)
 
     @property
     def seen(self) -> int:
-        return self._seen
+        return self._window.seen
 
     @property
     def rows(self) -> int:
-        return self._rows
+        return self._window.rows
 
     def observe(self, texts: Sequence[str], probabilities: np.ndarray, features: np.ndarray | None = None) -> None:
         """Record one predicted batch (ValueError when the lengths or widths disagree)."""
@@ -91,23 +84,11 @@ class TextDriftWatch:
         keep = slice(max(0, n - self.window), n)
         feats = None if features is None else np.array(features[keep], dtype=np.float32)
         batch = _Batch(list(texts[keep]), probs[keep].copy(), feats)
-        with self._lock:
-            self._batches.append(batch)
-            self._rows += len(batch)
-            self._seen += n
-            while self._rows > self.window:
-                extra, first = self._rows - self.window, self._batches[0]
-                if len(first) <= extra:
-                    self._batches.popleft()
-                    self._rows -= len(first)
-                else:
-                    self._batches[0] = first.tail(len(first) - extra)
-                    self._rows -= extra
+        self._window.add(batch, n)
 
     def snapshot(self) -> tuple[list[str], np.ndarray, np.ndarray | None]:
         """The window: ``(texts, probabilities, features or None)``, oldest first."""
-        with self._lock:
-            batches = list(self._batches)
+        batches = self._window.batches()
         texts = [t for b in batches for t in b.texts]
         probs = (
             np.concatenate([b.probabilities for b in batches]) if batches else np.zeros((0, len(self.profile.labels)))
@@ -121,4 +102,4 @@ class TextDriftWatch:
         texts, probabilities, features = self.snapshot()
         docs = doc_stats(self.profile.spec, texts, self.vocabulary)
         result = compare_text(self.profile, docs, probabilities, features, self.settings)
-        return {**result.to_dict(), "window": self.window, "seen": self._seen}
+        return {**result.to_dict(), "window": self.window, "seen": self._window.seen}
