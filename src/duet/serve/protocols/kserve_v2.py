@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -399,3 +400,31 @@ def add_server_routes(r: APIRouter, service: ModelService) -> None:
     async def model_ready(name: str, version: str | None = None) -> Any:
         service.check_model(name, version)
         return JSONResponse({"name": service.name, "ready": service.ready}, status_code=200 if service.ready else 503)
+
+
+def add_model_routes(
+    r: APIRouter,
+    service: ModelService,
+    describe: Callable[[], dict[str, Any]],
+    summary: str,
+    parse: Callable[[list[dict[str, Any]], list[bytes | None]], Any],
+    predict: Callable[[Any, str], Awaitable[Outputs]],
+) -> None:
+    """Metadata and infer of a tabular or text model: ``describe`` the model, ``parse`` an
+    infer request's tensors into what ``predict`` takes (the image routes decode pixels instead)."""
+
+    @r.get("/v2/models/{name}", summary="Model metadata")
+    @r.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
+    async def metadata(name: str, version: str | None = None) -> Any:
+        service.check_model(name, version)
+        return describe()
+
+    @r.post("/v2/models/{name}/infer", summary=summary)
+    @r.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+    async def infer(name: str, request: Request, version: str | None = None) -> Any:
+        service.check_model(name, version)
+        req, inputs, raws = await read_infer_request(request)
+        parsed = parse(inputs, raws)
+        _requested_outputs(req)  # refuse a bad outputs list before spending inference on it
+        out = await predict(parsed, "/v2/models/{name}/infer")
+        return infer_response(service, req, out)

@@ -20,6 +20,7 @@ exported with its features output; otherwise the request is refused with 409
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -138,23 +139,28 @@ def router(service: ModelService) -> APIRouter:
             headers=service.version_header(out),
         )
 
-    @r.get(
-        "/v1/monitor",
-        summary="Input drift: the latest verdict on recent requests vs the reference profile",
-        tags=["monitoring"],
+    add_monitor_route(
+        r, "Input drift: the latest verdict on recent requests vs the reference profile", lambda: service.drift
     )
+
+    add_health_routes(r, service)
+    return r
+
+
+def add_monitor_route(r: APIRouter, summary: str, watch: Callable[[], Any]) -> None:
+    """``GET /v1/monitor``: the latest verdict of ``watch()`` (404 ``drift_off`` while it is None)."""
+
+    @r.get("/v1/monitor", summary=summary, tags=["monitoring"])
     async def monitor() -> Any:
-        if service.drift is None:
+        current = watch()
+        if current is None:
             raise ApiError(
                 404,
                 "drift monitoring is off: the model folder has no reference profile "
                 "(train with a validation split, then re-export) or --no-drift was given",
                 "drift_off",
             )
-        return JSONResponse(await service.drift.latest())
-
-    add_health_routes(r, service)
-    return r
+        return JSONResponse(await current.latest())
 
 
 def add_health_routes(r: APIRouter, service: ModelService) -> None:

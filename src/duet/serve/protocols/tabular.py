@@ -109,20 +109,9 @@ def simple_router(service: TabularService) -> APIRouter:
             headers=service.version_header(out),
         )
 
-    @r.get(
-        "/v1/monitor", summary="Input drift per column: recent requests vs the reference profile", tags=["monitoring"]
+    simple.add_monitor_route(
+        r, "Input drift per column: recent requests vs the reference profile", lambda: service.table_drift
     )
-    async def monitor() -> Any:
-        watch = service.table_drift
-        if watch is None:
-            raise ApiError(
-                404,
-                "drift monitoring is off: the model folder has no reference profile "
-                "(train with a validation split, then re-export) or --no-drift was given",
-                "drift_off",
-            )
-        return JSONResponse(await watch.latest())
-
     simple.add_health_routes(r, service)
     return r
 
@@ -181,22 +170,14 @@ def kserve_router(service: TabularService) -> APIRouter:
     r = APIRouter(tags=["kserve-v2"])
     kserve_v2.add_server_routes(r, service)
 
-    @r.get("/v2/models/{name}", summary="Model metadata")
-    @r.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
-    async def metadata(name: str, version: str | None = None) -> Any:
-        service.check_model(name, version)
-        return kserve_metadata(service)
-
-    @r.post("/v2/models/{name}/infer", summary="Inference: one input per feature column")
-    @r.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)")
-    async def infer(name: str, request: Request, version: str | None = None) -> Any:
-        service.check_model(name, version)
-        req, inputs, raws = await kserve_v2.read_infer_request(request)
-        table = _tensors_to_table(service, inputs, raws)
-        kserve_v2._requested_outputs(req)  # refuse a bad outputs list before spending inference on it
-        out = await service.predict(table, "/v2/models/{name}/infer")
-        return kserve_v2.infer_response(service, req, out)
-
+    kserve_v2.add_model_routes(
+        r,
+        service,
+        lambda: kserve_metadata(service),
+        "Inference: one input per feature column",
+        lambda inputs, raws: _tensors_to_table(service, inputs, raws),
+        service.predict,
+    )
     return r
 
 
@@ -290,38 +271,8 @@ def _binary_values(raw: bytes, datatype: str, name: str) -> list[Any]:
 
 def tf_metadata(service: TabularService) -> dict[str, Any]:
     """``GetModelMetadataResponse``: one input per feature column (as tfserving.metadata for images)."""
-    c = len(service.labels)
     inputs = {i.name: tfserving._tensor_info(i.name, TF_DTYPES[i.datatype], [-1, 1]) for i in service.layout.inputs}
-    predict = {
-        "inputs": inputs,
-        "outputs": {
-            "probabilities": tfserving._tensor_info("probabilities", "DT_FLOAT", [-1, c]),
-            "label": tfserving._tensor_info("label", "DT_STRING", [-1]),
-            "label_index": tfserving._tensor_info("label_index", "DT_INT64", [-1]),
-        },
-        "method_name": "tensorflow/serving/predict",
-    }
-    classify = {
-        "inputs": inputs,
-        "outputs": {
-            "classes": tfserving._tensor_info("classes", "DT_STRING", [-1, c]),
-            "scores": tfserving._tensor_info("scores", "DT_FLOAT", [-1, c]),
-        },
-        "method_name": "tensorflow/serving/classify",
-    }
-    spec: dict[str, Any] = {"name": service.name, "signature_name": ""}
-    version = tfserving.tf_version(service.version)
-    if version is not None:
-        spec["version"] = version
-    return {
-        "model_spec": spec,
-        "metadata": {
-            "signature_def": {
-                "@type": tfserving.SIGNATURE_DEF_MAP,
-                "signature_def": {"serving_default": predict, "classify": classify},
-            }
-        },
-    }
+    return tfserving.model_metadata(service, inputs, inputs)
 
 
 def _unwrap(value: Any) -> Any:
@@ -344,14 +295,7 @@ def tfserving_router(service: TabularService) -> APIRouter:
     async def predict(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
         body = await tfserving._json_object(request)
-        if ("instances" in body) == ("inputs" in body):
-            raise bad_request(
-                "the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json"
-            )
-        sig = body.get("signature_name", "serving_default")
-        if sig not in ("serving_default", ""):
-            raise bad_request(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
-        rows = "instances" in body
+        rows = tfserving.predict_form(body)
         if rows:
             if not isinstance(body["instances"], list):
                 raise bad_request("'instances' must be a list of row objects", "bad_instance")
@@ -367,16 +311,7 @@ def tfserving_router(service: TabularService) -> APIRouter:
                 {k: [_unwrap(x) for x in v] if isinstance(v, list) else v for k, v in body["inputs"].items()}
             )
         out = await service.predict(table, "/v1/models/{name}:predict")
-        index = out.probabilities.argmax(1)
-        labels = [service.labels[i] for i in index]
-        if rows:
-            predictions = [
-                {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
-                for p, lab, i in zip(out.probabilities, labels, index)
-            ]
-            return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
-        outputs = {"probabilities": out.probabilities.tolist(), "label": labels, "label_index": [int(i) for i in index]}
-        return JSONResponse({"outputs": outputs}, headers=service.version_header(out))
+        return tfserving.predict_response(service, out, rows)
 
     @r.post("/v1/models/{name}:classify", summary="Classify (examples: row objects, context shared)")
     @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)")
@@ -385,38 +320,15 @@ def tfserving_router(service: TabularService) -> APIRouter:
         examples = _examples(await tfserving._json_object(request))
         service.check_count(len(examples))
         out = await service.predict(layout.rows_to_table(examples), "/v1/models/{name}:classify")
-        results = []
-        for probs in out.probabilities:
-            order = np.argsort(-probs, kind="stable")
-            results.append([[service.labels[i], float(probs[i])] for i in order])
-        return JSONResponse({"results": results}, headers=service.version_header(out))
+        return tfserving.classify_response(service, out)
 
-    # "POST /v1/models/m:verb" would otherwise match the GET status route and get 405.
-    @r.post("/v1/models/{name}", include_in_schema=False)
-    @r.post("/v1/models/{name}/versions/{version}", include_in_schema=False)
-    async def other_verb(name: str, version: str | None = None) -> Any:
-        verb = (version if version is not None else name).partition(":")[2]
-        raise bad_request(
-            f"unknown method {':' + verb if verb else '(none)'} for a classifier of table rows; "
-            "POST /v1/models/{name} takes :predict or :classify",
-            "unknown_method",
-        )
-
+    tfserving.add_other_verb_route(r, "a classifier of table rows")
     return r
 
 
 def _examples(body: dict[str, Any]) -> list[Any]:
     """The rows of a ClassificationRequest: each example merged with the shared context."""
-    sig = body.get("signature_name", "serving_default")
-    if sig not in tfserving.CLASSIFY_SIGNATURES:
-        raise bad_request(
-            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
-        )
-    examples, context = body.get("examples"), body.get("context", {})
-    if not isinstance(examples, list) or not examples:
-        raise bad_request("a classify request needs a non-empty list 'examples' of row objects", "bad_instance")
-    if not isinstance(context, dict):
-        raise bad_request("'context' must be an object of columns shared by all examples", "bad_instance")
+    examples, context = tfserving.classify_body(body, "row objects", "of columns shared by all examples")
     rows = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict):

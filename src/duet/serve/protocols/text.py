@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse
 
@@ -90,18 +89,7 @@ def simple_router(service: TextService) -> APIRouter:
             headers=service.version_header(out),
         )
 
-    @r.get("/v1/monitor", summary="Drift of recent documents vs the reference profile", tags=["monitoring"])
-    async def monitor() -> Any:
-        watch = service.text_drift
-        if watch is None:
-            raise ApiError(
-                404,
-                "drift monitoring is off: the model folder has no reference profile "
-                "(train with a validation split, then re-export) or --no-drift was given",
-                "drift_off",
-            )
-        return JSONResponse(await watch.latest())
-
+    simple.add_monitor_route(r, "Drift of recent documents vs the reference profile", lambda: service.text_drift)
     simple.add_health_routes(r, service)
     return r
 
@@ -146,22 +134,14 @@ def kserve_router(service: TextService) -> APIRouter:
     r = APIRouter(tags=["kserve-v2"])
     kserve_v2.add_server_routes(r, service)
 
-    @r.get("/v2/models/{name}", summary="Model metadata")
-    @r.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
-    async def metadata(name: str, version: str | None = None) -> Any:
-        service.check_model(name, version)
-        return kserve_metadata(service)
-
-    @r.post("/v2/models/{name}/infer", summary="Inference: one BYTES input of texts")
-    @r.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)")
-    async def infer(name: str, request: Request, version: str | None = None) -> Any:
-        service.check_model(name, version)
-        req, inputs, raws = await kserve_v2.read_infer_request(request)
-        texts = tensor_texts(service, inputs, raws)
-        kserve_v2._requested_outputs(req)  # refuse a bad outputs list before spending inference on it
-        out = await service.predict(texts, "/v2/models/{name}/infer")
-        return kserve_v2.infer_response(service, req, out)
-
+    kserve_v2.add_model_routes(
+        r,
+        service,
+        lambda: kserve_metadata(service),
+        "Inference: one BYTES input of texts",
+        lambda inputs, raws: tensor_texts(service, inputs, raws),
+        service.predict,
+    )
     return r
 
 
@@ -200,31 +180,9 @@ def tensor_texts(service: TextService, inputs: list[dict[str, Any]], raws: list[
 
 def tf_metadata(service: TextService) -> dict[str, Any]:
     """``GetModelMetadataResponse``: one DT_STRING input (as tfserving.metadata for images)."""
-    c, info = len(service.labels), tfserving._tensor_info
-    inputs = {service.input: info(service.input, "DT_STRING", list(service.package.manifest["inputs"][0]["shape"]))}
-    predict = {
-        "inputs": inputs,
-        "outputs": {
-            "probabilities": info("probabilities", "DT_FLOAT", [-1, c]),
-            "label": info("label", "DT_STRING", [-1]),
-            "label_index": info("label_index", "DT_INT64", [-1]),
-        },
-        "method_name": "tensorflow/serving/predict",
-    }
-    classify = {
-        "inputs": inputs,
-        "outputs": {"classes": info("classes", "DT_STRING", [-1, c]), "scores": info("scores", "DT_FLOAT", [-1, c])},
-        "method_name": "tensorflow/serving/classify",
-    }
-    spec: dict[str, Any] = {"name": service.name, "signature_name": ""}
-    version = tfserving.tf_version(service.version)
-    if version is not None:
-        spec["version"] = version
-    signatures = {"serving_default": predict, "classify": classify}
-    return {
-        "model_spec": spec,
-        "metadata": {"signature_def": {"@type": tfserving.SIGNATURE_DEF_MAP, "signature_def": signatures}},
-    }
+    shape = list(service.package.manifest["inputs"][0]["shape"])
+    inputs = {service.input: tfserving._tensor_info(service.input, "DT_STRING", shape)}
+    return tfserving.model_metadata(service, inputs, inputs)
 
 
 def _columnar(service: TextService, inputs: Any) -> list[Any]:
@@ -253,14 +211,7 @@ def tfserving_router(service: TextService) -> APIRouter:
     async def predict(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
         body = await tfserving._json_object(request)
-        if ("instances" in body) == ("inputs" in body):
-            raise bad_request(
-                "the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json"
-            )
-        sig = body.get("signature_name", "serving_default")
-        if sig not in ("serving_default", ""):
-            raise bad_request(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
-        rows = "instances" in body
+        rows = tfserving.predict_form(body)
         if rows:
             if not isinstance(body["instances"], list):
                 raise bad_request("'instances' must be a list of texts", "bad_instance")
@@ -268,16 +219,7 @@ def tfserving_router(service: TextService) -> APIRouter:
         else:
             values = _counted(service, _columnar(service, body["inputs"]))
         out = await service.predict(strings(values), "/v1/models/{name}:predict")
-        index = out.probabilities.argmax(1)
-        labels = [service.labels[i] for i in index]
-        if rows:
-            predictions = [
-                {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
-                for p, lab, i in zip(out.probabilities, labels, index)
-            ]
-            return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
-        outputs = {"probabilities": out.probabilities.tolist(), "label": labels, "label_index": [int(i) for i in index]}
-        return JSONResponse({"outputs": outputs}, headers=service.version_header(out))
+        return tfserving.predict_response(service, out, rows)
 
     @r.post("/v1/models/{name}:classify", summary="Classify (examples: {'text': ...} objects)")
     @r.post("/v1/models/{name}/versions/{version}:classify", summary="Classify (one version)")
@@ -285,38 +227,15 @@ def tfserving_router(service: TextService) -> APIRouter:
         check(name, version)
         texts = _examples(service, await tfserving._json_object(request))
         out = await service.predict(texts, "/v1/models/{name}:classify")
-        results = []
-        for probs in out.probabilities:
-            order = np.argsort(-probs, kind="stable")
-            results.append([[service.labels[i], float(probs[i])] for i in order])
-        return JSONResponse({"results": results}, headers=service.version_header(out))
+        return tfserving.classify_response(service, out)
 
-    # "POST /v1/models/m:verb" would otherwise match the GET status route and get 405.
-    @r.post("/v1/models/{name}", include_in_schema=False)
-    @r.post("/v1/models/{name}/versions/{version}", include_in_schema=False)
-    async def other_verb(name: str, version: str | None = None) -> Any:
-        verb = (version if version is not None else name).partition(":")[2]
-        raise bad_request(
-            f"unknown method {':' + verb if verb else '(none)'} for a text classifier; "
-            "POST /v1/models/{name} takes :predict or :classify",
-            "unknown_method",
-        )
-
+    tfserving.add_other_verb_route(r, "a text classifier")
     return r
 
 
 def _examples(service: TextService, body: dict[str, Any]) -> list[str]:
     """The documents of a ClassificationRequest: each example's ``text`` (the context may give it)."""
-    sig = body.get("signature_name", "serving_default")
-    if sig not in tfserving.CLASSIFY_SIGNATURES:
-        raise bad_request(
-            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
-        )
-    examples, context = body.get("examples"), body.get("context", {})
-    if not isinstance(examples, list) or not examples:
-        raise bad_request("a classify request needs a non-empty list 'examples' of {\"text\": ...}", "bad_instance")
-    if not isinstance(context, dict):
-        raise bad_request("'context' must be an object shared by all examples", "bad_instance")
+    examples, context = tfserving.classify_body(body, '{"text": ...}', "shared by all examples")
     service.check_count(len(examples))
     texts = []
     for i, example in enumerate(examples):

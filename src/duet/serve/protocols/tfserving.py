@@ -43,6 +43,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
+from duet.serve.outputs import Outputs
 from duet.serve.protocols.b64 import decode_b64
 from duet.serve.service import ModelService
 
@@ -168,14 +169,22 @@ CLASSIFY_SIGNATURES = ("serving_default", "", "classify", "tensorflow/serving/cl
 
 
 def metadata(service: ModelService) -> dict[str, Any]:
-    """``GetModelMetadataResponse`` as JSON: the ``signature_def`` entry is a
-    ``google.protobuf.Any`` holding a ``SignatureDefMap``, hence its ``@type``."""
-    s, c = service.spec.image_size, len(service.labels)
+    """``GetModelMetadataResponse`` of an image model: encoded images or pixels in."""
+    s = service.spec.image_size
+    image_bytes = {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1])}
+    return model_metadata(
+        service, {**image_bytes, "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s])}, image_bytes
+    )
+
+
+def model_metadata(
+    service: ModelService, predict_inputs: dict[str, Any], classify_inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """``GetModelMetadataResponse`` as JSON for a classifier with these inputs: the ``signature_def``
+    entry is a ``google.protobuf.Any`` holding a ``SignatureDefMap``, hence its ``@type``."""
+    c = len(service.labels)
     predict = {
-        "inputs": {
-            "image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1]),
-            "pixels": _tensor_info("pixels", "DT_UINT8", [-1, 3, s, s]),
-        },
+        "inputs": predict_inputs,
         "outputs": {
             "probabilities": _tensor_info("probabilities", "DT_FLOAT", [-1, c]),
             "label": _tensor_info("label", "DT_STRING", [-1]),
@@ -184,7 +193,7 @@ def metadata(service: ModelService) -> dict[str, Any]:
         "method_name": "tensorflow/serving/predict",
     }
     classify = {
-        "inputs": {"image_bytes": _tensor_info("image_bytes", "DT_STRING", [-1])},
+        "inputs": classify_inputs,
         "outputs": {
             "classes": _tensor_info("classes", "DT_STRING", [-1, c]),
             "scores": _tensor_info("scores", "DT_FLOAT", [-1, c]),
@@ -206,6 +215,69 @@ def metadata(service: ModelService) -> dict[str, Any]:
     }
 
 
+def predict_form(body: dict[str, Any]) -> bool:
+    """Check a PredictRequest's form: True for the row format (``instances``), False for ``inputs``."""
+    if ("instances" in body) == ("inputs" in body):
+        raise _bad("the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json")
+    sig = body.get("signature_name", "serving_default")
+    if sig not in ("serving_default", ""):
+        raise _bad(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
+    return "instances" in body
+
+
+def predict_response(service: ModelService, out: Outputs, rows: bool) -> JSONResponse:
+    """A PredictResponse: ``predictions`` (row format) or ``outputs`` (columnar), as the request was."""
+    index = out.probabilities.argmax(1)
+    labels = [service.labels[i] for i in index]
+    if rows:
+        predictions = [
+            {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
+            for p, lab, i in zip(out.probabilities, labels, index)
+        ]
+        return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
+    outputs = {"probabilities": out.probabilities.tolist(), "label": labels, "label_index": [int(i) for i in index]}
+    return JSONResponse({"outputs": outputs}, headers=service.version_header(out))
+
+
+def classify_response(service: ModelService, out: Outputs) -> JSONResponse:
+    """A ClassificationResponse: every label and its score, best first, per example."""
+    results = []
+    for probs in out.probabilities:
+        order = np.argsort(-probs, kind="stable")
+        results.append([[service.labels[i], float(probs[i])] for i in order])
+    return JSONResponse({"results": results}, headers=service.version_header(out))
+
+
+def classify_body(body: dict[str, Any], what: str, context_what: str) -> tuple[list[Any], dict[str, Any]]:
+    """The ``examples`` and shared ``context`` of a ClassificationRequest (400 for a bad form)."""
+    sig = body.get("signature_name", "serving_default")
+    if sig not in CLASSIFY_SIGNATURES:
+        raise _bad(
+            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
+        )
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples:
+        raise _bad(f"a classify request needs a non-empty list 'examples' of {what}", "bad_instance")
+    if not isinstance(context, dict):
+        raise _bad(f"'context' must be an object {context_what}", "bad_instance")
+    return examples, context
+
+
+def add_other_verb_route(r: APIRouter, what: str) -> None:
+    """A 400 naming :predict and :classify for any other verb (tabular and text models):
+    "POST /v1/models/m:verb" would otherwise match the GET status route and get 405."""
+
+    @r.post("/v1/models/{name}", include_in_schema=False)
+    @r.post("/v1/models/{name}/versions/{version}", include_in_schema=False)
+    async def other_verb(name: str, version: str | None = None) -> Any:
+        verb = (version if version is not None else name).partition(":")[2]
+        raise _bad(
+            f"unknown method {':' + verb if verb else '(none)'} for {what}; "
+            "POST /v1/models/{name} takes :predict or :classify",
+            "unknown_method",
+        )
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
@@ -218,16 +290,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 def _examples(body: dict[str, Any]) -> list[bytes]:
     """The encoded image of every example of a ClassificationRequest."""
-    sig = body.get("signature_name", "serving_default")
-    if sig not in CLASSIFY_SIGNATURES:
-        raise _bad(
-            f"unknown signature_name {sig!r}; :classify takes 'serving_default' or 'classify'", "unknown_signature"
-        )
-    examples, context = body.get("examples"), body.get("context", {})
-    if not isinstance(examples, list) or not examples:
-        raise _bad("a classify request needs a non-empty list 'examples' of objects", "bad_instance")
-    if not isinstance(context, dict):
-        raise _bad("'context' must be an object of features shared by all examples", "bad_instance")
+    examples, context = classify_body(body, "objects", "of features shared by all examples")
     images = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict):
@@ -308,12 +371,7 @@ def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
     async def predict(name: str, request: Request, version: str | None = None) -> Any:
         check(name, version)
         body = await _json_object(request)
-        if ("instances" in body) == ("inputs" in body):
-            raise _bad("the request must be a JSON object with exactly one of 'instances' or 'inputs'", "bad_json")
-        sig = body.get("signature_name", "serving_default")
-        if sig not in ("serving_default", ""):
-            raise _bad(f"unknown signature_name {sig!r}; this model has 'serving_default'", "unknown_signature")
-        rows = "instances" in body
+        rows = predict_form(body)
         elements = body["instances"] if rows else _columnar(body["inputs"])
         if not isinstance(elements, list):
             raise _bad("'instances' must be a list", "bad_instance")
@@ -330,24 +388,7 @@ def _predict_route(r: APIRouter, service: ModelService, check: Check) -> None:
         else:
             pixels = service.check_pixels(np.stack([p for p in parsed if not isinstance(p, bytes)]))
         out = await service.infer(pixels, "/v1/models/{name}:predict", stats)
-        index = out.probabilities.argmax(1)
-        labels = [service.labels[i] for i in index]
-        if rows:
-            predictions = [
-                {"probabilities": p.tolist(), "label": lab, "label_index": int(i)}
-                for p, lab, i in zip(out.probabilities, labels, index)
-            ]
-            return JSONResponse({"predictions": predictions}, headers=service.version_header(out))
-        return JSONResponse(
-            {
-                "outputs": {
-                    "probabilities": out.probabilities.tolist(),
-                    "label": labels,
-                    "label_index": [int(i) for i in index],
-                }
-            },
-            headers=service.version_header(out),
-        )
+        return predict_response(service, out, rows)
 
 
 def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
@@ -363,11 +404,7 @@ def _classify_routes(r: APIRouter, service: ModelService, check: Check) -> None:
         service.check_count(len(images))
         pixels, stats = await service.decode(images)
         out = await service.infer(pixels, "/v1/models/{name}:classify", stats)
-        results = []
-        for probs in out.probabilities:
-            order = np.argsort(-probs, kind="stable")
-            results.append([[service.labels[i], float(probs[i])] for i in order])
-        return JSONResponse({"results": results}, headers=service.version_header(out))
+        return classify_response(service, out)
 
     @r.post("/v1/models/{name}:regress", summary="Regress: not offered (this model is a classifier)")
     @r.post("/v1/models/{name}/versions/{version}:regress", summary="Regress (one version): not offered")
