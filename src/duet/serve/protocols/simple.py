@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
+from duet.serve.outputs import Outputs
 from duet.serve.service import ModelService
 from duet.serve.settings import Limits
 
@@ -145,6 +146,28 @@ def router(service: ModelService) -> APIRouter:
 
     add_health_routes(r, service)
     return r
+
+
+def row_predictions(service: ModelService, out: Outputs, top_k: int, key: str) -> JSONResponse:
+    """The /v1/predict answer of a tabular or text model: per row (``key``: "row", "document")
+    its index, best label and probability, ``top`` labels and every label's probability."""
+    predictions = []
+    for i, probs in enumerate(out.probabilities):
+        top = service.top_k(probs, top_k)
+        predictions.append(
+            {
+                key: i,
+                "label": top[0]["label"],
+                "probability": top[0]["probability"],
+                "top": top,
+                "probabilities": dict(zip(service.labels, probs.tolist())),
+            }
+        )
+    version = service.version_of(out)
+    return JSONResponse(
+        {"model": service.name, "version": version, "model_version": version, "predictions": predictions},
+        headers=service.version_header(out),
+    )
 
 
 def add_monitor_route(r: APIRouter, summary: str, watch: Callable[[], Any]) -> None:

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from starlette.responses import JSONResponse
 
 from duet.data.tabular.schema import Table
 from duet.serve.errors import ApiError
@@ -91,23 +90,7 @@ def simple_router(service: TabularService) -> APIRouter:
         rows = _rows(await _json_body(request))
         service.check_count(len(rows))
         out = await service.predict(service.layout.rows_to_table(rows), "/v1/predict")
-        predictions = []
-        for i, probs in enumerate(out.probabilities):
-            top = service.top_k(probs, top_k)
-            predictions.append(
-                {
-                    "row": i,
-                    "label": top[0]["label"],
-                    "probability": top[0]["probability"],
-                    "top": top,
-                    "probabilities": dict(zip(service.labels, probs.tolist())),
-                }
-            )
-        version = service.version_of(out)
-        return JSONResponse(
-            {"model": service.name, "version": version, "model_version": version, "predictions": predictions},
-            headers=service.version_header(out),
-        )
+        return simple.row_predictions(service, out, top_k, "row")
 
     simple.add_monitor_route(
         r, "Input drift per column: recent requests vs the reference profile", lambda: service.table_drift

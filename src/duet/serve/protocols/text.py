@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import JSONResponse
 
 from duet.serve.errors import ApiError
 from duet.serve.protocols import kserve_v2, simple, tfserving
@@ -71,23 +70,7 @@ def simple_router(service: TextService) -> APIRouter:
                 "unsupported_media_type",
             )
         out = await service.predict(texts, "/v1/predict")
-        predictions = []
-        for i, probs in enumerate(out.probabilities):
-            top = service.top_k(probs, top_k)
-            predictions.append(
-                {
-                    "document": i,
-                    "label": top[0]["label"],
-                    "probability": top[0]["probability"],
-                    "top": top,
-                    "probabilities": dict(zip(service.labels, probs.tolist())),
-                }
-            )
-        version = service.version_of(out)
-        return JSONResponse(
-            {"model": service.name, "version": version, "model_version": version, "predictions": predictions},
-            headers=service.version_header(out),
-        )
+        return simple.row_predictions(service, out, top_k, "document")
 
     simple.add_monitor_route(r, "Drift of recent documents vs the reference profile", lambda: service.text_drift)
     simple.add_health_routes(r, service)
