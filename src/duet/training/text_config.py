@@ -33,7 +33,7 @@ class TextConfig(MemoryRunConfig):
     target: str | None = Field(None, min_length=1, description="a table's column holding the class")
     val_data: Path | None = Field(None, description="a validation corpus of the same layout: fixes the split")
     model: str = Field(DEFAULT_TEXT_MODEL, description=f"one of {', '.join(TEXT_MODELS)}")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-3, gt=0)
     warmup_epochs: float = Field(1.0, ge=0)
