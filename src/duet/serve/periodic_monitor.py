@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class GaugeWords:
     p_value: str  # "p-value", "Holm-adjusted p-value"
 
 
-class PeriodicMonitor:
+class PeriodicMonitor(ABC):
     """A drift verdict computed every ``interval`` seconds in the background and published as gauges."""
 
     task_name = "duet-drift"
@@ -85,13 +86,13 @@ class PeriodicMonitor:
         self._collectors.append(collector)
         return collector
 
+    @abstractmethod
     def _compute(self) -> Any:
         """The verdict on the window now (in a worker thread)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _publish(self, verdict: Any) -> dict[str, Any]:
         """Set the subclass's own gauges from ``verdict``; its dict (with ``status`` and ``n_current``)."""
-        raise NotImplementedError
 
     async def evaluate(self) -> dict[str, Any]:
         """The verdict on the window now (in a worker thread), published."""
