@@ -115,7 +115,7 @@ def baseline_one(run_dir: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def _stats(values: Sequence[float | None]) -> dict[str, float] | None:
+def mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
     """Mean and sample standard deviation (0 for one value); None when no value was measured."""
     xs = [float(v) for v in values if v is not None]
     if not xs:
@@ -128,11 +128,11 @@ def summarise(runs: list[dict[str, Any]], models: Sequence[str]) -> list[dict[st
     summaries = []
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         rows = {m: [r for r in runs if r["dataset"] == dataset and r["model"] == m] for m in (*models, BASELINE)}
-        base = _stats([r["val_accuracy"] for r in rows[BASELINE]])
+        base = mean_std([r["val_accuracy"] for r in rows[BASELINE]])
         for model, mine in rows.items():
             entry: dict[str, Any] = {"dataset": dataset, "model": model, "seeds": len(mine)}
             for key in ("val_accuracy", "test_accuracy", "train_seconds", "rows_per_s", "epochs_done"):
-                entry[key] = _stats([r[key] for r in mine])
+                entry[key] = mean_std([r[key] for r in mine])
             entry["rows"] = {k: mine[0][f"{k}_rows"] for k in ("train", "val", "test")}
             if model != BASELINE and base is not None and entry["val_accuracy"] is not None:
                 gap = 100 * (entry["val_accuracy"]["mean"] - base["mean"])
@@ -233,7 +233,7 @@ COLUMNS = (
 )
 
 
-def _pm(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+def plus_minus(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 2) -> str:
     return "—" if stats is None else f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
 
 
@@ -249,12 +249,12 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                 s["dataset"],
                 "/".join(str(s["rows"][k]) for k in ("train", "val", "test")),
                 s["model"],
-                _pm(s["val_accuracy"], 100),
+                plus_minus(s["val_accuracy"], 100),
                 verdict,
-                _pm(s["test_accuracy"], 100),
-                _pm(s["train_seconds"], digits=1),
+                plus_minus(s["test_accuracy"], 100),
+                plus_minus(s["train_seconds"], digits=1),
                 "—" if rows_per_s is None else f"{rows_per_s['mean']:,.0f}",
-                _pm(s["epochs_done"], digits=0),
+                plus_minus(s["epochs_done"], digits=0),
             ]
         )
     return cells

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from duet.bench.tabular import _pm, _stats, as_seeds, environment
+from duet.bench.tabular import as_seeds, environment, mean_std, plus_minus
 from duet.data.text.corpora import CORPORA, named_corpus, write_text_folder
 from duet.errors import ConfigError
 
@@ -139,7 +139,7 @@ def summarise(runs: list[dict[str, Any]], models: Sequence[str]) -> list[dict[st
         for model, mine in rows.items():
             entry: dict[str, Any] = {"corpus": corpus, "model": model, "seeds": len(mine)}
             for key in ("val_accuracy", "test_accuracy", "train_seconds", "train_docs_per_s", "infer_docs_per_s"):
-                entry[key] = _stats([r.get(key) for r in mine])
+                entry[key] = mean_std([r.get(key) for r in mine])
             entry["docs"] = {k: mine[0][f"{k}_docs"] for k in ("train", "val", "test")} if mine else {}
             entries[model] = entry
         for model in models:
@@ -248,11 +248,11 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
             s["corpus"],
             "/".join(str(s["docs"].get(k, "")) for k in ("train", "val", "test")),
             s["model"],
-            _pm(s["val_accuracy"], 100),
+            plus_minus(s["val_accuracy"], 100),
             _gap(s, "val"),
-            _pm(s["test_accuracy"], 100),
+            plus_minus(s["test_accuracy"], 100),
             _gap(s, "test"),
-            _pm(s["train_seconds"], digits=1),
+            plus_minus(s["train_seconds"], digits=1),
             _rate(s["train_docs_per_s"]),
             _rate(s["infer_docs_per_s"]),
         ]

@@ -68,7 +68,7 @@ class TabMLP(nn.Module):
         return self.head(self.body(torch.cat(parts, dim=1)))
 
 
-class _Block(nn.Module):
+class TransformerBlock(nn.Module):
     """A pre-norm Transformer block with the attention written out (exports as plain ONNX ops)."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -109,7 +109,7 @@ class FTTransformer(nn.Module):
         self.num_bias = nn.Parameter(torch.zeros(num_numeric, dim))
         self.embeddings = nn.ModuleList(nn.Embedding(c, dim) for c in cardinalities)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) / math.sqrt(dim))
-        self.blocks = nn.Sequential(*(_Block(dim, heads, dropout) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, dropout) for _ in range(depth)))
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.ReLU(), nn.Linear(dim, num_classes))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 
 from duet.data.text.spec import PAD_ID, TextSpec
 from duet.errors import ConfigError
-from duet.training.tabular_models import _Block
+from duet.training.tabular_models import TransformerBlock
 from duet.training.text_config import TEXT_MODELS
 
 MASKED = -1e4  # added to the attention score of a padded key (finite: fp16-safe, exports as a constant)
@@ -61,7 +61,7 @@ class FastText(nn.Module):
         return self.head(self.drop(self.features(ids)))
 
 
-class _MaskedBlock(_Block):
+class _MaskedBlock(TransformerBlock):
     """The tabular pre-norm block with padded keys masked out of the attention."""
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -87,7 +87,7 @@ def simple_router(service: TabularService) -> APIRouter:
                 "with Content-Type: application/json (curl: -H 'Content-Type: application/json')",
                 "unsupported_media_type",
             )
-        rows = _rows(await _json_body(request))
+        rows = _rows(await json_body(request))
         service.check_count(len(rows))
         out = await service.predict(service.layout.rows_to_table(rows), "/v1/predict")
         return simple.row_predictions(service, out, top_k, "row")
@@ -109,7 +109,7 @@ def _predict_body(service: TabularService) -> dict[str, Any]:
     }
 
 
-async def _json_body(request: Request) -> Any:
+async def json_body(request: Request) -> Any:
     try:
         return json.loads(await request.body())
     except (ValueError, RecursionError):

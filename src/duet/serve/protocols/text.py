@@ -32,7 +32,7 @@ from fastapi import APIRouter, Query, Request
 
 from duet.serve.errors import ApiError
 from duet.serve.protocols import kserve_v2, simple, tfserving
-from duet.serve.protocols.tabular import _json_body
+from duet.serve.protocols.tabular import json_body
 from duet.serve.text_rows import bad_request, documents, instance_text, json_type, strings
 from duet.serve.text_service import TextService
 
@@ -61,7 +61,7 @@ def simple_router(service: TextService) -> APIRouter:
         if content_type == "text/plain":
             texts = strings([_utf8(await request.body(), "the body")])
         elif content_type in ("", "application/json"):
-            texts = strings(_counted(service, documents(await _json_body(request))))
+            texts = strings(_counted(service, documents(await json_body(request))))
         else:
             raise ApiError(
                 415,
